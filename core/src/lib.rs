@@ -1,0 +1,34 @@
+//! Postern's domain: names, policy, certificate issuing and strict validation, API wire types.
+//!
+//! This crate does no network, database or clock access: time is an argument, so every rule
+//! here is testable without a running system.
+
+pub mod api;
+pub mod cert;
+pub mod names;
+pub mod policy;
+pub mod ttl;
+
+pub use names::{ClusterName, KeyId, Labels, Login, NameError, NodeName, Principal, Username};
+pub use policy::{Deny, IssueApproval, LoginDecision, Permit, Policy, PolicyError};
+pub use ttl::Ttl;
+
+/// The `sha256:<64 hex>` pin of a DER certificate (the service CA).
+pub fn ca_pin(der: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+/// Parses a pin; returns the 32 digest bytes.
+pub fn parse_ca_pin(s: &str) -> Result<[u8; 32], String> {
+    let hexpart = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "a CA pin looks like sha256:<64 hex digits>".to_owned())?;
+    let mut out = [0u8; 32];
+    if hexpart.len() != 64 {
+        return Err("a CA pin looks like sha256:<64 hex digits>".to_owned());
+    }
+    hex::decode_to_slice(hexpart.to_ascii_lowercase(), &mut out)
+        .map_err(|_| "a CA pin looks like sha256:<64 hex digits>".to_owned())?;
+    Ok(out)
+}
