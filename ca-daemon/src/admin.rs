@@ -1,0 +1,291 @@
+//! Admin subcommands over a Unix socket in the data directory. Only root or the daemon's own
+//! uid may use it (checked by peer credentials, and the socket file is 0600).
+//!
+//! Protocol: one JSON request line, one JSON response line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::audit;
+use crate::auth;
+use crate::keys::CaKind;
+use crate::service::{now, Service};
+
+/// One admin request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminRequest {
+    /// `users add NAME`
+    UsersAdd {
+        /// User name.
+        name: String,
+    },
+    /// `users ls`
+    UsersLs,
+    /// `users rm NAME`
+    UsersRm {
+        /// User name.
+        name: String,
+    },
+    /// `users reset NAME`
+    UsersReset {
+        /// User name.
+        name: String,
+    },
+    /// `ca export KIND`
+    CaExport {
+        /// user, host or node-access.
+        ca: String,
+    },
+    /// `certs ls`
+    CertsLs {
+        /// How many, newest first.
+        limit: u32,
+    },
+    /// `audit tail`
+    AuditTail {
+        /// How many events.
+        n: u32,
+    },
+    /// `audit verify`
+    AuditVerify,
+}
+
+/// One admin response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminResponse {
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// Its result.
+    #[serde(default)]
+    pub data: Value,
+    /// The error, when `ok` is false.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if md.file_type().is_symlink() || !std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves admin connections forever.
+pub async fn serve(listener: UnixListener, svc: Arc<Service>) {
+    let euid = crate::keys::unsafe_free_geteuid();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move {
+            let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+            if uid != 0 && uid != euid {
+                tracing::warn!(uid, "admin socket: refused a caller that is neither root nor the daemon's user");
+                return;
+            }
+            if let Err(e) = handle(stream, svc, uid).await {
+                tracing::warn!(error = %format!("{e:#}"), "admin request failed");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, svc: Arc<Service>, uid: u32) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r).take(64 * 1024);
+    reader.read_to_string(&mut line).await.ok();
+    let first = line.lines().next().unwrap_or_default();
+    let resp = match serde_json::from_str::<AdminRequest>(first) {
+        Ok(req) => match run(&svc, req, uid).await {
+            Ok(data) => AdminResponse { ok: true, data, error: None },
+            Err(e) => AdminResponse { ok: false, data: Value::Null, error: Some(format!("{e:#}")) },
+        },
+        Err(e) => AdminResponse { ok: false, data: Value::Null, error: Some(format!("bad request: {e}")) },
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+
+async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
+    let actor = format!("admin(uid {uid})");
+    let now = now();
+    match req {
+        AdminRequest::UsersAdd { name } => {
+            let user: postern_core::Username = name.parse()?;
+            let (token, hash) = auth::new_invite()?;
+            let expires = now + auth::INVITE_SECS;
+            let has_roles = svc.policy().users.get(&user).is_some_and(|r| !r.is_empty());
+            svc.db
+                .run(move |conn| {
+                    let exists: Option<i64> = conn
+                        .query_row("SELECT 1 FROM users WHERE name = ?1", [user.as_str()], |r| r.get(0))
+                        .optional()?;
+                    if exists.is_some() {
+                        bail!("user {user} already exists (use `posternd users reset {user}` for a new invite)");
+                    }
+                    conn.execute(
+                        "INSERT INTO users (name, invite_hash, invite_expires, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![user.as_str(), hash, expires as i64, now as i64],
+                    )?;
+                    audit::append(conn, now, "user.added", &actor, json!({ "user": user.as_str() }))?;
+                    Ok(())
+                })
+                .await?;
+            Ok(json!({ "user": name, "invite": token, "expires_at": expires, "has_roles": has_roles }))
+        }
+        AdminRequest::UsersLs => {
+            let policy = svc.policy();
+            let rows = svc
+                .db
+                .run(|conn| {
+                    let mut st = conn.prepare("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at FROM users ORDER BY name")?;
+                    let rows = st
+                        .query_map([], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(rows)
+                })
+                .await?;
+            let list: Vec<Value> = rows
+                .into_iter()
+                .map(|(name, enrolled, last, locked, created)| {
+                    let roles = name
+                        .parse::<postern_core::Username>()
+                        .ok()
+                        .and_then(|u| policy.users.get(&u).cloned())
+                        .unwrap_or_default();
+                    json!({
+                        "name": name,
+                        "enrolled": enrolled,
+                        "roles": roles,
+                        "last_login": last,
+                        "locked": locked as u64 > now,
+                        "created_at": created,
+                    })
+                })
+                .collect();
+            Ok(Value::Array(list))
+        }
+        AdminRequest::UsersRm { name } => {
+            let user: postern_core::Username = name.parse()?;
+            svc.db
+                .run(move |conn| {
+                    let n = conn.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
+                    if n == 0 {
+                        bail!("no user {user}");
+                    }
+                    let revoked = conn.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0", [user.as_str()])?;
+                    audit::append(conn, now, "user.removed", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked }))?;
+                    Ok(())
+                })
+                .await?;
+            Ok(json!({ "user": name, "removed": true }))
+        }
+        AdminRequest::UsersReset { name } => {
+            let user: postern_core::Username = name.parse()?;
+            let (token, hash) = auth::new_invite()?;
+            let expires = now + auth::INVITE_SECS;
+            svc.db
+                .run(move |conn| {
+                    let n = conn.execute(
+                        "UPDATE users SET password_hash = NULL, totp_secret = NULL, last_totp_step = 0, failed_count = 0, locked_until = 0, last_password_login = NULL, invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
+                        params![user.as_str(), hash, expires as i64],
+                    )?;
+                    if n == 0 {
+                        bail!("no user {user}");
+                    }
+                    let revoked = conn.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0", [user.as_str()])?;
+                    audit::append(conn, now, "user.reset", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked }))?;
+                    Ok(())
+                })
+                .await?;
+            Ok(json!({ "user": name, "invite": token, "expires_at": expires }))
+        }
+        AdminRequest::CaExport { ca } => {
+            let kind = CaKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == ca)
+                .ok_or_else(|| anyhow!("unknown CA {ca:?}; expected user, host or node-access"))?;
+            Ok(json!({ "ca": kind.as_str(), "keys": [svc.keys.public_line(kind)?] }))
+        }
+        AdminRequest::CertsLs { limit } => {
+            let rows = svc
+                .db
+                .run(move |conn| {
+                    let mut st = conn.prepare("SELECT serial, kind, subject, principals, valid_after, valid_before, issued_at, revoked FROM certs ORDER BY serial DESC LIMIT ?1")?;
+                    let rows = st
+                        .query_map([limit], |r| {
+                            Ok(json!({
+                                "serial": r.get::<_, i64>(0)?,
+                                "kind": r.get::<_, String>(1)?,
+                                "subject": r.get::<_, String>(2)?,
+                                "principals": r.get::<_, String>(3)?,
+                                "valid_after": r.get::<_, i64>(4)?,
+                                "valid_before": r.get::<_, i64>(5)?,
+                                "issued_at": r.get::<_, i64>(6)?,
+                                "revoked": r.get::<_, bool>(7)?,
+                            }))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(rows)
+                })
+                .await?;
+            Ok(Value::Array(rows))
+        }
+        AdminRequest::AuditTail { n } => {
+            let events = svc.db.run(move |conn| audit::tail(conn, n)).await?;
+            Ok(serde_json::to_value(events)?)
+        }
+        AdminRequest::AuditVerify => {
+            let v = svc.db.run(audit::verify).await?;
+            Ok(serde_json::to_value(v)?)
+        }
+    }
+}
+
+/// Sends one request to the daemon and returns its data.
+pub async fn call(socket: &Path, req: &AdminRequest) -> Result<Value> {
+    let mut s = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach posternd's admin socket {} (is `posternd serve` running, and are you root or its user?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    s.shutdown().await?;
+    let mut out = String::new();
+    BufReader::new(s).take(64 * 1024 * 1024).read_to_string(&mut out).await?;
+    if out.is_empty() {
+        bail!("posternd closed the admin connection without answering (permission denied?)");
+    }
+    let resp: AdminResponse = serde_json::from_str(out.trim_end()).context("bad answer from posternd")?;
+    if resp.ok {
+        Ok(resp.data)
+    } else {
+        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+    }
+}

@@ -1,0 +1,170 @@
+//! The HTTPS API: routes, request parsing, and the one place that maps refusals to statuses.
+//!
+//! Every error answer is `{"error": <public message>, "request_id": <id>}`; the detail goes
+//! to the log under the same id. Nothing here reveals whether a user exists.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use postern_core::api::{
+    EnrollRequest, EnrollResponse, ErrorBody, LoginRequest, PingResponse, RenewRequest, Secret,
+    MAX_BODY_BYTES,
+};
+use serde::de::DeserializeOwned;
+
+use crate::service::{Refusal, Service};
+
+/// The verified client certificate of the TLS connection, if the client sent one.
+#[derive(Clone, Default)]
+pub struct Peer(pub Option<Arc<Vec<u8>>>);
+
+/// An error answer.
+pub struct ApiError {
+    status: StatusCode,
+    public: String,
+    detail: String,
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let (status, public) = match &r {
+            Refusal::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            Refusal::BadCredentials => (StatusCode::UNAUTHORIZED, r.to_string()),
+            Refusal::Locked => (StatusCode::LOCKED, r.to_string()),
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
+        };
+        let detail = match &r {
+            Refusal::Internal(e) => format!("{e:#}"),
+            other => other.to_string(),
+        };
+        ApiError {
+            status,
+            public,
+            detail,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let id = request_id();
+        if self.status.is_server_error() {
+            tracing::error!(request_id = %id, status = %self.status, detail = %self.detail, "request failed");
+        } else {
+            tracing::info!(request_id = %id, status = %self.status, detail = %self.detail, "request refused");
+        }
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.public,
+                request_id: id,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body parsed with our own errors (axum's are plain text).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            ApiError {
+                status: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                public: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes")
+                } else {
+                    "cannot read request body".into()
+                },
+                detail: e.to_string(),
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            // serde's message names the field and position, never echoes secret values.
+            public: format!("malformed request: {e}"),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// The API's routes.
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/login", post(login))
+        .route("/v1/renew", post(renew))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                public: "no such endpoint".into(),
+                detail: "not found".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(svc)
+}
+
+async fn ping(State(svc): State<Arc<Service>>) -> Json<PingResponse> {
+    Json(PingResponse {
+        cluster: svc.cluster.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn enroll(
+    State(svc): State<Arc<Service>>,
+    JsonBody(req): JsonBody<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let uri = svc.enroll(req).await?;
+    Ok(Json(EnrollResponse {
+        otpauth_uri: Secret::new(uri),
+    }))
+}
+
+async fn login(
+    State(svc): State<Arc<Service>>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(svc.login(req).await?).into_response())
+}
+
+async fn renew(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<RenewRequest>,
+) -> Result<Response, ApiError> {
+    let Some(der) = peer.0 else {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            public: "renewal needs the client certificate from `postern login`".into(),
+            detail: "no client certificate".into(),
+        });
+    };
+    let identity = crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
+        status: StatusCode::FORBIDDEN,
+        public: "renewal refused: unusable client certificate; run `postern login`".into(),
+        detail: format!("{e:#}"),
+    })?;
+    Ok(Json(svc.renew(identity, req.ttl).await?).into_response())
+}

@@ -1,0 +1,414 @@
+//! The daemon's operations (enrol, login, renew, admin), independent of HTTP and of the
+//! admin socket: each is one database transaction that also writes its audit events.
+
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use postern_core::api::{CertResponse, EnrollRequest, LoginRequest};
+use postern_core::cert::{issue_user_cert, IssueParams, Signer};
+use postern_core::{ClusterName, Policy, Ttl, Username};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use ssh_key::{HashAlg, PublicKey};
+
+use crate::audit;
+use crate::auth::{self, GhostLockout};
+use crate::db::Db;
+use crate::keys::KeyStore;
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Shared state of the running daemon.
+pub struct Service {
+    /// Cluster name.
+    pub cluster: ClusterName,
+    /// Gateway address for clients.
+    pub gateway: Option<String>,
+    /// Every key.
+    pub keys: Arc<KeyStore>,
+    /// The database.
+    pub db: Db,
+    /// The policy in force (the last good one).
+    pub policy: RwLock<Arc<Policy>>,
+    /// Lockout of names that are not users.
+    pub ghosts: GhostLockout,
+}
+
+/// Why an operation was refused; the API maps each to a status and public message.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Malformed input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Wrong user, password, code, or invite; the same for every cause.
+    #[error("invalid credentials")]
+    BadCredentials,
+    /// Too many failures.
+    #[error("account locked after repeated failures; try again in 15 minutes")]
+    Locked,
+    /// Authenticated, but refused (policy, revoked, window over).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A server-side fault; the detail is logged, not shown.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+type Outcome<T> = std::result::Result<T, Refusal>;
+
+#[derive(Debug)]
+struct UserRow {
+    password_hash: Option<String>,
+    totp_secret: Option<Vec<u8>>,
+    last_totp_step: i64,
+    failed_count: i64,
+    locked_until: i64,
+    last_password_login: Option<i64>,
+}
+
+fn load_user(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
+    Ok(conn
+        .query_row(
+            "SELECT password_hash, totp_secret, last_totp_step, failed_count, locked_until, last_password_login FROM users WHERE name = ?1",
+            [name],
+            |r| {
+                Ok(UserRow {
+                    password_hash: r.get(0)?,
+                    totp_secret: r.get(1)?,
+                    last_totp_step: r.get(2)?,
+                    failed_count: r.get(3)?,
+                    locked_until: r.get(4)?,
+                    last_password_login: r.get(5)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Service {
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| Arc::clone(&p))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Sets the password and TOTP secret of an invited user.
+    pub async fn enroll(&self, req: EnrollRequest) -> Outcome<String> {
+        let pw = req.password.expose();
+        if pw.chars().count() < 8 {
+            return Err(Refusal::BadRequest("password must be at least 8 characters".into()));
+        }
+        if pw.len() > 1024 {
+            return Err(Refusal::BadRequest("password must be at most 1024 bytes".into()));
+        }
+        let pw = req.password.clone();
+        let hash = tokio::task::spawn_blocking(move || auth::hash_password(pw.expose()))
+            .await
+            .map_err(|e| anyhow!(e))??;
+        let secret = auth::new_totp_secret()?;
+        let uri = auth::otpauth_uri(&secret, req.user.as_str(), self.cluster.as_str())?;
+        let user = req.user.clone();
+        let presented = auth::invite_hash(req.invite.expose());
+        let now = now();
+        self.db
+            .run(move |conn| {
+                let row: Option<(Option<String>, Option<i64>)> = conn
+                    .query_row(
+                        "SELECT invite_hash, invite_expires FROM users WHERE name = ?1",
+                        [user.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let valid = match row {
+                    Some((Some(h), Some(exp))) => auth::same_hash(&h, &presented) && u(exp) > now,
+                    _ => {
+                        // Same comparison work for unknown users.
+                        let _ = auth::same_hash(&presented, &presented);
+                        false
+                    }
+                };
+                if !valid {
+                    audit::append(conn, now, "enroll.failure", user.as_str(), json!({"reason": "invalid or expired invite"}))?;
+                    return Ok(Err(Refusal::BadCredentials));
+                }
+                conn.execute(
+                    "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
+                    params![user.as_str(), hash, secret],
+                )?;
+                audit::append(conn, now, "user.enrolled", user.as_str(), json!({}))?;
+                Ok(Ok(()))
+            })
+            .await??;
+        Ok(uri)
+    }
+
+    /// Password + TOTP login: checks credentials and lockout, asks the policy, issues.
+    pub async fn login(&self, req: LoginRequest) -> Outcome<CertResponse> {
+        let public = parse_user_key(&req.public_key)?;
+        let now = now();
+        let name = req.user.clone();
+        let row = {
+            let name = name.clone();
+            self.db
+                .run(move |conn| load_user(conn, name.as_str()))
+                .await?
+        };
+        // The expensive checks run off the async threads and take the same time whether or not
+        // the user exists.
+        let (password_ok, step) = {
+            let hash = row.as_ref().and_then(|r| r.password_hash.clone());
+            let secret = row.as_ref().and_then(|r| r.totp_secret.clone());
+            let password = req.password.clone();
+            let otp = req.otp.clone();
+            tokio::task::spawn_blocking(move || {
+                let ok = auth::verify_password(hash.as_deref(), password.expose());
+                let step = auth::match_step(secret.as_deref(), otp.expose(), now);
+                (ok, step)
+            })
+            .await
+            .map_err(|e| anyhow!(e))?
+        };
+        if row.is_none() {
+            let locked = self.ghosts.fail(name.as_str(), now);
+            let user = name.clone();
+            self.db
+                .run(move |conn| {
+                    audit::append(conn, now, "login.failure", user.as_str(), json!({"reason": "unknown user"}))
+                })
+                .await?;
+            return Err(if locked { Refusal::Locked } else { Refusal::BadCredentials });
+        }
+        let policy = self.policy();
+        let keys = Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        let gateway = self.gateway.clone();
+        let ttl = req.ttl;
+        self.db
+            .run(move |conn| -> Result<Outcome<CertResponse>> {
+                let Some(row) = load_user(conn, name.as_str())? else {
+                    return Ok(Err(Refusal::BadCredentials));
+                };
+                let fail = |reason: &str| -> Result<()> {
+                    audit::append(conn, now, "login.failure", name.as_str(), json!({ "reason": reason }))
+                };
+                if u(row.locked_until) > now {
+                    fail("account locked")?;
+                    return Ok(Err(Refusal::Locked));
+                }
+                let reason = if row.password_hash.is_none() {
+                    Some("not enrolled")
+                } else if !password_ok {
+                    Some("wrong password")
+                } else {
+                    match step {
+                        None => Some("wrong one-time code"),
+                        Some(s) if i(s) <= row.last_totp_step => Some("replayed one-time code"),
+                        Some(_) => None,
+                    }
+                };
+                if let Some(reason) = reason {
+                    let failures = row.failed_count + 1;
+                    if failures >= auth::MAX_FAILURES {
+                        conn.execute(
+                            "UPDATE users SET failed_count = 0, locked_until = ?2 WHERE name = ?1",
+                            params![name.as_str(), i(now + auth::LOCK_SECS)],
+                        )?;
+                        audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "until": now + auth::LOCK_SECS }))?;
+                    } else {
+                        conn.execute(
+                            "UPDATE users SET failed_count = ?2 WHERE name = ?1",
+                            params![name.as_str(), failures],
+                        )?;
+                    }
+                    fail(reason)?;
+                    return Ok(Err(Refusal::BadCredentials));
+                }
+                conn.execute(
+                    "UPDATE users SET failed_count = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
+                    params![name.as_str(), i(step.unwrap_or(0)), i(now)],
+                )?;
+                let renew_until = now + policy.defaults.renew_until.as_secs();
+                let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
+                match ctx.issue(conn, &name, &public, ttl, renew_until, now, "login")? {
+                    Ok(resp) => {
+                        audit::append(conn, now, "login.success", name.as_str(), json!({ "serial": resp.1 }))?;
+                        Ok(Ok(resp.0))
+                    }
+                    Err(deny) => {
+                        fail(&deny)?;
+                        Ok(Err(Refusal::Forbidden(deny)))
+                    }
+                }
+            })
+            .await?
+    }
+
+    /// Renewal by proof of possession: the caller's client certificate was verified by TLS.
+    pub async fn renew(
+        &self,
+        identity: crate::x509::ClientIdentity,
+        ttl: Option<Ttl>,
+    ) -> Outcome<CertResponse> {
+        let now = now();
+        let policy = self.policy();
+        let keys = Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        let gateway = self.gateway.clone();
+        self.db
+            .run(move |conn| -> Result<Outcome<CertResponse>> {
+                let row: Option<(String, i64)> = conn
+                    .query_row(
+                        "SELECT subject, revoked FROM certs WHERE serial = ?1 AND kind = 'x509-client'",
+                        [i(identity.serial)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let refuse = |conn: &Connection, who: &str, reason: &str| -> Result<Outcome<CertResponse>> {
+                    audit::append(conn, now, "renew.failure", who, json!({ "reason": reason, "x509_serial": identity.serial }))?;
+                    Ok(Err(Refusal::Forbidden(format!("renewal refused: {reason}; run `postern login` to sign in again"))))
+                };
+                let Some((subject, revoked)) = row.filter(|(s, _)| *s == identity.subject) else {
+                    return refuse(conn, &identity.subject, "unknown identity");
+                };
+                if revoked != 0 {
+                    return refuse(conn, &subject, "this identity was revoked");
+                }
+                let Ok(name) = subject.parse::<Username>() else {
+                    return refuse(conn, &subject, "unknown identity");
+                };
+                let Some(user) = load_user(conn, name.as_str())? else {
+                    return refuse(conn, &subject, "the user no longer exists");
+                };
+                let Some(last) = user.last_password_login else {
+                    return refuse(conn, &subject, "no password login on record");
+                };
+                let deadline = u(last) + policy.defaults.renew_until.as_secs();
+                if now >= deadline {
+                    return refuse(conn, &subject, "the renewal window after the last password login is over");
+                }
+                let public = PublicKey::from(ssh_key::public::Ed25519PublicKey(identity.ed25519));
+                let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
+                match ctx.issue(conn, &name, &public, ttl, deadline, now, "renew")? {
+                    Ok((resp, _)) => Ok(Ok(resp)),
+                    Err(deny) => refuse(conn, &subject, &deny),
+                }
+            })
+            .await?
+    }
+}
+
+fn parse_user_key(line: &str) -> Outcome<PublicKey> {
+    if line.len() > 1024 {
+        return Err(Refusal::BadRequest("public_key is too long".into()));
+    }
+    let key = PublicKey::from_openssh(line.trim())
+        .map_err(|_| Refusal::BadRequest("public_key is not an OpenSSH public key".into()))?;
+    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+        return Err(Refusal::BadRequest("public_key must be an Ed25519 key".into()));
+    }
+    Ok(key)
+}
+
+struct IssueCtx<'a> {
+    keys: &'a KeyStore,
+    policy: &'a Policy,
+    cluster: &'a ClusterName,
+    gateway: &'a Option<String>,
+}
+
+impl IssueCtx<'_> {
+    /// Issues the SSH certificate and the X.509 identity for one key, records both and audits.
+    /// `Ok(Err(reason))` is a policy refusal.
+    #[allow(clippy::too_many_arguments)]
+    fn issue(
+        &self,
+        conn: &Connection,
+        user: &Username,
+        public: &PublicKey,
+        ttl: Option<Ttl>,
+        renew_until: u64,
+        now: u64,
+        via: &str,
+    ) -> Result<std::result::Result<(CertResponse, u64), String>> {
+        let decision = match self.policy.decide_login(user, ttl) {
+            Ok(d) => d,
+            Err(deny) => return Ok(Err(deny.to_string())),
+        };
+        let a = &decision.approval;
+        let principals = a.logins().iter().map(|l| l.as_str()).collect::<Vec<_>>().join(",");
+        let fp = public.fingerprint(HashAlg::Sha256).to_string();
+        let valid_after = now.saturating_sub(postern_core::cert::CLOCK_SKEW_SECS);
+        let valid_before = now + a.ttl().as_secs();
+        conn.execute(
+            "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-user', ?1, ?2, ?3, ?4, ?5, ?6)",
+            params![user.as_str(), principals, i(valid_after), i(valid_before), i(now), fp],
+        )?;
+        let serial = u(conn.last_insert_rowid());
+        let cert = issue_user_cert(&self.keys.user, a, public, IssueParams { serial, now })?;
+        conn.execute(
+            "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('x509-client', ?1, '', ?2, ?3, ?4, ?5)",
+            params![user.as_str(), i(valid_after), i(renew_until), i(now), fp],
+        )?;
+        let x509_serial = u(conn.last_insert_rowid());
+        let ed = public
+            .key_data()
+            .ed25519()
+            .ok_or_else(|| anyhow!("not an Ed25519 key"))?;
+        let x509 = self
+            .keys
+            .service
+            .issue_client_cert(user.as_str(), &ed.0, x509_serial, valid_after, renew_until)?;
+        audit::append(
+            conn,
+            now,
+            "cert.issued",
+            user.as_str(),
+            json!({
+                "via": via,
+                "serial": serial,
+                "x509_serial": x509_serial,
+                "principals": principals,
+                "permits": a.permits().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                "valid_after": valid_after,
+                "valid_before": valid_before,
+                "key": fp,
+            }),
+        )?;
+        let host_ca = self.keys.host.public_key().to_openssh()?;
+        Ok(Ok((
+            CertResponse {
+                cluster: self.cluster.clone(),
+                user: user.clone(),
+                ssh_certificate: cert.to_openssh()?,
+                x509_certificate: x509,
+                x509_ca: self.keys.service.cert_pem.clone(),
+                host_ca_keys: vec![host_ca],
+                gateway: self.gateway.clone(),
+                principals: a.logins().to_vec(),
+                permits: a.permits().iter().copied().collect(),
+                valid_before,
+                renew_until,
+                ttl: a.ttl(),
+                capped_from: decision.capped_from,
+            },
+            serial,
+        )))
+    }
+}
