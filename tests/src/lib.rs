@@ -1,0 +1,477 @@
+//! One harness for Postern's end-to-end tests: temporary directories, `posternd` on a free
+//! loopback port, the `postern` CLI with its own `$HOME`, and a stock `sshd`, all cleaned up on
+//! drop, so that each test reads like a user story.
+//!
+//! The binaries are taken from the cargo target directory (`scripts/test` builds them first).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The OS account that test certificates log in as.
+pub const TEST_LOGIN: &str = "postern-e2e";
+
+/// Where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("POSTERN_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/debug/deps/<test> → target/debug
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The path of one workspace binary; panics with advice when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (there is a small race until the server binds it).
+pub fn free_port() -> u16 {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Runs a command and returns its output, panicking only when it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command with the given standard input.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Text of stdout and stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A running `posternd` with its own data directory.
+pub struct Ca {
+    /// The data directory (holds posternd.toml, policy.toml, ca/, the database).
+    pub dir: TempDir,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The `sha256:` pin.
+    pub pin: String,
+    /// The cluster's name.
+    pub cluster: String,
+    child: Option<Child>,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Ca {
+    /// Initialises a CA with the given policy and starts it.
+    pub fn start(policy: &str) -> Ca {
+        let mut ca = Ca::init(policy);
+        ca.spawn();
+        ca
+    }
+
+    /// Initialises a CA without starting it.
+    pub fn init(policy: &str) -> Ca {
+        let dir = tempfile::Builder::new().prefix("postern-ca").tempdir().unwrap();
+        let port = free_port();
+        let out = run(Command::new(bin("posternd"))
+            .args(["init", "--cluster", "test.postern", "--json", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path()));
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        Ca {
+            url: v["api_url"].as_str().unwrap().to_owned(),
+            pin: v["ca_pin"].as_str().unwrap().to_owned(),
+            cluster: v["cluster"].as_str().unwrap().to_owned(),
+            dir,
+            child: None,
+            log: Default::default(),
+        }
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("posternd.toml")
+    }
+
+    /// Starts `posternd serve` and waits for its ready line.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(bin("posternd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .env("POSTERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("posternd ready") {
+                    let _ = tx.send(());
+                }
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            panic!("posternd did not become ready:\n{}", self.log());
+        }
+    }
+
+    /// Stops the daemon (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Runs an admin subcommand with `--json` and returns its output.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("posternd"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config()))
+    }
+
+    /// Runs an admin subcommand with `--json`; panics unless it succeeds.
+    pub fn admin_json(&self, args: &[&str]) -> Value {
+        let out = run(Command::new(bin("posternd"))
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(self.config()));
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Adds a user and returns the invite.
+    pub fn invite(&self, user: &str) -> String {
+        self.admin_json(&["users", "add", user])["invite"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Replaces the policy file.
+    pub fn set_policy(&self, policy: &str) {
+        let p = self.dir.path().join("policy.toml");
+        let tmp = self.dir.path().join("policy.toml.tmp");
+        std::fs::write(&tmp, policy).unwrap();
+        std::fs::rename(tmp, p).unwrap();
+    }
+
+    /// The audit events, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        self.admin_json(&["audit", "tail", "-n", "1000"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A person with their own `$HOME`, using the `postern` CLI.
+pub struct Person {
+    /// Their home directory.
+    pub home: TempDir,
+    /// Their Postern user name.
+    pub user: String,
+    /// Their password.
+    pub password: String,
+    /// Their TOTP secret (raw bytes), after enrolment.
+    pub totp_secret: Vec<u8>,
+    last_step: u64,
+}
+
+impl Person {
+    /// A new person.
+    pub fn new(user: &str) -> Person {
+        Person {
+            home: tempfile::Builder::new().prefix("postern-home").tempdir().unwrap(),
+            user: user.to_owned(),
+            password: format!("pw-{user}-correct horse"),
+            totp_secret: Vec::new(),
+            last_step: 0,
+        }
+    }
+
+    /// A `postern` command with this person's `$HOME`.
+    pub fn postern(&self) -> Command {
+        let mut c = Command::new(bin("postern"));
+        c.env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Enrols with an invite from the CA; remembers the TOTP secret.
+    pub fn enroll(&mut self, ca: &Ca) {
+        let invite = ca.invite(&self.user);
+        let out = run_with_input(
+            self.postern()
+                .args(["enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user])
+                .args(["--invite", &invite, "--password-stdin", "--json"]),
+            &format!("{}\n", self.password),
+        );
+        assert!(out.status.success(), "enroll: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let uri = v["otpauth_uri"].as_str().unwrap();
+        let secret = uri
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap();
+        self.totp_secret = base32_decode(secret);
+    }
+
+    /// The TOTP code for a time step.
+    pub fn code_at_step(&self, step: u64) -> String {
+        let t = totp_rs::TOTP::new_unchecked(
+            totp_rs::Algorithm::SHA1,
+            6,
+            1,
+            30,
+            self.totp_secret.clone(),
+            None,
+            String::new(),
+        );
+        t.generate(step * 30)
+    }
+
+    /// A code not used before (the current step, or the next one when that was used).
+    pub fn fresh_code(&mut self) -> String {
+        let step = (now() / 30).max(self.last_step + 1);
+        assert!(step <= now() / 30 + 1, "out of fresh TOTP steps; the test logs in too often");
+        self.last_step = step;
+        self.code_at_step(step)
+    }
+
+    /// `postern login` with the password on stdin and extra arguments.
+    pub fn login_with(&mut self, ca: &Ca, password: &str, otp: &str, extra: &[&str]) -> Output {
+        run_with_input(
+            self.postern()
+                .args(["login", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user])
+                .args(["--password-stdin", "--otp", otp])
+                .args(extra),
+            &format!("{password}\n"),
+        )
+    }
+
+    /// A successful login; panics otherwise.
+    pub fn login(&mut self, ca: &Ca) -> Output {
+        let code = self.fresh_code();
+        let pw = self.password.clone();
+        let out = self.login_with(ca, &pw, &code, &[]);
+        assert!(out.status.success(), "login: {}", text(&out));
+        out
+    }
+
+    /// The cluster folder under `~/.ssh/postern`.
+    pub fn cluster_dir(&self, ca: &Ca) -> PathBuf {
+        self.home.path().join(".ssh/postern").join(&ca.cluster)
+    }
+}
+
+/// RFC 4648 base32 (no padding), as in otpauth URIs.
+pub fn base32_decode(s: &str) -> Vec<u8> {
+    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHA
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap_or_else(|| panic!("not base32: {s}")) as u64;
+        bits = (bits << 5) | v;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+/// Creates the test login account once (the tests run as root).
+pub fn ensure_test_login() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let exists = run(Command::new("id").arg(TEST_LOGIN)).status.success();
+        if !exists {
+            let out = run(Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/sh", TEST_LOGIN]));
+            assert!(
+                out.status.success(),
+                "cannot create the test account {TEST_LOGIN} (the end-to-end tests run as root): {}",
+                text(&out)
+            );
+        }
+        // sshd refuses accounts whose password field is locked ("!") when UsePAM is off;
+        // "*" means no password login but an unlocked account.
+        let _ = run(Command::new("usermod").args(["-p", "*", TEST_LOGIN]));
+    });
+}
+
+/// A stock `sshd` on a free loopback port.
+pub struct Sshd {
+    /// Its folder (config, host key, log).
+    pub dir: TempDir,
+    /// Its port.
+    pub port: u16,
+    child: Child,
+}
+
+impl Sshd {
+    /// Starts sshd trusting the given CA public key lines as `TrustedUserCAKeys`.
+    pub fn start(trusted_ca: &str) -> Sshd {
+        ensure_test_login();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = tempfile::Builder::new().prefix("postern-sshd").tempdir().unwrap();
+        let d = dir.path();
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_key")));
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::write(d.join("trusted_ca.pub"), trusted_ca).unwrap();
+        let port = free_port();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nTrustedUserCAKeys {ca}\n\
+             AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
+            hk = d.join("host_key").display(),
+            pid = d.join("sshd.pid").display(),
+            ca = d.join("trusted_ca.pub").display(),
+        );
+        std::fs::write(d.join("sshd_config"), cfg).unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { dir, port, child }
+    }
+
+    /// What sshd logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Stock `ssh` as `login` to `NAME.<cluster>` (so that the `Host *.<cluster>` block that
+    /// `postern login` wrote applies), pointed at this server with `HostName`.
+    pub fn ssh(&self, person: &Person, ca: &Ca, login: &str, remote: &str) -> Output {
+        run(Command::new("ssh")
+            .env("HOME", person.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .arg("-F")
+            .arg(person.home.path().join(".ssh/config"))
+            .args(["-o", "HostName=127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args(["-l", login])
+            .arg(format!("web1.{}", ca.cluster))
+            .arg(remote))
+    }
+}
+
+/// `curl` against the API: returns (HTTP status, body). TLS is not verified here: these
+/// tests are about the server's parsing, the CLI tests cover the pinning.
+pub fn curl(ca: &Ca, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "-H", "content-type: application/json"]);
+    if let Some(b) = body {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b).unwrap();
+        cmd.arg("--data-binary").arg(format!("@{}", f.path().display()));
+        let out = run(cmd.arg(format!("{}{path}", ca.url)));
+        return split_status(&out);
+    }
+    split_status(&run(cmd.arg(format!("{}{path}", ca.url))))
+}
+
+fn split_status(out: &Output) -> (u16, String) {
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", &s));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
