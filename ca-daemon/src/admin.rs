@@ -75,8 +75,13 @@ pub struct AdminResponse {
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
-        if md.file_type().is_symlink() || !std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
-            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        if md.file_type().is_symlink()
+            || !std::os::unix::fs::FileTypeExt::is_socket(&md.file_type())
+        {
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
         }
         std::fs::remove_file(path)?;
     }
@@ -96,7 +101,10 @@ pub async fn serve(listener: UnixListener, svc: Arc<Service>) {
         tokio::spawn(async move {
             let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
             if uid != 0 && uid != euid {
-                tracing::warn!(uid, "admin socket: refused a caller that is neither root nor the daemon's user");
+                tracing::warn!(
+                    uid,
+                    "admin socket: refused a caller that is neither root nor the daemon's user"
+                );
                 return;
             }
             if let Err(e) = handle(stream, svc, uid).await {
@@ -114,10 +122,22 @@ async fn handle(stream: UnixStream, svc: Arc<Service>, uid: u32) -> Result<()> {
     let first = line.lines().next().unwrap_or_default();
     let resp = match serde_json::from_str::<AdminRequest>(first) {
         Ok(req) => match run(&svc, req, uid).await {
-            Ok(data) => AdminResponse { ok: true, data, error: None },
-            Err(e) => AdminResponse { ok: false, data: Value::Null, error: Some(format!("{e:#}")) },
+            Ok(data) => AdminResponse {
+                ok: true,
+                data,
+                error: None,
+            },
+            Err(e) => AdminResponse {
+                ok: false,
+                data: Value::Null,
+                error: Some(format!("{e:#}")),
+            },
         },
-        Err(e) => AdminResponse { ok: false, data: Value::Null, error: Some(format!("bad request: {e}")) },
+        Err(e) => AdminResponse {
+            ok: false,
+            data: Value::Null,
+            error: Some(format!("bad request: {e}")),
+        },
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
@@ -125,7 +145,6 @@ async fn handle(stream: UnixStream, svc: Arc<Service>, uid: u32) -> Result<()> {
     w.shutdown().await?;
     Ok(())
 }
-
 
 async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
     let actor = format!("admin(uid {uid})");
@@ -152,7 +171,9 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                     Ok(())
                 })
                 .await?;
-            Ok(json!({ "user": name, "invite": token, "expires_at": expires, "has_roles": has_roles }))
+            Ok(
+                json!({ "user": name, "invite": token, "expires_at": expires, "has_roles": has_roles }),
+            )
         }
         AdminRequest::UsersLs => {
             let policy = svc.policy();
@@ -196,8 +217,17 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                     if n == 0 {
                         bail!("no user {user}");
                     }
-                    let revoked = conn.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0", [user.as_str()])?;
-                    audit::append(conn, now, "user.removed", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked }))?;
+                    let revoked = conn.execute(
+                        "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0",
+                        [user.as_str()],
+                    )?;
+                    audit::append(
+                        conn,
+                        now,
+                        "user.removed",
+                        &actor,
+                        json!({ "user": user.as_str(), "revoked_certs": revoked }),
+                    )?;
                     Ok(())
                 })
                 .await?;
@@ -278,14 +308,20 @@ pub async fn call(socket: &Path, req: &AdminRequest) -> Result<Value> {
     s.write_all(&line).await?;
     s.shutdown().await?;
     let mut out = String::new();
-    BufReader::new(s).take(64 * 1024 * 1024).read_to_string(&mut out).await?;
+    BufReader::new(s)
+        .take(64 * 1024 * 1024)
+        .read_to_string(&mut out)
+        .await?;
     if out.is_empty() {
         bail!("posternd closed the admin connection without answering (permission denied?)");
     }
-    let resp: AdminResponse = serde_json::from_str(out.trim_end()).context("bad answer from posternd")?;
+    let resp: AdminResponse =
+        serde_json::from_str(out.trim_end()).context("bad answer from posternd")?;
     if resp.ok {
         Ok(resp.data)
     } else {
-        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+        Err(anyhow!(resp
+            .error
+            .unwrap_or_else(|| "unknown error".into())))
     }
 }

@@ -98,12 +98,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 detail: e.to_string(),
             }
         })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            // serde's message names the field and position, never echoes secret values.
-            public: format!("malformed request: {e}"),
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                // serde's message names the field and position, never echoes secret values.
+                public: format!("malformed request: {e}"),
+                detail: e.to_string(),
+            })
     }
 }
 

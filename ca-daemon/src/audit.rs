@@ -90,8 +90,8 @@ pub struct Verification {
 
 /// Walks the whole chain.
 pub fn verify(conn: &Connection) -> Result<Verification> {
-    let mut st =
-        conn.prepare("SELECT seq, ts, kind, actor, detail, prev_hash, hash FROM audit ORDER BY seq")?;
+    let mut st = conn
+        .prepare("SELECT seq, ts, kind, actor, detail, prev_hash, hash FROM audit ORDER BY seq")?;
     let mut rows = st.query([])?;
     let mut problems = Vec::new();
     let mut expected_seq = 1i64;
@@ -123,7 +123,9 @@ pub fn verify(conn: &Connection) -> Result<Verification> {
             problems.push(format!("event {seq} does not link to event {}", seq - 1));
         }
         if event_hash(&stored_prev, seq, ts, &kind, &actor, &detail) != hash {
-            problems.push(format!("event {seq} was edited (its hash does not match its content)"));
+            problems.push(format!(
+                "event {seq} was edited (its hash does not match its content)"
+            ));
         }
         expected_seq = seq + 1;
         prev_hash = hash;
@@ -172,7 +174,10 @@ mod tests {
         c.execute("UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 3", [])
             .unwrap();
         let v = verify(&c).unwrap();
-        assert_eq!(v.problems, ["event 3 was edited (its hash does not match its content)"]);
+        assert_eq!(
+            v.problems,
+            ["event 3 was edited (its hash does not match its content)"]
+        );
     }
 
     #[test]
@@ -188,7 +193,10 @@ mod tests {
         let c = db();
         c.execute("DELETE FROM audit WHERE seq >= 4", []).unwrap();
         let v = verify(&c).unwrap();
-        assert_eq!(v.problems, ["events 4 to 5 deleted from the end of the log"]);
+        assert_eq!(
+            v.problems,
+            ["events 4 to 5 deleted from the end of the log"]
+        );
     }
 
     #[test]
@@ -196,7 +204,9 @@ mod tests {
         // An attacker who edits event 3 and recomputes its hash still breaks event 4's link.
         let c = db();
         let prev: String = c
-            .query_row("SELECT prev_hash FROM audit WHERE seq = 3", [], |r| r.get(0))
+            .query_row("SELECT prev_hash FROM audit WHERE seq = 3", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         let h = event_hash(&prev, 3, 102, "test", "tester", "{\"i\":99}");
         c.execute(

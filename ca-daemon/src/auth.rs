@@ -48,7 +48,11 @@ fn dummy_hash() -> &'static str {
 pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
     let hash = stored.unwrap_or_else(|| dummy_hash());
     let ok = PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false);
     ok && stored.is_some()
 }
@@ -162,7 +166,11 @@ mod tests {
         for (offset, ok) in [(-2i64, false), (-1, true), (0, true), (1, true), (2, false)] {
             let s = (step as i64 + offset) as u64;
             let code = t.generate(s * 30);
-            assert_eq!(match_step(Some(&secret), &code, now) == Some(s), ok, "offset {offset}");
+            assert_eq!(
+                match_step(Some(&secret), &code, now) == Some(s),
+                ok,
+                "offset {offset}"
+            );
         }
         assert_eq!(match_step(Some(&secret), "12345", now), None);
         assert_eq!(match_step(Some(&secret), "", now), None);

@@ -77,11 +77,17 @@ impl Config {
         let listen: SocketAddr = raw.listen.parse().map_err(|_| {
             at(
                 find("listen"),
-                format!("listen {:?} is not an address like 127.0.0.1:3080", raw.listen),
+                format!(
+                    "listen {:?} is not an address like 127.0.0.1:3080",
+                    raw.listen
+                ),
             )
         })?;
         if !raw.api_url.starts_with("https://") {
-            return Err(at(find("api_url"), "api_url must start with https://".into()));
+            return Err(at(
+                find("api_url"),
+                "api_url must start with https://".into(),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let base = if base.as_os_str().is_empty() {
@@ -135,7 +141,11 @@ mod tests {
 
     #[test]
     fn rendered_config_parses() {
-        let text = Config::render("c.test", &"127.0.0.1:3080".parse().unwrap(), "https://127.0.0.1:3080");
+        let text = Config::render(
+            "c.test",
+            &"127.0.0.1:3080".parse().unwrap(),
+            "https://127.0.0.1:3080",
+        );
         let c = Config::parse(&text, Path::new("/d/posternd.toml")).unwrap();
         assert_eq!(c.cluster.as_str(), "c.test");
         assert_eq!(c.data_dir, Path::new("/d/."));
@@ -151,11 +161,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        let e = Config::parse("cluster = \"a b\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n", Path::new("p")).unwrap_err();
+        let e = Config::parse(
+            "cluster = \"a b\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n",
+            Path::new("p"),
+        )
+        .unwrap_err();
         assert!(e.contains("cluster"), "{e}");
-        let e = Config::parse("cluster = \"c\"\nlisten = \"nowhere\"\napi_url = \"https://x\"\n", Path::new("p")).unwrap_err();
+        let e = Config::parse(
+            "cluster = \"c\"\nlisten = \"nowhere\"\napi_url = \"https://x\"\n",
+            Path::new("p"),
+        )
+        .unwrap_err();
         assert!(e.contains("p:2:1"), "{e}");
-        let e = Config::parse("cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"http://x\"\n", Path::new("p")).unwrap_err();
+        let e = Config::parse(
+            "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"http://x\"\n",
+            Path::new("p"),
+        )
+        .unwrap_err();
         assert!(e.contains("https"), "{e}");
     }
 }

@@ -88,7 +88,8 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
 
 /// Creates the schema (idempotent).
 pub fn init_schema(conn: &Connection) -> Result<()> {
-    conn.execute_batch(SCHEMA).context("cannot create the database schema")
+    conn.execute_batch(SCHEMA)
+        .context("cannot create the database schema")
 }
 
 /// Handle to the writer thread.

@@ -138,13 +138,16 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
 }
 
 fn check_private(path: &Path, want_dir: bool) -> Result<()> {
-    let md = fs::symlink_metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let md =
+        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if md.file_type().is_symlink() {
         bail!("refusing to start: {} is a symbolic link", path.display());
     }
     if md.is_dir() != want_dir {
-        bail!("refusing to start: {} has the wrong file type", path.display());
+        bail!(
+            "refusing to start: {} has the wrong file type",
+            path.display()
+        );
     }
     let mode = md.permissions().mode() & 0o777;
     let want = if want_dir { 0o700 } else { 0o600 };
@@ -169,7 +172,9 @@ fn check_private(path: &Path, want_dir: bool) -> Result<()> {
 
 /// The effective uid, through std's metadata of `/proc/self` (no unsafe code).
 pub fn unsafe_free_geteuid() -> u32 {
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// Loads every key after checking the directory's and the private files' permissions.
@@ -186,7 +191,10 @@ pub fn load(data_dir: &Path) -> Result<KeyStore> {
         let key = PrivateKey::from_openssh(&text)
             .map_err(|e| anyhow!("{}: {e}", dir.join(kind.file()).display()))?;
         if key.is_encrypted() {
-            bail!("{} is encrypted; posternd needs an unencrypted key", kind.file());
+            bail!(
+                "{} is encrypted; posternd needs an unencrypted key",
+                kind.file()
+            );
         }
         Ok(KeySigner::new(key))
     };

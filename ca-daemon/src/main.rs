@@ -46,7 +46,11 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArg {
     /// The daemon's configuration file.
-    #[arg(long, default_value = "/etc/postern/posternd.toml", value_name = "FILE")]
+    #[arg(
+        long,
+        default_value = "/etc/postern/posternd.toml",
+        value_name = "FILE"
+    )]
     config: PathBuf,
 }
 
@@ -62,7 +66,9 @@ struct AdminArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a new CA: config, sample policy, CA keys, API certificate and database.
-    #[command(after_help = "Example:\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com\n\nPrints the CA pin (sha256:...) that clients pass as --ca-pin. Refuses to overwrite an existing CA.")]
+    #[command(
+        after_help = "Example:\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com\n\nPrints the CA pin (sha256:...) that clients pass as --ca-pin. Refuses to overwrite an existing CA."
+    )]
     Init {
         /// Where to create everything.
         #[arg(long, value_name = "DIR")]
@@ -81,13 +87,17 @@ enum Cmd {
         json: bool,
     },
     /// Run the HTTPS API and the admin socket.
-    #[command(after_help = "Example:\n  posternd serve --config /var/lib/postern/posternd.toml\n\nSIGHUP (or editing the file) reloads the policy; a bad policy is reported with file:line:column and the last good one stays in force.")]
+    #[command(
+        after_help = "Example:\n  posternd serve --config /var/lib/postern/posternd.toml\n\nSIGHUP (or editing the file) reloads the policy; a bad policy is reported with file:line:column and the last good one stays in force."
+    )]
     Serve {
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Validate the configuration and the policy without starting (like `sshd -t`).
-    #[command(after_help = "Example:\n  posternd check-config --config /etc/postern/posternd.toml\n\nAdd --print to show the effective configuration (like `sshd -T`).")]
+    #[command(
+        after_help = "Example:\n  posternd check-config --config /etc/postern/posternd.toml\n\nAdd --print to show the effective configuration (like `sshd -T`)."
+    )]
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
@@ -96,7 +106,9 @@ enum Cmd {
         print: bool,
     },
     /// Try Postern on this machine: init when needed, create user `admin`, serve on 127.0.0.1:3080.
-    #[command(after_help = "Example:\n  posternd quickstart --data-dir ./postern-data\n\nPrints the `postern enroll` and `postern login` commands to run next.")]
+    #[command(
+        after_help = "Example:\n  posternd quickstart --data-dir ./postern-data\n\nPrints the `postern enroll` and `postern login` commands to run next."
+    )]
     Quickstart {
         /// Data directory (created when missing).
         #[arg(long, value_name = "DIR", default_value = "./postern-data")]
@@ -122,7 +134,9 @@ enum Cmd {
 #[derive(Subcommand)]
 enum UsersCmd {
     /// Add a user and print a one-time invite (valid 24h) for `postern enroll`.
-    #[command(after_help = "Example:\n  posternd users add alice\n\nGive alice a role in the policy file ([users.alice] roles = [...]) so that she can log in.")]
+    #[command(
+        after_help = "Example:\n  posternd users add alice\n\nGive alice a role in the policy file ([users.alice] roles = [...]) so that she can log in."
+    )]
     Add {
         /// The user name.
         name: String,
@@ -156,7 +170,9 @@ enum UsersCmd {
 #[derive(Subcommand)]
 enum CaCmd {
     /// Print a CA's public key as an authorized_keys-style line (for TrustedUserCAKeys etc.).
-    #[command(after_help = "Examples:\n  posternd ca export user > /etc/ssh/postern_user_ca.pub\n  posternd ca export host")]
+    #[command(
+        after_help = "Examples:\n  posternd ca export user > /etc/ssh/postern_user_ca.pub\n  posternd ca export host"
+    )]
     Export {
         /// Which CA.
         #[arg(value_parser = ["user", "host", "node-access"])]
@@ -208,7 +224,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("posternd: cannot start the runtime: {e}");

@@ -79,7 +79,11 @@ pub fn init(
         ip.to_string()
     };
     let api_url = format!("https://{host}:{}", listen.port());
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if !ip.is_unspecified() {
         names.push(ip.to_string());
     }
@@ -101,7 +105,13 @@ pub fn init(
     keys::write_new(&policy_path, policy.as_bytes(), 0o644)?;
     let conn = db::open_connection(&data_dir.join("posternd.db"))?;
     db::init_schema(&conn)?;
-    audit::append(&conn, now(), "ca.created", "posternd init", json!({ "cluster": cluster_name.as_str() }))?;
+    audit::append(
+        &conn,
+        now(),
+        "ca.created",
+        "posternd init",
+        json!({ "cluster": cluster_name.as_str() }),
+    )?;
     let store = keys::load(data_dir)?;
     Ok(InitOutput {
         cluster: cluster_name.to_string(),
@@ -216,7 +226,15 @@ async fn watch_policy(svc: Arc<Service>, path: PathBuf) {
                 let msg = e.to_string();
                 let _ = svc
                     .db
-                    .run(move |c| audit::append(c, now, "policy.rejected", "posternd", json!({ "error": msg })))
+                    .run(move |c| {
+                        audit::append(
+                            c,
+                            now,
+                            "policy.rejected",
+                            "posternd",
+                            json!({ "error": msg }),
+                        )
+                    })
                     .await;
             }
         }
@@ -230,7 +248,8 @@ fn invoking_login() -> Result<postern_core::Login> {
         .or_else(|| std::env::var("USER").ok().filter(|s| !s.is_empty()))
         .or_else(|| std::env::var("LOGNAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "root".into());
-    name.parse().map_err(|e| anyhow!("cannot use your OS user as a login: {e}"))
+    name.parse()
+        .map_err(|e| anyhow!("cannot use your OS user as a login: {e}"))
 }
 
 /// `posternd quickstart`: init when needed, make sure user `admin` can enrol, serve.
@@ -243,7 +262,11 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
             postern_core::policy::SAMPLE_POLICY
         );
         let out = init(data_dir, "postern.test", listen, &[], Some(&policy))?;
-        println!("Initialised a new CA in {} (cluster {}).", data_dir.display(), out.cluster);
+        println!(
+            "Initialised a new CA in {} (cluster {}).",
+            data_dir.display(),
+            out.cluster
+        );
     }
     let cfg = Config::load(&config)?;
     let keys = keys::load(&cfg.data_dir)?;
@@ -252,7 +275,11 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
     let conn = db::open_connection(&cfg.data_dir.join("posternd.db"))?;
     db::init_schema(&conn)?;
     let enrolled: Option<bool> = conn
-        .query_row("SELECT password_hash IS NOT NULL FROM users WHERE name = 'admin'", [], |r| r.get(0))
+        .query_row(
+            "SELECT password_hash IS NOT NULL FROM users WHERE name = 'admin'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     let now = now();
     let next = if enrolled == Some(true) {
@@ -265,7 +292,13 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
                 "INSERT INTO users (name, invite_hash, invite_expires, created_at) VALUES ('admin', ?1, ?2, ?3)",
                 params![hash, expires, now as i64],
             )?;
-            audit::append(&conn, now, "user.added", "posternd quickstart", json!({ "user": "admin" }))?;
+            audit::append(
+                &conn,
+                now,
+                "user.added",
+                "posternd quickstart",
+                json!({ "user": "admin" }),
+            )?;
         } else {
             conn.execute(
                 "UPDATE users SET invite_hash = ?1, invite_expires = ?2 WHERE name = 'admin'",

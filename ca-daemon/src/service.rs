@@ -113,10 +113,14 @@ impl Service {
     pub async fn enroll(&self, req: EnrollRequest) -> Outcome<String> {
         let pw = req.password.expose();
         if pw.chars().count() < 8 {
-            return Err(Refusal::BadRequest("password must be at least 8 characters".into()));
+            return Err(Refusal::BadRequest(
+                "password must be at least 8 characters".into(),
+            ));
         }
         if pw.len() > 1024 {
-            return Err(Refusal::BadRequest("password must be at most 1024 bytes".into()));
+            return Err(Refusal::BadRequest(
+                "password must be at most 1024 bytes".into(),
+            ));
         }
         let pw = req.password.clone();
         let hash = tokio::task::spawn_blocking(move || auth::hash_password(pw.expose()))
@@ -190,10 +194,20 @@ impl Service {
             let user = name.clone();
             self.db
                 .run(move |conn| {
-                    audit::append(conn, now, "login.failure", user.as_str(), json!({"reason": "unknown user"}))
+                    audit::append(
+                        conn,
+                        now,
+                        "login.failure",
+                        user.as_str(),
+                        json!({"reason": "unknown user"}),
+                    )
                 })
                 .await?;
-            return Err(if locked { Refusal::Locked } else { Refusal::BadCredentials });
+            return Err(if locked {
+                Refusal::Locked
+            } else {
+                Refusal::BadCredentials
+            });
         }
         let policy = self.policy();
         let keys = Arc::clone(&self.keys);
@@ -321,7 +335,9 @@ fn parse_user_key(line: &str) -> Outcome<PublicKey> {
     let key = PublicKey::from_openssh(line.trim())
         .map_err(|_| Refusal::BadRequest("public_key is not an OpenSSH public key".into()))?;
     if key.algorithm() != ssh_key::Algorithm::Ed25519 {
-        return Err(Refusal::BadRequest("public_key must be an Ed25519 key".into()));
+        return Err(Refusal::BadRequest(
+            "public_key must be an Ed25519 key".into(),
+        ));
     }
     Ok(key)
 }
@@ -352,7 +368,12 @@ impl IssueCtx<'_> {
             Err(deny) => return Ok(Err(deny.to_string())),
         };
         let a = &decision.approval;
-        let principals = a.logins().iter().map(|l| l.as_str()).collect::<Vec<_>>().join(",");
+        let principals = a
+            .logins()
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let fp = public.fingerprint(HashAlg::Sha256).to_string();
         let valid_after = now.saturating_sub(postern_core::cert::CLOCK_SKEW_SECS);
         let valid_before = now + a.ttl().as_secs();
@@ -371,10 +392,13 @@ impl IssueCtx<'_> {
             .key_data()
             .ed25519()
             .ok_or_else(|| anyhow!("not an Ed25519 key"))?;
-        let x509 = self
-            .keys
-            .service
-            .issue_client_cert(user.as_str(), &ed.0, x509_serial, valid_after, renew_until)?;
+        let x509 = self.keys.service.issue_client_cert(
+            user.as_str(),
+            &ed.0,
+            x509_serial,
+            valid_after,
+            renew_until,
+        )?;
         audit::append(
             conn,
             now,

@@ -35,8 +35,9 @@ pub fn server_config(keys: &KeyStore) -> Result<Arc<ServerConfig>> {
     let mut chain: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut keys.api_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     chain.push(CertificateDer::from(keys.service.cert_der.clone()));
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut keys.api_key_pem.as_bytes())?
-        .ok_or_else(|| anyhow!("no private key in api.key"))?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut keys.api_key_pem.as_bytes())?
+            .ok_or_else(|| anyhow!("no private key in api.key"))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -82,10 +83,12 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router) -
                     .and_then(|c| c.first())
                     .map(|c| Arc::new(c.to_vec())),
             );
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))

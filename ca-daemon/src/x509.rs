@@ -25,9 +25,10 @@ fn ts(unix: u64) -> Result<OffsetDateTime> {
 pub fn generate_ca(cluster: &str, now: u64) -> Result<(String, String)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("Postern service CA ({cluster})"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Postern service CA ({cluster})"),
+    );
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Postern");
@@ -59,10 +60,12 @@ impl ServiceCa {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for n in names {
-            params.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(n.clone().try_into()?),
-            });
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.clone().try_into()?),
+                });
         }
         params
             .distinguished_name

@@ -21,7 +21,8 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 pub const MAX_PRINCIPALS: usize = 256;
 
 /// Critical options this code knows (PROTOCOL.certkeys). Callers must enforce those present.
-pub const KNOWN_CRITICAL_OPTIONS: [&str; 3] = ["force-command", "source-address", "verify-required"];
+pub const KNOWN_CRITICAL_OPTIONS: [&str; 3] =
+    ["force-command", "source-address", "verify-required"];
 
 /// Errors of issuing or validating.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,11 +166,17 @@ pub fn issue_user_cert(
     let valid_after = p.now.saturating_sub(CLOCK_SKEW_SECS);
     let valid_before = p.now.saturating_add(approval.ttl().as_secs());
     let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
-    let mut b = Builder::new(nonce()?.to_vec(), subject.key_data().clone(), valid_after, valid_before)
-        .map_err(enc)?;
+    let mut b = Builder::new(
+        nonce()?.to_vec(),
+        subject.key_data().clone(),
+        valid_after,
+        valid_before,
+    )
+    .map_err(enc)?;
     b.serial(p.serial).map_err(enc)?;
     b.cert_type(CertType::User).map_err(enc)?;
-    b.key_id(KeyId::from(approval.user()).as_str()).map_err(enc)?;
+    b.key_id(KeyId::from(approval.user()).as_str())
+        .map_err(enc)?;
     for l in approval.logins() {
         b.valid_principal(l.as_str()).map_err(enc)?;
     }
@@ -296,8 +303,8 @@ impl CertValidator<'_> {
             .map_err(|e: crate::names::NameError| CertError::BadKeyId(e.to_string()))?;
         let mut critical_options = BTreeMap::new();
         for (name, value) in cert.critical_options().iter() {
-            let known = self.cert_type == CertType::User
-                && KNOWN_CRITICAL_OPTIONS.contains(&name.as_str());
+            let known =
+                self.cert_type == CertType::User && KNOWN_CRITICAL_OPTIONS.contains(&name.as_str());
             if !known {
                 return Err(CertError::UnknownCriticalOption {
                     name: name.chars().take(64).collect(),

@@ -199,7 +199,8 @@ pub fn parse_cluster_name(s: &str) -> Result<ClusterName, NameError> {
         return Err(NameError {
             kind: "cluster name",
             value: s.to_owned(),
-            reason: "each dot-separated label must be 1 to 63 characters and not start or end with '-'",
+            reason:
+                "each dot-separated label must be 1 to 63 characters and not start or end with '-'",
         });
     }
     Ok(n)
@@ -221,7 +222,10 @@ impl From<&Username> for KeyId {
 
 /// Server labels such as `env=prod,team=web`. Keys and values are short tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 fn label_key_ok(k: &str) -> bool {

@@ -413,10 +413,7 @@ impl Policy {
             }
             defaults.record_input = d.record_input.unwrap_or(false);
             if defaults.user_cert_ttl > defaults.max_user_cert_ttl {
-                let span = d
-                    .user_cert_ttl
-                    .as_ref()
-                    .map_or(0..0, |s| s.span());
+                let span = d.user_cert_ttl.as_ref().map_or(0..0, |s| s.span());
                 return Err(cx.err(span, "user_cert_ttl is longer than max_user_cert_ttl"));
             }
         }
@@ -424,7 +421,10 @@ impl Policy {
         let mut roles = BTreeMap::new();
         for (name, role) in &raw.roles {
             if !valid_role_name(name.get_ref()) {
-                return Err(cx.err(name.span(), format!("invalid role name {:?}", name.get_ref())));
+                return Err(cx.err(
+                    name.span(),
+                    format!("invalid role name {:?}", name.get_ref()),
+                ));
             }
             let r = role.get_ref();
             let mut logins = Vec::new();
@@ -532,7 +532,12 @@ impl Policy {
                 let login = t.expand(user).map_err(|_| Deny::UnsafePrincipal {
                     user: user.clone(),
                     role: name.to_owned(),
-                    expanded: t.0.replace("{user}", user.as_str()).chars().take(64).collect(),
+                    expanded: t
+                        .0
+                        .replace("{user}", user.as_str())
+                        .chars()
+                        .take(64)
+                        .collect(),
                 })?;
                 logins.insert(login);
             }
@@ -624,10 +629,14 @@ roles = []
 
     #[test]
     fn rejects_unknown_key_with_file_line_and_column() {
-        let text = "[defaults]\nuser_cert_ttl = \"1h\"\n\n[roles.dev]\nlogins = [\"x\"]\nbogus = 1\n";
+        let text =
+            "[defaults]\nuser_cert_ttl = \"1h\"\n\n[roles.dev]\nlogins = [\"x\"]\nbogus = 1\n";
         let e = Policy::parse(text, "/etc/postern/policy.toml").unwrap_err();
         assert_eq!((e.line, e.column), (6, 1), "{e}");
-        assert!(e.to_string().starts_with("/etc/postern/policy.toml:6:1: "), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/postern/policy.toml:6:1: "),
+            "{e}"
+        );
         assert!(e.message.contains("bogus"), "{e}");
     }
 
@@ -722,7 +731,10 @@ roles = []
         assert!(!dev.matches(&l("team=x")));
         assert!(ops.matches(&l("")));
         assert!(ops.matches(&l("env=prod")));
-        assert!(!NodeSelector { rules: BTreeMap::new() }.matches(&l("env=dev")));
+        assert!(!NodeSelector {
+            rules: BTreeMap::new()
+        }
+        .matches(&l("env=dev")));
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub struct Ttl(u64);
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {value:?}: {reason} (examples: \"90s\", \"15m\", \"12h\", \"7d\", \"1h30m\")")]
+#[error(
+    "invalid duration {value:?}: {reason} (examples: \"90s\", \"15m\", \"12h\", \"7d\", \"1h30m\")"
+)]
 pub struct TtlError {
     /// The refused input (truncated).
     pub value: String,
@@ -78,7 +80,9 @@ impl FromStr for Ttl {
                 'w' => 7 * 86_400,
                 _ => return Err(err("unknown unit (use s, m, h, d or w)")),
             };
-            let n = num.take().ok_or_else(|| err("a unit must follow a number"))?;
+            let n = num
+                .take()
+                .ok_or_else(|| err("a unit must follow a number"))?;
             total = n
                 .checked_mul(unit)
                 .and_then(|v| total.checked_add(v))
@@ -146,7 +150,16 @@ mod tests {
     #[test]
     fn rejects_malformed_durations() {
         for s in [
-            "", "0s", "12", "h", "12x", "-1h", "1.5h", "12 h", "99999999999999999999s", "4000d",
+            "",
+            "0s",
+            "12",
+            "h",
+            "12x",
+            "-1h",
+            "1.5h",
+            "12 h",
+            "99999999999999999999s",
+            "4000d",
             "1h1",
         ] {
             assert!(s.parse::<Ttl>().is_err(), "{s:?}");

@@ -1,5 +1,6 @@
 //! The strict validator against certificates made by real `ssh-keygen` (fixtures/gen.sh),
 //! and certificates we issue checked by `ssh-keygen -L`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,7 +26,7 @@ fn cert(name: &str) -> Certificate {
 }
 
 fn ca() -> PublicKey {
-    PublicKey::read_openssh_file(&fixture("ca.pub")).unwrap()
+    PublicKey::read_openssh_file(fixture("ca.pub")).unwrap()
 }
 
 fn user_validator(cas: &[PublicKey]) -> CertValidator<'_> {
@@ -50,7 +51,9 @@ fn accepts_valid_user_cert_from_ssh_keygen() {
 #[test]
 fn rejects_expired() {
     let cas = [ca()];
-    let e = user_validator(&cas).validate(&cert("expired"), NOW).unwrap_err();
+    let e = user_validator(&cas)
+        .validate(&cert("expired"), NOW)
+        .unwrap_err();
     assert!(matches!(e, CertError::Expired { .. }), "{e}");
 }
 
@@ -58,22 +61,30 @@ fn rejects_expired() {
 fn rejects_at_exact_valid_before() {
     let cas = [ca()];
     let c = cert("valid");
-    let e = user_validator(&cas).validate(&c, c.valid_before()).unwrap_err();
+    let e = user_validator(&cas)
+        .validate(&c, c.valid_before())
+        .unwrap_err();
     assert!(matches!(e, CertError::Expired { .. }), "{e}");
-    assert!(user_validator(&cas).validate(&c, c.valid_before() - 1).is_ok());
+    assert!(user_validator(&cas)
+        .validate(&c, c.valid_before() - 1)
+        .is_ok());
 }
 
 #[test]
 fn rejects_not_yet_valid() {
     let cas = [ca()];
-    let e = user_validator(&cas).validate(&cert("not_yet"), NOW).unwrap_err();
+    let e = user_validator(&cas)
+        .validate(&cert("not_yet"), NOW)
+        .unwrap_err();
     assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
 }
 
 #[test]
 fn rejects_host_cert_as_user_cert() {
     let cas = [ca()];
-    let e = user_validator(&cas).validate(&cert("host"), NOW).unwrap_err();
+    let e = user_validator(&cas)
+        .validate(&cert("host"), NOW)
+        .unwrap_err();
     assert!(matches!(e, CertError::WrongType { .. }), "{e}");
 }
 
@@ -101,10 +112,14 @@ fn rejects_empty_principals() {
 #[test]
 fn rejects_wrong_ca() {
     let cas = [ca()];
-    let e = user_validator(&cas).validate(&cert("wrong_ca"), NOW).unwrap_err();
+    let e = user_validator(&cas)
+        .validate(&cert("wrong_ca"), NOW)
+        .unwrap_err();
     assert!(matches!(e, CertError::UntrustedCa { .. }), "{e}");
     // And with no trusted CA at all.
-    let e = user_validator(&[]).validate(&cert("valid"), NOW).unwrap_err();
+    let e = user_validator(&[])
+        .validate(&cert("valid"), NOW)
+        .unwrap_err();
     assert!(matches!(e, CertError::UntrustedCa { .. }), "{e}");
 }
 
@@ -120,7 +135,9 @@ fn rejects_unknown_critical_option() {
 #[test]
 fn accepts_known_critical_option_and_reports_it() {
     let cas = [ca()];
-    let v = user_validator(&cas).validate(&cert("force_cmd"), NOW).unwrap();
+    let v = user_validator(&cas)
+        .validate(&cert("force_cmd"), NOW)
+        .unwrap();
     assert_eq!(
         v.critical_options.get("force-command").map(String::as_str),
         Some("/bin/true")
@@ -150,10 +167,7 @@ fn rejects_tampered_signature() {
     let cas = [ca()];
     let mut bytes = cert("valid").to_bytes().unwrap();
     // Flip a bit inside the key id ("alice"), which the signature covers.
-    let pos = bytes
-        .windows(5)
-        .position(|w| w == b"alice")
-        .unwrap();
+    let pos = bytes.windows(5).position(|w| w == b"alice").unwrap();
     bytes[pos] ^= 0x01;
     let tampered = Certificate::from_bytes(&bytes).unwrap();
     let e = user_validator(&cas).validate(&tampered, NOW).unwrap_err();
@@ -189,9 +203,9 @@ fn rejects_ca_key_that_is_a_certificate() {
 }
 
 fn issue(policy: &str, user: &str) -> (Certificate, PublicKey, u64) {
-    let ca_key = PrivateKey::read_openssh_file(&fixture("ca")).unwrap();
+    let ca_key = PrivateKey::read_openssh_file(fixture("ca")).unwrap();
     let signer = KeySigner::new(ca_key);
-    let subject = PublicKey::read_openssh_file(&fixture("subject.pub")).unwrap();
+    let subject = PublicKey::read_openssh_file(fixture("subject.pub")).unwrap();
     let policy = Policy::parse(policy, "p").unwrap();
     let decision = policy
         .decide_login(&user.parse::<Username>().unwrap(), None)
@@ -243,9 +257,16 @@ fn issued_cert_is_read_by_ssh_keygen() {
         .arg(&path)
         .output()
         .expect("ssh-keygen is installed (scripts/test installs openssh-client)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"), "{text}");
+    assert!(
+        text.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{text}"
+    );
     assert!(text.contains("Key ID: \"alice\""), "{text}");
     assert!(text.contains("Serial: 42"), "{text}");
     assert!(text.contains("permit-pty"), "{text}");

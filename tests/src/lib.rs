@@ -117,7 +117,10 @@ impl Ca {
 
     /// Initialises a CA without starting it.
     pub fn init(policy: &str) -> Ca {
-        let dir = tempfile::Builder::new().prefix("postern-ca").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-ca")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let out = run(Command::new(bin("posternd"))
             .args(["init", "--cluster", "test.postern", "--json", "--listen"])
@@ -253,7 +256,10 @@ impl Person {
     /// A new person.
     pub fn new(user: &str) -> Person {
         Person {
-            home: tempfile::Builder::new().prefix("postern-home").tempdir().unwrap(),
+            home: tempfile::Builder::new()
+                .prefix("postern-home")
+                .tempdir()
+                .unwrap(),
             user: user.to_owned(),
             password: format!("pw-{user}-correct horse"),
             totp_secret: Vec::new(),
@@ -275,7 +281,9 @@ impl Person {
         let invite = ca.invite(&self.user);
         let out = run_with_input(
             self.postern()
-                .args(["enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user])
+                .args([
+                    "enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user,
+                ])
                 .args(["--invite", &invite, "--password-stdin", "--json"]),
             &format!("{}\n", self.password),
         );
@@ -306,7 +314,10 @@ impl Person {
     /// A code not used before (the current step, or the next one when that was used).
     pub fn fresh_code(&mut self) -> String {
         let step = (now() / 30).max(self.last_step + 1);
-        assert!(step <= now() / 30 + 1, "out of fresh TOTP steps; the test logs in too often");
+        assert!(
+            step <= now() / 30 + 1,
+            "out of fresh TOTP steps; the test logs in too often"
+        );
         self.last_step = step;
         self.code_at_step(step)
     }
@@ -315,7 +326,9 @@ impl Person {
     pub fn login_with(&mut self, ca: &Ca, password: &str, otp: &str, extra: &[&str]) -> Output {
         run_with_input(
             self.postern()
-                .args(["login", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user])
+                .args([
+                    "login", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user,
+                ])
                 .args(["--password-stdin", "--otp", otp])
                 .args(extra),
             &format!("{password}\n"),
@@ -392,7 +405,10 @@ impl Sshd {
     pub fn start(trusted_ca: &str) -> Sshd {
         ensure_test_login();
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let dir = tempfile::Builder::new().prefix("postern-sshd").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-sshd")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         let out = run(Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -452,11 +468,20 @@ impl Sshd {
 /// tests are about the server's parsing, the CLI tests cover the pinning.
 pub fn curl(ca: &Ca, path: &str, body: Option<&[u8]>) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "-H", "content-type: application/json"]);
+    cmd.args([
+        "-sk",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+    ]);
     if let Some(b) = body {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), b).unwrap();
-        cmd.arg("--data-binary").arg(format!("@{}", f.path().display()));
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", f.path().display()));
         let out = run(cmd.arg(format!("{}{path}", ca.url)));
         return split_status(&out);
     }

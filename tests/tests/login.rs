@@ -52,13 +52,19 @@ fn login_writes_certificate_that_stock_ssh_uses_against_stock_sshd() {
     alice.login(&ca);
 
     let dir = alice.cluster_dir(&ca);
-    let key_mode = std::fs::metadata(dir.join("id_ed25519")).unwrap().permissions().mode();
+    let key_mode = std::fs::metadata(dir.join("id_ed25519"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     let config = std::fs::read_to_string(alice.home.path().join(".ssh/config")).unwrap();
     assert!(config.starts_with("Include "), "{config}");
 
     // ssh-keygen -L shows what the policy says: principals, key id and a 1h window.
-    let out = run(Command::new("ssh-keygen").arg("-L").arg("-f").arg(dir.join("id_ed25519-cert.pub")));
+    let out = run(Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(dir.join("id_ed25519-cert.pub")));
     assert!(out.status.success(), "{}", text(&out));
     let l = String::from_utf8_lossy(&out.stdout);
     assert!(l.contains("Key ID: \"alice\""), "{l}");
@@ -74,13 +80,28 @@ fn login_writes_certificate_that_stock_ssh_uses_against_stock_sshd() {
     assert!(!l.contains("permit-port-forwarding"), "{l}");
     let cert = std::fs::read_to_string(dir.join("id_ed25519-cert.pub")).unwrap();
     let cert = ssh_cert_window(&cert);
-    assert_eq!(cert.1 - cert.0, 3600 + 60, "1h plus the one-minute backdating");
+    assert_eq!(
+        cert.1 - cert.0,
+        3600 + 60,
+        "1h plus the one-minute backdating"
+    );
 
-    let user_ca = ca.admin_json(&["ca", "export", "user"])["keys"][0].as_str().unwrap().to_owned();
+    let user_ca = ca.admin_json(&["ca", "export", "user"])["keys"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let sshd = Sshd::start(&user_ca);
     let out = sshd.ssh(&alice, &ca, TEST_LOGIN, "echo hello-from-$(id -un)");
-    assert!(out.status.success(), "{}\nsshd log:\n{}", text(&out), sshd.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hello-from-{TEST_LOGIN}"));
+    assert!(
+        out.status.success(),
+        "{}\nsshd log:\n{}",
+        text(&out),
+        sshd.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hello-from-{TEST_LOGIN}")
+    );
     // The server logged the certificate's key id and serial.
     assert!(sshd.log().contains("ID alice (serial"), "{}", sshd.log());
 
@@ -89,7 +110,11 @@ fn login_writes_certificate_that_stock_ssh_uses_against_stock_sshd() {
     assert!(!out.status.success(), "{}", text(&out));
 
     // The audit log has the login and the issued certificate.
-    let kinds: Vec<String> = ca.audit().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = ca
+        .audit()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
     assert!(kinds.contains(&"login.success".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"cert.issued".to_owned()), "{kinds:?}");
 }
@@ -98,14 +123,24 @@ fn login_writes_certificate_that_stock_ssh_uses_against_stock_sshd() {
 fn ssh_cert_window(line: &str) -> (i64, i64) {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), line).unwrap();
-    let out = run(Command::new("ssh-keygen").arg("-L").arg("-f").arg(f.path()).env("TZ", "UTC"));
+    let out = run(Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(f.path())
+        .env("TZ", "UTC"));
     let l = String::from_utf8_lossy(&out.stdout);
-    let valid = l.lines().find(|x| x.trim_start().starts_with("Valid:")).unwrap();
+    let valid = l
+        .lines()
+        .find(|x| x.trim_start().starts_with("Valid:"))
+        .unwrap();
     // "Valid: from 2026-11-23T19:00:00 to 2026-11-23T20:01:00"
     let parts: Vec<&str> = valid.split_whitespace().collect();
     let parse = |s: &str| {
         let out = run(Command::new("date").args(["-u", "-d", s, "+%s"]));
-        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap()
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<i64>()
+            .unwrap()
     };
     (parse(parts[2]), parse(parts[4]))
 }
@@ -119,19 +154,35 @@ fn refuses_wrong_password_wrong_code_and_replayed_code() {
     let code = bob.fresh_code();
     let out = bob.login_with(&ca, "not the password", &code, &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("invalid credentials"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("invalid credentials"),
+        "{}",
+        text(&out)
+    );
 
     let pw = bob.password.clone();
     let out = bob.login_with(&ca, &pw, "000000", &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("invalid credentials"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("invalid credentials"),
+        "{}",
+        text(&out)
+    );
 
     // The same code works once, and never again.
     let out = bob.login_with(&ca, &pw, &code, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let out = bob.login_with(&ca, &pw, &code, &[]);
-    assert!(!out.status.success(), "a replayed code was accepted: {}", text(&out));
-    assert!(stderr(&out).contains("invalid credentials"), "{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a replayed code was accepted: {}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("invalid credentials"),
+        "{}",
+        text(&out)
+    );
 
     let reasons: Vec<String> = ca
         .audit()
@@ -139,7 +190,14 @@ fn refuses_wrong_password_wrong_code_and_replayed_code() {
         .filter(|e| e["kind"] == "login.failure")
         .map(|e| e["detail"]["reason"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(reasons, ["wrong password", "wrong one-time code", "replayed one-time code"]);
+    assert_eq!(
+        reasons,
+        [
+            "wrong password",
+            "wrong one-time code",
+            "replayed one-time code"
+        ]
+    );
     // Secrets never reach the daemon's log.
     assert!(!ca.log().contains(&pw), "password in log");
 }
@@ -164,7 +222,11 @@ fn sixth_try_is_refused_as_locked_and_unknown_users_look_the_same() {
     assert!(!out.status.success(), "sixth try accepted: {}", text(&out));
     assert!(stderr(&out).contains("locked"), "{}", text(&out));
     let out = ghost.login_with(&ca, "wrong password", "123456", &[]);
-    assert!(stderr(&out).contains("locked"), "unknown user differs: {}", text(&out));
+    assert!(
+        stderr(&out).contains("locked"),
+        "unknown user differs: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -184,7 +246,11 @@ fn refuses_user_without_roles_and_unsafe_principal() {
     let pw = frank.password.clone();
     let out = frank.login_with(&ca, &pw, &code, &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a safe login name"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("not a safe login name"),
+        "{}",
+        text(&out)
+    );
     assert!(!frank.cluster_dir(&ca).join("id_ed25519-cert.pub").exists());
 }
 
@@ -237,7 +303,11 @@ fn removed_user_can_neither_log_in_nor_renew() {
     let pw = bob.password.clone();
     let out = bob.login_with(&ca, &pw, &code, &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("invalid credentials"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("invalid credentials"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -248,7 +318,9 @@ fn second_login_needs_no_flags() {
     alice.login(&ca);
     let code = alice.fresh_code();
     let out = postern_tests::run_with_input(
-        alice.postern().args(["login", "--password-stdin", "--otp", &code]),
+        alice
+            .postern()
+            .args(["login", "--password-stdin", "--otp", &code]),
         &format!("{}\n", alice.password),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -262,7 +334,9 @@ fn bad_policy_edit_is_reported_with_position_and_the_old_policy_stays() {
     let mut alice = Person::new("alice");
     alice.enroll(&ca);
     let good = std::fs::read_to_string(ca.dir.path().join("policy.toml")).unwrap();
-    ca.set_policy(&format!("{good}\n[roles.broken]\nlogins = [\"x\"]\nbogus_key = true\n"));
+    ca.set_policy(&format!(
+        "{good}\n[roles.broken]\nlogins = [\"x\"]\nbogus_key = true\n"
+    ));
     let bad_line = good.lines().count() + 4;
     // check-config names file, line and column.
     let out = ca.admin(&["check-config"]);
@@ -273,7 +347,11 @@ fn bad_policy_edit_is_reported_with_position_and_the_old_policy_stays() {
     // The running daemon says the same and keeps the old policy: alice can still log in.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !ca.log().contains(&want) {
-        assert!(std::time::Instant::now() < deadline, "no rejection logged:\n{}", ca.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            ca.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     alice.login(&ca);
@@ -285,12 +363,22 @@ fn serve_refuses_a_ca_key_of_mode_0644() {
     let ca = Ca::init(&policy(""));
     let key = ca.dir.path().join("ca/user_ca");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run(Command::new(bin("posternd")).arg("serve").arg("--config").arg(ca.config()));
+    let out = run(Command::new(bin("posternd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(ca.config()));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("mode 0644"), "{}", text(&out));
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::set_permissions(ca.dir.path().join("ca"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = run(Command::new(bin("posternd")).arg("check-config").arg("--config").arg(ca.config()));
+    std::fs::set_permissions(
+        ca.dir.path().join("ca"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let out = run(Command::new(bin("posternd"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(ca.config()));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("mode 0755"), "{}", text(&out));
 }
@@ -303,8 +391,15 @@ fn init_refuses_to_overwrite_an_existing_ca() {
         .args(["init", "--cluster", "other.test", "--data-dir"])
         .arg(ca.dir.path()));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("refusing to overwrite"), "{}", text(&out));
-    assert_eq!(before, std::fs::read(ca.dir.path().join("ca/user_ca")).unwrap());
+    assert!(
+        stderr(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        before,
+        std::fs::read(ca.dir.path().join("ca/user_ca")).unwrap()
+    );
 }
 
 #[test]
@@ -343,13 +438,17 @@ fn audit_verify_finds_a_tampered_event() {
     let out = ca.admin(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
     let db = ca.dir.path().join("posternd.db");
-    let out = run(Command::new("sqlite3").arg(&db).arg(
-        "UPDATE audit SET detail = '{\"user\":\"mallory\"}' WHERE seq = 2;",
-    ));
+    let out = run(Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE audit SET detail = '{\"user\":\"mallory\"}' WHERE seq = 2;"));
     assert!(out.status.success(), "{}", text(&out));
     let out = ca.admin(&["audit", "verify"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("event 2 was edited"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("event 2 was edited"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -361,7 +460,13 @@ fn admin_socket_refuses_other_users() {
     std::fs::set_permissions(ca.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = run(Command::new("setpriv")
-        .args(["--reuid", TEST_LOGIN, "--regid", TEST_LOGIN, "--clear-groups"])
+        .args([
+            "--reuid",
+            TEST_LOGIN,
+            "--regid",
+            TEST_LOGIN,
+            "--clear-groups",
+        ])
         .arg(bin("posternd"))
         .args(["users", "ls", "--config"])
         .arg(ca.config()));
