@@ -57,6 +57,63 @@ pub enum AdminRequest {
     },
     /// `audit verify`
     AuditVerify,
+    /// `tokens add`
+    TokensAdd {
+        /// node or gateway.
+        kind: String,
+        /// k=v,...
+        labels: String,
+        /// Lifetime.
+        ttl: String,
+    },
+    /// `tokens ls`
+    TokensLs,
+    /// `tokens rm`
+    TokensRm {
+        /// The token or its id.
+        token: String,
+    },
+    /// `nodes ls` / `gateways ls`
+    NodesLs {
+        /// Only this kind.
+        kind: Option<String>,
+    },
+    /// `nodes rm`
+    NodesRm {
+        /// Node name.
+        name: String,
+    },
+    /// `certs sign`
+    CertsSign {
+        /// user, host or node-access.
+        ca: String,
+        /// The public key line.
+        key: String,
+        /// Principals.
+        principals: Vec<String>,
+        /// Key id / Postern user.
+        user: Option<String>,
+        /// Lifetime.
+        ttl: Option<String>,
+    },
+    /// `lock add`
+    LockAdd {
+        /// user, login or node.
+        target: String,
+        /// What is locked.
+        name: String,
+        /// Lifetime.
+        ttl: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// `lock ls`
+    LockLs,
+    /// `lock rm`
+    LockRm {
+        /// Lock id.
+        id: i64,
+    },
 }
 
 /// One admin response.
@@ -288,6 +345,43 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let events = svc.db.run(move |conn| audit::tail(conn, n)).await?;
             Ok(serde_json::to_value(events)?)
         }
+        AdminRequest::TokensAdd { kind, labels, ttl } => {
+            svc.tokens_add(&kind, labels.parse()?, ttl.parse()?, actor)
+                .await
+        }
+        AdminRequest::TokensLs => svc.tokens_ls().await,
+        AdminRequest::TokensRm { token } => svc.tokens_rm(token, actor).await,
+        AdminRequest::NodesLs { kind } => {
+            let k = match kind.as_deref() {
+                None => None,
+                Some("node") => Some("node"),
+                Some("gateway") => Some("gateway"),
+                Some(other) => bail!("unknown node kind {other:?}"),
+            };
+            svc.nodes_ls(k).await
+        }
+        AdminRequest::NodesRm { name } => svc.nodes_rm(name, actor).await,
+        AdminRequest::CertsSign {
+            ca,
+            key,
+            principals,
+            user,
+            ttl,
+        } => {
+            let ttl = ttl.map(|t| t.parse()).transpose()?;
+            svc.certs_sign(&ca, key, principals, user, ttl, actor).await
+        }
+        AdminRequest::LockAdd {
+            target,
+            name,
+            ttl,
+            reason,
+        } => {
+            let ttl = ttl.map(|t| t.parse()).transpose()?;
+            svc.lock_add(&target, name, ttl, reason, actor).await
+        }
+        AdminRequest::LockLs => svc.lock_ls().await,
+        AdminRequest::LockRm { id } => svc.lock_rm(id, actor).await,
         AdminRequest::AuditVerify => {
             let v = svc.db.run(audit::verify).await?;
             Ok(serde_json::to_value(v)?)

@@ -23,6 +23,10 @@ use crate::service::{Refusal, Service};
 #[derive(Clone, Default)]
 pub struct Peer(pub Option<Arc<Vec<u8>>>);
 
+/// The TCP peer's address.
+#[derive(Clone, Copy)]
+pub struct Remote(pub std::net::SocketAddr);
+
 /// An error answer.
 pub struct ApiError {
     status: StatusCode,
@@ -116,6 +120,9 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/login", post(login))
         .route("/v1/renew", post(renew))
+        .route("/v1/join", post(join))
+        .route("/v1/node/sync", post(node_sync))
+        .route("/v1/node/events", post(node_events))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -149,6 +156,48 @@ async fn login(
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
     Ok(Json(svc.login(req).await?).into_response())
+}
+
+fn identity(peer: Peer, what: &str) -> Result<crate::x509::ClientIdentity, ApiError> {
+    let Some(der) = peer.0 else {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            public: format!("{what} needs the client certificate from `postern-shim join`"),
+            detail: "no client certificate".into(),
+        });
+    };
+    crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
+        status: StatusCode::FORBIDDEN,
+        public: "unusable client certificate".into(),
+        detail: format!("{e:#}"),
+    })
+}
+
+async fn join(
+    State(svc): State<Arc<Service>>,
+    Extension(remote): Extension<Remote>,
+    JsonBody(req): JsonBody<postern_core::api::JoinRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(svc.join(req, remote.0.ip().to_string()).await?).into_response())
+}
+
+async fn node_sync(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<postern_core::api::SyncRequest>,
+) -> Result<Response, ApiError> {
+    let id = identity(peer, "sync")?;
+    Ok(Json(svc.node_sync(id, req).await?).into_response())
+}
+
+async fn node_events(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(req): JsonBody<postern_core::api::EventsRequest>,
+) -> Result<Response, ApiError> {
+    let id = identity(peer, "events")?;
+    let n = svc.node_events(id, req.events).await?;
+    Ok(Json(serde_json::json!({ "accepted": n })).into_response())
 }
 
 async fn renew(

@@ -7,6 +7,7 @@ mod auth;
 mod config;
 mod db;
 mod keys;
+mod nodes;
 mod server;
 mod service;
 mod tls;
@@ -129,6 +130,105 @@ enum Cmd {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Single-use join tokens for servers and gateways.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Joined servers.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Locks on users, logins or nodes.
+    #[command(subcommand)]
+    Lock(LockCmd),
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a single-use join token (printed once; only its id is stored in the clear).
+    #[command(
+        after_help = "Examples:\n  posternd tokens add --kind node --labels env=prod,team=web\n  posternd tokens add --kind gateway --ttl 10m --json\n\nOn the server:\n  postern-shim join --ca URL --ca-pin PIN --token TOKEN --name web1"
+    )]
+    Add {
+        /// What may join with it.
+        #[arg(long, value_parser = ["node", "gateway"])]
+        kind: String,
+        /// Labels the joined node gets (they win over labels the node asks for).
+        #[arg(long, default_value = "", value_name = "K=V,...")]
+        labels: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "30m", value_name = "DUR")]
+        ttl: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List unexpired tokens (ids, not the tokens).
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Delete a token (give the token or its id).
+    Rm {
+        /// The token or its id.
+        token: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// List joined servers.
+    #[command(after_help = "Example:\n  posternd nodes ls --json")]
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Remove a server; its identity and host certificates stop working at once.
+    #[command(after_help = "Example:\n  posternd nodes rm web1")]
+    Rm {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Lock a user, a login or a node: stops issuance and renewal, reaches servers at their next sync.
+    #[command(
+        after_help = "Examples:\n  posternd lock add --user alice --reason 'laptop stolen'\n  posternd lock add --login root --ttl 1h --reason 'maintenance'\n  posternd lock add --node web1 --reason 'incident 42'"
+    )]
+    Add {
+        /// Lock this Postern user.
+        #[arg(long, group = "target", value_name = "USER")]
+        user: Option<String>,
+        /// Lock this OS login on every server.
+        #[arg(long, group = "target", value_name = "LOGIN")]
+        login: Option<String>,
+        /// Lock every login on this server.
+        #[arg(long, group = "target", value_name = "NODE")]
+        node: Option<String>,
+        /// How long the lock lasts (default: until removed).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        /// Why (shown in `lock ls` and the audit log).
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List locks in force.
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Remove a lock.
+    Rm {
+        /// Lock id (from `lock ls`).
+        id: i64,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +284,29 @@ enum CaCmd {
 
 #[derive(Subcommand)]
 enum CertsCmd {
+    /// Sign a key by hand, like `ssh-keygen -s` (break-glass): capped by policy and audited.
+    #[command(
+        after_help = "Examples:\n  posternd certs sign --ca node-access --key id.pub --principal deploy --user alice --ttl 5m\n  posternd certs sign --ca host --key ssh_host_ed25519_key.pub --principal web1 --principal web1.prod.example.com"
+    )]
+    Sign {
+        /// Which CA signs.
+        #[arg(long, value_parser = ["user", "host", "node-access"])]
+        ca: String,
+        /// The public key file to certify.
+        #[arg(long, value_name = "PUBFILE")]
+        key: PathBuf,
+        /// A principal (login, or host name for --ca host); repeat for more.
+        #[arg(long = "principal", value_name = "P", required = true)]
+        principals: Vec<String>,
+        /// The Postern user (the key id) for user and node-access certificates.
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Lifetime (capped by the policy).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
     /// List issued certificates, newest first.
     #[command(after_help = "Example:\n  posternd certs ls -n 20")]
     Ls {
@@ -321,6 +444,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format!("{:>6} {} {:<18} {:<20} {}", e["seq"], server::fmt_time(e["ts"].as_i64().unwrap_or(0)), e["kind"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["detail"])
             }).collect::<Vec<_>>().join("\n")
         }).await,
+        Cmd::Certs(CertsCmd::Sign { ca, key, principals, user, ttl, a }) => {
+            let line = std::fs::read_to_string(&key).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
+            admin_cmd(&a, AdminRequest::CertsSign { ca, key: line, principals, user, ttl }, |d| {
+                d["certificate"].as_str().unwrap_or("").to_owned()
+            }).await
+        }
+        Cmd::Tokens(TokensCmd::Add { kind, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, labels, ttl }, |d| {
+            format!("{}\n\nSingle use, expires {}. On the server:\n  postern-shim join --ca <api_url> --ca-pin <pin> --token {} --name NAME",
+                d["token"].as_str().unwrap_or(""), server::fmt_time(d["expires_at"].as_i64().unwrap_or(0)), d["token"].as_str().unwrap_or(""))
+        }).await,
+        Cmd::Tokens(TokensCmd::Ls { a }) => admin_cmd(&a, AdminRequest::TokensLs, |d| {
+            let mut s = format!("{:<14} {:<8} {:<22} {}", "ID", "KIND", "EXPIRES", "LABELS");
+            for t in d.as_array().into_iter().flatten() {
+                s.push_str(&format!("\n{:<14} {:<8} {:<22} {}", t["id"].as_str().unwrap_or(""), t["kind"].as_str().unwrap_or(""), server::fmt_time(t["expires_at"].as_i64().unwrap_or(0)), t["labels"].as_str().unwrap_or("")));
+            }
+            s
+        }).await,
+        Cmd::Tokens(TokensCmd::Rm { token, a }) => admin_cmd(&a, AdminRequest::TokensRm { token }, |_| "Token removed.".into()).await,
+        Cmd::Nodes(NodesCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("node".into()) }, |d| {
+            let mut s = format!("{:<20} {:<22} {:<24} {:<22} {:<22} {}", "NAME", "ADDRESS", "LABELS", "JOINED", "LAST SYNC", "HOST CERT EXPIRES");
+            for n in d.as_array().into_iter().flatten() {
+                s.push_str(&format!("\n{:<20} {:<22} {:<24} {:<22} {:<22} {}",
+                    n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or("-"), n["labels"].as_str().unwrap_or(""),
+                    server::fmt_time(n["joined_at"].as_i64().unwrap_or(0)),
+                    n["last_sync"].as_i64().map_or("never".into(), server::fmt_time),
+                    n["host_cert_expiry"].as_i64().map_or("-".into(), server::fmt_time)));
+            }
+            s
+        }).await,
+        Cmd::Nodes(NodesCmd::Rm { name, a }) => admin_cmd(&a, AdminRequest::NodesRm { name: name.clone() }, |_| format!("Removed node {name}; its identity and host certificates no longer work.")).await,
+        Cmd::Lock(LockCmd::Add { user, login, node, ttl, reason, a }) => {
+            let (target, name) = match (user, login, node) {
+                (Some(u), _, _) => ("user", u),
+                (_, Some(l), _) => ("login", l),
+                (_, _, Some(n)) => ("node", n),
+                _ => anyhow::bail!("say what to lock: --user, --login or --node"),
+            };
+            admin_cmd(&a, AdminRequest::LockAdd { target: target.into(), name, ttl, reason }, |d| {
+                format!("Lock {} on {} {} is in force; servers apply it at their next sync.", d["id"], d["target"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""))
+            }).await
+        }
+        Cmd::Lock(LockCmd::Ls { a }) => admin_cmd(&a, AdminRequest::LockLs, |d| {
+            let mut s = format!("{:<6} {:<6} {:<20} {:<22} {}", "ID", "ON", "NAME", "EXPIRES", "REASON");
+            for l in d.as_array().into_iter().flatten() {
+                s.push_str(&format!("\n{:<6} {:<6} {:<20} {:<22} {}", l["id"], l["target"].as_str().unwrap_or(""), l["name"].as_str().unwrap_or(""),
+                    l["expires"].as_i64().map_or("never".into(), server::fmt_time), l["reason"].as_str().unwrap_or("")));
+            }
+            s
+        }).await,
+        Cmd::Lock(LockCmd::Rm { id, a }) => admin_cmd(&a, AdminRequest::LockRm { id }, |_| format!("Lock {id} removed.")).await,
         Cmd::Audit(AuditCmd::Verify { a }) => {
             let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify).await?;
             let problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();

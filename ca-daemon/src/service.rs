@@ -367,7 +367,15 @@ impl IssueCtx<'_> {
             Ok(d) => d,
             Err(deny) => return Ok(Err(deny.to_string())),
         };
-        let a = &decision.approval;
+        // Locks stop issuance for the user, and narrow the logins.
+        let (locked_users, locked_logins) = crate::nodes::locked_logins(conn, now)?;
+        if locked_users.contains(user.as_str()) {
+            return Ok(Err(format!("user {user} is locked")));
+        }
+        let Some(approval) = decision.approval.without_logins(&locked_logins) else {
+            return Ok(Err(format!("every login of user {user} is locked")));
+        };
+        let a = &approval;
         let principals = a
             .logins()
             .iter()

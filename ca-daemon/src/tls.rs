@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::api::Peer;
+use crate::api::{Peer, Remote};
 use crate::keys::KeyStore;
 
 const MAX_CONNECTIONS: usize = 4096;
@@ -86,6 +86,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router) -
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer.clone());
+                    req.extensions_mut().insert(Remote(addr));
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );

@@ -140,3 +140,147 @@ pub struct ErrorBody {
     /// Id under which the server logged the details.
     pub request_id: String,
 }
+
+/// `POST /v1/join`: a server or gateway joins with a single-use token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The token printed by `posternd tokens add`.
+    pub token: Secret,
+    /// The node's name (one DNS label).
+    pub name: crate::names::NodeName,
+    /// `HOST:PORT` where its sshd listens (or the gateway's public address).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Labels asked for; the token's labels win on conflict.
+    #[serde(default)]
+    pub labels: crate::names::Labels,
+    /// The SSH host public key to certify (OpenSSH one-line form).
+    pub host_public_key: String,
+    /// The Ed25519 key of the node's mTLS identity (OpenSSH one-line form).
+    pub identity_public_key: String,
+}
+
+/// Answer to a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinResponse {
+    /// The cluster.
+    pub cluster: ClusterName,
+    /// `node` or `gateway`.
+    pub kind: String,
+    /// Effective labels.
+    pub labels: crate::names::Labels,
+    /// The host certificate (one line).
+    pub host_certificate: String,
+    /// The node's X.509 identity (PEM).
+    pub x509_certificate: String,
+    /// The service CA (PEM).
+    pub x509_ca: String,
+    /// The first bundle.
+    pub bundle: Bundle,
+}
+
+/// A lock as servers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockEntry {
+    /// Lock id.
+    pub id: i64,
+    /// `user`, `login` or `node`.
+    pub target: String,
+    /// The locked name.
+    pub name: String,
+    /// Unix time it ends (`None` = until removed).
+    #[serde(default)]
+    pub expires: Option<u64>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a joined server needs to decide logins on its own: the policy slice for its labels,
+/// the locks, the KRL and the CA keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// The cluster.
+    pub cluster: ClusterName,
+    /// This node.
+    pub node: crate::names::NodeName,
+    /// Its labels.
+    pub labels: crate::names::Labels,
+    /// Unix time the CA built the bundle.
+    pub generated_at: u64,
+    /// Older bundles deny every login.
+    pub max_bundle_age: Ttl,
+    /// Postern user → the logins the policy allows on this node.
+    pub allowed: std::collections::BTreeMap<Username, Vec<Login>>,
+    /// Locks in force.
+    pub locks: Vec<LockEntry>,
+    /// The KRL (base64 of the binary form).
+    pub krl: String,
+    /// User CA keys (OpenSSH lines).
+    pub user_ca_keys: Vec<String>,
+    /// Host CA keys.
+    pub host_ca_keys: Vec<String>,
+    /// Node-access CA keys: what the server's sshd trusts.
+    pub node_access_ca_keys: Vec<String>,
+}
+
+/// `POST /v1/node/sync` (mTLS, node identity).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// `valid_after` and `valid_before` of the node's current host certificate.
+    #[serde(default)]
+    pub host_cert_window: Option<(u64, u64)>,
+    /// Host public key, when a renewal is wanted.
+    #[serde(default)]
+    pub host_public_key: Option<String>,
+}
+
+/// Answer to a sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncResponse {
+    /// The current bundle.
+    pub bundle: Bundle,
+    /// A renewed host certificate, when a third or less of the old one's life was left.
+    #[serde(default)]
+    pub host_certificate: Option<String>,
+}
+
+/// A session event reported by a server's PAM helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEvent {
+    /// `session.open` or `session.close`.
+    pub kind: String,
+    /// Unix time on the server.
+    pub ts: u64,
+    /// The OS login.
+    pub login: String,
+    /// Postern user from the certificate's key id, when known.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Session id from the key id, when known.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Certificate serial, when known.
+    #[serde(default)]
+    pub serial: Option<u64>,
+    /// Remote address as PAM saw it.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// TTY.
+    #[serde(default)]
+    pub tty: Option<String>,
+}
+
+/// `POST /v1/node/events` (mTLS, node identity).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    /// Events, oldest first (at most 1000).
+    pub events: Vec<NodeEvent>,
+}

@@ -311,6 +311,21 @@ impl IssueApproval {
     pub fn ttl(&self) -> Ttl {
         self.ttl
     }
+
+    /// The same approval without some logins (locks narrow an approval; nothing widens one).
+    /// `None` when no login is left.
+    pub fn without_logins(&self, removed: &[Login]) -> Option<IssueApproval> {
+        let logins: Vec<Login> = self
+            .logins
+            .iter()
+            .filter(|l| !removed.contains(l))
+            .cloned()
+            .collect();
+        (!logins.is_empty()).then(|| IssueApproval {
+            logins,
+            ..self.clone()
+        })
+    }
 }
 
 /// The decision for a login: the approval plus whether the requested TTL was capped.
@@ -512,6 +527,59 @@ impl Policy {
             .into_iter()
             .flatten()
             .filter_map(|r| self.roles.get(r).map(|role| (r.as_str(), role)))
+    }
+
+    /// The logins `user` may use on a node with these labels: the expanded logins of every
+    /// role of the user whose node selector matches. Unsafe expansions are left out.
+    pub fn logins_on_node(&self, user: &Username, labels: &Labels) -> Vec<Login> {
+        let mut out = BTreeSet::new();
+        for (_, role) in self.roles_of(user) {
+            if role.nodes.matches(labels) {
+                out.extend(role.logins.iter().filter_map(|t| t.expand(user).ok()));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// For every user in the policy, the logins allowed on a node with these labels (users
+    /// with none are left out). This is the policy slice a server receives.
+    pub fn slice_for_node(&self, labels: &Labels) -> BTreeMap<Username, Vec<Login>> {
+        self.users
+            .keys()
+            .filter_map(|u| {
+                let l = self.logins_on_node(u, labels);
+                (!l.is_empty()).then(|| (u.clone(), l))
+            })
+            .collect()
+    }
+
+    /// The decision for a certificate an admin signs by hand (`posternd certs sign`, the
+    /// break-glass path): the principals the admin names, OpenSSH's default extensions, and
+    /// the TTL capped at `defaults.max_user_cert_ttl`.
+    pub fn decide_admin_signing(
+        &self,
+        user: &Username,
+        logins: Vec<Login>,
+        requested: Option<Ttl>,
+    ) -> Result<LoginDecision, Deny> {
+        if logins.is_empty() {
+            return Err(Deny::NoLogins { user: user.clone() });
+        }
+        let wanted = requested.unwrap_or(self.defaults.user_cert_ttl);
+        let ttl = wanted.min(self.defaults.max_user_cert_ttl);
+        Ok(LoginDecision {
+            approval: IssueApproval {
+                user: user.clone(),
+                logins: logins
+                    .into_iter()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                permits: Permit::ALL.into_iter().collect(),
+                ttl,
+            },
+            capped_from: requested.filter(|r| *r > ttl),
+        })
     }
 
     /// The decision for a user certificate: logins = the expanded union of the roles' logins,
@@ -735,6 +803,36 @@ roles = []
             rules: BTreeMap::new()
         }
         .matches(&l("env=dev")));
+    }
+
+    #[test]
+    fn slices_policy_by_node_labels() {
+        let p = policy();
+        let l = |s: &str| s.parse::<Labels>().unwrap();
+        let dev = p.slice_for_node(&l("env=dev"));
+        assert_eq!(
+            dev[&user("alice")]
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>(),
+            ["alice", "deploy"]
+        );
+        let prod = p.slice_for_node(&l("env=prod"));
+        assert!(!prod.contains_key(&user("alice")));
+        assert_eq!(
+            prod[&user("bob")]
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>(),
+            ["bob", "root"]
+        );
+        // The unsafe expansion for carol is left out, not passed on.
+        assert!(
+            !dev.contains_key(&user("carol.smith@corp"))
+                || dev[&user("carol.smith@corp")]
+                    .iter()
+                    .all(|x| x.as_str() == "deploy")
+        );
     }
 
     #[test]

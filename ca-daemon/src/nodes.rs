@@ -1,0 +1,617 @@
+//! Servers and gateways: join tokens, joining, the per-node bundle (policy slice, locks,
+//! KRL, CA keys), host-certificate renewal, session events, locks, and the admin's
+//! break-glass signer. Each operation is one transaction with its audit events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, bail, Result};
+use base64::Engine;
+use postern_core::api::{Bundle, JoinRequest, JoinResponse, LockEntry, NodeEvent, SyncResponse};
+use postern_core::cert::{issue_host_cert, issue_user_cert, IssueParams, Signer};
+use postern_core::krl::{CaRevocations, Krl};
+use postern_core::{KeyId, Labels, Login, NodeName, Policy, Principal, Ttl, Username};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use ssh_key::{HashAlg, PublicKey};
+
+use crate::audit;
+use crate::auth;
+use crate::keys::{CaKind, KeyStore};
+use crate::service::{now, Refusal, Service};
+
+/// Tokens are 40 lowercase hex digits (160 random bits).
+pub const TOKEN_LEN: usize = 40;
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Whether a string has the token alphabet and length (checked before any lookup).
+pub fn token_well_formed(t: &str) -> bool {
+    t.len() == TOKEN_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parse_key(line: &str, what: &str) -> std::result::Result<PublicKey, Refusal> {
+    if line.len() > 8192 {
+        return Err(Refusal::BadRequest(format!("{what} is too long")));
+    }
+    PublicKey::from_openssh(line.trim())
+        .map_err(|_| Refusal::BadRequest(format!("{what} is not an OpenSSH public key")))
+}
+
+/// Active locks at `now`.
+pub fn active_locks(conn: &Connection, now: u64) -> Result<Vec<LockEntry>> {
+    let mut st = conn.prepare(
+        "SELECT id, target, name, expires, reason FROM locks WHERE expires IS NULL OR expires > ?1 ORDER BY id",
+    )?;
+    let rows = st.query_map([i(now)], |r| {
+        Ok(LockEntry {
+            id: r.get(0)?,
+            target: r.get(1)?,
+            name: r.get(2)?,
+            expires: r.get::<_, Option<i64>>(3)?.map(u),
+            reason: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The KRL from the database: revoked certificates, and every live certificate of a locked
+/// user (under the user and node-access CAs, by serial and by key id). Lifting the lock lifts
+/// the revocation at the next build.
+pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
+    let blob = |k: CaKind| keys.ssh(k).public_key().to_bytes();
+    let mut certs: BTreeMap<Vec<u8>, CaRevocations> = BTreeMap::new();
+    let kind_ca = |kind: &str| match kind {
+        "ssh-user" => Some(CaKind::User),
+        "ssh-host" => Some(CaKind::Host),
+        "ssh-node-access" => Some(CaKind::NodeAccess),
+        _ => None,
+    };
+    let locks = active_locks(conn, now)?;
+    let locked_users: BTreeSet<&str> = locks
+        .iter()
+        .filter(|l| l.target == "user")
+        .map(|l| l.name.as_str())
+        .collect();
+    let mut st = conn.prepare(
+        "SELECT serial, kind, subject, revoked FROM certs WHERE valid_before > ?1 AND kind LIKE 'ssh-%'",
+    )?;
+    let mut rows = st.query([i(now)])?;
+    while let Some(r) = rows.next()? {
+        let serial: i64 = r.get(0)?;
+        let kind: String = r.get(1)?;
+        let subject: String = r.get(2)?;
+        let revoked: bool = r.get(3)?;
+        let Some(ca) = kind_ca(&kind) else { continue };
+        let by_lock = ca != CaKind::Host && locked_users.contains(subject.as_str());
+        if revoked || by_lock {
+            certs
+                .entry(blob(ca)?)
+                .or_default()
+                .serials
+                .insert(u(serial));
+        }
+    }
+    for user in &locked_users {
+        for ca in [CaKind::User, CaKind::NodeAccess] {
+            certs
+                .entry(blob(ca)?)
+                .or_default()
+                .key_ids
+                .insert((*user).to_owned());
+        }
+    }
+    Ok(Krl {
+        version: now,
+        generated: now,
+        comment: "postern".into(),
+        certs,
+        keys: BTreeSet::new(),
+    })
+}
+
+/// The bundle for one node.
+pub fn build_bundle(
+    conn: &Connection,
+    keys: &KeyStore,
+    policy: &Policy,
+    cluster: &postern_core::ClusterName,
+    node: &NodeName,
+    labels: &Labels,
+    now: u64,
+) -> Result<Bundle> {
+    let krl = build_krl(conn, keys, now)?;
+    Ok(Bundle {
+        cluster: cluster.clone(),
+        node: node.clone(),
+        labels: labels.clone(),
+        generated_at: now,
+        max_bundle_age: policy.defaults.max_bundle_age,
+        allowed: policy.slice_for_node(labels),
+        locks: active_locks(conn, now)?,
+        krl: base64::engine::general_purpose::STANDARD.encode(krl.encode()),
+        user_ca_keys: vec![keys.public_line(CaKind::User)?],
+        host_ca_keys: vec![keys.public_line(CaKind::Host)?],
+        node_access_ca_keys: vec![keys.public_line(CaKind::NodeAccess)?],
+    })
+}
+
+/// Issues a host certificate and records it.
+#[allow(clippy::too_many_arguments)]
+fn host_cert(
+    conn: &Connection,
+    keys: &KeyStore,
+    name: &NodeName,
+    principals: &[Principal],
+    host_key: &PublicKey,
+    ttl: u64,
+    now: u64,
+) -> Result<(String, u64)> {
+    let valid_before = now + ttl;
+    let joined: Vec<&str> = principals.iter().map(|p| p.as_str()).collect();
+    conn.execute(
+        "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-host', ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![name.as_str(), joined.join(","), i(now.saturating_sub(60)), i(valid_before), i(now), host_key.fingerprint(HashAlg::Sha256).to_string()],
+    )?;
+    let serial = u(conn.last_insert_rowid());
+    let key_id: KeyId = name.as_str().parse()?;
+    let cert = issue_host_cert(
+        &keys.host,
+        &key_id,
+        principals,
+        host_key,
+        ttl,
+        IssueParams { serial, now },
+    )?;
+    Ok((cert.to_openssh()?, valid_before))
+}
+
+fn host_principals(
+    name: &NodeName,
+    cluster: &str,
+    address: Option<&str>,
+) -> Result<Vec<Principal>> {
+    let mut out = vec![name.as_str().parse()?, format!("{name}.{cluster}").parse()?];
+    if let Some(addr) = address {
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(p) = host.parse::<Principal>() {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Service {
+    /// `tokens add`: a single-use join token.
+    pub async fn tokens_add(
+        &self,
+        kind: &str,
+        labels: Labels,
+        ttl: Ttl,
+        actor: String,
+    ) -> Result<serde_json::Value> {
+        if kind != "node" && kind != "gateway" {
+            bail!("token kind must be node or gateway");
+        }
+        let (token, hash) = auth::new_invite()?;
+        let id = hash[..12].to_owned();
+        let now = now();
+        let expires = now + ttl.as_secs();
+        let (kind, labels_s, id2) = (kind.to_owned(), labels.to_string(), id.clone());
+        let kind2 = kind.clone();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO tokens (id, hash, kind, labels, expires, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id2, hash, kind2, labels_s, i(expires), i(now)],
+                )?;
+                // The token itself is never logged or audited: only its id.
+                audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "labels": labels_s, "expires": expires }))
+            })
+            .await?;
+        Ok(
+            json!({ "token": token, "id": id, "kind": kind, "labels": labels.to_string(), "expires_at": expires }),
+        )
+    }
+
+    /// `tokens ls`.
+    pub async fn tokens_ls(&self) -> Result<serde_json::Value> {
+        let now = now();
+        self.db
+            .run(move |c| {
+                let mut st = c.prepare("SELECT id, kind, labels, expires FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
+                let rows = st
+                    .query_map([i(now)], |r| {
+                        Ok(json!({ "id": r.get::<_, String>(0)?, "kind": r.get::<_, String>(1)?, "labels": r.get::<_, String>(2)?, "expires_at": r.get::<_, i64>(3)? }))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(serde_json::Value::Array(rows))
+            })
+            .await
+    }
+
+    /// `tokens rm TOKEN` (the token or its id).
+    pub async fn tokens_rm(&self, token: String, actor: String) -> Result<serde_json::Value> {
+        let hash = auth::invite_hash(&token);
+        let now = now();
+        self.db
+            .run(move |c| {
+                let n = c.execute(
+                    "DELETE FROM tokens WHERE hash = ?1 OR id = ?2",
+                    params![hash, token],
+                )?;
+                if n == 0 {
+                    bail!("no such token");
+                }
+                audit::append(c, now, "token.removed", &actor, json!({}))?;
+                Ok(json!({ "removed": n }))
+            })
+            .await
+    }
+
+    /// `POST /v1/join`.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        remote: String,
+    ) -> std::result::Result<JoinResponse, Refusal> {
+        let host_key = parse_key(&req.host_public_key, "host_public_key")?;
+        let ident = parse_key(&req.identity_public_key, "identity_public_key")?;
+        let ident_ed = ident
+            .key_data()
+            .ed25519()
+            .map(|k| k.0)
+            .ok_or_else(|| Refusal::BadRequest("identity_public_key must be Ed25519".into()))?;
+        let well_formed = token_well_formed(req.token.expose());
+        let hash = auth::invite_hash(req.token.expose());
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        self.db
+            .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
+                let row: Option<(String, String, i64)> = if well_formed {
+                    c.query_row("SELECT kind, labels, expires FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?
+                } else {
+                    None
+                };
+                let reason = match &row {
+                    None if !well_formed => Some("malformed token"),
+                    None => Some("unknown or already used token"),
+                    Some((_, _, exp)) if u(*exp) <= now => Some("expired token"),
+                    Some(_) => None,
+                };
+                if let Some(reason) = reason {
+                    // Audited without the token.
+                    audit::append(c, now, "join.failure", &format!("{}@{remote}", req.name), json!({ "reason": reason }))?;
+                    return Ok(Err(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
+                }
+                let Some((kind, token_labels, _)) = row else { unreachable!() };
+                c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
+                // The token's labels (set by the admin) win over what the node asked for.
+                let mut labels: BTreeMap<String, String> = req.labels.clone().into();
+                let tl: Labels = token_labels.parse()?;
+                labels.extend(tl.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+                let labels = Labels::try_from(labels)?;
+                // A re-join replaces the node: its old certificates stop working.
+                c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node')", [req.name.as_str()])?;
+                c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
+                let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref())?;
+                let ttl = policy.defaults.host_cert_ttl.as_secs();
+                let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
+                c.execute(
+                    "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('x509-node', ?1, '', ?2, ?3, ?4, ?5)",
+                    params![req.name.as_str(), i(now - 60), i(now + 365 * 86_400), i(now), ident.fingerprint(HashAlg::Sha256).to_string()],
+                )?;
+                let ident_serial = u(c.last_insert_rowid());
+                let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
+                c.execute(
+                    "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![req.name.as_str(), kind, req.address, labels.to_string(), i(now), host_key.to_openssh()?, i(expiry), i(ident_serial)],
+                )?;
+                audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
+                let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
+                Ok(Ok(JoinResponse {
+                    cluster: cluster.clone(),
+                    kind,
+                    labels,
+                    host_certificate: cert,
+                    x509_certificate: x509,
+                    x509_ca: keys.service.cert_pem.clone(),
+                    bundle,
+                }))
+            })
+            .await?
+    }
+
+    /// Checks a node's mTLS identity; returns its name and labels.
+    fn node_for(
+        c: &Connection,
+        id: &crate::x509::ClientIdentity,
+    ) -> Result<Option<(NodeName, Labels, String)>> {
+        let Some((kind, name)) = id.subject.split_once(':') else {
+            return Ok(None);
+        };
+        let row: Option<(String, i64, String)> = c
+            .query_row(
+                "SELECT labels, identity_serial, kind FROM nodes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let revoked: Option<bool> = c
+            .query_row(
+                "SELECT revoked FROM certs WHERE serial = ?1 AND kind = 'x509-node'",
+                [i(id.serial)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match (row, revoked) {
+            (Some((labels, serial, k)), Some(false)) if u(serial) == id.serial && k == kind => {
+                Ok(Some((
+                    postern_core::names::parse_node_name(name)?,
+                    labels.parse()?,
+                    k,
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `POST /v1/node/sync`.
+    pub async fn node_sync(
+        &self,
+        id: crate::x509::ClientIdentity,
+        req: postern_core::api::SyncRequest,
+    ) -> std::result::Result<SyncResponse, Refusal> {
+        let host_key = req
+            .host_public_key
+            .as_deref()
+            .map(|k| parse_key(k, "host_public_key"))
+            .transpose()?;
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        self.db
+            .run(move |c| -> Result<std::result::Result<SyncResponse, Refusal>> {
+                let Some((name, labels, _kind)) = Self::node_for(c, &id)? else {
+                    return Ok(Err(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
+                };
+                c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
+                let mut host_certificate = None;
+                if let (Some((after, before)), Some(key)) = (req.host_cert_window, host_key) {
+                    let stored: String = c.query_row("SELECT host_key FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
+                    let life = before.saturating_sub(after).max(1);
+                    // Renew when a third of the certificate's life or less is left.
+                    if before.saturating_sub(now) * 3 <= life && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
+                        let addr: Option<String> = c.query_row("SELECT address FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
+                        let principals = host_principals(&name, cluster.as_str(), addr.as_deref())?;
+                        let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults.host_cert_ttl.as_secs(), now)?;
+                        c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
+                        audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
+                        host_certificate = Some(cert);
+                    }
+                }
+                let bundle = build_bundle(c, &keys, &policy, &cluster, &name, &labels, now)?;
+                Ok(Ok(SyncResponse { bundle, host_certificate }))
+            })
+            .await?
+    }
+
+    /// `POST /v1/node/events`.
+    pub async fn node_events(
+        &self,
+        id: crate::x509::ClientIdentity,
+        events: Vec<NodeEvent>,
+    ) -> std::result::Result<usize, Refusal> {
+        if events.len() > 1000 {
+            return Err(Refusal::BadRequest(
+                "at most 1000 events per request".into(),
+            ));
+        }
+        for e in &events {
+            if e.kind != "session.open" && e.kind != "session.close" {
+                return Err(Refusal::BadRequest(format!(
+                    "unknown event kind {:?}",
+                    e.kind.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        let now = now();
+        self.db
+            .run(move |c| -> Result<std::result::Result<usize, Refusal>> {
+                let Some((name, _, _)) = Self::node_for(c, &id)? else {
+                    return Ok(Err(Refusal::Forbidden(
+                        "this node's identity is not valid".into(),
+                    )));
+                };
+                for e in &events {
+                    let mut detail = serde_json::to_value(e)?;
+                    if let Some(m) = detail.as_object_mut() {
+                        m.insert("node".into(), json!(name.as_str()));
+                        m.insert("received".into(), json!(now));
+                    }
+                    let actor = e.user.clone().unwrap_or_else(|| format!("node:{name}"));
+                    audit::append(c, e.ts.min(now + 300), &e.kind, &actor, detail)?;
+                }
+                Ok(Ok(events.len()))
+            })
+            .await?
+    }
+
+    /// `nodes ls`.
+    pub async fn nodes_ls(&self, kind: Option<&'static str>) -> Result<serde_json::Value> {
+        self.db
+            .run(move |c| {
+                let mut st = c.prepare("SELECT name, kind, address, labels, joined_at, last_sync, host_cert_expiry FROM nodes WHERE ?1 IS NULL OR kind = ?1 ORDER BY name")?;
+                let rows = st
+                    .query_map([kind], |r| {
+                        Ok(json!({
+                            "name": r.get::<_, String>(0)?, "kind": r.get::<_, String>(1)?, "address": r.get::<_, Option<String>>(2)?,
+                            "labels": r.get::<_, String>(3)?, "joined_at": r.get::<_, i64>(4)?, "last_sync": r.get::<_, Option<i64>>(5)?,
+                            "host_cert_expiry": r.get::<_, Option<i64>>(6)?,
+                        }))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(serde_json::Value::Array(rows))
+            })
+            .await
+    }
+
+    /// `nodes rm NAME`: the node's identity and host certificates stop working at once.
+    pub async fn nodes_rm(&self, name: String, actor: String) -> Result<serde_json::Value> {
+        let now = now();
+        self.db
+            .run(move |c| {
+                let n = c.execute("DELETE FROM nodes WHERE name = ?1", [&name])?;
+                if n == 0 {
+                    bail!("no node {name}");
+                }
+                let revoked = c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node') AND revoked = 0", [&name])?;
+                audit::append(c, now, "node.removed", &actor, json!({ "node": name, "revoked_certs": revoked }))?;
+                Ok(json!({ "node": name, "removed": true, "revoked_certs": revoked }))
+            })
+            .await
+    }
+
+    /// `lock add`.
+    pub async fn lock_add(
+        &self,
+        target: &str,
+        name: String,
+        ttl: Option<Ttl>,
+        reason: String,
+        actor: String,
+    ) -> Result<serde_json::Value> {
+        match target {
+            "user" => drop(name.parse::<Username>()?),
+            "login" => drop(name.parse::<Login>()?),
+            "node" => drop(postern_core::names::parse_node_name(&name)?),
+            _ => bail!("lock target must be user, login or node"),
+        }
+        if reason.trim().is_empty() || reason.len() > 512 {
+            bail!("--reason must be 1 to 512 characters");
+        }
+        let now = now();
+        let expires = ttl.map(|t| now + t.as_secs());
+        let target = target.to_owned();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO locks (target, name, reason, created_at, expires, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![target, name, reason, i(now), expires.map(i), actor],
+                )?;
+                let id = c.last_insert_rowid();
+                audit::append(c, now, "lock.added", &actor, json!({ "id": id, "target": target, "name": name, "reason": reason, "expires": expires }))?;
+                Ok(json!({ "id": id, "target": target, "name": name, "expires": expires }))
+            })
+            .await
+    }
+
+    /// `lock ls`.
+    pub async fn lock_ls(&self) -> Result<serde_json::Value> {
+        let now = now();
+        let locks = self.db.run(move |c| active_locks(c, now)).await?;
+        Ok(serde_json::to_value(locks)?)
+    }
+
+    /// `lock rm ID`.
+    pub async fn lock_rm(&self, id: i64, actor: String) -> Result<serde_json::Value> {
+        let now = now();
+        self.db
+            .run(move |c| {
+                let n = c.execute("DELETE FROM locks WHERE id = ?1", [id])?;
+                if n == 0 {
+                    bail!("no lock {id}");
+                }
+                audit::append(c, now, "lock.removed", &actor, json!({ "id": id }))?;
+                Ok(json!({ "id": id, "removed": true }))
+            })
+            .await
+    }
+
+    /// `certs sign`: the admin's break-glass signer, capped by policy and audited.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn certs_sign(
+        &self,
+        ca: &str,
+        key_line: String,
+        principals: Vec<String>,
+        user: Option<String>,
+        ttl: Option<Ttl>,
+        actor: String,
+    ) -> Result<serde_json::Value> {
+        let key = PublicKey::from_openssh(key_line.trim())
+            .map_err(|_| anyhow!("--key is not an OpenSSH public key"))?;
+        let kind = CaKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == ca)
+            .ok_or_else(|| anyhow!("--ca must be user, host or node-access"))?;
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        self.db
+            .run(move |c| {
+                let (cert, serial, valid_before, subject) = if kind == CaKind::Host {
+                    let ps = principals.iter().map(|p| p.parse::<Principal>()).collect::<Result<Vec<_>, _>>()?;
+                    let name = postern_core::names::parse_node_name(principals.first().map_or("", |s| s.split('.').next().unwrap_or("")))?;
+                    let t = ttl.map_or(policy.defaults.host_cert_ttl, |t| t.min(policy.defaults.host_cert_ttl));
+                    let (cert, vb) = host_cert(c, &keys, &name, &ps, &key, t.as_secs(), now)?;
+                    let serial = u(c.last_insert_rowid());
+                    (cert, serial, vb, name.to_string())
+                } else {
+                    let logins = principals.iter().map(|p| p.parse::<Login>()).collect::<Result<Vec<_>, _>>()?;
+                    let who: Username = user.as_deref().unwrap_or("admin").parse()?;
+                    let locks = active_locks(c, now)?;
+                    if locks.iter().any(|l| l.target == "user" && l.name == who.as_str()) {
+                        bail!("user {who} is locked");
+                    }
+                    let d = policy.decide_admin_signing(&who, logins, ttl)?;
+                    let a = &d.approval;
+                    let vb = now + a.ttl().as_secs();
+                    let kind_s = if kind == CaKind::User { "ssh-user" } else { "ssh-node-access" };
+                    let ps: Vec<&str> = a.logins().iter().map(|l| l.as_str()).collect();
+                    c.execute(
+                        "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![kind_s, who.as_str(), ps.join(","), i(now - 60), i(vb), i(now), key.fingerprint(HashAlg::Sha256).to_string()],
+                    )?;
+                    let serial = u(c.last_insert_rowid());
+                    let cert = issue_user_cert(keys.ssh(kind), a, &key, IssueParams { serial, now })?;
+                    (cert.to_openssh()?, serial, vb, who.to_string())
+                };
+                audit::append(c, now, "cert.signed", &actor, json!({ "ca": kind.as_str(), "serial": serial, "subject": subject, "principals": principals, "valid_before": valid_before }))?;
+                Ok(json!({ "certificate": cert, "serial": serial, "valid_before": valid_before }))
+            })
+            .await
+    }
+}
+
+/// Logins of a user that are locked (used to narrow issuance).
+pub fn locked_logins(c: &Connection, now: u64) -> Result<(BTreeSet<String>, Vec<Login>)> {
+    let locks = active_locks(c, now)?;
+    let users = locks
+        .iter()
+        .filter(|l| l.target == "user")
+        .map(|l| l.name.clone())
+        .collect();
+    let logins = locks
+        .iter()
+        .filter(|l| l.target == "login")
+        .filter_map(|l| l.name.parse().ok())
+        .collect();
+    Ok((users, logins))
+}
