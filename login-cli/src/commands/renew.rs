@@ -1,0 +1,119 @@
+//! `postern renew`: fresh certificates for the same key, proven by mTLS with the current X.509
+//! identity, until the renewal deadline of the last password login.
+
+use anyhow::Context as _;
+use ssh_key::PrivateKey;
+
+use postern_core::api::RenewRequest;
+use postern_core::Ttl;
+
+use crate::client::{Api, ApiError, CaPin, CaUrl, ClientIdentity};
+use crate::display::{local_time, now_unix};
+use crate::files;
+use crate::profile::{self, Layout};
+
+use super::{agent, store, Refused};
+
+/// Flags of `postern renew` (without the timer flags, which `main` dispatches).
+#[derive(Debug)]
+pub struct Args {
+    /// `--ttl`.
+    pub ttl: Option<Ttl>,
+    /// `--json`.
+    pub json: bool,
+}
+
+fn renewal_failure(e: ApiError) -> anyhow::Error {
+    if e.is_refusal() || e.is_identity_rejected() {
+        let mut text = super::refusal_text("renewal", &e.to_string());
+        if !text.contains("postern login") {
+            text.push_str("; run `postern login` to sign in again");
+        }
+        anyhow::Error::new(Refused(text))
+    } else {
+        anyhow::Error::new(e).context("renewal failed")
+    }
+}
+
+/// Runs `postern renew`.
+pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
+    let (_, prof) = profile::current_profile(layout)?;
+    let now = now_unix();
+    if now >= prof.renew_until {
+        return Err(Refused(format!(
+            "the renewal window of the last login ended at {}; run `postern login` to sign in \
+             again",
+            local_time(prof.renew_until)
+        ))
+        .into());
+    }
+    let ca: CaUrl = prof
+        .ca
+        .parse()
+        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
+    let pin: CaPin = prof
+        .ca_pin
+        .parse()
+        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
+
+    let dir = layout.cluster_dir(&prof.cluster);
+    let read = |name: &str| -> anyhow::Result<Vec<u8>> {
+        files::read_private(&dir, name, layout)?.with_context(|| {
+            format!(
+                "{} is missing; run `postern login`",
+                dir.join(name).display()
+            )
+        })
+    };
+    let key_pem = zeroize::Zeroizing::new(read(profile::KEY)?);
+    let key = PrivateKey::from_openssh(&*key_pem)
+        .with_context(|| format!("reading {}", dir.join(profile::KEY).display()))?;
+    let tls_key = zeroize::Zeroizing::new(read(profile::TLS_KEY)?);
+    let identity = ClientIdentity::from_pem(&read(profile::TLS_CRT)?, &tls_key)?;
+
+    let api = Api::new(&ca, pin, Some(identity))?;
+    let resp = api
+        .renew(&RenewRequest { ttl: args.ttl })
+        .map_err(renewal_failure)?;
+    let issued = store::check(resp, &prof.user, key.public_key(), pin)?;
+    let now = now_unix();
+    store::check_not_expired(&issued, now)?;
+    anyhow::ensure!(
+        issued.cluster == prof.cluster,
+        "the server answered for cluster {} instead of {}",
+        issued.cluster,
+        prof.cluster
+    );
+
+    // The agent holds the old certificate with the old lifetime. ssh-add -d finds it through
+    // the certificate file beside the key, so it is removed before that file is replaced;
+    // otherwise the old certificate would linger beside the new one.
+    let use_agent = prof.agent && std::env::var_os("SSH_AUTH_SOCK").is_some();
+    if use_agent {
+        let _ = agent::remove(&dir.join(profile::KEY));
+    }
+    let dir = store::install(layout, &issued, None)?;
+    let mut agent_ok = false;
+    if use_agent {
+        // From a timer there is usually no agent to talk to, which is not a failed renewal;
+        // with one, a failure is worth a warning but the new certificates are on disk.
+        match agent::add(
+            &dir.join(profile::KEY),
+            issued.valid_before.saturating_sub(now),
+        ) {
+            Ok(()) => agent_ok = true,
+            Err(e) => eprintln!("postern: warning: {e:#}"),
+        }
+    }
+    store::save_profile(
+        layout,
+        &store::profile_of(&issued, ca.as_str(), pin, prof.agent),
+    )?;
+    store::summary(&issued, &dir, agent_ok).print(
+        args.json,
+        &format!(
+            "Renewed the certificate of {} on {}.",
+            issued.user, issued.cluster
+        ),
+    )
+}
