@@ -80,24 +80,6 @@ pub fn when(now: u64, t: u64) -> String {
     format!("{} ({})", local_time(t), relative(now, t))
 }
 
-/// Server-supplied text made safe for a terminal: control characters (which could move the
-/// cursor or rewrite earlier lines) are escaped, and the length is bounded.
-pub fn sanitize(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i >= 300 {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,12 +107,6 @@ mod tests {
     fn relative_says_in_or_ago() {
         assert_eq!(relative(100, 100 + 3_600), "in 1h");
         assert_eq!(relative(100 + 600, 100), "10m ago");
-    }
-
-    #[test]
-    fn sanitize_escapes_terminal_controls_and_truncates() {
-        assert_eq!(sanitize("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
-        assert!(sanitize(&"x".repeat(10_000)).chars().count() <= 301);
     }
 
     #[test]

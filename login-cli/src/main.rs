@@ -1,7 +1,6 @@
 //! `postern`, the login CLI: turns a password and a one-time code into an OpenSSH key,
 //! certificate, known_hosts and ssh_config block under `~/.ssh`, so that stock `ssh` works.
 
-mod client;
 mod commands;
 mod display;
 mod files;
@@ -20,9 +19,9 @@ use clap::{Args, Parser, Subcommand};
 use postern_core::api::Secret;
 use postern_core::{Ttl, Username};
 
-use crate::client::{CaPin, CaUrl};
 use crate::commands::Refused;
 use crate::profile::Layout;
+use postern_api_client::{CaPin, CaUrl};
 
 /// Exit status of an operational error.
 const EXIT_ERROR: u8 = 1;

@@ -10,9 +10,9 @@ use serde::Serialize;
 use postern_core::api::{EnrollRequest, Secret};
 use postern_core::Username;
 
-use crate::client::{Api, CaPin, CaUrl};
 use crate::profile::{self, Current, Layout};
 use crate::prompt;
+use postern_api_client::{Api, CaPin, CaUrl};
 
 use super::api_failure;
 

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use postern_core::{ClusterName, Login, Permit, Username};
 
-use crate::client::ApiError;
 use crate::display::{now_unix, short_duration, when};
+use postern_api_client::ApiError;
 
 /// The server (or the renewal window) refused: bad credentials, policy, lock. `main` turns
 /// this into exit code 3, distinct from operational errors.

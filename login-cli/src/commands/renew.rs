@@ -7,10 +7,10 @@ use ssh_key::PrivateKey;
 use postern_core::api::RenewRequest;
 use postern_core::Ttl;
 
-use crate::client::{Api, ApiError, CaPin, CaUrl, ClientIdentity};
 use crate::display::{local_time, now_unix};
 use crate::files;
 use crate::profile::{self, Layout};
+use postern_api_client::{Api, ApiError, CaPin, CaUrl, ClientIdentity};
 
 use super::{agent, store, Refused};
 

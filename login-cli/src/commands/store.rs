@@ -7,18 +7,16 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context as _};
-use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, LineEnding, PrivateKey, PublicKey};
-use zeroize::Zeroizing;
 
 use postern_core::api::CertResponse;
 use postern_core::{ClusterName, Login, Permit, Ttl, Username};
 
-use crate::client::CaPin;
 use crate::files;
 use crate::profile::{self, Layout, Profile};
 use crate::render::{self, ClusterPaths, Gateway};
+use postern_api_client::CaPin;
 
 use super::Summary;
 
@@ -137,17 +135,7 @@ pub fn check(
     })
 }
 
-/// The private key as PKCS#8 PEM, the form the TLS client loads.
-pub fn pkcs8_pem(key: &PrivateKey) -> anyhow::Result<Zeroizing<String>> {
-    let kp = key
-        .key_data()
-        .ed25519()
-        .context("the key is not an Ed25519 key")?;
-    let seed = Zeroizing::new(kp.private.to_bytes());
-    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-    sk.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding the key as PKCS#8: {e}"))
-}
+pub use postern_api_client::ed25519_pkcs8_pem as pkcs8_pem;
 
 /// Writes the certificates, known_hosts and ssh_config of `issued`, and with `key` (a login,
 /// not a renewal) the private key, its public half and its PKCS#8 form. Returns the cluster
@@ -277,8 +265,8 @@ mod tests {
     use super::*;
     use ssh_key::certificate::Builder;
 
-    const CA_PEM: &str = include_str!("../../testdata/ca.pem");
-    const OTHER_CA_PEM: &str = include_str!("../../testdata/other-ca.pem");
+    const CA_PEM: &str = include_str!("../../../api-client/testdata/ca.pem");
+    const OTHER_CA_PEM: &str = include_str!("../../../api-client/testdata/other-ca.pem");
     const HOST_CA: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILW57FmpCtobbGauJAL/giUn3vQl7CZmTQxaPUL1FZkB host-ca";
 
@@ -312,7 +300,7 @@ mod tests {
 
     fn setup() -> (PrivateKey, Username, CaPin) {
         let key = postern_core::cert::generate_ed25519("t").unwrap();
-        let pin = postern_core::ca_pin(include_bytes!("../../testdata/ca.der"));
+        let pin = postern_core::ca_pin(include_bytes!("../../../api-client/testdata/ca.der"));
         (key, "alice".parse().unwrap(), pin.parse().unwrap())
     }
 

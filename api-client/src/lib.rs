@@ -1,4 +1,5 @@
-//! The HTTPS client of posternd's API, with the service CA pinned by fingerprint.
+//! The HTTPS client of posternd's API, with the service CA pinned by fingerprint. Shared by
+//! `postern`, `postern-shim` and `postern-gate`.
 //!
 //! There is no system trust store here: the only root is the certificate, among those the
 //! server presents, whose SHA-256 equals `--ca-pin`. Everything else about the chain (the
@@ -26,8 +27,6 @@ use postern_core::api::{
     CertResponse, EnrollRequest, EnrollResponse, ErrorBody, LoginRequest, PingResponse,
     RenewRequest,
 };
-
-use crate::display::sanitize;
 
 /// The largest answer read from the server; a certificate response is a few kilobytes.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -467,7 +466,8 @@ impl Api {
         self.post("/v1/renew", req)
     }
 
-    fn post<Req: Serialize, Resp: DeserializeOwned>(
+    /// `POST` a JSON body to `path` and read the JSON answer.
+    pub fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
@@ -531,6 +531,37 @@ async fn read_answer<T: DeserializeOwned>(
         url: url.to_owned(),
         detail: e.to_string(),
     })
+}
+
+/// Server-supplied text made safe for a terminal: control characters (which could move the
+/// cursor or rewrite earlier lines) are escaped, and the length is bounded.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i >= 300 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The private key as PKCS#8 PEM, the form the TLS client loads.
+pub fn ed25519_pkcs8_pem(key: &ssh_key::PrivateKey) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let kp = key
+        .key_data()
+        .ed25519()
+        .context("the key is not an Ed25519 key")?;
+    let seed = zeroize::Zeroizing::new(kp.private.to_bytes());
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    sk.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the key as PKCS#8: {e}"))
 }
 
 #[cfg(test)]
@@ -650,5 +681,11 @@ mod tests {
             request_id: None,
         };
         assert!(status.is_refusal() && !status.is_identity_rejected());
+    }
+
+    #[test]
+    fn sanitize_escapes_terminal_controls_and_truncates() {
+        assert_eq!(sanitize("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert!(sanitize(&"x".repeat(10_000)).chars().count() <= 301);
     }
 }

@@ -1,0 +1,314 @@
+//! `postern-shim join`: host key, host certificate, node-access CA, mTLS identity and first
+//! bundle from posternd; then the sshd drop-in, checked with `sshd -t` and rolled back when
+//! the check fails, and a reload of sshd only when it passed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use postern_api_client::{Api, CaPin, CaUrl};
+use postern_core::api::{JoinRequest, JoinResponse, Secret};
+use postern_core::cert::generate_ed25519;
+use postern_core::{Labels, NodeName};
+use ssh_key::{LineEnding, PrivateKey};
+
+use crate::state::{write_atomic, Joined, StateDir};
+use crate::sync::install_bundle;
+
+/// The unprivileged user sshd runs the principals command as.
+pub const COMMAND_USER: &str = "postern-shim";
+
+/// Everything `join` needs.
+pub struct JoinArgs {
+    /// API URL.
+    pub ca: CaUrl,
+    /// Pin.
+    pub pin: CaPin,
+    /// Token.
+    pub token: Secret,
+    /// Node name.
+    pub name: NodeName,
+    /// HOST:PORT of sshd.
+    pub address: Option<String>,
+    /// Labels asked for.
+    pub labels: Labels,
+    /// State directory.
+    pub state: StateDir,
+    /// Main sshd_config (for `sshd -t -f`).
+    pub sshd_config: PathBuf,
+    /// Drop-in directory.
+    pub sshd_config_dir: PathBuf,
+    /// Path of the shim as sshd will run it.
+    pub shim_path: PathBuf,
+    /// Skip the reload.
+    pub no_reload: bool,
+    /// PAM file to add the pam_exec lines to, if any.
+    pub pam_file: Option<PathBuf>,
+    /// The sshd binary for `-t`.
+    pub sshd_bin: PathBuf,
+}
+
+/// The drop-in's text.
+pub fn drop_in(state: &StateDir, shim: &Path) -> String {
+    let sd = state.0.display();
+    let state_arg = if state.0 == Path::new(crate::state::DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(" --state-dir {sd}")
+    };
+    format!(
+        "# Written by `postern-shim join`; re-run join rather than editing. See postern-shim(8).\n\
+         HostKey {hk}\n\
+         HostCertificate {hc}\n\
+         # Servers trust only the node-access CA: users reach them through the recording gateway.\n\
+         TrustedUserCAKeys {ca}\n\
+         RevokedKeys {krl}\n\
+         AuthorizedPrincipalsCommand {shim} principals{state_arg} %u %k %t %i %s\n\
+         AuthorizedPrincipalsCommandUser {COMMAND_USER}\n",
+        hk = state.host_key().display(),
+        hc = state.host_cert().display(),
+        ca = state.node_ca().display(),
+        krl = state.krl().display(),
+        shim = shim.display(),
+    )
+}
+
+/// The two pam_exec lines.
+pub fn pam_lines(state: &StateDir, shim: &Path) -> [String; 2] {
+    let arg = if state.0 == Path::new(crate::state::DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(" --state-dir {}", state.0.display())
+    };
+    [
+        format!(
+            "account required pam_exec.so quiet {} pam{arg}",
+            shim.display()
+        ),
+        format!(
+            "session optional pam_exec.so quiet {} pam{arg}",
+            shim.display()
+        ),
+    ]
+}
+
+/// Adds the pam_exec lines once (backup kept as `FILE.postern-backup`).
+pub fn add_pam_lines(file: &Path, lines: &[String; 2]) -> Result<bool> {
+    let old =
+        fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let missing: Vec<&String> = lines
+        .iter()
+        .filter(|l| !old.lines().any(|x| x.trim() == l.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let backup = file.with_extension("postern-backup");
+    if !backup.exists() {
+        fs::copy(file, &backup)?;
+    }
+    let mut new = old.clone();
+    if !new.ends_with('\n') && !new.is_empty() {
+        new.push('\n');
+    }
+    new.push_str("# Added by postern-shim join: locks and session audit events.\n");
+    for l in missing {
+        new.push_str(l);
+        new.push('\n');
+    }
+    write_atomic(file, new.as_bytes(), 0o644)?;
+    Ok(true)
+}
+
+fn ensure_command_user() -> Result<()> {
+    let exists = Command::new("id")
+        .arg(COMMAND_USER)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if exists {
+        return Ok(());
+    }
+    let out = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            COMMAND_USER,
+        ])
+        .output()
+        .context("cannot run useradd")?;
+    if !out.status.success() {
+        bail!(
+            "cannot create user {COMMAND_USER}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `sshd -t`: Ok or sshd's message.
+pub fn sshd_check(sshd: &Path, config: &Path) -> Result<(), String> {
+    match Command::new(sshd).arg("-t").arg("-f").arg(config).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+        Err(e) => Err(format!("cannot run {}: {e}", sshd.display())),
+    }
+}
+
+fn reload_sshd() -> Result<()> {
+    for unit in ["ssh", "sshd"] {
+        if let Ok(o) = Command::new("systemctl").args(["reload", unit]).output() {
+            if o.status.success() {
+                return Ok(());
+            }
+        }
+    }
+    let pid = fs::read_to_string("/run/sshd.pid").context(
+        "sshd is not managed by systemd and /run/sshd.pid is missing; reload sshd by hand",
+    )?;
+    let out = Command::new("kill").args(["-HUP", pid.trim()]).output()?;
+    if !out.status.success() {
+        bail!(
+            "cannot signal sshd (pid {}): {}",
+            pid.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the join.
+pub fn join(a: JoinArgs) -> Result<JoinResponse> {
+    a.state.create()?;
+    // Keep an existing host key: clients that pinned it keep working after a re-join.
+    let host_key = match fs::read_to_string(a.state.host_key()) {
+        Ok(text) => PrivateKey::from_openssh(&text).context("existing host key is unreadable")?,
+        Err(_) => {
+            let k = generate_ed25519(&format!("postern host key of {}", a.name))?;
+            write_atomic(
+                &a.state.host_key(),
+                k.to_openssh(LineEnding::LF)?.as_bytes(),
+                0o600,
+            )?;
+            write_atomic(
+                &a.state.path("ssh_host_ed25519_key.pub"),
+                format!("{}\n", k.public_key().to_openssh()?).as_bytes(),
+                0o644,
+            )?;
+            k
+        }
+    };
+    let identity = generate_ed25519(&format!("postern identity of {}", a.name))?;
+    let api = Api::new(&a.ca, a.pin, None)?;
+    let req = JoinRequest {
+        token: a.token,
+        name: a.name.clone(),
+        address: a.address.clone(),
+        labels: a.labels,
+        host_public_key: host_key.public_key().to_openssh()?,
+        identity_public_key: identity.public_key().to_openssh()?,
+    };
+    let resp: JoinResponse = api
+        .post("/v1/join", &req)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(
+        &a.state.host_cert(),
+        format!("{}\n", resp.host_certificate).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &a.state.path("identity.key"),
+        postern_api_client::ed25519_pkcs8_pem(&identity)?.as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &a.state.path("identity.crt"),
+        resp.x509_certificate.as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&a.state.path("ca.crt"), resp.x509_ca.as_bytes(), 0o644)?;
+    install_bundle(&a.state, &resp.bundle)?;
+    let joined = Joined {
+        ca: a.ca.to_string(),
+        ca_pin: a.pin.to_string(),
+        name: a.name.to_string(),
+        cluster: resp.cluster.to_string(),
+        address: a.address,
+    };
+    write_atomic(
+        &a.state.path("joined.json"),
+        serde_json::to_string_pretty(&joined)?.as_bytes(),
+        0o644,
+    )?;
+
+    ensure_command_user()?;
+    fs::create_dir_all(&a.sshd_config_dir)?;
+    let path = a.sshd_config_dir.join("50-postern.conf");
+    let previous = fs::read(&path).ok();
+    write_atomic(&path, drop_in(&a.state, &a.shim_path).as_bytes(), 0o644)?;
+    if let Err(msg) = sshd_check(&a.sshd_bin, &a.sshd_config) {
+        // Leave sshd's configuration exactly as it was.
+        match previous {
+            Some(old) => write_atomic(&path, &old, 0o644)?,
+            None => fs::remove_file(&path)?,
+        }
+        bail!("sshd -t rejected the new configuration, so it was removed again:\n{msg}");
+    }
+    let [acct, sess] = pam_lines(&a.state, &a.shim_path);
+    match &a.pam_file {
+        Some(f) => {
+            if add_pam_lines(f, &[acct.clone(), sess.clone()])? {
+                println!("Added the pam_exec lines to {}.", f.display());
+            }
+        }
+        None => println!(
+            "For lock checks and session audit events, add to sshd's PAM file (or re-run with --pam):\n  {acct}\n  {sess}"
+        ),
+    }
+    if a.no_reload {
+        println!("Not reloading sshd (--no-reload).");
+    } else {
+        reload_sshd()?;
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_in_names_every_file_and_the_state_dir() {
+        let s = StateDir(PathBuf::from("/tmp/st"));
+        let d = drop_in(&s, Path::new("/usr/libexec/postern/postern-shim"));
+        assert!(d.contains("AuthorizedPrincipalsCommand /usr/libexec/postern/postern-shim principals --state-dir /tmp/st %u %k %t %i %s\n"), "{d}");
+        assert!(d.contains("RevokedKeys /tmp/st/revoked_keys.krl\n"));
+        let d = drop_in(
+            &StateDir(PathBuf::from(crate::state::DEFAULT_STATE_DIR)),
+            Path::new("/s"),
+        );
+        assert!(d.contains("/s principals %u"), "{d}");
+    }
+
+    #[test]
+    fn pam_lines_are_added_once_with_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sshd");
+        fs::write(&f, "@include common-account\n").unwrap();
+        let lines = pam_lines(&StateDir(PathBuf::from("/st")), Path::new("/shim"));
+        assert!(add_pam_lines(&f, &lines).unwrap());
+        assert!(!add_pam_lines(&f, &lines).unwrap());
+        let text = fs::read_to_string(&f).unwrap();
+        assert!(text.starts_with("@include common-account\n"));
+        assert_eq!(text.matches("pam_exec.so").count(), 2);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("sshd.postern-backup")).unwrap(),
+            "@include common-account\n"
+        );
+    }
+}

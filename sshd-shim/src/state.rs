@@ -1,0 +1,173 @@
+//! The shim's state directory and its files, every one written atomically (temp file, fsync,
+//! rename, fsync of the directory): sshd refuses every key when `RevokedKeys` is unreadable or
+//! truncated, so a half-written file must never be visible.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use postern_core::api::Bundle;
+use serde::{Deserialize, Serialize};
+
+/// Default state directory (DESIGN.md).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/postern-shim";
+
+/// What `join` remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Joined {
+    /// The CA's API URL.
+    pub ca: String,
+    /// The service CA pin.
+    pub ca_pin: String,
+    /// This node's name.
+    pub name: String,
+    /// The cluster.
+    pub cluster: String,
+    /// Address given at join.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    /// A path inside.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// SSH host private key.
+    pub fn host_key(&self) -> PathBuf {
+        self.path("ssh_host_ed25519_key")
+    }
+    /// SSH host certificate.
+    pub fn host_cert(&self) -> PathBuf {
+        self.path("ssh_host_ed25519_key-cert.pub")
+    }
+    /// `TrustedUserCAKeys`.
+    pub fn node_ca(&self) -> PathBuf {
+        self.path("node_access_ca.pub")
+    }
+    /// `RevokedKeys`.
+    pub fn krl(&self) -> PathBuf {
+        self.path("revoked_keys.krl")
+    }
+    /// The policy bundle.
+    pub fn bundle(&self) -> PathBuf {
+        self.path("bundle.json")
+    }
+    /// Spooled events.
+    pub fn spool(&self) -> PathBuf {
+        self.path("spool")
+    }
+
+    /// Creates the directory (0755: the principals command runs as an unprivileged user and
+    /// reads the bundle and the node-access CA key from it).
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(&self.0)
+            .with_context(|| format!("cannot create {}", self.0.display()))?;
+        fs::set_permissions(&self.0, fs::Permissions::from_mode(0o755))?;
+        let spool = self.spool();
+        fs::create_dir_all(&spool)?;
+        fs::set_permissions(&spool, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// The join record.
+    pub fn joined(&self) -> Result<Joined> {
+        let p = self.path("joined.json");
+        let text = fs::read_to_string(&p).with_context(|| {
+            format!(
+                "this server has not joined a cluster ({} is missing); run `postern-shim join`",
+                p.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
+    }
+
+    /// The bundle, if present and parseable.
+    pub fn load_bundle(&self) -> Result<Bundle> {
+        let p = self.bundle();
+        let bytes = read_limited(&p, 16 * 1024 * 1024)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", p.display()))
+    }
+}
+
+/// Reads a file of at most `max` bytes.
+pub fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut out = Vec::new();
+    f.take(max + 1).read_to_end(&mut out)?;
+    anyhow::ensure!(
+        out.len() as u64 <= max,
+        "{} is larger than {max} bytes",
+        p.display()
+    );
+    Ok(out)
+}
+
+/// Writes a file atomically with the given mode.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc_o_nofollow())
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// `O_NOFOLLOW` on Linux (all supported targets).
+const fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_sets_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
+    }
+
+    #[test]
+    fn read_limited_refuses_large_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        fs::write(&p, vec![0u8; 100]).unwrap();
+        assert!(read_limited(&p, 99).is_err());
+        assert_eq!(read_limited(&p, 100).unwrap().len(), 100);
+    }
+}

@@ -1,0 +1,118 @@
+//! `postern-shim sync`: fetch the bundle over mTLS, install it and the KRL atomically, renew the
+//! host certificate when a third of its life is left, deliver spooled session events.
+
+use std::fs;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_core::api::{Bundle, EventsRequest, NodeEvent, SyncRequest, SyncResponse};
+use ssh_key::Certificate;
+
+use crate::state::{write_atomic, StateDir};
+
+/// Installs a bundle: the KRL and the node-access CA key first, the bundle last (so that its
+/// age never vouches for files that were not written).
+pub fn install_bundle(state: &StateDir, b: &Bundle) -> Result<()> {
+    let krl = base64::engine::general_purpose::STANDARD
+        .decode(&b.krl)
+        .context("the bundle's KRL is not base64")?;
+    anyhow::ensure!(
+        krl.starts_with(b"SSHKRL\n\0"),
+        "the bundle's KRL is not a KRL"
+    );
+    write_atomic(&state.krl(), &krl, 0o644)?;
+    let mut cas = b.node_access_ca_keys.join("\n");
+    cas.push('\n');
+    write_atomic(&state.node_ca(), cas.as_bytes(), 0o644)?;
+    write_atomic(
+        &state.bundle(),
+        serde_json::to_string_pretty(b)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// A client with the node's identity.
+pub fn api(state: &StateDir) -> Result<Api> {
+    let j = state.joined()?;
+    let identity = ClientIdentity::from_pem(
+        &fs::read(state.path("identity.crt"))?,
+        &fs::read(state.path("identity.key"))?,
+    )?;
+    let url: CaUrl = j.ca.parse().map_err(anyhow::Error::msg)?;
+    let pin: CaPin = j.ca_pin.parse().map_err(anyhow::Error::msg)?;
+    Api::new(&url, pin, Some(identity))
+}
+
+/// Delivers spooled events; returns how many were delivered.
+pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
+    let mut files: Vec<_> = fs::read_dir(state.spool())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut n = 0;
+    for chunk in files.chunks(500) {
+        let mut events = Vec::new();
+        for p in chunk {
+            match fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<NodeEvent>(&b).ok())
+            {
+                Some(e) => events.push(e),
+                None => {
+                    // A corrupt spool file would block delivery forever: set it aside.
+                    let _ = fs::rename(p, p.with_extension("corrupt"));
+                }
+            }
+        }
+        let count = events.len();
+        let _: serde_json::Value = api
+            .post("/v1/node/events", &EventsRequest { events })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for p in chunk {
+            let _ = fs::remove_file(p);
+        }
+        n += count;
+    }
+    Ok(n)
+}
+
+/// One sync.
+pub fn sync(state: &StateDir) -> Result<String> {
+    let api = api(state)?;
+    let window = fs::read_to_string(state.host_cert())
+        .ok()
+        .and_then(|t| Certificate::from_openssh(t.trim()).ok())
+        .map(|c| (c.valid_after(), c.valid_before()));
+    let host_public_key = fs::read_to_string(state.path("ssh_host_ed25519_key.pub"))
+        .ok()
+        .map(|s| s.trim().to_owned());
+    let resp: SyncResponse = api
+        .post(
+            "/v1/node/sync",
+            &SyncRequest {
+                host_cert_window: window,
+                host_public_key,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    install_bundle(state, &resp.bundle)?;
+    let mut msg = format!(
+        "bundle installed ({} users, {} locks)",
+        resp.bundle.allowed.len(),
+        resp.bundle.locks.len()
+    );
+    if let Some(cert) = resp.host_certificate {
+        write_atomic(&state.host_cert(), format!("{cert}\n").as_bytes(), 0o644)?;
+        msg.push_str("; host certificate renewed (sshd picks it up at its next reload)");
+    }
+    match deliver_spool(state, &api) {
+        Ok(0) => {}
+        Ok(n) => msg.push_str(&format!("; {n} spooled events delivered")),
+        Err(e) => msg.push_str(&format!("; spooled events not delivered: {e:#}")),
+    }
+    Ok(msg)
+}
