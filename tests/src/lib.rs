@@ -5,6 +5,7 @@
 //! The binaries are taken from the cargo target directory (`scripts/test` builds them first).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -498,5 +499,236 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Copies a file to `dest` atomically with mode 0755 (root-owned: sshd requires that of its
+/// helpers, with no group- or world-writable parent).
+fn install_root_owned(src: &std::path::Path, dest: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dest.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = dir.join(format!(".tmp{}", std::process::id()));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The shim as sshd runs it: copied once per test process to a root-owned directory.
+pub fn installed_shim() -> PathBuf {
+    static ONCE: Once = Once::new();
+    let dest = PathBuf::from(format!(
+        "/usr/local/libexec/postern-test-{}/postern-shim",
+        std::process::id()
+    ));
+    let d2 = dest.clone();
+    ONCE.call_once(move || install_root_owned(&bin("postern-shim"), &d2));
+    dest
+}
+
+impl Ca {
+    /// A join token.
+    pub fn token(&self, kind: &str, labels: &str) -> String {
+        self.admin_json(&["tokens", "add", "--kind", kind, "--labels", labels])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// A server joined with `postern-shim join`, running a stock sshd (a copy under its own name,
+/// so that it has its own PAM service) from the drop-in that join wrote.
+pub struct Node {
+    /// Everything of this node: state/, sshd_config, sshd_config.d/, logs.
+    pub dir: TempDir,
+    /// sshd's port.
+    pub port: u16,
+    /// Node name.
+    pub name: String,
+    service: String,
+    sshd: Option<Child>,
+}
+
+static NODE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Node {
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Prepares config files, runs join (with --pam on this node's own PAM file) and returns
+    /// the node and join's output; sshd is not started yet.
+    pub fn join(ca: &Ca, name: &str, token: &str, extra: &[&str]) -> (Node, Output) {
+        ensure_test_login();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-node")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let n = NODE_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let service = format!("sshd-pt{}x{n}", std::process::id());
+        std::fs::create_dir_all(d.join("sshd_config.d")).unwrap();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Include {dropins}/*.conf\nPort {port}\nListenAddress 127.0.0.1\nPidFile {pid}\nUsePAM yes\n\
+                 AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nStrictModes no\nLogLevel VERBOSE\n",
+                dropins = d.join("sshd_config.d").display(),
+                pid = d.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        let pam = PathBuf::from("/etc/pam.d").join(&service);
+        std::fs::write(
+            &pam,
+            "@include common-auth\n@include common-account\n@include common-session\n",
+        )
+        .unwrap();
+        let out = run(Command::new(bin("postern-shim"))
+            .args([
+                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", token, "--name", name,
+            ])
+            .args(["--address", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("--sshd-config")
+            .arg(d.join("sshd_config"))
+            .arg("--sshd-config-dir")
+            .arg(d.join("sshd_config.d"))
+            .args(if extra.contains(&"--shim-path") {
+                vec![]
+            } else {
+                vec![OsString::from("--shim-path"), installed_shim().into()]
+            })
+            .args(["--no-reload", "--pam", "--pam-file"])
+            .arg(&pam)
+            .args(extra));
+        (
+            Node {
+                dir,
+                port,
+                name: name.to_owned(),
+                service,
+                sshd: None,
+            },
+            out,
+        )
+    }
+
+    /// Starts sshd (a copy named after this node's PAM service).
+    pub fn start_sshd(&mut self) {
+        let exe = PathBuf::from("/usr/local/sbin").join(&self.service);
+        install_root_owned(std::path::Path::new("/usr/sbin/sshd"), &exe);
+        let log = std::fs::File::create(self.dir.path().join("sshd.log")).unwrap();
+        let child = Command::new(&exe)
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sshd = Some(child);
+    }
+
+    /// sshd's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// `postern-shim SUBCOMMAND --state-dir <state>`.
+    pub fn shim(&self, sub: &str) -> Output {
+        run(Command::new(bin("postern-shim"))
+            .arg(sub)
+            .arg("--state-dir")
+            .arg(self.state()))
+    }
+
+    /// A key pair and a certificate signed by the CA's `ca` (`user` or `node-access`) for
+    /// `user` with these logins, via `posternd certs sign`. Returns the private key path.
+    pub fn signed_key(&self, ca: &Ca, which: &str, user: &str, logins: &[&str]) -> PathBuf {
+        let n = NODE_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let key = self.dir.path().join(format!("key{n}"));
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        assert!(out.status.success(), "{}", text(&out));
+        let mut args = vec![
+            "certs", "sign", "--ca", which, "--user", user, "--ttl", "10m", "--key",
+        ];
+        let pubkey = format!("{}.pub", key.display());
+        args.push(&pubkey);
+        for l in logins {
+            args.push("--principal");
+            args.push(l);
+        }
+        let v = ca.admin_json(&args);
+        std::fs::write(
+            format!("{}-cert.pub", key.display()),
+            v["certificate"].as_str().unwrap(),
+        )
+        .unwrap();
+        key
+    }
+
+    /// Stock ssh with a key (and its `-cert.pub`) as `login`, checking the host certificate
+    /// against the host CA (taken from the bundle, so that it works while the CA is down).
+    pub fn ssh(&self, key: &std::path::Path, login: &str, remote: &str) -> Output {
+        let kh = self.dir.path().join("known_hosts");
+        if !kh.exists() {
+            let b: Value =
+                serde_json::from_slice(&std::fs::read(self.state().join("bundle.json")).unwrap())
+                    .unwrap();
+            let host_ca = b["host_ca_keys"][0].as_str().unwrap();
+            std::fs::write(&kh, format!("@cert-authority * {host_ca}\n")).unwrap();
+        }
+        run(Command::new("ssh")
+            .env_remove("SSH_AUTH_SOCK")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-l",
+                login,
+                "127.0.0.1",
+                remote,
+            ]))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(PathBuf::from("/etc/pam.d").join(&self.service));
+        let _ = std::fs::remove_file(PathBuf::from("/usr/local/sbin").join(&self.service));
     }
 }
