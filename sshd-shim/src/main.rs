@@ -40,6 +40,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Cmd {
     /// Join this server: host certificate, node-access CA, KRL, policy bundle, sshd drop-in.
     #[command(
