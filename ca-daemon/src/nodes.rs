@@ -393,10 +393,11 @@ impl Service {
                 };
                 c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
                 let mut host_certificate = None;
-                if let (Some((after, before)), Some(key)) = (req.host_cert_window, host_key) {
+                if let (Some((_after, before)), Some(key)) = (req.host_cert_window, host_key) {
                     let stored: String = c.query_row("SELECT host_key FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
-                    let life = before.saturating_sub(after).max(1);
-                    // Renew when a third of the certificate's life or less is left.
+                    // Renew when a third of the certificate's life or less is left. The life is
+                    // the policy's TTL, not the window: valid_after is backdated for clock skew.
+                    let life = policy.defaults.host_cert_ttl.as_secs();
                     if before.saturating_sub(now) * 3 <= life && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
                         let addr: Option<String> = c.query_row("SELECT address FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
                         let principals = host_principals(&name, cluster.as_str(), addr.as_deref())?;

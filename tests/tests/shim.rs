@@ -417,3 +417,58 @@ fn session_events_reach_the_audit_log_also_when_the_ca_was_down() {
         0
     );
 }
+
+#[test]
+fn sync_renews_the_host_certificate_when_a_third_of_its_life_is_left() {
+    let ca = Ca::start(&policy().replace(
+        "user_cert_ttl = \"1h\"",
+        "user_cert_ttl = \"1h\"\nhost_cert_ttl = \"9s\"",
+    ));
+    let token = ca.token("node", "env=dev");
+    let (node, out) = Node::join(&ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cert = node.state().join("ssh_host_ed25519_key-cert.pub");
+    let first = std::fs::read_to_string(&cert).unwrap();
+    // More than a third left: no renewal.
+    let out = node.shim("sync");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("renewed"),
+        "{}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_millis(6500));
+    let out = node.shim("sync");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("host certificate renewed"),
+        "{}",
+        text(&out)
+    );
+    assert_ne!(first, std::fs::read_to_string(&cert).unwrap());
+}
+
+#[test]
+fn removed_node_can_no_longer_sync_and_status_says_what_it_has() {
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "env=dev,team=web");
+    let (node, out) = Node::join(&ca, "web1", &token, &["--labels", "env=prod,zone=a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.shim("status").status.success());
+    let st = run(Command::new(bin("postern-shim"))
+        .args(["status", "--json", "--state-dir"])
+        .arg(node.state()));
+    assert!(st.status.success(), "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["name"], "web1");
+    // The token's labels win over what the node asked for.
+    assert_eq!(v["labels"], "env=dev,team=web,zone=a");
+    assert_eq!(v["bundle_stale"], false);
+
+    assert!(ca.admin(&["nodes", "rm", "web1"]).status.success());
+    let out = node.shim("sync");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("join"),
+        "{}",
+        text(&out)
+    );
+}
