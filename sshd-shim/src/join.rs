@@ -182,8 +182,37 @@ fn reload_sshd() -> Result<()> {
     Ok(())
 }
 
+/// sshd runs the principals command as an unprivileged user, which must reach the state
+/// directory: every ancestor needs the search bit for others. Otherwise every login would be
+/// denied with "no valid policy bundle", which is hard to trace back.
+pub fn check_reachable_by_others(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    for anc in abs.ancestors().skip(1) {
+        let mode = fs::metadata(anc)
+            .with_context(|| format!("cannot read {}", anc.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "the state directory {} is not reachable by the unprivileged user sshd runs the principals command as ({COMMAND_USER}): {} has mode {:04o}; choose another --state-dir or chmod o+x {}",
+                abs.display(),
+                anc.display(),
+                mode & 0o7777,
+                anc.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs the join.
 pub fn join(a: JoinArgs) -> Result<JoinResponse> {
+    check_reachable_by_others(&a.state.0)?;
     a.state.create()?;
     // Keep an existing host key: clients that pinned it keep working after a re-join.
     let host_key = match fs::read_to_string(a.state.host_key()) {
@@ -293,6 +322,22 @@ mod tests {
             Path::new("/s"),
         );
         assert!(d.contains("/s principals %u"), "{d}");
+    }
+
+    #[test]
+    fn regression_state_dir_under_private_parent_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_reachable_by_others(&private.join("state"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode 0700"), "{e}");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        check_reachable_by_others(&private.join("state")).unwrap();
     }
 
     #[test]
