@@ -284,3 +284,127 @@ pub struct EventsRequest {
     /// Events, oldest first (at most 1000).
     pub events: Vec<NodeEvent>,
 }
+
+/// One server in the gateway's inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryEntry {
+    /// Node name.
+    pub name: crate::names::NodeName,
+    /// `HOST:PORT` of its sshd.
+    pub address: String,
+    /// Its labels.
+    pub labels: crate::names::Labels,
+}
+
+/// `GET /v1/gateway/inventory` (mTLS, gateway identity): what a gateway needs to route and to
+/// authenticate users without asking the CA for every connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// The cluster.
+    pub cluster: ClusterName,
+    /// Unix time the CA built it.
+    pub generated_at: u64,
+    /// Joined servers (kind `node`).
+    pub nodes: Vec<InventoryEntry>,
+    /// User CA keys: the gateway accepts user certificates signed by these.
+    pub user_ca_keys: Vec<String>,
+    /// Host CA keys: the gateway checks servers' host certificates against these.
+    pub host_ca_keys: Vec<String>,
+    /// Locks in force (the gateway cuts matching live sessions).
+    pub locks: Vec<LockEntry>,
+}
+
+/// `POST /v1/gateway/authorize` (mTLS, gateway identity): the CA checks policy (the user may
+/// use `login` on `node`'s labels, no lock applies, the user certificate is not revoked) and
+/// signs a short-lived node-access certificate for exactly that login, key id `USER/SESSION`.
+/// A refusal is a 403 whose message the gateway shows the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    /// The Postern user (the user certificate's key id).
+    pub user: Username,
+    /// Serial of the user certificate the gateway verified.
+    pub user_cert_serial: u64,
+    /// The OS login asked for.
+    pub login: Login,
+    /// The server.
+    pub node: crate::names::NodeName,
+    /// Session id chosen by the gateway (`[a-z0-9-]{1,64}`).
+    pub session_id: String,
+    /// The gateway's ephemeral public key to certify (OpenSSH line).
+    pub public_key: String,
+}
+
+/// Answer to an authorization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeResponse {
+    /// The node-access certificate (one line), TTL of a few minutes.
+    pub certificate: String,
+    /// The server as the inventory has it.
+    pub node: InventoryEntry,
+    /// What the user's roles permit (port forwarding, agent forwarding, pty...).
+    pub permits: Vec<crate::policy::Permit>,
+    /// Recording mode.
+    pub recording: crate::policy::RecordingMode,
+    /// Whether input is recorded too.
+    pub record_input: bool,
+}
+
+/// `POST /v1/gateway/host-cert` (mTLS, gateway identity): a host certificate for a joined
+/// server's names, for the gateway's own key, presented on the inner connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCertRequest {
+    /// The server.
+    pub node: crate::names::NodeName,
+    /// The gateway's inner host public key (OpenSSH line).
+    pub public_key: String,
+}
+
+/// Answer to a host-certificate request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCertResponse {
+    /// The certificate (principals: NAME, NAME.<cluster>, the address's host).
+    pub certificate: String,
+    /// Its `valid_before`.
+    pub valid_before: u64,
+}
+
+/// A recording's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingMeta {
+    /// Session id (also the recording's id).
+    pub id: String,
+    /// Postern user.
+    pub user: Username,
+    /// OS login.
+    pub login: Login,
+    /// Server.
+    pub node: crate::names::NodeName,
+    /// The gateway that recorded it.
+    pub gateway: String,
+    /// Unix start time.
+    pub started_at: u64,
+    /// Unix end time.
+    pub ended_at: u64,
+    /// True when the gateway died during the session and completed the file at restart.
+    pub interrupted: bool,
+    /// Size of the asciicast file in bytes.
+    pub bytes: u64,
+}
+
+/// `POST /v1/gateway/recordings` (mTLS, gateway identity): one finished recording.
+/// Idempotent by id (a retried upload replaces nothing and answers OK).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingUpload {
+    /// Metadata (`bytes` = `cast.len()`; `gateway` is ignored: the CA uses the caller's name).
+    pub meta: RecordingMeta,
+    /// The asciicast v2 text.
+    pub cast: String,
+}
