@@ -484,6 +484,20 @@ impl Api {
             read_answer(&url, resp).await
         })
     }
+
+    /// `GET` `path` (with its query string) and read the JSON answer.
+    pub fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp, ApiError> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| transport_error(&url, e))?;
+            read_answer(&url, resp).await
+        })
+    }
 }
 
 async fn read_body(url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {

@@ -732,3 +732,124 @@ impl Drop for Node {
         let _ = std::fs::remove_file(PathBuf::from("/usr/local/sbin").join(&self.service));
     }
 }
+
+/// A running `postern-gate`, joined with a gateway token.
+pub struct Gate {
+    /// Its state directory.
+    pub dir: TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Gate {
+    /// A port for the gateway, to be written into posternd.toml before the CA starts.
+    pub fn reserve_port() -> u16 {
+        free_port()
+    }
+
+    /// Joins and starts the gateway on `port`.
+    pub fn start(ca: &Ca, port: u16) -> Gate {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-gate")
+            .tempdir()
+            .unwrap();
+        let token = ca.token("gateway", "");
+        let out = run(Command::new(bin("postern-gate"))
+            .args([
+                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", &token, "--name", "gate1",
+            ])
+            .args(["--address", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(dir.path()));
+        assert!(out.status.success(), "gate join: {}", text(&out));
+        let mut g = Gate {
+            dir,
+            port,
+            child: None,
+            log: Default::default(),
+        };
+        g.spawn();
+        g
+    }
+
+    /// Starts (or restarts) `postern-gate serve` and waits for its ready line.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(bin("postern-gate"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--state-dir",
+            ])
+            .arg(self.dir.path())
+            .env("POSTERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("postern-gate ready") {
+                    let _ = tx.send(());
+                }
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            panic!("postern-gate did not become ready:\n{}", self.log());
+        }
+    }
+
+    /// Kills the gateway with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Ca {
+    /// Sets `[gateway] public_addr` in posternd.toml (before `spawn`).
+    pub fn set_gateway(&self, addr: &str) {
+        let p = self.config();
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "# [gateway]\n# public_addr = \"gate.example.com:3023\"\n",
+            "",
+        );
+        std::fs::write(&p, format!("{text}\n[gateway]\npublic_addr = \"{addr}\"\n")).unwrap();
+    }
+}
+
+impl Person {
+    /// Stock ssh to `NAME.<cluster>` with the ssh_config `postern login` wrote (ProxyJump).
+    pub fn ssh_via_gate(&self, ca: &Ca, node: &str, login: &str, args: &[&str]) -> Output {
+        run(Command::new("ssh")
+            .env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .arg("-F")
+            .arg(self.home.path().join(".ssh/config"))
+            .args(["-o", "BatchMode=yes", "-l", login])
+            .arg(format!("{node}.{}", ca.cluster))
+            .args(args))
+    }
+}

@@ -1,0 +1,118 @@
+//! The gateway's side of posternd's API: inventory (servers, CA keys, locks), per-login
+//! authorization with a node-access certificate, host certificates for the inner connection,
+//! and recording uploads. Calls run on blocking threads: the shared client is synchronous.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_core::api::{
+    AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
+    RecordingUpload,
+};
+use serde::{Deserialize, Serialize};
+
+/// What `join` remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Joined {
+    /// API URL.
+    pub ca: String,
+    /// Pin.
+    pub ca_pin: String,
+    /// The gateway's name.
+    pub name: String,
+    /// The cluster.
+    pub cluster: String,
+}
+
+/// A handle on the CA for the gateway.
+#[derive(Clone)]
+pub struct CaClient {
+    state: PathBuf,
+    joined: Arc<Joined>,
+}
+
+/// A CA refusal or failure, with the text to show the user.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl CaClient {
+    /// Loads the join record of a state directory.
+    pub fn load(state: PathBuf) -> Result<CaClient> {
+        let p = state.join("joined.json");
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "this gateway has not joined a cluster ({} is missing); run `postern-gate join`",
+                p.display()
+            )
+        })?;
+        Ok(CaClient {
+            joined: Arc::new(serde_json::from_str(&text)?),
+            state,
+        })
+    }
+
+    /// The join record.
+    pub fn joined(&self) -> &Joined {
+        &self.joined
+    }
+
+    fn api(&self) -> Result<Api> {
+        let identity = ClientIdentity::from_pem(
+            &std::fs::read(self.state.join("identity.crt"))?,
+            &std::fs::read(self.state.join("identity.key"))?,
+        )?;
+        let url: CaUrl = self.joined.ca.parse().map_err(anyhow::Error::msg)?;
+        let pin: CaPin = self.joined.ca_pin.parse().map_err(anyhow::Error::msg)?;
+        Api::new(&url, pin, Some(identity))
+    }
+
+    async fn call<Req, Resp>(
+        &self,
+        method: &'static str,
+        path: &'static str,
+        body: Req,
+    ) -> Result<Resp, Refused>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: for<'de> Deserialize<'de> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let api = me.api().map_err(|e| Refused(format!("{e:#}")))?;
+            let r = if method == "GET" {
+                api.get(path)
+            } else {
+                api.post(path, &body)
+            };
+            r.map_err(|e| Refused(e.to_string()))
+        })
+        .await
+        .map_err(|e| Refused(format!("internal error: {e}")))?
+    }
+
+    /// `GET /v1/gateway/inventory`.
+    pub async fn inventory(&self) -> Result<Inventory> {
+        self.call("GET", "/v1/gateway/inventory", ())
+            .await
+            .map_err(|e| anyhow!(e.0))
+    }
+
+    /// `POST /v1/gateway/authorize`.
+    pub async fn authorize(&self, req: AuthorizeRequest) -> Result<AuthorizeResponse, Refused> {
+        self.call("POST", "/v1/gateway/authorize", req).await
+    }
+
+    /// `POST /v1/gateway/host-cert`.
+    pub async fn host_cert(&self, req: HostCertRequest) -> Result<HostCertResponse, Refused> {
+        self.call("POST", "/v1/gateway/host-cert", req).await
+    }
+
+    /// `POST /v1/gateway/recordings`.
+    pub async fn upload(&self, req: RecordingUpload) -> Result<(), Refused> {
+        let _: serde_json::Value = self.call("POST", "/v1/gateway/recordings", req).await?;
+        Ok(())
+    }
+}

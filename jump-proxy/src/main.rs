@@ -1,0 +1,300 @@
+//! `postern-gate`: the recording ProxyJump gateway. Stock `ssh -J` connects here; the gateway
+//! checks policy, terminates the inner SSH connection, logs in to the server with a short-lived
+//! node-access certificate, and records the session.
+
+mod ca;
+mod record;
+mod relay;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use postern_api_client::{Api, CaPin, CaUrl};
+use postern_core::api::{JoinRequest, JoinResponse, Secret};
+use postern_core::cert::generate_ed25519;
+use ssh_key::{Certificate, LineEnding, PrivateKey};
+use tokio::sync::Semaphore;
+
+const EXAMPLES: &str = "\
+Examples:
+  Join (token from `posternd tokens add --kind gateway`), then serve:
+    postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
+        --state-dir /var/lib/postern-gate --address gate.example.com:3023
+    postern-gate serve --state-dir /var/lib/postern-gate
+
+  Users need nothing but the ssh_config that `postern login` writes:
+    ssh web1.prod.example.com        (ProxyJump through the gateway)
+
+Exit status: 0 success, 1 error, 2 usage error.";
+
+/// Postern's recording ProxyJump gateway.
+#[derive(Parser)]
+#[command(name = "postern-gate", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Join the cluster as a gateway: host certificate and mTLS identity.
+    Join {
+        /// posternd's API URL.
+        #[arg(long, value_name = "URL")]
+        ca: String,
+        /// The CA pin (sha256:...).
+        #[arg(long, value_name = "PIN")]
+        ca_pin: String,
+        /// A single-use token of kind `gateway`.
+        #[arg(
+            long,
+            value_name = "T",
+            env = "POSTERN_JOIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        /// The gateway's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// State directory.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
+        state_dir: PathBuf,
+        /// The address clients use (its host goes into the host certificate).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+    },
+    /// Serve SSH for `ssh -J`.
+    Serve {
+        /// State directory (from `join`).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
+        state_dir: PathBuf,
+        /// Optional configuration file (`gate.toml`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+}
+
+/// `gate.toml`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GateConfig {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn join(
+    ca: String,
+    ca_pin: String,
+    token: String,
+    name: String,
+    state: PathBuf,
+    address: Option<String>,
+) -> Result<()> {
+    std::fs::create_dir_all(&state)?;
+    let name = postern_core::names::parse_node_name(&name)?;
+    let hk_path = state.join("host_key");
+    let host_key = match std::fs::read_to_string(&hk_path) {
+        Ok(t) => PrivateKey::from_openssh(&t)?,
+        Err(_) => {
+            let k = generate_ed25519(&format!("postern-gate {name}"))?;
+            write(&hk_path, k.to_openssh(LineEnding::LF)?.as_bytes(), 0o600)?;
+            k
+        }
+    };
+    let identity = generate_ed25519(&format!("postern-gate identity {name}"))?;
+    let url: CaUrl = ca.parse().map_err(anyhow::Error::msg)?;
+    let pin: CaPin = ca_pin.parse().map_err(anyhow::Error::msg)?;
+    let api = Api::new(&url, pin, None)?;
+    let resp: JoinResponse = api
+        .post(
+            "/v1/join",
+            &JoinRequest {
+                token: Secret::new(token),
+                name: name.clone(),
+                address,
+                labels: Default::default(),
+                host_public_key: host_key.public_key().to_openssh()?,
+                identity_public_key: identity.public_key().to_openssh()?,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        resp.kind == "gateway",
+        "the token is for a {}, not a gateway",
+        resp.kind
+    );
+    write(
+        &state.join("host_key-cert.pub"),
+        format!("{}\n", resp.host_certificate).as_bytes(),
+        0o644,
+    )?;
+    write(
+        &state.join("identity.key"),
+        postern_api_client::ed25519_pkcs8_pem(&identity)?.as_bytes(),
+        0o600,
+    )?;
+    write(
+        &state.join("identity.crt"),
+        resp.x509_certificate.as_bytes(),
+        0o644,
+    )?;
+    write(&state.join("ca.crt"), resp.x509_ca.as_bytes(), 0o644)?;
+    let joined = ca::Joined {
+        ca: url.to_string(),
+        ca_pin: pin.to_string(),
+        name: name.to_string(),
+        cluster: resp.cluster.to_string(),
+    };
+    write(
+        &state.join("joined.json"),
+        serde_json::to_string_pretty(&joined)?.as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "Joined cluster {} as gateway {name}. Start it with: postern-gate serve --state-dir {}",
+        resp.cluster,
+        state.display()
+    );
+    Ok(())
+}
+
+async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
+    let cfg: GateConfig = match &config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{}", p.display()))?,
+        None => GateConfig::default(),
+    };
+    let listen = listen
+        .or(cfg.listen)
+        .unwrap_or_else(|| "0.0.0.0:3023".into());
+    let ca = ca::CaClient::load(state.clone())?;
+    let host_key = PrivateKey::from_openssh(&std::fs::read_to_string(state.join("host_key"))?)?;
+    let host_cert = Certificate::from_openssh(
+        std::fs::read_to_string(state.join("host_key-cert.pub"))?.trim(),
+    )?;
+    let spool = state.join("recordings");
+    std::fs::create_dir_all(&spool)?;
+    let recovered = record::recover(&spool)?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "completed recordings of sessions interrupted by a crash"
+        );
+    }
+    let outer = server::server_config(vec![host_key], vec![host_cert]);
+    let gw = Arc::new(server::Gateway::new(ca.clone(), outer, spool.clone())?);
+    if let Err(e) = gw.refresh().await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot fetch the inventory yet; retrying");
+    }
+    {
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Err(e) = gw.refresh().await {
+                    tracing::warn!(error = %format!("{e:#}"), "inventory refresh failed");
+                }
+            }
+        });
+    }
+    tokio::spawn(record::uploader(spool, ca, Arc::clone(&gw.uploaded)));
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        "postern-gate ready: {} listening on {}",
+        gw.name,
+        listener.local_addr()?
+    );
+    let slots = Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(4096)));
+    loop {
+        let permit = Arc::clone(&slots).acquire_owned().await?;
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let gw = Arc::clone(&gw);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handler = server::Outer::new(Arc::clone(&gw), peer);
+            match russh::server::run_stream(Arc::clone(&gw.outer), sock, handler).await {
+                Ok(s) => {
+                    if let Err(e) = s.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+            }
+        });
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let r = match cli.cmd {
+        Cmd::Join {
+            ca,
+            ca_pin,
+            token,
+            name,
+            state_dir,
+            address,
+        } => join(ca, ca_pin, token, name, state_dir, address),
+        Cmd::Serve {
+            state_dir,
+            config,
+            listen,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(serve(state_dir, config, listen))),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern-gate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! The gateway's SSH side: the outer server that stock `ssh -J` talks to, and, for every
+//! `direct-tcpip` channel to a joined server, an inner SSH server over that channel (the user's
+//! real session, terminated here) bridged to a client connection to the server's sshd.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_core::api::{
+    AuthorizeRequest, HostCertRequest, Inventory, InventoryEntry, RecordingMeta,
+};
+use postern_core::cert::{generate_ed25519, CertValidator};
+use postern_core::policy::{Permit, RecordingMode};
+use postern_core::{Login, Username};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use ssh_key::certificate::CertType;
+use ssh_key::{Certificate, PrivateKey, PublicKey};
+use tokio::sync::{watch, Notify, RwLock};
+
+use crate::ca::CaClient;
+use crate::record::now;
+use crate::relay::{relay, RelayCtx};
+
+/// A live session, for locks to cut.
+struct Live {
+    user: String,
+    login: String,
+    node: String,
+    cut: watch::Sender<Option<String>>,
+}
+
+/// State shared by every connection.
+pub struct Gateway {
+    /// The CA.
+    pub ca: CaClient,
+    /// Cluster name.
+    pub cluster: String,
+    /// The gateway's name.
+    pub name: String,
+    /// The last inventory.
+    pub inventory: RwLock<Option<Inventory>>,
+    /// The outer server's config.
+    pub outer: Arc<russh::server::Config>,
+    /// The inner host key (certified per server by the CA).
+    pub inner_key: PrivateKey,
+    /// Host certificates for the inner connection, per server name.
+    host_certs: Mutex<HashMap<String, (Certificate, u64)>>,
+    live: Mutex<HashMap<String, Live>>,
+    /// Recording spool.
+    pub spool: PathBuf,
+    /// Wakes the uploader.
+    pub uploaded: Arc<Notify>,
+}
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: None,
+        partial_success: false,
+    }
+}
+
+fn session_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    format!("s-{}", hex::encode(b))
+}
+
+/// Base server config: constant-time rejections handled by `auth_rejection_time`, no delay
+/// for OpenSSH's initial "none" probe, bounded buffers.
+pub fn server_config(
+    keys: Vec<PrivateKey>,
+    certificates: Vec<Certificate>,
+) -> russh::server::Config {
+    russh::server::Config {
+        keys,
+        certificates,
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        max_auth_attempts: 6,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway state.
+    pub fn new(ca: CaClient, outer: russh::server::Config, spool: PathBuf) -> Result<Gateway> {
+        let j = ca.joined().clone();
+        Ok(Gateway {
+            ca,
+            cluster: j.cluster,
+            name: j.name,
+            inventory: RwLock::new(None),
+            outer: Arc::new(outer),
+            inner_key: generate_ed25519("postern-gate inner host key")?,
+            host_certs: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            spool,
+            uploaded: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Refreshes the inventory and cuts sessions that a lock now covers.
+    pub async fn refresh(&self) -> Result<()> {
+        let inv = self.ca.inventory().await?;
+        let now = now();
+        if let Ok(live) = self.live.lock() {
+            for l in live.values() {
+                for lock in &inv.locks {
+                    if lock.expires.is_some_and(|e| e <= now) {
+                        continue;
+                    }
+                    let hit = match lock.target.as_str() {
+                        "user" => lock.name == l.user,
+                        "login" => lock.name == l.login,
+                        "node" => lock.name == l.node,
+                        _ => false,
+                    };
+                    if hit {
+                        let _ = l.cut.send(Some(format!(
+                            "locked ({} {}): {}",
+                            lock.target, lock.name, lock.reason
+                        )));
+                    }
+                }
+            }
+        }
+        *self.inventory.write().await = Some(inv);
+        Ok(())
+    }
+
+    /// The user CA keys of the inventory.
+    async fn user_cas(&self) -> Vec<PublicKey> {
+        self.inventory
+            .read()
+            .await
+            .as_ref()
+            .map(|i| {
+                i.user_ca_keys
+                    .iter()
+                    .filter_map(|k| PublicKey::from_openssh(k).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Resolves `NAME.<cluster>`, `NAME`, or a joined server's address.
+    pub async fn route(&self, host: &str, port: u32) -> Option<InventoryEntry> {
+        let inv = self.inventory.read().await;
+        let inv = inv.as_ref()?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".{}", self.cluster);
+        let name = host.strip_suffix(&suffix).unwrap_or(&host);
+        inv.nodes
+            .iter()
+            .find(|n| {
+                n.name.as_str() == name && (port == 22 || n.address.ends_with(&format!(":{port}")))
+            })
+            .or_else(|| {
+                inv.nodes
+                    .iter()
+                    .find(|n| n.address == format!("{host}:{port}"))
+            })
+            .cloned()
+    }
+
+    async fn host_cert_for(&self, node: &InventoryEntry) -> Result<Certificate, String> {
+        let now = now();
+        if let Ok(c) = self.host_certs.lock() {
+            if let Some((cert, vb)) = c.get(node.name.as_str()) {
+                if *vb > now + 600 {
+                    return Ok(cert.clone());
+                }
+            }
+        }
+        let resp = self
+            .ca
+            .host_cert(HostCertRequest {
+                node: node.name.clone(),
+                public_key: self
+                    .inner_key
+                    .public_key()
+                    .to_openssh()
+                    .map_err(|e| e.to_string())?,
+            })
+            .await
+            .map_err(|e| e.0)?;
+        let cert = Certificate::from_openssh(resp.certificate.trim()).map_err(|e| e.to_string())?;
+        if let Ok(mut c) = self.host_certs.lock() {
+            c.insert(node.name.to_string(), (cert.clone(), resp.valid_before));
+        }
+        Ok(cert)
+    }
+
+    fn register(
+        &self,
+        id: &str,
+        user: &str,
+        login: &str,
+        node: &str,
+    ) -> watch::Receiver<Option<String>> {
+        let (tx, rx) = watch::channel(None);
+        if let Ok(mut l) = self.live.lock() {
+            l.insert(
+                id.to_owned(),
+                Live {
+                    user: user.into(),
+                    login: login.into(),
+                    node: node.into(),
+                    cut: tx,
+                },
+            );
+        }
+        rx
+    }
+
+    fn unregister(&self, id: &str) {
+        if let Ok(mut l) = self.live.lock() {
+            l.remove(id);
+        }
+    }
+}
+
+/// Validates a user certificate against the user CA keys, strictly.
+async fn check_user_cert(gw: &Gateway, cert: &Certificate) -> Option<(Username, Vec<String>)> {
+    let cas = gw.user_cas().await;
+    let v = CertValidator {
+        trusted: &cas,
+        cert_type: CertType::User,
+    }
+    .validate(cert, now())
+    .ok()?;
+    let user: Username = v.key_id.as_str().parse().ok()?;
+    // A locked user is refused here too; the CA refuses authorization anyway.
+    let inv = gw.inventory.read().await;
+    if inv.as_ref().is_some_and(|i| {
+        i.locks.iter().any(|l| {
+            l.target == "user" && l.name == user.as_str() && l.expires.is_none_or(|e| e > now())
+        })
+    }) {
+        return None;
+    }
+    Some((user, v.principals.iter().map(|p| p.to_string()).collect()))
+}
+
+/// The outer connection: authenticated by the user certificate; opens inner sessions.
+pub struct Outer {
+    /// Shared state.
+    pub gw: Arc<Gateway>,
+    /// Peer address.
+    pub peer: SocketAddr,
+    user: Option<(Username, Certificate)>,
+}
+
+impl Outer {
+    /// A new connection.
+    pub fn new(gw: Arc<Gateway>, peer: SocketAddr) -> Outer {
+        Outer {
+            gw,
+            peer,
+            user: None,
+        }
+    }
+}
+
+impl russh::server::Handler for Outer {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        match check_user_cert(&self.gw, cert).await {
+            Some((user, _)) => {
+                tracing::info!(peer = %self.peer, %user, serial = cert.serial(), "outer connection authenticated");
+                self.user = Some((user, cert.clone()));
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(peer = %self.peer, "outer certificate refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _c: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 1,
+                reason: "postern-gate is a jump host: use `ssh -J` (ProxyJump) to reach a server"
+                    .into(),
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some((user, cert)) = self.user.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let Some(node) = self.gw.route(host, port).await else {
+            tracing::warn!(peer = %self.peer, %user, host = %host.chars().take(100).collect::<String>(), port, "destination refused: not a joined server");
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: format!(
+                        "{} is not a server of cluster {}",
+                        host.chars().take(100).collect::<String>(),
+                        self.gw.cluster
+                    ),
+                })
+                .await;
+            return Ok(());
+        };
+        let cert_for_node = match self.gw.host_cert_for(&node).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(node = %node.name, error = %e, "no host certificate for the inner connection");
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: "gateway cannot reach the CA".into(),
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let gw = Arc::clone(&self.gw);
+        let cfg = Arc::new(server_config(
+            vec![gw.inner_key.clone()],
+            vec![cert_for_node],
+        ));
+        let inner = Inner {
+            gw,
+            node,
+            user,
+            outer_cert: cert,
+            upstream: None,
+            ctx: None,
+            channels: 0,
+        };
+        let stream = channel.into_stream();
+        tokio::spawn(async move {
+            match russh::server::run_stream(cfg, stream, inner).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        tracing::debug!(error = %e, "inner session ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "inner handshake failed"),
+            }
+        });
+        Ok(())
+    }
+}
+
+struct SessionCtx {
+    id: String,
+    login: Login,
+    permits: Vec<Permit>,
+    mode: RecordingMode,
+    record_input: bool,
+    cut: watch::Receiver<Option<String>>,
+}
+
+/// The inner connection: the user's real SSH session to `node`, terminated here.
+struct Inner {
+    gw: Arc<Gateway>,
+    node: InventoryEntry,
+    user: Username,
+    outer_cert: Certificate,
+    upstream: Option<russh::client::Handle<Upstream>>,
+    ctx: Option<SessionCtx>,
+    channels: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(c) = &self.ctx {
+            self.gw.unregister(&c.id);
+            tracing::info!(session = %c.id, user = %self.user, node = %self.node.name, "session ended");
+        }
+    }
+}
+
+impl russh::server::Handler for Inner {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        login: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.ctx.is_some() {
+            return Ok(reject());
+        }
+        // The inner authentication must be by the same user as the outer one.
+        let Some((user, principals)) = check_user_cert(&self.gw, cert).await else {
+            return Ok(reject());
+        };
+        let Ok(login) = login.parse::<Login>() else {
+            return Ok(reject());
+        };
+        if user != self.user || !principals.iter().any(|p| p == login.as_str()) {
+            tracing::info!(%user, %login, "inner authentication refused: other user or login not in the certificate");
+            return Ok(reject());
+        }
+        let id = session_id();
+        let key = generate_ed25519("postern-gate session key")?;
+        let resp = match self
+            .gw
+            .ca
+            .authorize(AuthorizeRequest {
+                user: user.clone(),
+                user_cert_serial: cert.serial(),
+                login: login.clone(),
+                node: self.node.name.clone(),
+                session_id: id.clone(),
+                public_key: key.public_key().to_openssh()?,
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(%user, %login, node = %self.node.name, reason = %e.0, "authorization refused");
+                return Ok(reject());
+            }
+        };
+        let na_cert = Certificate::from_openssh(resp.certificate.trim())?;
+        let host_cas: Vec<PublicKey> = self
+            .gw
+            .inventory
+            .read()
+            .await
+            .as_ref()
+            .map(|i| {
+                i.host_ca_keys
+                    .iter()
+                    .filter_map(|k| PublicKey::from_openssh(k).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let up = Upstream {
+            host_cas,
+            name: self.node.name.to_string(),
+        };
+        let mut ccfg = russh::client::Config {
+            nodelay: true,
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        ccfg.preferred.host_key_certificates =
+            std::borrow::Cow::Borrowed(&[ssh_key::Algorithm::Ed25519]);
+        let tcp = match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&resp.node.address),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                tracing::warn!(node = %self.node.name, address = %resp.node.address, "cannot reach the server");
+                return Ok(reject());
+            }
+        };
+        let mut handle = match russh::client::connect_stream(Arc::new(ccfg), tcp, up).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(node = %self.node.name, error = %e, "SSH to the server failed (host certificate?)");
+                return Ok(reject());
+            }
+        };
+        let ok = handle
+            .authenticate_openssh_cert(login.as_str(), Arc::new(key), na_cert)
+            .await?;
+        if !ok.success() {
+            tracing::warn!(node = %self.node.name, %login, "the server refused the node-access certificate");
+            return Ok(reject());
+        }
+        let cut = self
+            .gw
+            .register(&id, user.as_str(), login.as_str(), self.node.name.as_str());
+        tracing::info!(session = %id, %user, %login, node = %self.node.name, serial = self.outer_cert.serial(), "session started");
+        self.upstream = Some(handle);
+        self.ctx = Some(SessionCtx {
+            id,
+            login,
+            permits: resp.permits,
+            mode: resp.recording,
+            record_input: resp.record_input,
+            cut,
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(up), Some(ctx)) = (self.upstream.as_ref(), self.ctx.as_ref()) else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let up_ch = match up.channel_open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "server refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        self.channels += 1;
+        let id = if self.channels == 1 {
+            ctx.id.clone()
+        } else {
+            format!("{}-{}", ctx.id, self.channels)
+        };
+        let rctx = RelayCtx {
+            permits: ctx.permits.clone(),
+            mode: ctx.mode,
+            record_input: ctx.record_input,
+            cut: ctx.cut.clone(),
+            down_handle: session.handle(),
+            spool: self.gw.spool.clone(),
+            meta: RecordingMeta {
+                id,
+                user: self.user.clone(),
+                login: ctx.login.clone(),
+                node: self.node.name.clone(),
+                gateway: self.gw.name.clone(),
+                started_at: now(),
+                ended_at: 0,
+                interrupted: false,
+                bytes: 0,
+            },
+            uploaded: Arc::clone(&self.gw.uploaded),
+        };
+        tokio::spawn(relay(channel, up_ch, rctx));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        oa: &str,
+        op: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self
+            .ctx
+            .as_ref()
+            .is_some_and(|c| c.permits.contains(&Permit::PortForwarding));
+        let (Some(up), true) = (self.upstream.as_ref(), allowed) else {
+            tracing::info!(user = %self.user, host = %host.chars().take(100).collect::<String>(), port, "port forwarding refused by permits");
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: "port forwarding is not permitted by your roles".into(),
+                })
+                .await;
+            return Ok(());
+        };
+        match up
+            .channel_open_direct_tcpip(host.to_owned(), port, oa.to_owned(), op)
+            .await
+        {
+            Ok(up_ch) => {
+                reply.accept().await;
+                tracing::info!(user = %self.user, node = %self.node.name, host = %host, port, "port forward opened");
+                tokio::spawn(async move {
+                    let mut a = channel.into_stream();
+                    let mut b = up_ch.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                });
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
+    // Requests are answered here, in the handler that received them; the relay forwards them.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _t: &str,
+        _c: u32,
+        _r: u32,
+        _pw: u32,
+        _ph: u32,
+        _m: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, Permit::Pty, session)
+    }
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(session.channel_success(channel)?)
+    }
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _d: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(session.channel_success(channel)?)
+    }
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _n: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(session.channel_success(channel)?)
+    }
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _k: &str,
+        _v: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Ok(session.channel_success(channel)?)
+    }
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+
+impl Inner {
+    fn answer(
+        &self,
+        channel: ChannelId,
+        p: Permit,
+        session: &mut Session,
+    ) -> Result<(), anyhow::Error> {
+        if self.ctx.as_ref().is_some_and(|c| c.permits.contains(&p)) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+}
+
+/// The gateway as a client of a server's sshd: accepts only a host certificate from the host
+/// CA naming the server.
+struct Upstream {
+    host_cas: Vec<PublicKey>,
+    name: String,
+}
+
+impl russh::client::Handler for Upstream {
+    type Error = anyhow::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::Certificate(cert) = key else {
+            tracing::warn!(server = %self.name, "server presented a plain host key, not a host certificate");
+            return Ok(false);
+        };
+        let ok = CertValidator {
+            trusted: &self.host_cas,
+            cert_type: CertType::Host,
+        }
+        .validate(cert, now())
+        .map(|v| v.principals.iter().any(|p| p.as_str() == self.name))
+        .unwrap_or(false);
+        if !ok {
+            tracing::warn!(server = %self.name, "server's host certificate refused");
+        }
+        Ok(ok)
+    }
+}
