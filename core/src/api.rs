@@ -275,6 +275,9 @@ pub struct NodeEvent {
     /// TTY.
     #[serde(default)]
     pub tty: Option<String>,
+    /// Kind-specific details (file paths, byte counts, forward targets...).
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// `POST /v1/node/events` (mTLS, node identity).

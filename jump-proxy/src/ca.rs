@@ -36,7 +36,7 @@ pub struct CaClient {
 
 /// A CA refusal or failure, with the text to show the user.
 #[derive(Debug)]
-pub struct Refused(pub String);
+pub struct Refused(pub String, pub Option<u16>);
 
 impl CaClient {
     /// Loads the join record of a state directory.
@@ -81,16 +81,16 @@ impl CaClient {
     {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let api = me.api().map_err(|e| Refused(format!("{e:#}")))?;
+            let api = me.api().map_err(|e| Refused(format!("{e:#}"), None))?;
             let r = if method == "GET" {
                 api.get(path)
             } else {
                 api.post(path, &body)
             };
-            r.map_err(|e| Refused(e.to_string()))
+            r.map_err(|e| Refused(e.to_string(), e.status()))
         })
         .await
-        .map_err(|e| Refused(format!("internal error: {e}")))?
+        .map_err(|e| Refused(format!("internal error: {e}"), None))?
     }
 
     /// `GET /v1/gateway/inventory`.
@@ -108,6 +108,12 @@ impl CaClient {
     /// `POST /v1/gateway/host-cert`.
     pub async fn host_cert(&self, req: HostCertRequest) -> Result<HostCertResponse, Refused> {
         self.call("POST", "/v1/gateway/host-cert", req).await
+    }
+
+    /// `POST /v1/node/events`.
+    pub async fn events(&self, req: postern_core::api::EventsRequest) -> Result<(), Refused> {
+        let _: serde_json::Value = self.call("POST", "/v1/node/events", req).await?;
+        Ok(())
     }
 
     /// `POST /v1/gateway/recordings`.

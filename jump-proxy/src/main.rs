@@ -2,10 +2,12 @@
 //! checks policy, terminates the inner SSH connection, logs in to the server with a short-lived
 //! node-access certificate, and records the session.
 
+mod audit;
 mod ca;
 mod record;
 mod relay;
 mod server;
+mod sftp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

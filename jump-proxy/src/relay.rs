@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use postern_core::policy::{Permit, RecordingMode};
 
 use crate::record::Recorder;
+use crate::sftp::SftpObserver;
 
 /// What the relay needs besides the two channels.
 pub struct RelayCtx {
@@ -28,6 +29,8 @@ pub struct RelayCtx {
     pub meta: postern_core::api::RecordingMeta,
     /// Wakes the uploader when a recording is complete.
     pub uploaded: std::sync::Arc<tokio::sync::Notify>,
+    /// Audit events to the CA.
+    pub audit: crate::audit::Audit,
 }
 
 /// Whether a request is allowed by the user's permits.
@@ -52,6 +55,7 @@ pub async fn relay(
     let mut term = String::from("xterm");
     let mut rec: Option<Recorder> = None;
     let mut rec_failed = false;
+    let mut sftp: Option<SftpObserver> = None;
     loop {
         tokio::select! {
             biased;
@@ -86,7 +90,11 @@ pub async fn relay(
                         }
                         forward_out(&down_w, m).await;
                     }
-                    ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. } => forward_out(&down_w, m).await,
+                    ChannelMsg::Data { ref data } => {
+                        if let Some(o) = sftp.as_mut() { o.server_bytes(data); }
+                        forward_out(&down_w, m).await
+                    }
+                    ChannelMsg::ExtendedData { .. } => forward_out(&down_w, m).await,
                     ChannelMsg::ExitStatus { exit_status } => { let _ = down_w.exit_status(exit_status).await; }
                     ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
                         let _ = ctx.down_handle.exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag).await;
@@ -105,6 +113,11 @@ pub async fn relay(
                     ChannelMsg::Data { data } => {
                         if ctx.record_input {
                             if let Some(r) = rec.as_mut() { let _ = r.event("i", &data); }
+                        }
+                        if let Some(o) = sftp.as_mut() {
+                            for op in o.client_bytes(&data) {
+                                ctx.audit.file_op(&ctx.meta, op);
+                            }
                         }
                         if up_w.data_bytes(data).await.is_err() { break; }
                     }
@@ -143,10 +156,15 @@ pub async fn relay(
                             }
                         }
                         tracing::info!(session = %ctx.meta.id, user = %ctx.meta.user, login = %ctx.meta.login, node = %ctx.meta.node, command = %cmd.chars().take(200).collect::<String>(), "exec");
+                        ctx.audit.event(&ctx.meta, "gateway.exec", serde_json::json!({ "command": cmd.chars().take(4096).collect::<String>() }));
                         let _ = up_w.exec(false, command).await;
                     }
                     ChannelMsg::RequestSubsystem { name, .. } => {
                         tracing::info!(session = %ctx.meta.id, subsystem = %name, "subsystem");
+                        if name == "sftp" {
+                            sftp = Some(SftpObserver::default());
+                        }
+                        ctx.audit.event(&ctx.meta, "gateway.subsystem", serde_json::json!({ "name": name }));
                         let _ = up_w.request_subsystem(false, name).await;
                     }
                     ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {

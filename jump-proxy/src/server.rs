@@ -54,6 +54,8 @@ pub struct Gateway {
     pub spool: PathBuf,
     /// Wakes the uploader.
     pub uploaded: Arc<Notify>,
+    /// Audit events to the CA.
+    pub audit: crate::audit::Audit,
 }
 
 fn reject() -> Auth {
@@ -93,7 +95,7 @@ impl Gateway {
     pub fn new(ca: CaClient, outer: russh::server::Config, spool: PathBuf) -> Result<Gateway> {
         let j = ca.joined().clone();
         Ok(Gateway {
-            ca,
+            ca: ca.clone(),
             cluster: j.cluster,
             name: j.name,
             inventory: RwLock::new(None),
@@ -103,6 +105,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             spool,
             uploaded: Arc::new(Notify::new()),
+            audit: crate::audit::Audit::start(ca.clone()),
         })
     }
 
@@ -332,6 +335,7 @@ impl russh::server::Handler for Outer {
         };
         let Some(node) = self.gw.route(host, port).await else {
             tracing::warn!(peer = %self.peer, %user, host = %host.chars().take(100).collect::<String>(), port, "destination refused: not a joined server");
+            self.gw.audit.refused(user.as_str(), serde_json::json!({ "host": host.chars().take(255).collect::<String>(), "port": port, "peer": self.peer.to_string(), "reason": "not a joined server" }));
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -580,6 +584,7 @@ impl russh::server::Handler for Inner {
                 bytes: 0,
             },
             uploaded: Arc::clone(&self.gw.uploaded),
+            audit: self.gw.audit.clone(),
         };
         tokio::spawn(relay(channel, up_ch, rctx));
         Ok(())
@@ -601,6 +606,13 @@ impl russh::server::Handler for Inner {
             .is_some_and(|c| c.permits.contains(&Permit::PortForwarding));
         let (Some(up), true) = (self.upstream.as_ref(), allowed) else {
             tracing::info!(user = %self.user, host = %host.chars().take(100).collect::<String>(), port, "port forwarding refused by permits");
+            self.gw.audit.forward(
+                self.user.as_str(),
+                self.node.name.as_str(),
+                host,
+                port,
+                false,
+            );
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -616,6 +628,13 @@ impl russh::server::Handler for Inner {
             Ok(up_ch) => {
                 reply.accept().await;
                 tracing::info!(user = %self.user, node = %self.node.name, host = %host, port, "port forward opened");
+                self.gw.audit.forward(
+                    self.user.as_str(),
+                    self.node.name.as_str(),
+                    host,
+                    port,
+                    true,
+                );
                 tokio::spawn(async move {
                     let mut a = channel.into_stream();
                     let mut b = up_ch.into_stream();

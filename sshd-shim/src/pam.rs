@@ -88,6 +88,7 @@ pub fn run(state: &StateDir) -> Result<i32> {
                 serial: cert.as_ref().map(|c| c.serial()),
                 remote: env("PAM_RHOST"),
                 tty: env("PAM_TTY"),
+                detail: None,
             };
             let sent = crate::sync::api(state)
                 .ok()

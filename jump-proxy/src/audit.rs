@@ -1,0 +1,133 @@
+//! Audit events from the gateway to posternd (`/v1/node/events`): sessions, exec commands,
+//! subsystems, SFTP and scp file operations, port forwards, refused destinations. Sent in
+//! batches by one task; kept in memory (bounded) and retried while the CA is unreachable.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use postern_core::api::{EventsRequest, NodeEvent, RecordingMeta};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::ca::CaClient;
+use crate::record::now;
+use crate::sftp::FileOp;
+
+/// Events held while the CA is down, at most.
+const MAX_PENDING: usize = 100_000;
+
+/// A sender of audit events (cheap to clone).
+#[derive(Clone)]
+pub struct Audit(mpsc::UnboundedSender<NodeEvent>);
+
+impl Audit {
+    /// Starts the sending task.
+    pub fn start(ca: CaClient) -> Audit {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(sender(ca, rx));
+        Audit(tx)
+    }
+
+    /// One event about a session.
+    pub fn event(&self, m: &RecordingMeta, kind: &str, detail: Value) {
+        let _ = self.0.send(NodeEvent {
+            kind: kind.into(),
+            ts: now(),
+            login: m.login.to_string(),
+            user: Some(m.user.to_string()),
+            session: Some(m.id.clone()),
+            serial: None,
+            remote: None,
+            tty: None,
+            detail: Some(json!({ "node": m.node, "extra": detail })),
+        });
+    }
+
+    /// A file operation seen in SFTP.
+    pub fn file_op(&self, m: &RecordingMeta, op: FileOp) {
+        let (kind, detail) = match op {
+            FileOp::Open { path, flags } => ("sftp.open", json!({ "path": path, "flags": flags })),
+            FileOp::Close {
+                path,
+                read,
+                written,
+            } => (
+                "sftp.close",
+                json!({ "path": path, "read": read, "written": written }),
+            ),
+            FileOp::Remove { path } => ("sftp.remove", json!({ "path": path })),
+            FileOp::Rename { from, to } => ("sftp.rename", json!({ "from": from, "to": to })),
+            FileOp::Mkdir { path } => ("sftp.mkdir", json!({ "path": path })),
+            FileOp::Rmdir { path } => ("sftp.rmdir", json!({ "path": path })),
+        };
+        self.event(m, kind, detail);
+    }
+
+    /// A port forward through a session, allowed or refused by permits.
+    pub fn forward(&self, user: &str, node: &str, host: &str, port: u32, allowed: bool) {
+        let _ = self.0.send(NodeEvent {
+            kind: if allowed { "gateway.port_forward" } else { "gateway.port_forward_refused" }.into(),
+            ts: now(),
+            login: String::new(),
+            user: Some(user.into()),
+            session: None,
+            serial: None,
+            remote: None,
+            tty: None,
+            detail: Some(json!({ "node": node, "host": host.chars().take(255).collect::<String>(), "port": port })),
+        });
+    }
+
+    /// An event without a session (a refused destination).
+    pub fn refused(&self, user: &str, detail: Value) {
+        let _ = self.0.send(NodeEvent {
+            kind: "gateway.refused".into(),
+            ts: now(),
+            login: String::new(),
+            user: Some(user.into()),
+            session: None,
+            serial: None,
+            remote: None,
+            tty: None,
+            detail: Some(detail),
+        });
+    }
+}
+
+async fn sender(ca: CaClient, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
+    let mut pending: VecDeque<NodeEvent> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(e) => pending.push_back(e),
+                None => return,
+            }
+        }
+        while let Ok(e) = rx.try_recv() {
+            if pending.len() >= MAX_PENDING {
+                pending.pop_front();
+            }
+            pending.push_back(e);
+        }
+        let batch: Vec<NodeEvent> = pending.iter().take(500).cloned().collect();
+        let n = batch.len();
+        match ca.events(EventsRequest { events: batch }).await {
+            Ok(()) => {
+                pending.drain(..n);
+            }
+            Err(e)
+                if e.1
+                    .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) =>
+            {
+                // The CA will never take this batch: log it here rather than retry forever.
+                for ev in pending.drain(..n) {
+                    tracing::error!(kind = %ev.kind, user = ?ev.user, detail = ?ev.detail, error = %e.0, "audit event refused by the CA");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.0, pending = pending.len(), "audit events not delivered; will retry");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
