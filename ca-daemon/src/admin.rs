@@ -114,6 +114,15 @@ pub enum AdminRequest {
         /// Lock id.
         id: i64,
     },
+    /// `recordings ls`
+    RecordingsLs {
+        /// Only this Postern user's.
+        user: Option<String>,
+        /// Only on this server.
+        node: Option<String>,
+        /// How many, newest first.
+        limit: u32,
+    },
 }
 
 /// One admin response.
@@ -382,6 +391,15 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
         }
         AdminRequest::LockLs => svc.lock_ls().await,
         AdminRequest::LockRm { id } => svc.lock_rm(id, actor).await,
+        AdminRequest::RecordingsLs { user, node, limit } => {
+            if let Some(u) = &user {
+                u.parse::<postern_core::Username>()?;
+            }
+            if let Some(n) = &node {
+                postern_core::names::parse_node_name(n)?;
+            }
+            svc.recordings_ls(user, node, limit).await
+        }
         AdminRequest::AuditVerify => {
             let v = svc.db.run(audit::verify).await?;
             Ok(serde_json::to_value(v)?)

@@ -6,16 +6,21 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use postern_core::api::{
-    EnrollRequest, EnrollResponse, ErrorBody, LoginRequest, PingResponse, RenewRequest, Secret,
-    MAX_BODY_BYTES,
+    AuthorizeRequest, EnrollRequest, EnrollResponse, ErrorBody, HostCertRequest, LoginRequest,
+    PingResponse, RecordingUpload, RenewRequest, Secret, MAX_BODY_BYTES,
 };
+use postern_core::{NodeName, Username};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::recordings::MAX_RECORDING_BYTES;
 
 use crate::service::{Refusal, Service};
 
@@ -47,6 +52,8 @@ impl From<Refusal> for ApiError {
             Refusal::BadCredentials => (StatusCode::UNAUTHORIZED, r.to_string()),
             Refusal::Locked => (StatusCode::LOCKED, r.to_string()),
             Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            Refusal::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
         };
         let detail = match &r {
@@ -123,6 +130,16 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/node/sync", post(node_sync))
         .route("/v1/node/events", post(node_events))
+        .route("/v1/gateway/inventory", get(gateway_inventory))
+        .route("/v1/gateway/authorize", post(gateway_authorize))
+        .route("/v1/gateway/host-cert", post(gateway_host_cert))
+        // Recordings are the one large body: this route's own limit replaces the global one.
+        .route(
+            "/v1/gateway/recordings",
+            post(gateway_recording).layer(DefaultBodyLimit::max(MAX_RECORDING_BYTES)),
+        )
+        .route("/v1/recordings", get(recordings_ls))
+        .route("/v1/recordings/{id}", get(recording_get))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -159,10 +176,18 @@ async fn login(
 }
 
 fn identity(peer: Peer, what: &str) -> Result<crate::x509::ClientIdentity, ApiError> {
+    identity_from(
+        peer,
+        format!("{what} needs the client certificate from `postern-shim join`"),
+    )
+}
+
+/// The verified client identity; `missing` is the message when there is none.
+fn identity_from(peer: Peer, missing: String) -> Result<crate::x509::ClientIdentity, ApiError> {
     let Some(der) = peer.0 else {
         return Err(ApiError {
             status: StatusCode::UNAUTHORIZED,
-            public: format!("{what} needs the client certificate from `postern-shim join`"),
+            public: missing,
             detail: "no client certificate".into(),
         });
     };
@@ -218,4 +243,109 @@ async fn renew(
         detail: format!("{e:#}"),
     })?;
     Ok(Json(svc.renew(identity, req.ttl).await?).into_response())
+}
+
+fn gateway_identity(peer: Peer) -> Result<crate::x509::ClientIdentity, ApiError> {
+    identity_from(
+        peer,
+        "gateway endpoints need the client certificate from `postern-gate join`".into(),
+    )
+}
+
+fn user_identity(peer: Peer) -> Result<crate::x509::ClientIdentity, ApiError> {
+    identity_from(
+        peer,
+        "recordings need the client certificate from `postern login`".into(),
+    )
+}
+
+async fn gateway_inventory(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiError> {
+    let id = gateway_identity(peer)?;
+    Ok(Json(svc.gateway_inventory(id).await?).into_response())
+}
+
+async fn gateway_authorize(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<JsonBody<AuthorizeRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    // The caller first: a client without an identity hears that, whatever it sent.
+    let id = gateway_identity(peer)?;
+    let JsonBody(req) = body?;
+    Ok(Json(svc.gateway_authorize(id, req).await?).into_response())
+}
+
+async fn gateway_host_cert(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<JsonBody<HostCertRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    // The caller first: a client without an identity hears that, whatever it sent.
+    let id = gateway_identity(peer)?;
+    let JsonBody(req) = body?;
+    Ok(Json(svc.gateway_host_cert(id, req).await?).into_response())
+}
+
+/// The caller is checked, and an upload slot taken, before the (large) body is read, so that
+/// nobody but a gateway can make the daemon buffer a recording.
+async fn gateway_recording(
+    State(svc): State<Arc<Service>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
+    let id = gateway_identity(peer)?;
+    let gateway = svc.authenticate_gateway(id).await?;
+    let _slot = svc
+        .upload_slots
+        .acquire()
+        .await
+        .map_err(|e| Refusal::Internal(anyhow::anyhow!(e)))?;
+    let JsonBody(upload) = JsonBody::<RecordingUpload>::from_request(req, &())
+        .await
+        .map_err(|mut e| {
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                e.public = format!(
+                    "a recording upload is at most {} MiB",
+                    MAX_RECORDING_BYTES >> 20
+                );
+            }
+            e
+        })?;
+    Ok(Json(svc.recording_store(gateway, upload).await?).into_response())
+}
+
+/// Query of `GET /v1/recordings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingsQuery {
+    user: Option<Username>,
+    node: Option<NodeName>,
+    limit: Option<u32>,
+}
+
+async fn recordings_ls(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    query: Result<Query<RecordingsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = user_identity(peer)?;
+    let Query(q) = query.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        public: format!("malformed query: {}", e.body_text()),
+        detail: e.to_string(),
+    })?;
+    Ok(Json(svc.recordings_of_user(id, q.user, q.node, q.limit).await?).into_response())
+}
+
+async fn recording_get(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(rid): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = user_identity(peer)?;
+    let cast = svc.recording_cast(id, rid).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], cast).into_response())
 }

@@ -89,6 +89,29 @@ CREATE TABLE IF NOT EXISTS locks (
     expires INTEGER,
     created_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gateway_sessions (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    user TEXT NOT NULL,
+    login TEXT NOT NULL,
+    node TEXT NOT NULL,
+    first_authorized INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    login TEXT NOT NULL,
+    node TEXT NOT NULL,
+    gateway TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER NOT NULL,
+    interrupted INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    stored_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_user ON recordings(user, started_at);
+CREATE INDEX IF NOT EXISTS recordings_node ON recordings(node, started_at);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
 

@@ -6,8 +6,10 @@ mod audit;
 mod auth;
 mod config;
 mod db;
+mod gateway;
 mod keys;
 mod nodes;
+mod recordings;
 mod server;
 mod service;
 mod tls;
@@ -139,6 +141,45 @@ enum Cmd {
     /// Locks on users, logins or nodes.
     #[command(subcommand)]
     Lock(LockCmd),
+    /// Joined gateways (`postern-gate`).
+    #[command(subcommand)]
+    Gateways(GatewaysCmd),
+    /// Session recordings uploaded by gateways.
+    #[command(subcommand)]
+    Recordings(RecordingsCmd),
+}
+
+#[derive(Subcommand)]
+enum GatewaysCmd {
+    /// List joined gateways: name, public address, when they joined and were last seen.
+    #[command(
+        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway\n  postern-gate join --ca URL --ca-pin PIN --token TOKEN --name gate1\nRemove one with `posternd nodes rm NAME`."
+    )]
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingsCmd {
+    /// List recorded sessions, newest first.
+    #[command(
+        after_help = "Examples:\n  posternd recordings ls\n  posternd recordings ls --user alice --node web1 --json\n\nEach recording is the asciicast v2 file DATA_DIR/recordings/ID.cast; play it with\n`asciinema play FILE`, or as its user with `postern play ID`."
+    )]
+    Ls {
+        /// Only this Postern user's sessions.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only sessions on this server.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// How many.
+        #[arg(short = 'n', long = "limit", default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -490,6 +531,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for l in d.as_array().into_iter().flatten() {
                 s.push_str(&format!("\n{:<6} {:<6} {:<20} {:<22} {}", l["id"], l["target"].as_str().unwrap_or(""), l["name"].as_str().unwrap_or(""),
                     l["expires"].as_i64().map_or("never".into(), server::fmt_time), l["reason"].as_str().unwrap_or("")));
+            }
+            s
+        }).await,
+        Cmd::Gateways(GatewaysCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("gateway".into()) }, |d| {
+            let mut s = format!("{:<20} {:<28} {:<22} {}", "NAME", "ADDRESS", "JOINED", "LAST SEEN");
+            for n in d.as_array().into_iter().flatten() {
+                s.push_str(&format!("\n{:<20} {:<28} {:<22} {}",
+                    n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or("-"),
+                    server::fmt_time(n["joined_at"].as_i64().unwrap_or(0)),
+                    n["last_sync"].as_i64().map_or("never".into(), server::fmt_time)));
+            }
+            s
+        }).await,
+        Cmd::Recordings(RecordingsCmd::Ls { user, node, limit, a }) => admin_cmd(&a, AdminRequest::RecordingsLs { user, node, limit }, |d| {
+            let mut s = format!("{:<24} {:<16} {:<16} {:<16} {:<22} {:>9} {:>10}", "ID", "USER", "LOGIN", "NODE", "STARTED", "DURATION", "BYTES");
+            for r in d.as_array().into_iter().flatten() {
+                let (start, end) = (r["started_at"].as_u64().unwrap_or(0), r["ended_at"].as_u64().unwrap_or(0));
+                s.push_str(&format!("\n{:<24} {:<16} {:<16} {:<16} {:<22} {:>8}s {:>10}{}",
+                    r["id"].as_str().unwrap_or(""), r["user"].as_str().unwrap_or(""), r["login"].as_str().unwrap_or(""),
+                    r["node"].as_str().unwrap_or(""), server::fmt_time(i64::try_from(start).unwrap_or(0)),
+                    end.saturating_sub(start), r["bytes"].as_u64().unwrap_or(0), if r["interrupted"] == true { "  (interrupted)" } else { "" }));
             }
             s
         }).await,

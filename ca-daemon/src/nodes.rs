@@ -36,7 +36,7 @@ pub fn token_well_formed(t: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn parse_key(line: &str, what: &str) -> std::result::Result<PublicKey, Refusal> {
+pub(crate) fn parse_key(line: &str, what: &str) -> std::result::Result<PublicKey, Refusal> {
     if line.len() > 8192 {
         return Err(Refusal::BadRequest(format!("{what} is too long")));
     }
@@ -142,8 +142,8 @@ pub fn build_bundle(
     })
 }
 
-/// Issues a host certificate and records it.
-#[allow(clippy::too_many_arguments)]
+/// Issues a host certificate for a node's own key and records it (subject and key id: the
+/// node's name).
 fn host_cert(
     conn: &Connection,
     keys: &KeyStore,
@@ -153,17 +153,31 @@ fn host_cert(
     ttl: u64,
     now: u64,
 ) -> Result<(String, u64)> {
+    let key_id: KeyId = name.as_str().parse()?;
+    host_cert_as(conn, keys, &key_id, principals, host_key, ttl, now)
+}
+
+/// Issues a host certificate and records it with `key_id` as its subject. Returns the
+/// certificate line and its `valid_before`; the serial is `conn.last_insert_rowid()`.
+pub(crate) fn host_cert_as(
+    conn: &Connection,
+    keys: &KeyStore,
+    key_id: &KeyId,
+    principals: &[Principal],
+    host_key: &PublicKey,
+    ttl: u64,
+    now: u64,
+) -> Result<(String, u64)> {
     let valid_before = now + ttl;
     let joined: Vec<&str> = principals.iter().map(|p| p.as_str()).collect();
     conn.execute(
         "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-host', ?1, ?2, ?3, ?4, ?5, ?6)",
-        params![name.as_str(), joined.join(","), i(now.saturating_sub(60)), i(valid_before), i(now), host_key.fingerprint(HashAlg::Sha256).to_string()],
+        params![key_id.as_str(), joined.join(","), i(now.saturating_sub(60)), i(valid_before), i(now), host_key.fingerprint(HashAlg::Sha256).to_string()],
     )?;
     let serial = u(conn.last_insert_rowid());
-    let key_id: KeyId = name.as_str().parse()?;
     let cert = issue_host_cert(
         &keys.host,
-        &key_id,
+        key_id,
         principals,
         host_key,
         ttl,
@@ -172,7 +186,9 @@ fn host_cert(
     Ok((cert.to_openssh()?, valid_before))
 }
 
-fn host_principals(
+/// The names a node's host certificate carries: NAME, NAME.<cluster>, and the host part of
+/// its address when that is a valid principal.
+pub(crate) fn host_principals(
     name: &NodeName,
     cluster: &str,
     address: Option<&str>,
@@ -308,6 +324,8 @@ impl Service {
                 let labels = Labels::try_from(labels)?;
                 // A re-join replaces the node: its old certificates stop working.
                 c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node')", [req.name.as_str()])?;
+                // A gateway's host certificates for servers' names go with it.
+                c.execute("UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%'", [req.name.as_str()])?;
                 c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
                 let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref())?;
                 let ttl = policy.defaults.host_cert_ttl.as_secs();
@@ -337,8 +355,8 @@ impl Service {
             .await?
     }
 
-    /// Checks a node's mTLS identity; returns its name and labels.
-    fn node_for(
+    /// Checks a node's mTLS identity; returns its name, labels and kind (`node`/`gateway`).
+    pub(crate) fn node_for(
         c: &Connection,
         id: &crate::x509::ClientIdentity,
     ) -> Result<Option<(NodeName, Labels, String)>> {
@@ -424,29 +442,29 @@ impl Service {
                 "at most 1000 events per request".into(),
             ));
         }
-        for e in &events {
-            if e.kind != "session.open" && e.kind != "session.close" {
-                return Err(Refusal::BadRequest(format!(
-                    "unknown event kind {:?}",
-                    e.kind.chars().take(40).collect::<String>()
-                )));
-            }
-        }
         let now = now();
         self.db
             .run(move |c| -> Result<std::result::Result<usize, Refusal>> {
-                let Some((name, _, _)) = Self::node_for(c, &id)? else {
+                let Some((name, _, kind)) = Self::node_for(c, &id)? else {
                     return Ok(Err(Refusal::Forbidden(
                         "this node's identity is not valid".into(),
                     )));
                 };
+                if let Some(e) = events.iter().find(|e| !reportable(&kind, &e.kind)) {
+                    return Ok(Err(Refusal::BadRequest(format!(
+                        "unknown event kind {:?}",
+                        e.kind.chars().take(40).collect::<String>()
+                    ))));
+                }
                 for e in &events {
                     let mut detail = serde_json::to_value(e)?;
                     if let Some(m) = detail.as_object_mut() {
-                        m.insert("node".into(), json!(name.as_str()));
+                        // Who reported it: a server's events name the server, a gateway's
+                        // carry the server inside their own detail.
+                        m.insert(kind.clone(), json!(name.as_str()));
                         m.insert("received".into(), json!(now));
                     }
-                    let actor = e.user.clone().unwrap_or_else(|| format!("node:{name}"));
+                    let actor = e.user.clone().unwrap_or_else(|| format!("{kind}:{name}"));
                     audit::append(c, e.ts.min(now + 300), &e.kind, &actor, detail)?;
                 }
                 Ok(Ok(events.len()))
@@ -482,7 +500,8 @@ impl Service {
                 if n == 0 {
                     bail!("no node {name}");
                 }
-                let revoked = c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node') AND revoked = 0", [&name])?;
+                let revoked = c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node') AND revoked = 0", [&name])?
+                    + c.execute("UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%' AND revoked = 0", [&name])?;
                 audit::append(c, now, "node.removed", &actor, json!({ "node": name, "revoked_certs": revoked }))?;
                 Ok(json!({ "node": name, "removed": true, "revoked_certs": revoked }))
             })
@@ -601,6 +620,24 @@ impl Service {
     }
 }
 
+/// Whether a node of `reporter` kind may report events of `kind`. Servers report PAM session
+/// events; gateways also report what they saw inside sessions (`gateway.*` such as exec,
+/// subsystem, port forwards and refused destinations, and `sftp.*` file operations), but
+/// never a kind the CA itself writes.
+fn reportable(reporter: &str, kind: &str) -> bool {
+    if kind == "session.open" || kind == "session.close" {
+        return true;
+    }
+    let well_formed = kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    reporter == "gateway"
+        && well_formed
+        && (kind.starts_with("gateway.") || kind.starts_with("sftp."))
+        && kind != "gateway.authorized"
+}
+
 /// Logins of a user that are locked (used to narrow issuance).
 pub fn locked_logins(c: &Connection, now: u64) -> Result<(BTreeSet<String>, Vec<Login>)> {
     let locks = active_locks(c, now)?;
@@ -615,4 +652,36 @@ pub fn locked_logins(c: &Connection, now: u64) -> Result<(BTreeSet<String>, Vec<
         .filter_map(|l| l.name.parse().ok())
         .collect();
     Ok((users, logins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_report_sessions_and_gateways_also_what_they_saw() {
+        for k in ["session.open", "session.close"] {
+            assert!(reportable("node", k) && reportable("gateway", k), "{k}");
+        }
+        for k in [
+            "gateway.exec",
+            "gateway.port_forward_refused",
+            "sftp.open",
+            "sftp.rename",
+        ] {
+            assert!(reportable("gateway", k), "{k}");
+            assert!(!reportable("node", k), "{k}");
+        }
+        for k in [
+            "gateway.authorized",
+            "login.success",
+            "lock.added",
+            "sftp.Open",
+            "sftp.a b",
+            "",
+        ] {
+            assert!(!reportable("gateway", k), "{k:?}");
+        }
+        assert!(!reportable("gateway", &format!("sftp.{}", "x".repeat(64))));
+    }
 }

@@ -154,7 +154,10 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         db,
         policy: RwLock::new(Arc::new(policy)),
         ghosts: auth::GhostLockout::default(),
+        data_dir: cfg.data_dir.clone(),
+        upload_slots: tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS),
     });
+    crate::recordings::prepare_dir(&cfg.data_dir)?;
     let tls_cfg = tls::server_config(&keys)?;
     let listener = TcpListener::bind(cfg.listen)
         .await

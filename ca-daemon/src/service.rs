@@ -39,6 +39,10 @@ pub struct Service {
     pub policy: RwLock<Arc<Policy>>,
     /// Lockout of names that are not users.
     pub ghosts: GhostLockout,
+    /// The data directory (recordings live under `recordings/`).
+    pub data_dir: std::path::PathBuf,
+    /// Recording uploads buffered at once (each may be large).
+    pub upload_slots: tokio::sync::Semaphore,
 }
 
 /// Why an operation was refused; the API maps each to a status and public message.
@@ -56,6 +60,12 @@ pub enum Refusal {
     /// Authenticated, but refused (policy, revoked, window over).
     #[error("{0}")]
     Forbidden(String),
+    /// Nothing of that name that the caller may see.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is stored (a reused id).
+    #[error("{0}")]
+    Conflict(String),
     /// A server-side fault; the detail is logged, not shown.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),

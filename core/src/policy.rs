@@ -2,7 +2,8 @@
 //!
 //! Format: `[defaults]`, `[roles.NAME]`, `[users.NAME]` as in DESIGN.md. Unknown keys are
 //! errors, and every error names the file, line and column. The only way to obtain an
-//! [`IssueApproval`], which certificate signing requires, is a successful [`Policy::decide_login`].
+//! [`IssueApproval`], which certificate signing requires, is a successful decision:
+//! [`Policy::decide_login`], [`Policy::decide_node_access`] or [`Policy::decide_admin_signing`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -281,6 +282,18 @@ pub enum Deny {
     NoLogins {
         /// The user.
         user: Username,
+    },
+    /// No role of the user both selects the node's labels and grants the login.
+    #[error(
+        "policy does not allow {user} to log in as {login} on a server with labels {labels:?}"
+    )]
+    LoginNotOnNode {
+        /// The user.
+        user: Username,
+        /// The login asked for.
+        login: Login,
+        /// The node's labels (`k=v,...`).
+        labels: String,
     },
 }
 
@@ -582,6 +595,62 @@ impl Policy {
         })
     }
 
+    /// The decision for a node-access certificate, which the gateway uses to log in to one
+    /// server on a user's behalf: exactly one login, the permits of the roles that both select
+    /// the node's labels and grant that login (and nothing from the user's other roles), and
+    /// the TTL capped by those roles' `max_ttl` and `defaults.max_user_cert_ttl`.
+    pub fn decide_node_access(
+        &self,
+        user: &Username,
+        login: &Login,
+        labels: &Labels,
+        requested: Ttl,
+    ) -> Result<LoginDecision, Deny> {
+        let mut permits = BTreeSet::new();
+        let mut cap = self.defaults.max_user_cert_ttl;
+        let mut granted = false;
+        let mut any_role = false;
+        for (_, role) in self.roles_of(user) {
+            any_role = true;
+            if !role.nodes.matches(labels) {
+                continue;
+            }
+            // Unsafe expansions grant nothing, as in `logins_on_node`.
+            if !role
+                .logins
+                .iter()
+                .any(|t| t.expand(user).is_ok_and(|l| l == *login))
+            {
+                continue;
+            }
+            granted = true;
+            permits.extend(role.permit.iter().copied());
+            if let Some(m) = role.max_ttl {
+                cap = cap.min(m);
+            }
+        }
+        if !any_role {
+            return Err(Deny::NoRoles { user: user.clone() });
+        }
+        if !granted {
+            return Err(Deny::LoginNotOnNode {
+                user: user.clone(),
+                login: login.clone(),
+                labels: labels.to_string(),
+            });
+        }
+        let ttl = requested.min(cap);
+        Ok(LoginDecision {
+            approval: IssueApproval {
+                user: user.clone(),
+                logins: vec![login.clone()],
+                permits,
+                ttl,
+            },
+            capped_from: (ttl < requested).then_some(requested),
+        })
+    }
+
     /// The decision for a user certificate: logins = the expanded union of the roles' logins,
     /// permits = their union, TTL = min(requested or default, every role's `max_ttl`,
     /// `defaults.max_user_cert_ttl`).
@@ -833,6 +902,95 @@ roles = []
                     .iter()
                     .all(|x| x.as_str() == "deploy")
         );
+    }
+
+    #[test]
+    fn node_access_grants_one_login_with_the_permits_of_matching_roles_only() {
+        let p = policy();
+        let l = |s: &str| s.parse::<Labels>().unwrap();
+        let login = |s: &str| s.parse::<Login>().unwrap();
+        let ttl: Ttl = "5m".parse().unwrap();
+        // bob is dev and ops; on env=dev as deploy only dev grants the login.
+        let d = p
+            .decide_node_access(&user("bob"), &login("deploy"), &l("env=dev"), ttl)
+            .unwrap();
+        assert_eq!(d.approval.logins(), [login("deploy")]);
+        assert_eq!(
+            d.approval.permits().iter().copied().collect::<Vec<_>>(),
+            [Permit::Pty, Permit::PortForwarding]
+        );
+        assert_eq!(d.approval.ttl(), ttl);
+        assert_eq!(d.capped_from, None);
+        // As root anywhere, ops grants it, with agent forwarding.
+        let d = p
+            .decide_node_access(&user("bob"), &login("root"), &l("env=prod"), ttl)
+            .unwrap();
+        assert!(d.approval.permits().contains(&Permit::AgentForwarding));
+        // {user} expands.
+        let d = p
+            .decide_node_access(&user("alice"), &login("alice"), &l("env=staging"), ttl)
+            .unwrap();
+        assert_eq!(d.approval.user().as_str(), "alice");
+    }
+
+    #[test]
+    fn node_access_caps_ttl_at_the_matching_roles_limit() {
+        let p = policy();
+        let d = p
+            .decide_node_access(
+                &user("alice"),
+                &"deploy".parse().unwrap(),
+                &"env=dev".parse().unwrap(),
+                "48h".parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(d.approval.ttl().as_secs(), 12 * 3600);
+        assert_eq!(d.capped_from, Some("48h".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_node_access_outside_the_labels_or_logins_of_the_roles() {
+        let p = policy();
+        let l = |s: &str| s.parse::<Labels>().unwrap();
+        let ttl: Ttl = "5m".parse().unwrap();
+        let e = p
+            .decide_node_access(
+                &user("alice"),
+                &"deploy".parse().unwrap(),
+                &l("env=prod"),
+                ttl,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Deny::LoginNotOnNode { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("policy does not allow alice to log in as deploy"),
+            "{e}"
+        );
+        // root is an ops login; alice is not ops, even on a server ops would select.
+        assert!(matches!(
+            p.decide_node_access(&user("alice"), &"root".parse().unwrap(), &l("env=dev"), ttl),
+            Err(Deny::LoginNotOnNode { .. })
+        ));
+        // A role that grants the login on other labels does not count (bob: deploy is dev-only).
+        assert!(matches!(
+            p.decide_node_access(
+                &user("bob"),
+                &"deploy".parse().unwrap(),
+                &l("env=prod"),
+                ttl
+            ),
+            Err(Deny::LoginNotOnNode { .. })
+        ));
+        assert!(matches!(
+            p.decide_node_access(&user("stranger"), &"root".parse().unwrap(), &l(""), ttl),
+            Err(Deny::NoRoles { .. })
+        ));
+        // carol's {user} expansion is unsafe: it grants nothing, deploy still works.
+        let carol = user("carol.smith@corp");
+        assert!(p
+            .decide_node_access(&carol, &"deploy".parse().unwrap(), &l("env=dev"), ttl)
+            .is_ok());
     }
 
     #[test]

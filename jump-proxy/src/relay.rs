@@ -1,12 +1,19 @@
 //! Bridges one inner session channel (the user's ssh, terminated here) to one upstream
 //! channel (the gateway's ssh to the server), recording what the server sends before it
 //! reaches the user (strict mode), and closing the session when a lock cuts it.
+//!
+//! Each direction runs in its own task. One task for both would deadlock under load: while it
+//! waits for the client's window it stops draining the client's messages, russh's bounded
+//! channel queue fills, and the session can no longer process the window adjustment it waits
+//! for (seen as an SFTP download stalling at 32 MB).
 
-use russh::server::Handle;
-use russh::{Channel, ChannelId, ChannelMsg};
-use tokio::sync::watch;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use postern_core::policy::{Permit, RecordingMode};
+use russh::server::Handle;
+use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf};
+use tokio::sync::watch;
 
 use crate::record::Recorder;
 use crate::sftp::SftpObserver;
@@ -23,12 +30,12 @@ pub struct RelayCtx {
     pub cut: watch::Receiver<Option<String>>,
     /// Downstream session handle (for exit-signal).
     pub down_handle: Handle,
-    /// Where recordings go, and their metadata.
+    /// Where recordings go.
     pub spool: std::path::PathBuf,
     /// Metadata template for this channel's recording.
     pub meta: postern_core::api::RecordingMeta,
     /// Wakes the uploader when a recording is complete.
-    pub uploaded: std::sync::Arc<tokio::sync::Notify>,
+    pub uploaded: Arc<tokio::sync::Notify>,
     /// Audit events to the CA.
     pub audit: crate::audit::Audit,
 }
@@ -42,141 +49,65 @@ pub fn permitted(msg: &ChannelMsg, permits: &[Permit]) -> bool {
     }
 }
 
-/// Runs until either side closes.
-pub async fn relay(
-    down: Channel<russh::server::Msg>,
-    up: Channel<russh::client::Msg>,
-    mut ctx: RelayCtx,
+/// State both directions share (short critical sections, never held across an await).
+#[derive(Default)]
+struct Shared {
+    rec: Option<Recorder>,
+    rec_failed: bool,
+    sftp: Option<SftpObserver>,
+    /// Requests forwarded with want_reply, in order: the server answers them in order.
+    pending: VecDeque<&'static str>,
+    size: (u32, u32),
+    term: String,
+}
+
+type SMsg = russh::server::Msg;
+type CMsg = russh::client::Msg;
+
+/// Ends both channels with a message to the user.
+async fn abort(
+    down_w: &ChannelWriteHalf<SMsg>,
+    up_w: &ChannelWriteHalf<CMsg>,
+    msg: String,
+    status: u32,
 ) {
+    let _ = down_w.extended_data_bytes(1, msg.into_bytes()).await;
+    let _ = down_w.exit_status(status).await;
+    let _ = down_w.eof().await;
+    let _ = up_w.close().await;
+    let _ = down_w.close().await;
+}
+
+/// Runs until either side closes.
+pub async fn relay(down: Channel<SMsg>, up: Channel<CMsg>, ctx: RelayCtx) {
     let down_id: ChannelId = down.id();
-    let (mut down_r, down_w) = down.split();
-    let (mut up_r, up_w) = up.split();
-    let mut size = (80u32, 24u32);
-    let mut term = String::from("xterm");
-    let mut rec: Option<Recorder> = None;
-    let mut rec_failed = false;
-    let mut sftp: Option<SftpObserver> = None;
-    loop {
-        tokio::select! {
-            biased;
-            changed = ctx.cut.changed() => {
-                let reason = ctx.cut.borrow().clone();
-                if changed.is_err() || reason.is_some() {
-                    let msg = format!("\r\npostern: session closed: {}\r\n", reason.unwrap_or_else(|| "gateway stopping".into()));
-                    let _ = down_w.extended_data_bytes(1, msg.into_bytes()).await;
-                    let _ = up_w.close().await;
-                    let _ = down_w.exit_status(255).await;
-                    let _ = down_w.eof().await;
-                    let _ = down_w.close().await;
-                    break;
-                }
-            }
-            m = up_r.wait() => {
-                let Some(m) = m else { let _ = down_w.close().await; break };
-                match m {
-                    ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } if rec.is_some() && !rec_failed => {
-                        if let Some(r) = rec.as_mut() {
-                            if let Err(e) = r.event("o", data) {
-                                rec_failed = true;
-                                if ctx.mode == RecordingMode::Strict {
-                                    let msg = format!("\r\npostern: recording failed ({e}); the session ends (strict recording)\r\n");
-                                    let _ = down_w.extended_data_bytes(1, msg.into_bytes()).await;
-                                    let _ = up_w.close().await;
-                                    let _ = down_w.close().await;
-                                    break;
-                                }
-                                tracing::warn!(session = %ctx.meta.id, error = %e, "recording failed; best-effort mode keeps the session");
-                            }
-                        }
-                        forward_out(&down_w, m).await;
-                    }
-                    ChannelMsg::Data { ref data } => {
-                        if let Some(o) = sftp.as_mut() { o.server_bytes(data); }
-                        forward_out(&down_w, m).await
-                    }
-                    ChannelMsg::ExtendedData { .. } => forward_out(&down_w, m).await,
-                    ChannelMsg::ExitStatus { exit_status } => { let _ = down_w.exit_status(exit_status).await; }
-                    ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
-                        let _ = ctx.down_handle.exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag).await;
-                    }
-                    ChannelMsg::Eof => { let _ = down_w.eof().await; }
-                    ChannelMsg::Close => { let _ = down_w.close().await; break; }
-                    _ => {}
-                }
-            }
-            m = down_r.wait() => {
-                let Some(m) = m else { let _ = up_w.close().await; break };
-                if !permitted(&m, &ctx.permits) {
-                    continue;
-                }
-                match m {
-                    ChannelMsg::Data { data } => {
-                        if ctx.record_input {
-                            if let Some(r) = rec.as_mut() { let _ = r.event("i", &data); }
-                        }
-                        if let Some(o) = sftp.as_mut() {
-                            for op in o.client_bytes(&data) {
-                                ctx.audit.file_op(&ctx.meta, op);
-                            }
-                        }
-                        if up_w.data_bytes(data).await.is_err() { break; }
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => { let _ = up_w.extended_data_bytes(ext, data).await; }
-                    ChannelMsg::Eof => { let _ = up_w.eof().await; }
-                    ChannelMsg::Close => { let _ = up_w.close().await; break; }
-                    ChannelMsg::RequestPty { term: t, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
-                        // A zero-size pty (some clients) falls back to 80x24.
-                        size = if col_width == 0 || row_height == 0 { (80, 24) } else { (col_width, row_height) };
-                        term = t.clone();
-                        let _ = up_w.request_pty(false, &t, size.0, size.1, pix_width, pix_height, &terminal_modes).await;
-                    }
-                    ChannelMsg::SetEnv { variable_name, variable_value, .. } => { let _ = up_w.set_env(false, variable_name, variable_value).await; }
-                    ChannelMsg::RequestShell { .. } => {
-                        rec = open_recorder(&ctx, size, &term, None, &mut rec_failed);
-                            if rec.is_none() && ctx.mode == RecordingMode::Strict {
-                                let _ = down_w.extended_data_bytes(1, b"postern: cannot record this session; refused (strict recording)\r\n".to_vec()).await;
-                                let _ = down_w.exit_status(255).await;
-                                let _ = up_w.close().await;
-                                let _ = down_w.close().await;
-                                break;
-                            }
-                        let _ = up_w.request_shell(false).await;
-                    }
-                    ChannelMsg::Exec { command, .. } => {
-                        let cmd = String::from_utf8_lossy(&command).into_owned();
-                        // Legacy scp is a file transfer, not a terminal: its bytes are not a cast.
-                        if !cmd.starts_with("scp ") {
-                            rec = open_recorder(&ctx, size, &term, Some(&cmd), &mut rec_failed);
-                            if rec.is_none() && ctx.mode == RecordingMode::Strict {
-                                let _ = down_w.extended_data_bytes(1, b"postern: cannot record this session; refused (strict recording)\r\n".to_vec()).await;
-                                let _ = down_w.exit_status(255).await;
-                                let _ = up_w.close().await;
-                                let _ = down_w.close().await;
-                                break;
-                            }
-                        }
-                        tracing::info!(session = %ctx.meta.id, user = %ctx.meta.user, login = %ctx.meta.login, node = %ctx.meta.node, command = %cmd.chars().take(200).collect::<String>(), "exec");
-                        ctx.audit.event(&ctx.meta, "gateway.exec", serde_json::json!({ "command": cmd.chars().take(4096).collect::<String>() }));
-                        let _ = up_w.exec(false, command).await;
-                    }
-                    ChannelMsg::RequestSubsystem { name, .. } => {
-                        tracing::info!(session = %ctx.meta.id, subsystem = %name, "subsystem");
-                        if name == "sftp" {
-                            sftp = Some(SftpObserver::default());
-                        }
-                        ctx.audit.event(&ctx.meta, "gateway.subsystem", serde_json::json!({ "name": name }));
-                        let _ = up_w.request_subsystem(false, name).await;
-                    }
-                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                        if let Some(r) = rec.as_mut() { let _ = r.resize(col_width, row_height); }
-                        let _ = up_w.window_change(col_width, row_height, pix_width, pix_height).await;
-                    }
-                    ChannelMsg::Signal { signal } => { let _ = up_w.signal(signal).await; }
-                    _ => {}
-                }
-            }
-        }
-    }
+    let (down_r, down_w) = down.split();
+    let (up_r, up_w) = up.split();
+    let (down_w, up_w) = (Arc::new(down_w), Arc::new(up_w));
+    let shared = Arc::new(Mutex::new(Shared {
+        size: (80, 24),
+        term: "xterm".into(),
+        ..Default::default()
+    }));
+    let ctx = Arc::new(ctx);
+    let out = tokio::spawn(server_to_client(
+        up_r,
+        Arc::clone(&down_w),
+        Arc::clone(&up_w),
+        Arc::clone(&shared),
+        Arc::clone(&ctx),
+        down_id,
+    ));
+    let inp = tokio::spawn(client_to_server(
+        down_r,
+        Arc::clone(&down_w),
+        Arc::clone(&up_w),
+        Arc::clone(&shared),
+        Arc::clone(&ctx),
+    ));
+    let _ = out.await;
+    inp.abort();
+    let rec = shared.lock().ok().and_then(|mut s| s.rec.take());
     if let Some(r) = rec {
         match r.finish() {
             Ok(()) => ctx.uploaded.notify_one(),
@@ -187,33 +118,325 @@ pub async fn relay(
     }
 }
 
-async fn forward_out(down_w: &russh::ChannelWriteHalf<russh::server::Msg>, m: ChannelMsg) {
-    match m {
-        ChannelMsg::Data { data } => {
-            let _ = down_w.data_bytes(data).await;
+async fn server_to_client(
+    mut up_r: russh::ChannelReadHalf,
+    down_w: Arc<ChannelWriteHalf<SMsg>>,
+    up_w: Arc<ChannelWriteHalf<CMsg>>,
+    shared: Arc<Mutex<Shared>>,
+    ctx: Arc<RelayCtx>,
+    down_id: ChannelId,
+) {
+    let mut cut = ctx.cut.clone();
+    loop {
+        let m = tokio::select! {
+            biased;
+            changed = cut.changed() => {
+                let reason = cut.borrow().clone();
+                if changed.is_err() || reason.is_some() {
+                    let why = reason.unwrap_or_else(|| "gateway stopping".into());
+                    abort(&down_w, &up_w, format!("\r\npostern: session closed: {why}\r\n"), 255).await;
+                    return;
+                }
+                continue;
+            }
+            m = up_r.wait() => m,
+        };
+        let Some(m) = m else {
+            let _ = down_w.close().await;
+            return;
+        };
+        match m {
+            ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } => {
+                // Record first; forward only what was recorded (strict mode).
+                let failure = match shared.lock() {
+                    Ok(mut s) => {
+                        if let Some(o) = s.sftp.as_mut() {
+                            if matches!(m, ChannelMsg::Data { .. }) {
+                                o.server_bytes(data);
+                            }
+                        }
+                        let failed = s.rec_failed;
+                        let r = match s.rec.as_mut() {
+                            Some(r) if !failed => r.event("o", data).err(),
+                            _ => None,
+                        };
+                        if r.is_some() {
+                            s.rec_failed = true;
+                        }
+                        r
+                    }
+                    Err(_) => None,
+                };
+                if let Some(e) = failure {
+                    if ctx.mode == RecordingMode::Strict {
+                        abort(&down_w, &up_w, format!("\r\npostern: recording failed ({e}); the session ends (strict recording)\r\n"), 255).await;
+                        return;
+                    }
+                    tracing::warn!(session = %ctx.meta.id, error = %e, "recording failed; best-effort mode keeps the session");
+                    ctx.audit.event(
+                        &ctx.meta,
+                        "gateway.recording_failed",
+                        serde_json::json!({ "error": e.to_string() }),
+                    );
+                }
+                let sent = match m {
+                    ChannelMsg::Data { data } => down_w.data_bytes(data).await,
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        down_w.extended_data_bytes(ext, data).await
+                    }
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    let _ = up_w.close().await;
+                    return;
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                let _ = down_w.exit_status(exit_status).await;
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                let _ = ctx
+                    .down_handle
+                    .exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag)
+                    .await;
+            }
+            ChannelMsg::Eof => {
+                let _ = down_w.eof().await;
+            }
+            ChannelMsg::Close => {
+                let _ = down_w.close().await;
+                return;
+            }
+            ChannelMsg::Success => {
+                if let Ok(mut s) = shared.lock() {
+                    s.pending.pop_front();
+                }
+            }
+            ChannelMsg::Failure => {
+                // The user was told "success" at once (russh needs the reply in the handler);
+                // when the server refuses what would start a program, say so and end the
+                // channel rather than leave the client waiting.
+                let what = shared
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.pending.pop_front())
+                    .unwrap_or("request");
+                if what != "pty" {
+                    abort(
+                        &down_w,
+                        &up_w,
+                        format!("postern: the server refused the {what} request\r\n"),
+                        1,
+                    )
+                    .await;
+                    return;
+                }
+            }
+            _ => {}
         }
-        ChannelMsg::ExtendedData { data, ext } => {
-            let _ = down_w.extended_data_bytes(ext, data).await;
-        }
-        _ => {}
     }
 }
 
-fn open_recorder(
-    ctx: &RelayCtx,
-    size: (u32, u32),
-    term: &str,
-    cmd: Option<&str>,
-    failed: &mut bool,
-) -> Option<Recorder> {
+fn open_recorder(ctx: &RelayCtx, s: &mut Shared, cmd: Option<&str>) -> bool {
     let mut meta = ctx.meta.clone();
     meta.started_at = crate::record::now();
-    match Recorder::create(&ctx.spool, meta, size.0, size.1, term, cmd) {
-        Ok(r) => Some(r),
+    match Recorder::create(&ctx.spool, meta, s.size.0, s.size.1, &s.term, cmd) {
+        Ok(r) => {
+            s.rec = Some(r);
+            true
+        }
         Err(e) => {
             tracing::error!(session = %ctx.meta.id, error = %e, "cannot start the recording");
-            *failed = true;
-            None
+            s.rec_failed = true;
+            ctx.mode != RecordingMode::Strict
         }
     }
+}
+
+async fn client_to_server(
+    mut down_r: russh::ChannelReadHalf,
+    down_w: Arc<ChannelWriteHalf<SMsg>>,
+    up_w: Arc<ChannelWriteHalf<CMsg>>,
+    shared: Arc<Mutex<Shared>>,
+    ctx: Arc<RelayCtx>,
+) {
+    let push = |what: &'static str| {
+        if let Ok(mut s) = shared.lock() {
+            s.pending.push_back(what);
+        }
+    };
+    while let Some(m) = down_r.wait().await {
+        if !permitted(&m, &ctx.permits) {
+            continue;
+        }
+        match m {
+            ChannelMsg::Data { data } => {
+                let ops = match shared.lock() {
+                    Ok(mut s) => {
+                        if ctx.record_input {
+                            if let Some(r) = s.rec.as_mut() {
+                                let _ = r.event("i", &data);
+                            }
+                        }
+                        s.sftp
+                            .as_mut()
+                            .map(|o| o.client_bytes(&data))
+                            .unwrap_or_default()
+                    }
+                    Err(_) => Vec::new(),
+                };
+                for op in ops {
+                    ctx.audit.file_op(&ctx.meta, op);
+                }
+                if up_w.data_bytes(data).await.is_err() {
+                    return;
+                }
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                let _ = up_w.extended_data_bytes(ext, data).await;
+            }
+            ChannelMsg::Eof => {
+                let _ = up_w.eof().await;
+            }
+            ChannelMsg::Close => {
+                let _ = up_w.close().await;
+                return;
+            }
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                // A zero-size pty (some clients) falls back to 80x24.
+                let size = if col_width == 0 || row_height == 0 {
+                    (80, 24)
+                } else {
+                    (col_width, row_height)
+                };
+                if let Ok(mut s) = shared.lock() {
+                    s.size = size;
+                    s.term = term.clone();
+                }
+                if up_w
+                    .request_pty(
+                        true,
+                        &term,
+                        size.0,
+                        size.1,
+                        pix_width,
+                        pix_height,
+                        &terminal_modes,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    push("pty");
+                }
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                let _ = up_w.set_env(false, variable_name, variable_value).await;
+            }
+            ChannelMsg::RequestShell { .. } => {
+                let ok = shared
+                    .lock()
+                    .map(|mut s| open_recorder(&ctx, &mut s, None))
+                    .unwrap_or(false);
+                if !ok {
+                    abort(
+                        &down_w,
+                        &up_w,
+                        "postern: cannot record this session; refused (strict recording)\r\n"
+                            .into(),
+                        255,
+                    )
+                    .await;
+                    return;
+                }
+                ctx.audit
+                    .event(&ctx.meta, "gateway.shell", serde_json::json!({}));
+                if up_w.request_shell(true).await.is_ok() {
+                    push("shell");
+                }
+            }
+            ChannelMsg::Exec { command, .. } => {
+                let cmd = String::from_utf8_lossy(&command).into_owned();
+                // Legacy scp is a file transfer, not a terminal: its bytes are not a cast.
+                if !cmd.starts_with("scp ") {
+                    let ok = shared
+                        .lock()
+                        .map(|mut s| open_recorder(&ctx, &mut s, Some(&cmd)))
+                        .unwrap_or(false);
+                    if !ok {
+                        abort(
+                            &down_w,
+                            &up_w,
+                            "postern: cannot record this session; refused (strict recording)\r\n"
+                                .into(),
+                            255,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+                tracing::info!(session = %ctx.meta.id, user = %ctx.meta.user, login = %ctx.meta.login, node = %ctx.meta.node, command = %cmd.chars().take(200).collect::<String>(), "exec");
+                ctx.audit.event(
+                    &ctx.meta,
+                    "gateway.exec",
+                    serde_json::json!({ "command": cmd.chars().take(4096).collect::<String>() }),
+                );
+                if up_w.exec(true, command).await.is_ok() {
+                    push("exec");
+                }
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                tracing::info!(session = %ctx.meta.id, subsystem = %name, "subsystem");
+                if name == "sftp" {
+                    if let Ok(mut s) = shared.lock() {
+                        s.sftp = Some(SftpObserver::default());
+                    }
+                }
+                ctx.audit.event(
+                    &ctx.meta,
+                    "gateway.subsystem",
+                    serde_json::json!({ "name": name }),
+                );
+                if up_w.request_subsystem(true, name).await.is_ok() {
+                    push("subsystem");
+                }
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                if let Ok(mut s) = shared.lock() {
+                    if let Some(r) = s.rec.as_mut() {
+                        let _ = r.resize(col_width, row_height);
+                    }
+                }
+                let _ = up_w
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
+            }
+            ChannelMsg::Signal { signal } => {
+                let _ = up_w.signal(signal).await;
+            }
+            _ => {}
+        }
+    }
+    let _ = up_w.close().await;
 }

@@ -496,23 +496,31 @@ impl russh::server::Handler for Inner {
         };
         ccfg.preferred.host_key_certificates =
             std::borrow::Cow::Borrowed(&[ssh_key::Algorithm::Ed25519]);
-        let tcp = match tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::net::TcpStream::connect(&resp.node.address),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
+        let ccfg = Arc::new(ccfg);
+        // sshd drops handshakes beyond MaxStartups; a dropped handshake is retried.
+        let mut attempt = 0u64;
+        let mut handle = loop {
+            attempt += 1;
+            let connect = tokio::net::TcpStream::connect(&resp.node.address);
+            let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(10), connect).await else {
                 tracing::warn!(node = %self.node.name, address = %resp.node.address, "cannot reach the server");
                 return Ok(reject());
-            }
-        };
-        let mut handle = match russh::client::connect_stream(Arc::new(ccfg), tcp, up).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(node = %self.node.name, error = %e, "SSH to the server failed (host certificate?)");
-                return Ok(reject());
+            };
+            match russh::client::connect_stream(Arc::clone(&ccfg), tcp, up.clone()).await {
+                Ok(h) => break h,
+                Err(e)
+                    if attempt < 4
+                        && matches!(
+                            e.downcast_ref::<russh::Error>(),
+                            Some(russh::Error::Disconnect)
+                        ) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node.name, error = %e, "SSH to the server failed");
+                    return Ok(reject());
+                }
             }
         };
         let ok = handle
@@ -719,6 +727,7 @@ impl Inner {
 
 /// The gateway as a client of a server's sshd: accepts only a host certificate from the host
 /// CA naming the server.
+#[derive(Clone)]
 struct Upstream {
     host_cas: Vec<PublicKey>,
     name: String,

@@ -1,6 +1,7 @@
 //! `postern`, the login CLI: turns a password and a one-time code into an OpenSSH key,
 //! certificate, known_hosts and ssh_config block under `~/.ssh`, so that stock `ssh` works.
 
+mod cast;
 mod commands;
 mod display;
 mod files;
@@ -17,7 +18,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use postern_core::api::Secret;
-use postern_core::{Ttl, Username};
+use postern_core::{NodeName, Ttl, Username};
 
 use crate::commands::Refused;
 use crate::profile::Layout;
@@ -41,6 +42,9 @@ EXAMPLES:
   Look and leave:
     postern status
     postern logout
+  Your recorded sessions:
+    postern recordings ls
+    postern play s-5f3a9c
 
 FILES:
   ~/.ssh/postern/current.json        CA, pin and user that `postern login` reuses
@@ -105,6 +109,26 @@ EXAMPLES:
 Removes the current cluster's key, certificates and ssh_config (and the key from ssh-agent
 when `postern login --agent` put it there). The Include line in ~/.ssh/config stays.";
 
+const RECORDINGS_HELP: &str = "\
+EXAMPLES:
+    postern recordings ls
+    postern recordings ls --node web1 --json
+
+Lists the sessions the gateway recorded for you (newest first), using the identity of the
+last `postern login`. For now everyone sees only their own sessions.";
+
+const PLAY_HELP: &str = "\
+EXAMPLES:
+    postern play s-5f3a9c
+    postern play s-5f3a9c --speed 4
+    postern play s-5f3a9c > session.txt
+
+Replays the output of one of your recorded sessions (see `postern recordings ls`) with its
+original timing divided by --speed; pauses longer than 2 seconds are shortened to 2 seconds.
+When standard output is not a terminal, the output is written at once, without timing. What
+you typed is not replayed. The recording is an asciicast v2 file: `asciinema play` plays it
+too.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "postern",
@@ -135,6 +159,54 @@ enum Command {
     /// Remove the current cluster's key, certificates and ssh config
     #[command(after_help = LOGOUT_HELP)]
     Logout,
+    /// Your recorded sessions
+    #[command(subcommand, after_help = RECORDINGS_HELP)]
+    Recordings(RecordingsCommand),
+    /// Replay one of your recorded sessions in the terminal
+    #[command(after_help = PLAY_HELP)]
+    Play(PlayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordingsCommand {
+    /// List your recorded sessions, newest first
+    #[command(after_help = RECORDINGS_HELP)]
+    Ls(RecordingsLsArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecordingsLsArgs {
+    /// Only this user's sessions (yourself: nobody may list others' yet)
+    #[arg(long, value_name = "USER")]
+    user: Option<Username>,
+    /// Only sessions on this server
+    #[arg(long, value_name = "NODE")]
+    node: Option<NodeName>,
+    /// How many
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
+    limit: u32,
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PlayArgs {
+    /// The recording's id (from `postern recordings ls`)
+    #[arg(value_name = "ID")]
+    id: String,
+    /// Playback speed: 2 plays twice as fast, 0.5 half as fast
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_speed)]
+    speed: f64,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 1000.0 => Ok(x),
+        _ => Err(format!(
+            "{s:?} is not a speed: expected a number above 0 and at most 1000, like 2 or 0.5"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +342,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
         ),
         Command::Logout => commands::logout::run(&layout),
+        Command::Recordings(RecordingsCommand::Ls(a)) => commands::recordings::ls(
+            &layout,
+            commands::recordings::LsArgs {
+                user: a.user,
+                node: a.node,
+                limit: a.limit,
+                json: a.json,
+            },
+        ),
+        Command::Play(a) => commands::recordings::play(
+            &layout,
+            commands::recordings::PlayArgs {
+                id: a.id,
+                speed: a.speed,
+            },
+        ),
     }
 }
 
@@ -347,6 +435,18 @@ mod tests {
         assert!(Cli::try_parse_from(["postern", "login", "--ca", "http://x"]).is_err());
         assert!(Cli::try_parse_from(["postern", "login", "--user", "a b"]).is_err());
         assert!(Cli::try_parse_from(["postern", "login", "--ttl", "12"]).is_err());
+    }
+
+    #[test]
+    fn play_speed_must_be_a_positive_number() {
+        assert!(Cli::try_parse_from(["postern", "play", "s-1", "--speed", "2.5"]).is_ok());
+        for bad in ["0", "-1", "nan", "inf", "fast"] {
+            assert!(
+                Cli::try_parse_from(["postern", "play", "s-1", "--speed", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["postern", "recordings", "ls", "--node", "Web 1"]).is_err());
     }
 
     #[test]

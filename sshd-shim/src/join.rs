@@ -65,7 +65,10 @@ pub fn drop_in(state: &StateDir, shim: &Path) -> String {
          TrustedUserCAKeys {ca}\n\
          RevokedKeys {krl}\n\
          AuthorizedPrincipalsCommand {shim} principals{state_arg} %u %k %t %i %s\n\
-         AuthorizedPrincipalsCommandUser {COMMAND_USER}\n",
+         AuthorizedPrincipalsCommandUser {COMMAND_USER}\n\
+         # Every session reaches this server through the gateway: allow more concurrent\n\
+         # unauthenticated connections than OpenSSH's default of 10:30:100.\n\
+         MaxStartups 100:30:200\n",
         hk = state.host_key().display(),
         hc = state.host_cert().display(),
         ca = state.node_ca().display(),

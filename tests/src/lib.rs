@@ -509,7 +509,10 @@ fn install_root_owned(src: &std::path::Path, dest: &std::path::Path) {
     let dir = dest.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tmp = dir.join(format!(".tmp{}", std::process::id()));
+    // Tests run in parallel threads: every copy gets its own temporary name.
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tmp = dir.join(format!(".tmp{}-{n}", std::process::id()));
     std::fs::copy(src, &tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, dest).unwrap();
@@ -577,7 +580,7 @@ impl Node {
             format!(
                 "Include {dropins}/*.conf\nPort {port}\nListenAddress 127.0.0.1\nPidFile {pid}\nUsePAM yes\n\
                  AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\nStrictModes no\nLogLevel VERBOSE\n",
+                 PubkeyAuthentication yes\nStrictModes no\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
                 dropins = d.join("sshd_config.d").display(),
                 pid = d.join("sshd.pid").display(),
             ),
@@ -806,6 +809,11 @@ impl Gate {
         if rx.recv_timeout(Duration::from_secs(20)).is_err() {
             panic!("postern-gate did not become ready:\n{}", self.log());
         }
+    }
+
+    /// The gateway's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// Kills the gateway with SIGKILL.

@@ -1,0 +1,375 @@
+//! The CA side of the recording gateway: the inventory it routes by, the per-session
+//! authorization that signs a node-access certificate for exactly one login, and the host
+//! certificates it presents on the inner connection. Every call needs the mTLS identity of a
+//! joined gateway (kind `gateway`); a server's identity is refused.
+
+use anyhow::Result;
+use postern_core::api::{
+    AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
+    InventoryEntry,
+};
+use postern_core::cert::{CertError, IssueParams, Signer, CLOCK_SKEW_SECS};
+use postern_core::{Deny, IssueApproval, KeyId, Labels, NodeName, Ttl};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use ssh_key::certificate::{Builder, CertType};
+use ssh_key::{Certificate, HashAlg, PublicKey};
+
+use crate::audit;
+use crate::keys::CaKind;
+use crate::nodes::{active_locks, host_cert_as, host_principals, parse_key};
+use crate::service::{now, Refusal, Service};
+use crate::x509::ClientIdentity;
+
+/// Lifetime of a node-access certificate in seconds: long enough to log in, useless soon after.
+pub const NODE_ACCESS_TTL_SECS: u64 = 5 * 60;
+
+/// The longest host certificate a gateway gets for a server's names (it caches and renews).
+pub const GATEWAY_HOST_CERT_MAX_SECS: u64 = 24 * 3600;
+
+type Outcome<T> = std::result::Result<T, Refusal>;
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Whether `s` is a session id as the gateway chooses them: `[a-z0-9-]{1,64}`. It names a
+/// recording file, so nothing else is allowed.
+pub fn valid_session_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The gateway behind an mTLS identity, refreshing its "last seen" time; `None` for anything
+/// that is not a currently joined gateway (servers included).
+pub(crate) fn gateway_for(
+    c: &Connection,
+    id: &ClientIdentity,
+    now: u64,
+) -> Result<Option<NodeName>> {
+    match Service::node_for(c, id)? {
+        Some((name, _, kind)) if kind == "gateway" => {
+            c.execute(
+                "UPDATE nodes SET last_sync = ?2 WHERE name = ?1",
+                params![name.as_str(), i(now)],
+            )?;
+            Ok(Some(name))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn not_a_gateway() -> Refusal {
+    Refusal::Forbidden(
+        "only a joined gateway may call this endpoint (run `postern-gate join` again if it was removed)"
+            .into(),
+    )
+}
+
+/// A joined server of kind `node`: its address and labels.
+fn server(c: &Connection, name: &NodeName) -> Result<Option<(Option<String>, Labels)>> {
+    let row: Option<(Option<String>, String)> = c
+        .query_row(
+            "SELECT address, labels FROM nodes WHERE name = ?1 AND kind = 'node'",
+            [name.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(a, l)| Ok((a, l.parse()?))).transpose()
+}
+
+/// Issues a node-access certificate exactly as the policy approved it, with a key id that
+/// names the user and the session (`USER/SESSION`, which the shim's PAM helper reports).
+fn issue_node_access_cert(
+    signer: &dyn Signer,
+    approval: &IssueApproval,
+    key_id: &KeyId,
+    subject: &PublicKey,
+    p: IssueParams,
+) -> std::result::Result<Certificate, CertError> {
+    let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| CertError::Encoding(e.to_string()))?;
+    let mut b = Builder::new(
+        nonce.to_vec(),
+        subject.key_data().clone(),
+        p.now.saturating_sub(CLOCK_SKEW_SECS),
+        p.now.saturating_add(approval.ttl().as_secs()),
+    )
+    .map_err(enc)?;
+    b.serial(p.serial).map_err(enc)?;
+    b.cert_type(CertType::User).map_err(enc)?;
+    b.key_id(key_id.as_str()).map_err(enc)?;
+    for l in approval.logins() {
+        b.valid_principal(l.as_str()).map_err(enc)?;
+    }
+    for permit in approval.permits() {
+        b.extension(permit.extension(), "").map_err(enc)?;
+    }
+    signer.sign(b)
+}
+
+impl Service {
+    /// `GET /v1/gateway/inventory`.
+    pub async fn gateway_inventory(&self, id: ClientIdentity) -> Outcome<Inventory> {
+        let now = now();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        self.db
+            .run(move |c| -> Result<Outcome<Inventory>> {
+                if gateway_for(c, &id, now)?.is_none() {
+                    return Ok(Err(not_a_gateway()));
+                }
+                let mut st = c.prepare(
+                    "SELECT name, address, labels FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
+                )?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut nodes = Vec::with_capacity(rows.len());
+                for (name, address, labels) in rows {
+                    nodes.push(InventoryEntry {
+                        name: postern_core::names::parse_node_name(&name)?,
+                        address,
+                        labels: labels.parse()?,
+                    });
+                }
+                Ok(Ok(Inventory {
+                    cluster,
+                    generated_at: now,
+                    nodes,
+                    user_ca_keys: vec![keys.public_line(CaKind::User)?],
+                    host_ca_keys: vec![keys.public_line(CaKind::Host)?],
+                    locks: active_locks(c, now)?,
+                }))
+            })
+            .await?
+    }
+
+    /// `POST /v1/gateway/authorize`: checks the user certificate, locks, the server and the
+    /// policy, then signs a node-access certificate for exactly that login. Each refusal is
+    /// audited as `gateway.refused` and answered with a message the gateway shows the user.
+    pub async fn gateway_authorize(
+        &self,
+        id: ClientIdentity,
+        req: AuthorizeRequest,
+    ) -> Outcome<AuthorizeResponse> {
+        if !valid_session_id(&req.session_id) {
+            return Err(Refusal::BadRequest(
+                "session_id must be 1 to 64 characters of a-z, 0-9 and -".into(),
+            ));
+        }
+        let key = parse_key(&req.public_key, "public_key")?;
+        let key_id: KeyId = format!("{}/{}", req.user, req.session_id)
+            .parse()
+            .map_err(|_| {
+                Refusal::BadRequest("user and session_id are too long for a key id".into())
+            })?;
+        let ttl = Ttl::from_secs(NODE_ACCESS_TTL_SECS)
+            .ok_or_else(|| anyhow::anyhow!("node-access TTL out of range"))?;
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        self.db
+            .run(move |c| -> Result<Outcome<AuthorizeResponse>> {
+                let Some(gateway) = gateway_for(c, &id, now)? else {
+                    audit::append(c, now, "gateway.refused", &id.subject, json!({ "reason": "not a joined gateway", "user": req.user.as_str(), "node": req.node.as_str() }))?;
+                    return Ok(Err(not_a_gateway()));
+                };
+                let (user, login, node) = (&req.user, &req.login, &req.node);
+                // `public` is what the user reads; `detail` only goes to the audit log.
+                let refuse = |public: String, detail: &str| -> Result<Outcome<AuthorizeResponse>> {
+                    audit::append(c, now, "gateway.refused", user.as_str(), json!({
+                        "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
+                        "node": node.as_str(), "user_cert_serial": req.user_cert_serial, "reason": detail,
+                    }))?;
+                    Ok(Err(Refusal::Forbidden(public)))
+                };
+
+                let cert: Option<(String, i64, i64, bool)> = c
+                    .query_row(
+                        "SELECT subject, valid_after, valid_before, revoked FROM certs WHERE serial = ?1 AND kind = 'ssh-user'",
+                        [i(req.user_cert_serial)],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let cert_problem = match cert {
+                    None => Some("unknown serial"),
+                    Some((subject, ..)) if subject != user.as_str() => Some("the certificate belongs to another user"),
+                    Some((_, _, _, true)) => Some("revoked"),
+                    Some((_, after, before, _)) if now < u(after) || now >= u(before) => Some("outside its validity window"),
+                    Some(_) => None,
+                };
+                if let Some(why) = cert_problem {
+                    return refuse(
+                        format!("the user certificate (serial {}) is not valid: unknown, revoked or expired; run `postern login`", req.user_cert_serial),
+                        &format!("user certificate: {why}"),
+                    );
+                }
+
+                for lock in active_locks(c, now)? {
+                    let hit = match lock.target.as_str() {
+                        "user" => lock.name == user.as_str(),
+                        "login" => lock.name == login.as_str(),
+                        "node" => lock.name == node.as_str(),
+                        _ => false,
+                    };
+                    if hit {
+                        let what = match lock.target.as_str() {
+                            "user" => format!("user {user} is locked"),
+                            "login" => format!("login {login} is locked"),
+                            _ => format!("server {node} is locked"),
+                        };
+                        return refuse(what, &format!("lock {}: {}", lock.id, lock.reason));
+                    }
+                }
+
+                let Some((address, labels)) = server(c, node)? else {
+                    return refuse(format!("no server named {node} has joined the cluster"), "unknown server");
+                };
+                let Some(address) = address else {
+                    return refuse(format!("server {node} has no address to connect to"), "server without address");
+                };
+                let decision = match policy.decide_node_access(user, login, &labels, ttl) {
+                    Ok(d) => d,
+                    Err(deny) => {
+                        let public = format!("policy does not allow {user} to log in as {login} on {node}");
+                        let public = match &deny {
+                            Deny::LoginNotOnNode { .. } => public,
+                            other => format!("{public}: {other}"),
+                        };
+                        return refuse(public, &deny.to_string());
+                    }
+                };
+                let approval = &decision.approval;
+
+                // A session id names one session (and its recording): the same gateway may ask
+                // again for the same session, nobody may reuse it for another.
+                let earlier: Option<(String, String, String, String)> = c
+                    .query_row(
+                        "SELECT gateway, user, login, node FROM gateway_sessions WHERE id = ?1",
+                        [&req.session_id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                match earlier {
+                    None => {
+                        c.execute(
+                            "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![req.session_id, gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now)],
+                        )?;
+                    }
+                    Some(e) if e == (gateway.to_string(), user.to_string(), login.to_string(), node.to_string()) => {}
+                    Some(_) => {
+                        return refuse(
+                            format!("session id {} is already used by another session", req.session_id),
+                            "session id reused",
+                        )
+                    }
+                }
+
+                let fp = key.fingerprint(HashAlg::Sha256).to_string();
+                let valid_after = now.saturating_sub(CLOCK_SKEW_SECS);
+                let valid_before = now + approval.ttl().as_secs();
+                c.execute(
+                    "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-node-access', ?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![user.as_str(), login.as_str(), i(valid_after), i(valid_before), i(now), fp],
+                )?;
+                let serial = u(c.last_insert_rowid());
+                let cert = issue_node_access_cert(&keys.node, approval, &key_id, &key, IssueParams { serial, now })?;
+                let permits: Vec<_> = approval.permits().iter().copied().collect();
+                audit::append(c, now, "gateway.authorized", user.as_str(), json!({
+                    "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
+                    "node": node.as_str(), "serial": serial, "user_cert_serial": req.user_cert_serial,
+                    "key_id": key_id.as_str(), "permits": permits.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    "valid_before": valid_before, "key": fp,
+                }))?;
+                Ok(Ok(AuthorizeResponse {
+                    certificate: cert.to_openssh()?,
+                    node: InventoryEntry { name: node.clone(), address, labels },
+                    permits,
+                    recording: policy.defaults.recording,
+                    record_input: policy.defaults.record_input,
+                }))
+            })
+            .await?
+    }
+
+    /// `POST /v1/gateway/host-cert`: a host certificate for a joined server's names, for the
+    /// gateway's own key.
+    pub async fn gateway_host_cert(
+        &self,
+        id: ClientIdentity,
+        req: HostCertRequest,
+    ) -> Outcome<HostCertResponse> {
+        let key = parse_key(&req.public_key, "public_key")?;
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        self.db
+            .run(move |c| -> Result<Outcome<HostCertResponse>> {
+                let Some(gateway) = gateway_for(c, &id, now)? else {
+                    return Ok(Err(not_a_gateway()));
+                };
+                let Some((address, _)) = server(c, &req.node)? else {
+                    return Ok(Err(Refusal::NotFound(format!(
+                        "no server named {} has joined the cluster",
+                        req.node
+                    ))));
+                };
+                let principals = host_principals(&req.node, cluster.as_str(), address.as_deref())?;
+                let ttl = policy
+                    .defaults
+                    .host_cert_ttl
+                    .as_secs()
+                    .min(GATEWAY_HOST_CERT_MAX_SECS);
+                // Recorded under the gateway's and the server's names, so that nobody mistakes
+                // it for the server's own certificate (re-joining the server does not touch it).
+                let key_id: KeyId = format!("gateway:{gateway}/{}", req.node).parse()?;
+                let (certificate, valid_before) =
+                    host_cert_as(c, &keys, &key_id, &principals, &key, ttl, now)?;
+                let serial = u(c.last_insert_rowid());
+                audit::append(
+                    c,
+                    now,
+                    "host_cert.issued",
+                    &format!("gateway:{gateway}"),
+                    json!({
+                        "node": req.node.as_str(), "serial": serial,
+                        "principals": principals.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                        "valid_before": valid_before, "key": key.fingerprint(HashAlg::Sha256).to_string(),
+                    }),
+                )?;
+                Ok(Ok(HostCertResponse {
+                    certificate,
+                    valid_before,
+                }))
+            })
+            .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_short_lowercase_tokens() {
+        assert!(valid_session_id("s-1a2b"));
+        assert!(valid_session_id(&"a".repeat(64)));
+        for bad in ["", "S1", "a_b", "a/b", "../x", "a b", "é", &"a".repeat(65)] {
+            assert!(!valid_session_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! asciicast v2 (the format of `asciinema rec`) as `postern play` reads it: the first line is
+//! a JSON header, each further line an event `[time, code, data]` with `time` in seconds from
+//! the start. Only output events (`"o"`) are played; input (`"i"`), resize (`"r"`) and
+//! marker (`"m"`) events are skipped.
+
+use std::time::Duration;
+
+/// The longest pause played back, whatever the recording says: an idle minute is not worth
+/// watching.
+pub const MAX_IDLE: Duration = Duration::from_secs(2);
+
+/// One output event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Seconds from the start of the recording.
+    pub time: f64,
+    /// What the terminal received.
+    pub data: String,
+}
+
+/// A parsed recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cast {
+    /// The header.
+    pub header: serde_json::Value,
+    /// Output events in file order.
+    pub output: Vec<Output>,
+    /// Lines that were not events (a recording cut short may end in half a line).
+    pub skipped_lines: usize,
+}
+
+/// Parses an asciicast v2 text.
+pub fn parse(text: &str) -> anyhow::Result<Cast> {
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("the recording's first line is not a JSON header: {e}"))?;
+    if header.get("version").and_then(serde_json::Value::as_u64) != Some(2) {
+        anyhow::bail!("the recording is not asciicast version 2");
+    }
+    let mut output = Vec::new();
+    let mut skipped_lines = 0;
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<(f64, String, String)>(line) {
+            Ok((time, code, data)) if time.is_finite() && time >= 0.0 => {
+                if code == "o" {
+                    output.push(Output { time, data });
+                }
+            }
+            _ => skipped_lines += 1,
+        }
+    }
+    Ok(Cast {
+        header,
+        output,
+        skipped_lines,
+    })
+}
+
+/// How long to wait before an event at `time` after one at `prev`, at `speed` (> 0): the
+/// recorded gap divided by the speed, never negative and at most [`MAX_IDLE`].
+pub fn delay(prev: f64, time: f64, speed: f64) -> Duration {
+    let secs = ((time - prev) / speed).clamp(0.0, MAX_IDLE.as_secs_f64());
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "{\"version\": 2, \"width\": 80, \"height\": 24}\n\
+        [0.5, \"o\", \"$ \"]\n\
+        [1.0, \"i\", \"ls\\r\"]\n\
+        [1.25, \"o\", \"ls\\r\\n\"]\n\
+        [2.0, \"r\", \"100x40\"]\n\
+        [9.0, \"o\", \"a  b\\r\\n\"]\n\
+        [9.5, \"o\", \"trunc";
+
+    #[test]
+    fn keeps_output_skips_input_and_counts_a_cut_last_line() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.header["width"], 80);
+        let data: Vec<&str> = c.output.iter().map(|o| o.data.as_str()).collect();
+        assert_eq!(data, ["$ ", "ls\r\n", "a  b\r\n"]);
+        assert_eq!(c.skipped_lines, 1);
+    }
+
+    #[test]
+    fn rejects_other_formats() {
+        assert!(parse("").is_err());
+        assert!(parse("{\"version\": 1}\n").is_err());
+        assert!(parse("[0.1, \"o\", \"x\"]\n").is_err());
+    }
+
+    #[test]
+    fn delay_divides_by_speed_and_caps_idle_time() {
+        assert_eq!(delay(0.5, 1.25, 1.0), Duration::from_millis(750));
+        assert_eq!(delay(0.5, 1.25, 2.0), Duration::from_millis(375));
+        assert_eq!(delay(1.25, 9.0, 1.0), MAX_IDLE);
+        assert_eq!(delay(2.0, 1.0, 1.0), Duration::ZERO);
+    }
+}
