@@ -13,6 +13,10 @@ use serde_json::json;
 
 use crate::ca::CaClient;
 
+/// The largest recording the CA accepts in one upload (its route's body limit, with room for
+/// the JSON around the cast).
+pub const MAX_UPLOAD: u64 = 200 * 1024 * 1024;
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     SystemTime::now()
@@ -88,8 +92,10 @@ impl Recorder {
         }
         let text = String::from_utf8_lossy(&buf);
         let t = self.start.elapsed().as_secs_f64();
-        let line = json!([(t * 1e6).round() / 1e6, kind, text]);
-        writeln!(self.file, "{line}")
+        // One write(2) per event: formatting straight into the file costs a syscall per piece.
+        let mut line = serde_json::to_vec(&((t * 1e6).round() / 1e6, kind, text))?;
+        line.push(b'\n');
+        self.file.write_all(&line)
     }
 
     /// A terminal resize (`"r"` events, asciicast v2).
@@ -184,6 +190,17 @@ pub async fn uploader(spool: PathBuf, ca: CaClient, wake: std::sync::Arc<tokio::
                 continue;
             };
             let cast = spool.join(format!("{id}.cast"));
+            // A recording too large for one upload stays in the spool, set aside once with an
+            // error, rather than being read into memory and refused again every few seconds.
+            if fs::metadata(&cast)
+                .map(|m| m.len() > MAX_UPLOAD)
+                .unwrap_or(false)
+            {
+                tracing::error!(recording = %id, "recording larger than the CA accepts in one upload; kept in the spool as {id}.cast.toolarge");
+                let _ = fs::rename(&cast, spool.join(format!("{id}.cast.toolarge")));
+                let _ = fs::rename(&done, spool.join(format!("{id}.done.json.toolarge")));
+                continue;
+            }
             let (Ok(meta_bytes), Ok(cast_text)) = (fs::read(&done), fs::read(&cast)) else {
                 continue;
             };
