@@ -627,15 +627,28 @@ impl Node {
     pub fn start_sshd(&mut self) {
         let exe = PathBuf::from("/usr/local/sbin").join(&self.service);
         install_root_owned(std::path::Path::new("/usr/sbin/sshd"), &exe);
-        let log = std::fs::File::create(self.dir.path().join("sshd.log")).unwrap();
-        let child = Command::new(&exe)
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.path().join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        // A thread of another test may fork while our copy of sshd is still open for writing;
+        // its child holds that descriptor until it execs, and exec of the copy then fails with
+        // ETXTBSY for a moment. Retry briefly.
+        let mut tries = 0;
+        let child = loop {
+            let log = std::fs::File::create(self.dir.path().join("sshd.log")).unwrap();
+            match Command::new(&exe)
+                .args(["-D", "-e", "-f"])
+                .arg(self.dir.path().join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+            {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot start {}: {e}", exe.display()),
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
