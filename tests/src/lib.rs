@@ -94,6 +94,40 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Spawns a daemon, copies its stderr into `log`, and waits until a line contains `ready`.
+fn spawn_until_ready(
+    mut cmd: Command,
+    ready: &'static str,
+    log: &std::sync::Arc<Mutex<String>>,
+) -> Child {
+    let mut child = cmd
+        .env("POSTERN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let sink = std::sync::Arc::clone(log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(ready) {
+                let _ = tx.send(());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = child.kill();
+        panic!("no {ready:?} line within 20 s:\n{}", log.lock().unwrap());
+    }
+    child
+}
+
 /// A running `posternd` with its own data directory.
 pub struct Ca {
     /// The data directory (holds posternd.toml, policy.toml, ca/, the database).
@@ -148,33 +182,9 @@ impl Ca {
 
     /// Starts `posternd serve` and waits for its ready line.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(bin("posternd"))
-            .arg("serve")
-            .arg("--config")
-            .arg(self.config())
-            .env("POSTERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = std::sync::Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("posternd ready") {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push_str(&line);
-                log.lock().unwrap().push('\n');
-            }
-        });
-        self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("posternd did not become ready:\n{}", self.log());
-        }
+        let mut cmd = Command::new(bin("posternd"));
+        cmd.arg("serve").arg("--config").arg(self.config());
+        self.child = Some(spawn_until_ready(cmd, "posternd ready", &self.log));
     }
 
     /// Stops the daemon (SIGKILL).
@@ -791,37 +801,15 @@ impl Gate {
 
     /// Starts (or restarts) `postern-gate serve` and waits for its ready line.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(bin("postern-gate"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--state-dir",
-            ])
-            .arg(self.dir.path())
-            .env("POSTERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = std::sync::Arc::clone(&self.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("postern-gate ready") {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push_str(&line);
-                log.lock().unwrap().push('\n');
-            }
-        });
-        self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("postern-gate did not become ready:\n{}", self.log());
-        }
+        let mut cmd = Command::new(bin("postern-gate"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--state-dir",
+        ])
+        .arg(self.dir.path());
+        self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
     }
 
     /// The gateway's pid.
