@@ -93,6 +93,20 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Refuse by Content-Length before the body is touched: a client that sent
+        // `Expect: 100-continue` then gets the 413 without uploading anything.
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                public: format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                detail: format!("content-length {declared:?}"),
+            });
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             ApiError {

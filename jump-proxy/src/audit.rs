@@ -94,6 +94,25 @@ impl Audit {
     }
 }
 
+/// The longest run of events from the front whose request fits the CA's body limit.
+pub fn size_batch(pending: &VecDeque<NodeEvent>) -> Vec<NodeEvent> {
+    // Room for `{"events":[...]}` and commas.
+    let budget = postern_core::api::MAX_BODY_BYTES - 64;
+    let mut used = 0;
+    let mut out = Vec::new();
+    for ev in pending {
+        let len = serde_json::to_vec(ev)
+            .map(|v| v.len() + 1)
+            .unwrap_or(usize::MAX);
+        if used + len > budget {
+            break;
+        }
+        used += len;
+        out.push(ev.clone());
+    }
+    out
+}
+
 async fn sender(ca: CaClient, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
     let mut pending: VecDeque<NodeEvent> = VecDeque::new();
     loop {
@@ -109,8 +128,15 @@ async fn sender(ca: CaClient, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
             }
             pending.push_back(e);
         }
-        let batch: Vec<NodeEvent> = pending.iter().take(500).cloned().collect();
+        let batch = size_batch(&pending);
         let n = batch.len();
+        if n == 0 {
+            // One event alone is larger than the CA takes: log it here and move on.
+            if let Some(ev) = pending.pop_front() {
+                tracing::error!(kind = %ev.kind, user = ?ev.user, "audit event too large for the CA; logged here only");
+            }
+            continue;
+        }
         match ca.events(EventsRequest { events: batch }).await {
             Ok(()) => {
                 pending.drain(..n);
@@ -129,5 +155,30 @@ async fn sender(ca: CaClient, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_event_batches_fit_the_cas_body_limit() {
+        let ev = |i: usize| NodeEvent {
+            kind: "sftp.open".into(),
+            ts: 1,
+            login: "deploy".into(),
+            user: Some("alice".into()),
+            session: Some(format!("s-{i}")),
+            serial: None,
+            remote: None,
+            tty: None,
+            detail: Some(json!({ "path": "/srv/".repeat(20) })),
+        };
+        let pending: VecDeque<NodeEvent> = (0..500).map(ev).collect();
+        let batch = size_batch(&pending);
+        assert!(!batch.is_empty() && batch.len() < 500);
+        let body = serde_json::to_vec(&EventsRequest { events: batch }).unwrap();
+        assert!(body.len() <= postern_core::api::MAX_BODY_BYTES, "{}", body.len());
     }
 }

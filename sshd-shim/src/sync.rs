@@ -54,25 +54,43 @@ pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
         .collect();
     files.sort();
     let mut n = 0;
-    for chunk in files.chunks(500) {
+    let budget = postern_core::api::MAX_BODY_BYTES - 64;
+    let mut i = 0;
+    while i < files.len() {
+        // Take files while the request stays within the CA's body limit.
         let mut events = Vec::new();
-        for p in chunk {
+        let mut used = 0;
+        let start = i;
+        while i < files.len() {
+            let p = &files[i];
             match fs::read(p)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<NodeEvent>(&b).ok())
             {
-                Some(e) => events.push(e),
+                Some(e) => {
+                    let len = serde_json::to_vec(&e)
+                        .map(|v| v.len() + 1)
+                        .unwrap_or(usize::MAX);
+                    if used + len > budget && !events.is_empty() {
+                        break;
+                    }
+                    used += len;
+                    events.push(e);
+                }
                 None => {
                     // A corrupt spool file would block delivery forever: set it aside.
                     let _ = fs::rename(p, p.with_extension("corrupt"));
                 }
             }
+            i += 1;
         }
         let count = events.len();
-        let _: serde_json::Value = api
-            .post("/v1/node/events", &EventsRequest { events })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for p in chunk {
+        if count > 0 {
+            let _: serde_json::Value = api
+                .post("/v1/node/events", &EventsRequest { events })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for p in &files[start..i] {
             let _ = fs::remove_file(p);
         }
         n += count;

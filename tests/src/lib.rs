@@ -491,6 +491,10 @@ pub fn curl(ca: &Ca, path: &str, body: Option<&[u8]>) -> (u16, String) {
     if let Some(b) = body {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), b).unwrap();
+        // Wait for the server's answer to `Expect: 100-continue` before sending a body: a server
+        // that refuses an oversized body (413) closes the connection, and a client still
+        // sending would see a reset instead of the answer.
+        cmd.args(["-H", "Expect: 100-continue", "--expect100-timeout", "30"]);
         cmd.arg("--data-binary")
             .arg(format!("@{}", f.path().display()));
         let out = run(cmd.arg(format!("{}{path}", ca.url)));
