@@ -179,6 +179,10 @@ mod tests {
         let batch = size_batch(&pending);
         assert!(!batch.is_empty() && batch.len() < 500);
         let body = serde_json::to_vec(&EventsRequest { events: batch }).unwrap();
-        assert!(body.len() <= postern_core::api::MAX_BODY_BYTES, "{}", body.len());
+        assert!(
+            body.len() <= postern_core::api::MAX_BODY_BYTES,
+            "{}",
+            body.len()
+        );
     }
 }
