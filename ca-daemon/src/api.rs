@@ -90,9 +90,14 @@ impl IntoResponse for ApiError {
 /// A JSON body parsed with our own errors (axum's are plain text).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Parses a JSON body of at most `limit` bytes (the route's `DefaultBodyLimit` must allow
+    /// as much).
+    pub async fn with_limit<S: Send + Sync>(
+        req: Request,
+        state: &S,
+        limit: usize,
+    ) -> Result<Self, ApiError> {
         // Refuse by Content-Length before the body is touched: a client that sent
         // `Expect: 100-continue` then gets the 413 without uploading anything.
         let declared = req
@@ -100,10 +105,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
-                public: format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                public: format!("request body is larger than {limit} bytes"),
                 detail: format!("content-length {declared:?}"),
             });
         }
@@ -131,6 +136,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 public: format!("malformed request: {e}"),
                 detail: e.to_string(),
             })
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Self::with_limit(req, state, MAX_BODY_BYTES).await
     }
 }
 
@@ -317,7 +329,7 @@ async fn gateway_recording(
         .acquire()
         .await
         .map_err(|e| Refusal::Internal(anyhow::anyhow!(e)))?;
-    let JsonBody(upload) = JsonBody::<RecordingUpload>::from_request(req, &())
+    let JsonBody(upload) = JsonBody::<RecordingUpload>::with_limit(req, &(), MAX_RECORDING_BYTES)
         .await
         .map_err(|mut e| {
             if e.status == StatusCode::PAYLOAD_TOO_LARGE {
