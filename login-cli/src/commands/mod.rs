@@ -118,3 +118,66 @@ impl Summary {
         Ok(())
     }
 }
+
+/// The current login's profile, CA, pin and mTLS identity, for the commands that need no
+/// password (`renew`, `recordings`, `play`).
+pub struct SignedIn {
+    /// The remembered profile.
+    pub profile: crate::profile::Profile,
+    /// The CA's URL.
+    pub ca: postern_api_client::CaUrl,
+    /// Its pin.
+    pub pin: postern_api_client::CaPin,
+    /// The X.509 identity of the last login.
+    pub identity: postern_api_client::ClientIdentity,
+    /// The cluster folder, for reading other files of the login.
+    pub dir: std::path::PathBuf,
+}
+
+/// Reads a private file of the login, or says to log in again.
+pub fn read_login_file(
+    layout: &crate::profile::Layout,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    crate::files::read_private(dir, name, layout)?.with_context(|| {
+        format!(
+            "{} is missing; run `postern login`",
+            dir.join(name).display()
+        )
+    })
+}
+
+/// Loads the current login; refused once its renewal window (`what` names it) has ended.
+pub fn signed_in(layout: &crate::profile::Layout, what: &str) -> anyhow::Result<SignedIn> {
+    let (_, prof) = crate::profile::current_profile(layout)?;
+    if crate::display::now_unix() >= prof.renew_until {
+        return Err(Refused(format!(
+            "the {what} of the last login ended at {}; run `postern login` to sign in again",
+            crate::display::local_time(prof.renew_until)
+        ))
+        .into());
+    }
+    let ca = prof
+        .ca
+        .parse()
+        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
+    let pin = prof
+        .ca_pin
+        .parse()
+        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
+    let dir = layout.cluster_dir(&prof.cluster);
+    let tls_key = zeroize::Zeroizing::new(read_login_file(layout, &dir, crate::profile::TLS_KEY)?);
+    let identity = postern_api_client::ClientIdentity::from_pem(
+        &read_login_file(layout, &dir, crate::profile::TLS_CRT)?,
+        &tls_key,
+    )?;
+    Ok(SignedIn {
+        profile: prof,
+        ca,
+        pin,
+        identity,
+        dir,
+    })
+}

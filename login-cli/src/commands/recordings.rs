@@ -11,12 +11,11 @@ use postern_core::api::{ErrorBody, RecordingMeta};
 use postern_core::{NodeName, Username};
 
 use crate::cast;
-use crate::display::{local_time, now_unix, short_duration};
-use crate::files;
-use crate::profile::{self, Layout, Profile};
-use postern_api_client::{sanitize, Api, CaPin, CaUrl, ClientIdentity};
+use crate::display::{local_time, short_duration};
+use crate::profile::Layout;
+use postern_api_client::{sanitize, Api};
 
-use super::{api_failure, Refused};
+use super::{api_failure, signed_in, Refused, SignedIn};
 
 /// The largest recording `postern play` downloads (the CA accepts uploads up to 256 MiB).
 const MAX_CAST_BYTES: usize = 256 * 1024 * 1024;
@@ -43,50 +42,6 @@ pub struct PlayArgs {
     pub speed: f64,
 }
 
-/// The current login's CA, pin and TLS identity.
-struct SignedIn {
-    profile: Profile,
-    ca: CaUrl,
-    pin: CaPin,
-    identity: ClientIdentity,
-}
-
-fn signed_in(layout: &Layout) -> anyhow::Result<SignedIn> {
-    let (_, prof) = profile::current_profile(layout)?;
-    if now_unix() >= prof.renew_until {
-        return Err(Refused(format!(
-            "the identity of the last login expired at {}; run `postern login` to sign in again",
-            local_time(prof.renew_until)
-        ))
-        .into());
-    }
-    let ca: CaUrl = prof
-        .ca
-        .parse()
-        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
-    let pin: CaPin = prof
-        .ca_pin
-        .parse()
-        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
-    let dir = layout.cluster_dir(&prof.cluster);
-    let read = |name: &str| -> anyhow::Result<Vec<u8>> {
-        files::read_private(&dir, name, layout)?.with_context(|| {
-            format!(
-                "{} is missing; run `postern login`",
-                dir.join(name).display()
-            )
-        })
-    };
-    let tls_key = zeroize::Zeroizing::new(read(profile::TLS_KEY)?);
-    let identity = ClientIdentity::from_pem(&read(profile::TLS_CRT)?, &tls_key)?;
-    Ok(SignedIn {
-        profile: prof,
-        ca,
-        pin,
-        identity,
-    })
-}
-
 /// Whether `id` looks like a recording id (`[a-z0-9-]{1,64}`), checked before it goes into a
 /// URL path.
 fn valid_id(id: &str) -> bool {
@@ -98,7 +53,7 @@ fn valid_id(id: &str) -> bool {
 
 /// Runs `postern recordings ls`.
 pub fn ls(layout: &Layout, args: LsArgs) -> anyhow::Result<()> {
-    let s = signed_in(layout)?;
+    let s = signed_in(layout, "identity")?;
     let api = Api::new(&s.ca, s.pin, Some(s.identity))?;
     // User and node names are from allow-listed alphabets: nothing to escape.
     let mut path = format!("/v1/recordings?limit={}", args.limit);
@@ -205,7 +160,7 @@ pub fn play(layout: &Layout, args: PlayArgs) -> anyhow::Result<()> {
         "{:?} is not a recording id (see `postern recordings ls`)",
         sanitize(&args.id)
     );
-    let s = signed_in(layout)?;
+    let s = signed_in(layout, "identity")?;
     let text = fetch(s, &args.id)?;
     let rec = cast::parse(&text)?;
     let stdout = std::io::stdout();

@@ -7,12 +7,11 @@ use ssh_key::PrivateKey;
 use postern_core::api::RenewRequest;
 use postern_core::Ttl;
 
-use crate::display::{local_time, now_unix};
-use crate::files;
+use crate::display::now_unix;
 use crate::profile::{self, Layout};
-use postern_api_client::{Api, ApiError, CaPin, CaUrl, ClientIdentity};
+use postern_api_client::{Api, ApiError};
 
-use super::{agent, store, Refused};
+use super::{agent, read_login_file, signed_in, store, Refused, SignedIn};
 
 /// Flags of `postern renew` (without the timer flags, which `main` dispatches).
 #[derive(Debug)]
@@ -37,39 +36,16 @@ fn renewal_failure(e: ApiError) -> anyhow::Error {
 
 /// Runs `postern renew`.
 pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
-    let (_, prof) = profile::current_profile(layout)?;
-    let now = now_unix();
-    if now >= prof.renew_until {
-        return Err(Refused(format!(
-            "the renewal window of the last login ended at {}; run `postern login` to sign in \
-             again",
-            local_time(prof.renew_until)
-        ))
-        .into());
-    }
-    let ca: CaUrl = prof
-        .ca
-        .parse()
-        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
-    let pin: CaPin = prof
-        .ca_pin
-        .parse()
-        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
-
-    let dir = layout.cluster_dir(&prof.cluster);
-    let read = |name: &str| -> anyhow::Result<Vec<u8>> {
-        files::read_private(&dir, name, layout)?.with_context(|| {
-            format!(
-                "{} is missing; run `postern login`",
-                dir.join(name).display()
-            )
-        })
-    };
-    let key_pem = zeroize::Zeroizing::new(read(profile::KEY)?);
+    let SignedIn {
+        profile: prof,
+        ca,
+        pin,
+        identity,
+        dir,
+    } = signed_in(layout, "renewal window")?;
+    let key_pem = zeroize::Zeroizing::new(read_login_file(layout, &dir, profile::KEY)?);
     let key = PrivateKey::from_openssh(&*key_pem)
         .with_context(|| format!("reading {}", dir.join(profile::KEY).display()))?;
-    let tls_key = zeroize::Zeroizing::new(read(profile::TLS_KEY)?);
-    let identity = ClientIdentity::from_pem(&read(profile::TLS_CRT)?, &tls_key)?;
 
     let api = Api::new(&ca, pin, Some(identity))?;
     let resp = api
