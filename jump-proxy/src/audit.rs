@@ -78,6 +78,21 @@ impl Audit {
         });
     }
 
+    /// Agent forwarding of a session: requested (allowed or refused) or a channel used.
+    pub fn agent(&self, user: &str, node: &str, session: &str, kind: &str) {
+        let _ = self.0.send(NodeEvent {
+            kind: kind.into(),
+            ts: now(),
+            login: String::new(),
+            user: Some(user.into()),
+            session: Some(session.into()),
+            serial: None,
+            remote: None,
+            tty: None,
+            detail: Some(json!({ "node": node })),
+        });
+    }
+
     /// An event without a session (a refused destination).
     pub fn refused(&self, user: &str, detail: Value) {
         let _ = self.0.send(NodeEvent {

@@ -44,7 +44,8 @@ pub struct RelayCtx {
 pub fn permitted(msg: &ChannelMsg, permits: &[Permit]) -> bool {
     match msg {
         ChannelMsg::RequestPty { .. } => permits.contains(&Permit::Pty),
-        ChannelMsg::AgentForward { .. } | ChannelMsg::RequestX11 { .. } => false,
+        ChannelMsg::AgentForward { .. } => permits.contains(&Permit::AgentForwarding),
+        ChannelMsg::RequestX11 { .. } => false,
         _ => true,
     }
 }
@@ -434,6 +435,11 @@ async fn client_to_server(
             }
             ChannelMsg::Signal { signal } => {
                 let _ = up_w.signal(signal).await;
+            }
+            // Answered to the client by the inner handler; sshd's agent channels come back
+            // through the upstream handler.
+            ChannelMsg::AgentForward { .. } => {
+                let _ = up_w.agent_forward(false).await;
             }
             _ => {}
         }

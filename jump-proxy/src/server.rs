@@ -375,6 +375,7 @@ impl russh::server::Handler for Outer {
             upstream: None,
             ctx: None,
             channels: 0,
+            agent: Arc::new(Mutex::new(None)),
         };
         let stream = channel.into_stream();
         tokio::spawn(async move {
@@ -409,6 +410,19 @@ struct Inner {
     upstream: Option<russh::client::Handle<Upstream>>,
     ctx: Option<SessionCtx>,
     channels: usize,
+    /// Set once the user asked for agent forwarding and the permits allow it; the upstream
+    /// handler bridges the server's agent channels to the client through it.
+    agent: Arc<Mutex<Option<AgentBridge>>>,
+}
+
+/// Where the server's agent channels go: back to the user's ssh client.
+#[derive(Clone)]
+struct AgentBridge {
+    down: russh::server::Handle,
+    audit: crate::audit::Audit,
+    session: String,
+    user: String,
+    node: String,
 }
 
 impl Drop for Inner {
@@ -488,6 +502,7 @@ impl russh::server::Handler for Inner {
         let up = Upstream {
             host_cas,
             name: self.node.name.to_string(),
+            agent: Arc::clone(&self.agent),
         };
         let mut ccfg = russh::client::Config {
             nodelay: true,
@@ -700,12 +715,42 @@ impl russh::server::Handler for Inner {
     ) -> Result<(), Self::Error> {
         Ok(session.channel_success(channel)?)
     }
+    // The relay forwards the request to the server; the server's agent channels come back
+    // through `Upstream::server_channel_open_agent_forward`.
     async fn agent_request(
         &mut self,
         _channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(false)
+        let Some(ctx) = self.ctx.as_ref() else {
+            return Ok(false);
+        };
+        let allowed = ctx.permits.contains(&Permit::AgentForwarding);
+        self.gw.audit.agent(
+            self.user.as_str(),
+            self.node.name.as_str(),
+            &ctx.id,
+            if allowed {
+                "gateway.agent_forward"
+            } else {
+                "gateway.agent_forward_refused"
+            },
+        );
+        if !allowed {
+            tracing::info!(session = %ctx.id, user = %self.user, "agent forwarding refused by permits");
+            return Ok(false);
+        }
+        tracing::info!(session = %ctx.id, user = %self.user, node = %self.node.name, "agent forwarding");
+        if let Ok(mut a) = self.agent.lock() {
+            *a = Some(AgentBridge {
+                down: session.handle(),
+                audit: self.gw.audit.clone(),
+                session: ctx.id.clone(),
+                user: self.user.to_string(),
+                node: self.node.name.to_string(),
+            });
+        }
+        Ok(true)
     }
 }
 
@@ -731,6 +776,7 @@ impl Inner {
 struct Upstream {
     host_cas: Vec<PublicKey>,
     name: String,
+    agent: Arc<Mutex<Option<AgentBridge>>>,
 }
 
 impl russh::client::Handler for Upstream {
@@ -755,5 +801,41 @@ impl russh::client::Handler for Upstream {
             tracing::warn!(server = %self.name, "server's host certificate refused");
         }
         Ok(ok)
+    }
+
+    /// sshd opens an agent channel when a program on the server uses the forwarded agent:
+    /// only after the user asked for forwarding and the permits allowed it, and then
+    /// bridged to an agent channel opened on the user's own ssh client.
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<russh::client::Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let bridge = self.agent.lock().ok().and_then(|a| a.clone());
+        let Some(b) = bridge else {
+            tracing::warn!(server = %self.name, "server opened an agent channel that was never requested; refused");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        tokio::spawn(async move {
+            match b.down.channel_open_agent().await {
+                Ok(down) => {
+                    reply.accept().await;
+                    b.audit
+                        .agent(&b.user, &b.node, &b.session, "gateway.agent_channel");
+                    let mut a = down.into_stream();
+                    let mut u = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut u).await;
+                }
+                Err(e) => {
+                    tracing::info!(session = %b.session, error = %e, "the client refused the agent channel");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
     }
 }
