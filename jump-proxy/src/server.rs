@@ -375,6 +375,7 @@ impl russh::server::Handler for Outer {
             upstream: None,
             ctx: None,
             channels: 0,
+            watching: false,
             agent: Arc::new(Mutex::new(None)),
         };
         let stream = channel.into_stream();
@@ -410,6 +411,8 @@ struct Inner {
     upstream: Option<russh::client::Handle<Upstream>>,
     ctx: Option<SessionCtx>,
     channels: usize,
+    /// Whether the task that ends the whole connection on a lock runs.
+    watching: bool,
     /// Set once the user asked for agent forwarding and the permits allow it; the upstream
     /// handler bridges the server's agent channels to the client through it.
     agent: Arc<Mutex<Option<AgentBridge>>>,
@@ -567,7 +570,9 @@ impl russh::server::Handler for Inner {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(up), Some(ctx)) = (self.upstream.as_ref(), self.ctx.as_ref()) else {
+        self.watch_cut(session);
+        let (Some(up), Some(ctx), None) = (self.upstream.as_ref(), self.ctx.as_ref(), self.cut())
+        else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -621,8 +626,18 @@ impl russh::server::Handler for Inner {
         oa: &str,
         op: u32,
         reply: russh::server::ChannelOpenHandle,
-        _s: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.watch_cut(session);
+        if let Some(why) = self.cut() {
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: format!("session closed: {why}"),
+                })
+                .await;
+            return Ok(());
+        }
         let allowed = self
             .ctx
             .as_ref()
@@ -755,6 +770,46 @@ impl russh::server::Handler for Inner {
 }
 
 impl Inner {
+    /// The lock reason once this session was cut.
+    fn cut(&self) -> Option<String> {
+        self.ctx.as_ref().and_then(|c| c.cut.borrow().clone())
+    }
+
+    /// Once per connection: when a lock cuts the session, end the whole inner connection
+    /// (port forwards and agent channels too, not only the session channels that the relay
+    /// closes with a message), after a moment that lets the relays deliver their message.
+    fn watch_cut(&mut self, session: &Session) {
+        let Some(ctx) = self.ctx.as_ref() else {
+            return;
+        };
+        if self.watching {
+            return;
+        }
+        self.watching = true;
+        let mut cut = ctx.cut.clone();
+        let handle = session.handle();
+        let id = ctx.id.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                if let Some(why) = cut.borrow_and_update().clone() {
+                    break why;
+                }
+                if cut.changed().await.is_err() {
+                    return;
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tracing::info!(session = %id, reason = %why, "disconnecting the cut session");
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    format!("postern: session closed: {why}"),
+                    String::new(),
+                )
+                .await;
+        });
+    }
+
     fn answer(
         &self,
         channel: ChannelId,

@@ -24,7 +24,7 @@ permit = ["pty"]
 [roles.agent]
 logins = ["{TEST_LOGIN}"]
 nodes = {{ env = "dev" }}
-permit = ["pty", "agent-forwarding"]
+permit = ["pty", "agent-forwarding", "port-forwarding"]
 
 [users.alice]
 roles = ["dev"]
@@ -230,6 +230,82 @@ fn agent_forwarding_follows_permits_and_is_audited() {
             .filter(|e| e["kind"] == "gateway.agent_channel")
             .count();
     assert!(carol_events >= 1);
+}
+
+#[test]
+fn a_lock_ends_a_port_forward_only_session_within_five_seconds() {
+    use std::io::Read;
+    let c = cluster("strict");
+    let mut carol = Person::new("carol");
+    carol.enroll(&c.ca);
+    carol.login(&c.ca);
+    let lport = postern_tests::free_port();
+    // `ssh -N -L`: no session channel at all, only forwards.
+    let mut child = Command::new("ssh")
+        .env("HOME", carol.home.path())
+        .arg("-F")
+        .arg(carol.home.path().join(".ssh/config"))
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+            "-L",
+        ])
+        .arg(format!("127.0.0.1:{lport}:127.0.0.1:{}", c.node.port))
+        .args(["-l", TEST_LOGIN])
+        .arg(format!("web1.{}", c.ca.cluster))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let banner = |port: u16| -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !banner(lport).starts_with("SSH-2.0-") {
+        assert!(
+            Instant::now() < deadline,
+            "the forward never worked:\n{}",
+            c.gate.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A forwarded connection open while the lock lands is cut too.
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", lport)).unwrap();
+    c.ca.admin_json(&["lock", "add", "--user", "carol", "--reason", "incident 9"]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "the forwarding session outlived the lock:\n{}",
+            c.gate.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("incident 9"), "{err}");
+    let _ = open.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut rest = Vec::new();
+    let _ = open.read_to_end(&mut rest);
+    assert_eq!(banner(lport), "", "the forward still works after the lock");
 }
 
 /// Mounts a tmpfs of `kb` KiB over `dir` (the gateway's spool), so that recording fails
