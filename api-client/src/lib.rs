@@ -485,6 +485,50 @@ impl Api {
         })
     }
 
+    /// `PUT` raw bytes to `path` (with its query string) and read the JSON answer. The
+    /// timeout is longer than other calls': a chunk of a recording may be megabytes.
+    pub fn put_bytes<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Resp, ApiError> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .put(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .timeout(Duration::from_secs(600))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| transport_error(&url, e))?;
+            read_answer(&url, resp).await
+        })
+    }
+
+    /// `POST` a JSON body to `path` and read the JSON answer, waiting up to `timeout` for it
+    /// (a call the server may work on for long, such as hashing a large recording).
+    pub fn post_with_timeout<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ApiError> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .post(&url)
+                .json(body)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| transport_error(&url, e))?;
+            read_answer(&url, resp).await
+        })
+    }
+
     /// `GET` `path` (with its query string) and read the JSON answer.
     pub fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp, ApiError> {
         let url = format!("{}{path}", self.base);

@@ -6,15 +6,15 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use postern_core::api::{
     AuthorizeRequest, EnrollRequest, EnrollResponse, ErrorBody, HostCertRequest, LoginRequest,
-    PingResponse, RecordingUpload, RenewRequest, Secret, MAX_BODY_BYTES,
+    PingResponse, RecordingComplete, RecordingUpload, RenewRequest, Secret, MAX_BODY_BYTES,
 };
 use postern_core::{NodeName, Username};
 use serde::de::DeserializeOwned;
@@ -54,6 +54,8 @@ impl From<Refusal> for ApiError {
             Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             Refusal::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             Refusal::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            Refusal::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
+            Refusal::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m.clone()),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
         };
         let detail = match &r {
@@ -98,36 +100,7 @@ impl<T: DeserializeOwned> JsonBody<T> {
         state: &S,
         limit: usize,
     ) -> Result<Self, ApiError> {
-        // Refuse by Content-Length before the body is touched: a client that sent
-        // `Expect: 100-continue` then gets the 413 without uploading anything.
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                public: format!("request body is larger than {limit} bytes"),
-                detail: format!("content-length {declared:?}"),
-            });
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let status = e.status();
-            ApiError {
-                status: if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    status
-                } else {
-                    StatusCode::BAD_REQUEST
-                },
-                public: if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    format!("request body is larger than {MAX_BODY_BYTES} bytes")
-                } else {
-                    "cannot read request body".into()
-                },
-                detail: e.to_string(),
-            }
-        })?;
+        let bytes = body_with_limit(req, state, limit).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError {
@@ -139,6 +112,44 @@ impl<T: DeserializeOwned> JsonBody<T> {
     }
 }
 
+/// Reads a body of at most `limit` bytes (the route's `DefaultBodyLimit` must allow as much).
+pub async fn body_with_limit<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    // Refuse by Content-Length before the body is touched: a client that sent
+    // `Expect: 100-continue` then gets the 413 without uploading anything.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            public: format!("request body is larger than {limit} bytes"),
+            detail: format!("content-length {declared:?}"),
+        });
+    }
+    Bytes::from_request(req, state).await.map_err(|e| {
+        let status = e.status();
+        ApiError {
+            status: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            public: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body is larger than {limit} bytes")
+            } else {
+                "cannot read request body".into()
+            },
+            detail: e.to_string(),
+        }
+    })
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -148,6 +159,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// The API's routes.
 pub fn router(svc: Arc<Service>) -> Router {
+    let chunk_limit = usize::try_from(svc.recordings.chunk_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/enroll", post(enroll))
@@ -163,6 +175,17 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route(
             "/v1/gateway/recordings",
             post(gateway_recording).layer(DefaultBodyLimit::max(MAX_RECORDING_BYTES)),
+        )
+        // Resumable uploads: where an upload stands, chunks (bounded by `[recordings]
+        // chunk_bytes`), and the completion that makes a recording visible.
+        .route("/v1/gateway/recordings/{id}", get(gateway_recording_status))
+        .route(
+            "/v1/gateway/recordings/{id}/chunks",
+            put(gateway_recording_chunk).layer(DefaultBodyLimit::max(chunk_limit)),
+        )
+        .route(
+            "/v1/gateway/recordings/{id}/complete",
+            post(gateway_recording_complete),
         )
         .route("/v1/recordings", get(recordings_ls))
         .route("/v1/recordings/{id}", get(recording_get))
@@ -372,6 +395,91 @@ async fn recording_get(
     Path(rid): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = user_identity(peer)?;
-    let cast = svc.recording_cast(id, rid).await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], cast).into_response())
+    let (file, len) = svc.recording_cast(id, rid).await?;
+    // Streamed from the file: a recording may be far larger than the daemon's memory.
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-asciicast".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The recording id of a gateway route's path; checked again by the service.
+fn recording_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        public: "malformed recording id in the path".into(),
+        detail: e.to_string(),
+    })
+}
+
+async fn gateway_recording_status(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = gateway_identity(peer)?;
+    let rid = recording_id(path)?;
+    let gateway = svc.authenticate_gateway(id).await?;
+    Ok(Json(svc.recording_upload_status(gateway, rid).await?).into_response())
+}
+
+/// Query of `PUT /v1/gateway/recordings/ID/chunks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkQuery {
+    offset: u64,
+}
+
+/// The caller is checked, and an upload slot taken, before the body is read.
+async fn gateway_recording_chunk(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ChunkQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let id = gateway_identity(peer)?;
+    let rid = recording_id(path)?;
+    let Query(q) = query.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        public: format!(
+            "malformed query: {} (expected ?offset=N, N a byte offset)",
+            e.body_text()
+        ),
+        detail: e.to_string(),
+    })?;
+    let gateway = svc.authenticate_gateway(id).await?;
+    let _slot = svc
+        .upload_slots
+        .acquire()
+        .await
+        .map_err(|e| Refusal::Internal(anyhow::anyhow!(e)))?;
+    let limit = usize::try_from(svc.recordings.chunk_bytes).unwrap_or(usize::MAX);
+    let bytes = body_with_limit(req, &(), limit).await.map_err(|mut e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            e.public = format!("a chunk is at most {limit} bytes ([recordings] chunk_bytes)");
+        }
+        e
+    })?;
+    Ok(Json(svc.recording_chunk(gateway, rid, q.offset, bytes).await?).into_response())
+}
+
+async fn gateway_recording_complete(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<RecordingComplete>, ApiError>,
+) -> Result<Response, ApiError> {
+    // The caller first: a client without an identity hears that, whatever it sent.
+    let id = gateway_identity(peer)?;
+    let rid = recording_id(path)?;
+    let JsonBody(req) = body?;
+    let gateway = svc.authenticate_gateway(id).await?;
+    Ok(Json(svc.recording_complete(gateway, rid, req).await?).into_response())
 }

@@ -21,7 +21,64 @@ struct RawConfig {
     policy: PathBuf,
     #[serde(default)]
     gateway: Option<RawGateway>,
+    #[serde(default)]
+    recordings: Option<RawRecordings>,
 }
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecordings {
+    max_bytes: Option<toml::Spanned<RawSize>>,
+    chunk_bytes: Option<toml::Spanned<RawSize>>,
+}
+
+/// A size: a number of bytes, or a string such as `"64GiB"` (KiB, MiB, GiB, TiB).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Parses a [`RawSize`]; `None` with a reason when it is not a size.
+fn parse_size(raw: &RawSize) -> std::result::Result<u64, String> {
+    let text = match raw {
+        RawSize::Bytes(n) => {
+            return u64::try_from(*n).map_err(|_| format!("{n} is not a size in bytes"))
+        }
+        RawSize::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: expected bytes or a number with KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size"))
+}
+
+/// Default largest recording: 64 GiB.
+pub const DEFAULT_RECORDING_MAX_BYTES: u64 = 64 << 30;
+/// Default (and largest useful) upload chunk: 8 MiB.
+pub const DEFAULT_RECORDING_CHUNK_BYTES: u64 = 8 << 20;
+/// Smallest accepted `chunk_bytes`.
+pub const MIN_RECORDING_CHUNK_BYTES: u64 = 4 << 10;
+/// Largest accepted `chunk_bytes`: each upload in flight buffers one chunk.
+pub const MAX_RECORDING_CHUNK_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +110,11 @@ pub struct Config {
     pub policy: PathBuf,
     /// The gateway's `HOST:PORT` that clients use as ProxyJump.
     pub gateway_public_addr: Option<String>,
+    /// `[recordings] max_bytes`: the largest recording accepted.
+    pub recordings_max_bytes: u64,
+    /// `[recordings] chunk_bytes`: the largest upload chunk accepted (gateways send chunks of
+    /// this size).
+    pub recordings_chunk_bytes: u64,
 }
 
 impl Config {
@@ -89,6 +151,31 @@ impl Config {
                 "api_url must start with https://".into(),
             ));
         }
+        let size = |v: &toml::Spanned<RawSize>, key: &str, min: u64, max: u64| {
+            let n = parse_size(v.get_ref()).map_err(|e| at(v.span().start, e))?;
+            if n < min || n > max {
+                return Err(at(
+                    v.span().start,
+                    format!("[recordings] {key} must be between {min} and {max} bytes"),
+                ));
+            }
+            Ok(n)
+        };
+        let (mut recordings_max_bytes, mut recordings_chunk_bytes) =
+            (DEFAULT_RECORDING_MAX_BYTES, DEFAULT_RECORDING_CHUNK_BYTES);
+        if let Some(r) = &raw.recordings {
+            if let Some(v) = &r.max_bytes {
+                recordings_max_bytes = size(v, "max_bytes", 1, i64::MAX as u64)?;
+            }
+            if let Some(v) = &r.chunk_bytes {
+                recordings_chunk_bytes = size(
+                    v,
+                    "chunk_bytes",
+                    MIN_RECORDING_CHUNK_BYTES,
+                    MAX_RECORDING_CHUNK_BYTES,
+                )?;
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let base = if base.as_os_str().is_empty() {
             Path::new(".")
@@ -110,6 +197,8 @@ impl Config {
             data_dir: resolve(&raw.data_dir),
             policy: resolve(&raw.policy),
             gateway_public_addr: raw.gateway.and_then(|g| g.public_addr),
+            recordings_max_bytes,
+            recordings_chunk_bytes,
         })
     }
 
@@ -125,7 +214,11 @@ impl Config {
              policy = \"policy.toml\"\n\
              \n\
              # [gateway]\n\
-             # public_addr = \"gate.example.com:3023\"\n"
+             # public_addr = \"gate.example.com:3023\"\n\
+             \n\
+             # [recordings]\n\
+             # max_bytes = \"64GiB\"      # the largest recording a gateway may upload\n\
+             # chunk_bytes = \"8MiB\"     # gateways upload in chunks of this size\n"
         )
     }
 
@@ -157,6 +250,51 @@ mod tests {
         let text = "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\nfoo = 1\n";
         let e = Config::parse(text, Path::new("p.toml")).unwrap_err();
         assert!(e.starts_with("p.toml:4:1: "), "{e}");
+    }
+
+    #[test]
+    fn recordings_limits_default_and_parse_with_units() {
+        let base = "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n";
+        let c = Config::parse(base, Path::new("p")).unwrap();
+        assert_eq!(c.recordings_max_bytes, 64 << 30);
+        assert_eq!(c.recordings_chunk_bytes, 8 << 20);
+        let c = Config::parse(
+            &format!("{base}[recordings]\nmax_bytes = \"2TiB\"\nchunk_bytes = 65536\n"),
+            Path::new("p"),
+        )
+        .unwrap();
+        assert_eq!(c.recordings_max_bytes, 2 << 40);
+        assert_eq!(c.recordings_chunk_bytes, 65536);
+        let c = Config::parse(
+            &format!("{base}[recordings]\nmax_bytes = \"300 MiB\"\n"),
+            Path::new("p"),
+        )
+        .unwrap();
+        assert_eq!(c.recordings_max_bytes, 300 << 20);
+    }
+
+    #[test]
+    fn rejects_bad_recordings_limits_at_their_position() {
+        let base =
+            "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n[recordings]\n";
+        for (bad, why) in [
+            ("max_bytes = -1\n", "not a size"),
+            ("max_bytes = 0\n", "between"),
+            ("max_bytes = \"64GB\"\n", "KiB, MiB"),
+            ("max_bytes = \"lots\"\n", "not a size"),
+            ("max_bytes = \"99999999999TiB\"\n", "not a size"),
+            ("max_bytes = \"9223372036854775808\"\n", "between"),
+            ("chunk_bytes = 100\n", "between"),
+            ("chunk_bytes = \"1GiB\"\n", "between"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), Path::new("p")).unwrap_err();
+            assert!(e.starts_with("p:5:"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = Config::parse(&format!("{base}max_size = 1\n"), Path::new("p")).unwrap_err();
+        assert!(e.starts_with("p:5:1: ") && e.contains("max_size"), "{e}");
+        let e = Config::parse(&format!("{base}max_bytes = 1.5\n"), Path::new("p")).unwrap_err();
+        assert!(e.starts_with("p:5:"), "{e}");
     }
 
     #[test]

@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 CREATE INDEX IF NOT EXISTS recordings_user ON recordings(user, started_at);
 CREATE INDEX IF NOT EXISTS recordings_node ON recordings(node, started_at);
+CREATE TABLE IF NOT EXISTS recording_uploads (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
 

@@ -156,6 +156,10 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         ghosts: auth::GhostLockout::default(),
         data_dir: cfg.data_dir.clone(),
         upload_slots: tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS),
+        recordings: crate::recordings::Store::new(
+            cfg.recordings_max_bytes,
+            cfg.recordings_chunk_bytes,
+        ),
     });
     crate::recordings::prepare_dir(&cfg.data_dir)?;
     let tls_cfg = tls::server_config(&keys)?;

@@ -43,6 +43,8 @@ pub struct Service {
     pub data_dir: std::path::PathBuf,
     /// Recording uploads buffered at once (each may be large).
     pub upload_slots: tokio::sync::Semaphore,
+    /// Recording limits and the uploads in progress.
+    pub recordings: crate::recordings::Store,
 }
 
 /// Why an operation was refused; the API maps each to a status and public message.
@@ -66,6 +68,12 @@ pub enum Refusal {
     /// The request contradicts what is stored (a reused id).
     #[error("{0}")]
     Conflict(String),
+    /// The request is larger than a configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The server's disk is full; nothing was changed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A server-side fault; the detail is logged, not shown.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),

@@ -401,8 +401,10 @@ pub struct RecordingMeta {
     pub bytes: u64,
 }
 
-/// `POST /v1/gateway/recordings` (mTLS, gateway identity): one finished recording.
-/// Idempotent by id (a retried upload replaces nothing and answers OK).
+/// `POST /v1/gateway/recordings` (mTLS, gateway identity): one finished recording in one
+/// request, at most 256 MiB. Idempotent by id (a retried upload replaces nothing and answers
+/// OK). Gateways now upload with [`RecordingUploadStatus`] and [`RecordingComplete`]; this
+/// stays for gateways of earlier versions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingUpload {
@@ -410,4 +412,39 @@ pub struct RecordingUpload {
     pub meta: RecordingMeta,
     /// The asciicast v2 text.
     pub cast: String,
+}
+
+/// `GET /v1/gateway/recordings/ID` and the answer to every chunk
+/// (`PUT /v1/gateway/recordings/ID/chunks?offset=N`): where a resumable upload stands.
+///
+/// The protocol: the gateway asks where the upload stands, sends the rest of the file from
+/// `received` in chunks of at most `chunk_bytes`, each with its offset, and completes it with
+/// [`RecordingComplete`]. A chunk at `offset == received` is appended; a chunk that only
+/// repeats bytes already received (a retry) is accepted and changes nothing; any other offset
+/// is refused with 409 and the gateway asks again. Nothing is visible before the completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingUploadStatus {
+    /// The recording (session) id.
+    pub id: String,
+    /// Bytes the CA holds durably: the next chunk starts here.
+    pub received: u64,
+    /// Whether the recording is complete and stored (then nothing more is accepted for it).
+    pub complete: bool,
+    /// The largest chunk the CA accepts.
+    pub chunk_bytes: u64,
+    /// The largest recording the CA accepts.
+    pub max_bytes: u64,
+}
+
+/// `POST /v1/gateway/recordings/ID/complete` (mTLS, gateway identity): makes a recording whose
+/// bytes were all sent visible, atomically. Idempotent: completing a stored recording again
+/// with the same SHA-256 answers what is stored; a stored recording is never replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingComplete {
+    /// Metadata (`id` = the id in the path, `bytes` = the total size; `gateway` is ignored).
+    pub meta: RecordingMeta,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
 }

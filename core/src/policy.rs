@@ -1,6 +1,9 @@
 //! The policy file (`policy.toml`) and the decision it makes for a login.
 //!
-//! Format: `[defaults]`, `[roles.NAME]`, `[users.NAME]` as in DESIGN.md. Unknown keys are
+//! Format: `[defaults]`, `[roles.NAME]`, `[users.NAME]` as in DESIGN.md. A role has `logins`,
+//! `nodes` (a label selector), `permit`, `max_ttl`, and `view_recordings`: a label selector
+//! in the syntax of `nodes` naming the servers whose recorded sessions of *other* users the
+//! role's members may list and play (everyone always sees their own). Unknown keys are
 //! errors, and every error names the file, line and column. The only way to obtain an
 //! [`IssueApproval`], which certificate signing requires, is a successful decision:
 //! [`Policy::decide_login`], [`Policy::decide_node_access`] or [`Policy::decide_admin_signing`].
@@ -154,6 +157,8 @@ struct RawRole {
     #[serde(default)]
     permit: Vec<Spanned<String>>,
     max_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    view_recordings: BTreeMap<String, Spanned<RawSelector>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +250,9 @@ pub struct Role {
     pub permit: BTreeSet<Permit>,
     /// Cap on certificate TTL for holders of this role.
     pub max_ttl: Option<Ttl>,
+    /// Whose recordings members may list and play: sessions on servers this selects (empty:
+    /// none but their own).
+    pub view_recordings: NodeSelector,
 }
 
 /// A validated policy.
@@ -372,6 +380,7 @@ recording = "strict"         # or "best-effort"
 # logins = ["root", "{user}"]
 # nodes = { "*" = "*" }
 # permit = ["pty", "port-forwarding", "agent-forwarding"]
+# view_recordings = { "*" = "*" }  # may also list and play others' sessions on these servers
 #
 # [users.alice]
 # roles = ["dev"]
@@ -391,6 +400,28 @@ impl Ctx<'_> {
             column,
             message: message.into(),
         }
+    }
+
+    /// A label selector (`nodes`, `view_recordings`): label key → `"*"`, a value or a list of
+    /// values; the `"*"` key (any server) takes only `"*"`.
+    fn selector(
+        &self,
+        raw: &BTreeMap<String, Spanned<RawSelector>>,
+    ) -> Result<NodeSelector, PolicyError> {
+        let mut rules = BTreeMap::new();
+        for (key, sel) in raw {
+            let values = match sel.get_ref() {
+                RawSelector::One(v) if v == "*" => None,
+                RawSelector::One(v) => Some(BTreeSet::from([v.clone()])),
+                RawSelector::Many(vs) if vs.iter().any(|v| v == "*") => None,
+                RawSelector::Many(vs) => Some(vs.iter().cloned().collect()),
+            };
+            if key == "*" && values.is_some() {
+                return Err(self.err(sel.span(), "the \"*\" label key only takes \"*\""));
+            }
+            rules.insert(key.clone(), values);
+        }
+        Ok(NodeSelector { rules })
     }
 
     fn ttl(&self, s: &Spanned<String>) -> Result<Ttl, PolicyError> {
@@ -469,19 +500,8 @@ impl Policy {
                 }
                 logins.push(LoginTemplate(t.clone()));
             }
-            let mut rules = BTreeMap::new();
-            for (key, sel) in &r.nodes {
-                let values = match sel.get_ref() {
-                    RawSelector::One(v) if v == "*" => None,
-                    RawSelector::One(v) => Some(BTreeSet::from([v.clone()])),
-                    RawSelector::Many(vs) if vs.iter().any(|v| v == "*") => None,
-                    RawSelector::Many(vs) => Some(vs.iter().cloned().collect()),
-                };
-                if key == "*" && values.is_some() {
-                    return Err(cx.err(sel.span(), "the \"*\" label key only takes \"*\""));
-                }
-                rules.insert(key.clone(), values);
-            }
+            let nodes = cx.selector(&r.nodes)?;
+            let view_recordings = cx.selector(&r.view_recordings)?;
             let mut permit = BTreeSet::new();
             for p in &r.permit {
                 let v = Permit::ALL
@@ -503,9 +523,10 @@ impl Policy {
                 name.get_ref().clone(),
                 Role {
                     logins,
-                    nodes: NodeSelector { rules },
+                    nodes,
                     permit,
                     max_ttl,
+                    view_recordings,
                 },
             );
         }
@@ -552,6 +573,23 @@ impl Policy {
             }
         }
         out.into_iter().collect()
+    }
+
+    /// The first role of `viewer` (in the order of their `roles` list) whose `view_recordings`
+    /// selects a server with these labels: that role lets `viewer` list and play other users'
+    /// recordings of sessions on that server. A server no longer in the inventory is judged
+    /// by empty labels, so only `"*" = "*"` selects it.
+    pub fn recording_viewer_role(&self, viewer: &Username, labels: &Labels) -> Option<&str> {
+        self.roles_of(viewer)
+            .find(|(_, role)| role.view_recordings.matches(labels))
+            .map(|(name, _)| name)
+    }
+
+    /// Whether any role of `viewer` has a `view_recordings` selector, i.e. whether `viewer`
+    /// may see other users' recordings on at least some servers.
+    pub fn views_others_recordings(&self, viewer: &Username) -> bool {
+        self.roles_of(viewer)
+            .any(|(_, role)| !role.view_recordings.rules.is_empty())
     }
 
     /// For every user in the policy, the logins allowed on a node with these labels (users
@@ -991,6 +1029,111 @@ roles = []
         assert!(p
             .decide_node_access(&carol, &"deploy".parse().unwrap(), &l("env=dev"), ttl)
             .is_ok());
+    }
+
+    const VIEW_SAMPLE: &str = r#"
+[roles.dev]
+logins = ["{user}"]
+nodes = { env = "dev" }
+
+[roles.auditor]
+logins = ["{user}"]
+nodes = { env = "dev" }
+view_recordings = { "*" = "*" }
+
+[roles.prod-lead]
+logins = ["{user}"]
+nodes = { env = "dev" }
+view_recordings = { env = ["prod", "staging"], team = "*" }
+
+[users.alice]
+roles = ["dev"]
+[users.carol]
+roles = ["dev", "auditor"]
+[users.dave]
+roles = ["prod-lead", "dev"]
+"#;
+
+    #[test]
+    fn view_recordings_selects_servers_like_nodes_does() {
+        let p = Policy::parse(VIEW_SAMPLE, "p").unwrap();
+        let l = |s: &str| s.parse::<Labels>().unwrap();
+        assert_eq!(
+            p.recording_viewer_role(&user("carol"), &l("env=prod")),
+            Some("auditor")
+        );
+        let dave = user("dave");
+        assert_eq!(
+            p.recording_viewer_role(&dave, &l("env=prod,team=web")),
+            Some("prod-lead")
+        );
+        assert_eq!(
+            p.recording_viewer_role(&dave, &l("env=staging,team=db")),
+            Some("prod-lead")
+        );
+        // Every label of the selector must match: no team label, or another env.
+        assert_eq!(p.recording_viewer_role(&dave, &l("env=prod")), None);
+        assert_eq!(p.recording_viewer_role(&dave, &l("env=dev,team=web")), None);
+        // A removed server is judged by empty labels: only "*" = "*" selects it.
+        assert_eq!(p.recording_viewer_role(&dave, &l("")), None);
+        assert_eq!(
+            p.recording_viewer_role(&user("carol"), &l("")),
+            Some("auditor")
+        );
+        // Without the key, a role grants nobody else's recordings, even with `nodes = *`.
+        assert_eq!(p.recording_viewer_role(&user("alice"), &l("env=dev")), None);
+        assert_eq!(p.recording_viewer_role(&user("stranger"), &l("")), None);
+        assert!(p.views_others_recordings(&user("carol")));
+        assert!(p.views_others_recordings(&dave));
+        assert!(!p.views_others_recordings(&user("alice")));
+        assert!(!p.views_others_recordings(&user("stranger")));
+        // An empty selector grants nothing.
+        let p = Policy::parse(
+            "[roles.r]\nlogins = [\"x\"]\nview_recordings = {}\n[users.u]\nroles = [\"r\"]\n",
+            "p",
+        )
+        .unwrap();
+        assert!(!p.views_others_recordings(&user("u")));
+        assert_eq!(p.recording_viewer_role(&user("u"), &l("")), None);
+    }
+
+    #[test]
+    fn rejects_hostile_view_recordings_with_file_line_and_column() {
+        let bad = |text: &str| Policy::parse(text, "/etc/postern/policy.toml").unwrap_err();
+        // A misspelt key is unknown, at its own position.
+        let e = bad("[roles.a]\nlogins = [\"x\"]\nview_recording = { \"*\" = \"*\" }\n");
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("view_recording"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/postern/policy.toml:3:1: "),
+            "{e}"
+        );
+        // Not a table.
+        let e = bad("[roles.a]\nview_recordings = \"*\"\n");
+        assert_eq!(e.line, 2, "{e}");
+        let e = bad("[roles.a]\nview_recordings = [\"*\"]\n");
+        assert_eq!(e.line, 2, "{e}");
+        // "*" as a key takes only "*".
+        let e = bad("[roles.a]\n\nview_recordings = { \"*\" = \"prod\" }\n");
+        assert_eq!((e.line, e.column), (3, 27), "{e}");
+        assert!(e.message.contains("only takes"), "{e}");
+        let e = bad("[roles.a]\nview_recordings = { \"*\" = [\"prod\"] }\n");
+        assert!(e.message.contains("only takes"), "{e}");
+        // Values that are not strings, nested tables, repeated keys.
+        for text in [
+            "[roles.a]\nview_recordings = { env = 3 }\n",
+            "[roles.a]\nview_recordings = { env = [\"prod\", 1] }\n",
+            "[roles.a]\nview_recordings = { env = { a = \"b\" } }\n",
+            "[roles.a]\nview_recordings = { env = \"a\", env = \"b\" }\n",
+            "[roles.a]\nview_recordings = true\n",
+        ] {
+            let e = bad(text);
+            assert_eq!(e.line, 2, "{text}: {e}");
+            assert!(e.column > 1, "{text}: {e}");
+        }
+        // The same key twice in one role.
+        let e = bad("[roles.a]\nview_recordings = {}\nview_recordings = {}\n");
+        assert_eq!(e.line, 3, "{e}");
     }
 
     #[test]

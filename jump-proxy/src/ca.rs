@@ -1,15 +1,17 @@
 //! The gateway's side of posternd's API: inventory (servers, CA keys, locks), per-login
 //! authorization with a node-access certificate, host certificates for the inner connection,
-//! and recording uploads. Calls run on blocking threads: the shared client is synchronous.
+//! and resumable recording uploads. Calls run on blocking threads: the shared client is
+//! synchronous.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
 use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
-    RecordingUpload,
+    RecordingComplete, RecordingMeta, RecordingUploadStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,9 +118,54 @@ impl CaClient {
         Ok(())
     }
 
-    /// `POST /v1/gateway/recordings`.
-    pub async fn upload(&self, req: RecordingUpload) -> Result<(), Refused> {
-        let _: serde_json::Value = self.call("POST", "/v1/gateway/recordings", req).await?;
-        Ok(())
+    /// A connection for one recording upload, whose calls block: run it on a blocking thread.
+    pub fn upload_session(&self) -> Result<UploadSession, Refused> {
+        self.api()
+            .map(|api| UploadSession { api })
+            .map_err(|e| Refused(format!("{e:#}"), None))
+    }
+}
+
+/// Resumable recording uploads (`/v1/gateway/recordings/ID...`) over one connection. The id
+/// must be a session id (`[a-z0-9-]`), which is safe in a URL path as it is.
+pub struct UploadSession {
+    api: Api,
+}
+
+fn refused(e: postern_api_client::ApiError) -> Refused {
+    Refused(e.to_string(), e.status())
+}
+
+impl UploadSession {
+    /// `GET /v1/gateway/recordings/ID`: where the upload stands.
+    pub fn status(&self, id: &str) -> Result<RecordingUploadStatus, Refused> {
+        self.api
+            .get(&format!("/v1/gateway/recordings/{id}"))
+            .map_err(refused)
+    }
+
+    /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: one chunk.
+    pub fn chunk(
+        &self,
+        id: &str,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<RecordingUploadStatus, Refused> {
+        self.api
+            .put_bytes(
+                &format!("/v1/gateway/recordings/{id}/chunks?offset={offset}"),
+                bytes,
+            )
+            .map_err(refused)
+    }
+
+    /// `POST /v1/gateway/recordings/ID/complete`: makes the recording visible. The CA reads
+    /// the whole file to check its SHA-256 first: the wait grows with the size (a minute,
+    /// plus a second per 20 MB).
+    pub fn complete(&self, id: &str, req: &RecordingComplete) -> Result<RecordingMeta, Refused> {
+        let wait = Duration::from_secs(60 + req.meta.bytes / 20_000_000);
+        self.api
+            .post_with_timeout(&format!("/v1/gateway/recordings/{id}/complete"), req, wait)
+            .map_err(refused)
     }
 }

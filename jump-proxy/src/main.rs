@@ -6,6 +6,7 @@ mod audit;
 mod ca;
 mod record;
 mod relay;
+mod scp;
 mod server;
 mod sftp;
 
@@ -15,82 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use postern_api_client::{Api, CaPin, CaUrl};
 use postern_core::api::{JoinRequest, JoinResponse, Secret};
 use postern_core::cert::generate_ed25519;
 use ssh_key::{Certificate, LineEnding, PrivateKey};
 use tokio::sync::Semaphore;
 
-const EXAMPLES: &str = "\
-Examples:
-  Join (token from `posternd tokens add --kind gateway`), then serve:
-    postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
-        --state-dir /var/lib/postern-gate --address gate.example.com:3023
-    postern-gate serve --state-dir /var/lib/postern-gate
-
-  Users need nothing but the ssh_config that `postern login` writes:
-    ssh web1.prod.example.com        (ProxyJump through the gateway)
-
-Exit status: 0 success, 1 error, 2 usage error.";
-
-/// Postern's recording ProxyJump gateway.
-#[derive(Parser)]
-#[command(name = "postern-gate", version, after_help = EXAMPLES)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Join the cluster as a gateway: host certificate and mTLS identity.
-    Join {
-        /// posternd's API URL.
-        #[arg(long, value_name = "URL")]
-        ca: String,
-        /// The CA pin (sha256:...).
-        #[arg(long, value_name = "PIN")]
-        ca_pin: String,
-        /// A single-use token of kind `gateway`.
-        #[arg(
-            long,
-            value_name = "T",
-            env = "POSTERN_JOIN_TOKEN",
-            hide_env_values = true
-        )]
-        token: String,
-        /// The gateway's name.
-        #[arg(long, value_name = "NAME")]
-        name: String,
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
-        state_dir: PathBuf,
-        /// The address clients use (its host goes into the host certificate).
-        #[arg(long, value_name = "HOST:PORT")]
-        address: Option<String>,
-    },
-    /// Serve SSH for `ssh -J`.
-    Serve {
-        /// State directory (from `join`).
-        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
-        state_dir: PathBuf,
-        /// Optional configuration file (`gate.toml`).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Listen address.
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
-    },
-}
-
-/// `gate.toml`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct GateConfig {
-    listen: Option<String>,
-    max_connections: Option<usize>,
-}
+// The command line and gate.toml live in the library (src/lib.rs) so that man/ can render
+// and check them.
+use postern_gate::cli::{Cli, Cmd};
+use postern_gate::config::GateConfig;
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;

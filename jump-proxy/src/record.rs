@@ -1,21 +1,37 @@
 //! Session recordings: asciicast v2 files in the spool (`STATE/recordings/`), written before
 //! a byte is forwarded in strict mode, completed and uploaded to posternd when the session
 //! ends, and recovered at start-up after a crash (completed, marked interrupted, uploaded).
+//!
+//! Uploads are resumable and of any size: the uploader asks the CA how much of a recording
+//! it holds, sends the rest in chunks read from the file (one chunk in memory at a time), and
+//! completes it with the size and SHA-256. A recording leaves the spool only after the CA
+//! stored it; whatever fails (CA down, refusal, the gateway killed) is retried, resuming where
+//! the CA stopped.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use postern_core::api::{RecordingMeta, RecordingUpload};
+use postern_core::api::{RecordingComplete, RecordingMeta};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
-use crate::ca::CaClient;
+use crate::ca::{CaClient, Refused, UploadSession};
 
-/// The largest recording the CA accepts in one upload (its route's body limit, with room for
-/// the JSON around the cast).
-pub const MAX_UPLOAD: u64 = 200 * 1024 * 1024;
+/// The largest chunk the gateway uploads (the CA may ask for smaller ones with its
+/// `[recordings] chunk_bytes`).
+pub const UPLOAD_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// How often the spool is looked at when nothing wakes the uploader.
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+/// The longest wait before retrying a recording the CA could not take (down, disk full).
+const MAX_RETRY_UNAVAILABLE: Duration = Duration::from_secs(60);
+/// The longest wait before retrying a recording the CA refused (it may be fixed by an admin).
+const MAX_RETRY_REFUSED: Duration = Duration::from_secs(600);
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -167,10 +183,158 @@ pub fn recover(spool: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// Uploads completed recordings until the task is dropped; retries what the CA refuses or
-/// cannot take now. A recording leaves the spool only after the CA accepted it.
+/// Puts recordings that an earlier version set aside as too large for one upload
+/// (`<id>.cast.toolarge`, `<id>.done.json.toolarge`) back in the queue: every size uploads now.
+pub fn requeue_set_aside(spool: &Path) -> usize {
+    let Ok(dir) = fs::read_dir(spool) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".done.json.toolarge"))
+        else {
+            continue;
+        };
+        let (cast, done) = (
+            spool.join(format!("{id}.cast")),
+            spool.join(format!("{id}.done.json")),
+        );
+        let cast_aside = spool.join(format!("{id}.cast.toolarge"));
+        // The cast first: a done marker never points to a missing file.
+        if cast_aside.exists() {
+            if cast.exists() {
+                tracing::error!(recording = %id, "both {id}.cast and {id}.cast.toolarge exist; left as they are");
+                continue;
+            }
+            if let Err(e) = fs::rename(&cast_aside, &cast) {
+                tracing::error!(recording = %id, error = %e, "cannot requeue {id}.cast.toolarge");
+                continue;
+            }
+        }
+        if let Err(e) = fs::rename(e.path(), &done) {
+            tracing::error!(recording = %id, error = %e, "cannot requeue {id}.done.json.toolarge");
+            continue;
+        }
+        tracing::info!(recording = %id, "recording set aside as too large is queued for upload again");
+        n += 1;
+    }
+    n
+}
+
+/// Whether a failure is the CA refusing (4xx) rather than being unreachable or failing.
+fn is_refusal(e: &Refused) -> bool {
+    e.1.is_some_and(|s| (400..500).contains(&s))
+}
+
+/// Uploads one recording (blocking): asks where the CA stands, sends the missing chunks, and
+/// completes it. `sha256` is the file's hash when an earlier attempt computed it; the hash
+/// used is handed back with the result so that a retry does not read the file again.
+fn upload_one(
+    s: &UploadSession,
+    cast: &Path,
+    mut meta: RecordingMeta,
+    sha256: Option<String>,
+) -> (Option<String>, Result<RecordingMeta, Refused>) {
+    let local =
+        |what: &str, e: std::io::Error| Refused(format!("{what} {}: {e}", cast.display()), None);
+    let id = meta.id.clone();
+    let file = match File::open(cast) {
+        Ok(f) => f,
+        Err(e) => return (sha256, Err(local("cannot open", e))),
+    };
+    let size = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return (sha256, Err(local("cannot read", e))),
+    };
+    // The file is the truth (the done marker of an older version may disagree).
+    meta.bytes = size;
+    let sent = (|| -> Result<(), Refused> {
+        let st = s.status(&id)?;
+        if st.complete {
+            return Ok(());
+        }
+        if size > st.max_bytes {
+            return Err(Refused(
+                format!(
+                    "the recording is {size} bytes and the CA accepts at most {} ([recordings] max_bytes in posternd.toml)",
+                    st.max_bytes
+                ),
+                Some(413),
+            ));
+        }
+        let chunk = UPLOAD_CHUNK.min(st.chunk_bytes).max(1);
+        let mut offset = st.received;
+        if offset > 0 && offset < size {
+            tracing::info!(recording = %id, offset, size, "resuming the upload of recording {id} at byte {offset} of {size}");
+        }
+        while offset < size {
+            let n = usize::try_from(chunk.min(size - offset)).unwrap_or(usize::MAX);
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| local("cannot read", e))?;
+            let st = s.chunk(&id, offset, buf)?;
+            if st.received <= offset || st.received > size {
+                return Err(Refused(
+                    format!(
+                        "the CA answered that it holds {} bytes after a chunk at offset {offset}",
+                        st.received
+                    ),
+                    None,
+                ));
+            }
+            offset = st.received;
+        }
+        // A CA holding more than the file (offset > size) refuses the completion and
+        // discards what it holds, so that the next attempt starts again from 0.
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        return (sha256, Err(e));
+    }
+    let sha256 = match sha256 {
+        Some(h) => h,
+        None => {
+            let mut h = Sha256::new();
+            let mut f = &file;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return (None, Err(local("cannot read", e))),
+                }
+            }
+            hex::encode(h.finalize())
+        }
+    };
+    let done = s.complete(
+        &id,
+        &RecordingComplete {
+            meta,
+            sha256: sha256.clone(),
+        },
+    );
+    (Some(sha256), done)
+}
+
+/// When a recording that failed is tried again.
+struct Retry {
+    at: Instant,
+    delay: Duration,
+}
+
+/// Uploads completed recordings until the task is dropped; retries, with a growing delay per
+/// recording, what the CA refuses or cannot take now. A recording leaves the spool only after
+/// the CA stored it.
 pub async fn uploader(spool: PathBuf, ca: CaClient, wake: std::sync::Arc<tokio::sync::Notify>) {
+    let mut retry: HashMap<String, Retry> = HashMap::new();
+    let mut hashes: HashMap<String, String> = HashMap::new();
     loop {
+        requeue_set_aside(&spool);
         let mut pending = Vec::new();
         if let Ok(dir) = fs::read_dir(&spool) {
             for e in dir.flatten() {
@@ -180,6 +344,18 @@ pub async fn uploader(spool: PathBuf, ca: CaClient, wake: std::sync::Arc<tokio::
                 }
             }
         }
+        // Forget recordings that left the spool (by hand, or uploaded).
+        let queued: std::collections::HashSet<String> = pending
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .strip_suffix(".done.json")
+                    .map(str::to_owned)
+            })
+            .collect();
+        retry.retain(|id, _| queued.contains(id));
+        hashes.retain(|id, _| queued.contains(id));
         for done in pending {
             let Some(id) = done
                 .file_name()
@@ -189,43 +365,60 @@ pub async fn uploader(spool: PathBuf, ca: CaClient, wake: std::sync::Arc<tokio::
             else {
                 continue;
             };
-            let cast = spool.join(format!("{id}.cast"));
-            // A recording too large for one upload stays in the spool, set aside once with an
-            // error, rather than being read into memory and refused again every few seconds.
-            if fs::metadata(&cast)
-                .map(|m| m.len() > MAX_UPLOAD)
-                .unwrap_or(false)
-            {
-                tracing::error!(recording = %id, "recording larger than the CA accepts in one upload; kept in the spool as {id}.cast.toolarge");
-                let _ = fs::rename(&cast, spool.join(format!("{id}.cast.toolarge")));
-                let _ = fs::rename(&done, spool.join(format!("{id}.done.json.toolarge")));
+            if retry.get(&id).is_some_and(|r| Instant::now() < r.at) {
                 continue;
             }
-            let (Ok(meta_bytes), Ok(cast_text)) = (fs::read(&done), fs::read(&cast)) else {
+            let cast = spool.join(format!("{id}.cast"));
+            let Ok(meta) = fs::read(&done)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<RecordingMeta>(&b)?))
+            else {
                 continue;
             };
-            let Ok(meta) = serde_json::from_slice::<RecordingMeta>(&meta_bytes) else {
-                continue;
+            let (ca2, cast2, sha) = (ca.clone(), cast.clone(), hashes.remove(&id));
+            let outcome = tokio::task::spawn_blocking(move || match ca2.upload_session() {
+                Ok(s) => upload_one(&s, &cast2, meta, sha),
+                Err(e) => (sha, Err(e)),
+            })
+            .await;
+            let (sha, result) = match outcome {
+                Ok(x) => x,
+                Err(e) => (None, Err(Refused(format!("internal error: {e}"), None))),
             };
-            let upload = RecordingUpload {
-                meta,
-                cast: String::from_utf8_lossy(&cast_text).into_owned(),
-            };
-            match ca.upload(upload).await {
-                Ok(()) => {
+            match result {
+                Ok(stored) => {
                     for p in [cast, done, spool.join(format!("{id}.meta.json"))] {
                         let _ = fs::remove_file(p);
                     }
-                    tracing::info!(recording = %id, "recording uploaded");
+                    retry.remove(&id);
+                    tracing::info!(recording = %id, bytes = stored.bytes, "recording uploaded");
                 }
                 Err(e) => {
-                    tracing::warn!(recording = %id, error = %e.0, "recording upload failed; will retry")
+                    if let Some(h) = sha {
+                        hashes.insert(id.clone(), h);
+                    }
+                    let cap = if is_refusal(&e) {
+                        MAX_RETRY_REFUSED
+                    } else {
+                        MAX_RETRY_UNAVAILABLE
+                    };
+                    let delay = retry
+                        .get(&id)
+                        .map_or(SCAN_EVERY, |r| (r.delay * 2).min(cap));
+                    tracing::warn!(recording = %id, error = %e.0, retry_in = ?delay, "recording upload failed; will retry");
+                    retry.insert(
+                        id,
+                        Retry {
+                            at: Instant::now() + delay,
+                            delay,
+                        },
+                    );
                 }
             }
         }
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(SCAN_EVERY) => {}
         }
     }
 }
@@ -269,6 +462,25 @@ mod tests {
             .collect();
         assert_eq!(out, "aéb");
         assert!(d.path().join("s1.done.json").exists());
+    }
+
+    #[test]
+    fn recordings_set_aside_as_too_large_are_queued_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        fs::write(p("s3.cast.toolarge"), "cast").unwrap();
+        fs::write(p("s3.done.json.toolarge"), "{}").unwrap();
+        // A clash is left alone rather than overwriting anything.
+        fs::write(p("s4.cast"), "new").unwrap();
+        fs::write(p("s4.cast.toolarge"), "old").unwrap();
+        fs::write(p("s4.done.json.toolarge"), "{}").unwrap();
+        assert_eq!(requeue_set_aside(d.path()), 1);
+        assert_eq!(fs::read_to_string(p("s3.cast")).unwrap(), "cast");
+        assert!(p("s3.done.json").exists());
+        assert!(!p("s3.cast.toolarge").exists() && !p("s3.done.json.toolarge").exists());
+        assert_eq!(fs::read_to_string(p("s4.cast")).unwrap(), "new");
+        assert!(p("s4.cast.toolarge").exists() && !p("s4.done.json").exists());
+        assert_eq!(requeue_set_aside(d.path()), 0);
     }
 
     #[test]

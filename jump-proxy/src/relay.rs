@@ -16,6 +16,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf};
 use tokio::sync::watch;
 
 use crate::record::Recorder;
+use crate::scp::{ScpCommand, ScpObserver};
 use crate::sftp::SftpObserver;
 
 /// What the relay needs besides the two channels.
@@ -56,6 +57,7 @@ struct Shared {
     rec: Option<Recorder>,
     rec_failed: bool,
     sftp: Option<SftpObserver>,
+    scp: Option<ScpObserver>,
     /// Requests forwarded with want_reply, in order: the server answers them in order.
     pending: VecDeque<&'static str>,
     size: (u32, u32),
@@ -108,6 +110,15 @@ pub async fn relay(down: Channel<SMsg>, up: Channel<CMsg>, ctx: RelayCtx) {
     ));
     let _ = out.await;
     inp.abort();
+    let scp_end = shared
+        .lock()
+        .ok()
+        .and_then(|mut s| s.scp.take())
+        .map(|mut o| o.finish())
+        .unwrap_or_default();
+    for op in scp_end {
+        ctx.audit.scp_op(&ctx.meta, op);
+    }
     let rec = shared.lock().ok().and_then(|mut s| s.rec.take());
     if let Some(r) = rec {
         match r.finish() {
@@ -149,11 +160,17 @@ async fn server_to_client(
         match m {
             ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } => {
                 // Record first; forward only what was recorded (strict mode).
+                let mut scp_ops = Vec::new();
                 let failure = match shared.lock() {
                     Ok(mut s) => {
                         if let Some(o) = s.sftp.as_mut() {
                             if matches!(m, ChannelMsg::Data { .. }) {
                                 o.server_bytes(data);
+                            }
+                        }
+                        if let Some(o) = s.scp.as_mut() {
+                            if matches!(m, ChannelMsg::Data { .. }) {
+                                scp_ops = o.server_bytes(data);
                             }
                         }
                         let failed = s.rec_failed;
@@ -168,6 +185,9 @@ async fn server_to_client(
                     }
                     Err(_) => None,
                 };
+                for op in scp_ops {
+                    ctx.audit.scp_op(&ctx.meta, op);
+                }
                 if let Some(e) = failure {
                     if ctx.mode == RecordingMode::Strict {
                         abort(&down_w, &up_w, format!("\r\npostern: recording failed ({e}); the session ends (strict recording)\r\n"), 255).await;
@@ -277,22 +297,32 @@ async fn client_to_server(
         }
         match m {
             ChannelMsg::Data { data } => {
-                let ops = match shared.lock() {
+                let (ops, scp_ops) = match shared.lock() {
                     Ok(mut s) => {
                         if ctx.record_input {
                             if let Some(r) = s.rec.as_mut() {
                                 let _ = r.event("i", &data);
                             }
                         }
-                        s.sftp
+                        let ops = s
+                            .sftp
                             .as_mut()
                             .map(|o| o.client_bytes(&data))
-                            .unwrap_or_default()
+                            .unwrap_or_default();
+                        let scp_ops = s
+                            .scp
+                            .as_mut()
+                            .map(|o| o.client_bytes(&data))
+                            .unwrap_or_default();
+                        (ops, scp_ops)
                     }
-                    Err(_) => Vec::new(),
+                    Err(_) => Default::default(),
                 };
                 for op in ops {
                     ctx.audit.file_op(&ctx.meta, op);
+                }
+                for op in scp_ops {
+                    ctx.audit.scp_op(&ctx.meta, op);
                 }
                 if up_w.data_bytes(data).await.is_err() {
                     return;
@@ -374,8 +404,12 @@ async fn client_to_server(
             }
             ChannelMsg::Exec { command, .. } => {
                 let cmd = String::from_utf8_lossy(&command).into_owned();
-                // Legacy scp is a file transfer, not a terminal: its bytes are not a cast.
-                if !cmd.starts_with("scp ") {
+                // Legacy scp is a file transfer, not a terminal: its bytes are not a cast but
+                // file-operation events. An scp command we cannot follow (shell syntax around
+                // it, unknown options) is recorded like any other command.
+                let scp = ScpCommand::parse(&cmd);
+                let observed = matches!(scp, Some(Ok(_)));
+                if !observed {
                     let ok = shared
                         .lock()
                         .map(|mut s| open_recorder(&ctx, &mut s, Some(&cmd)))
@@ -398,6 +432,20 @@ async fn client_to_server(
                     "gateway.exec",
                     serde_json::json!({ "command": cmd.chars().take(4096).collect::<String>() }),
                 );
+                match scp {
+                    Some(Ok(c)) => {
+                        if let Ok(mut s) = shared.lock() {
+                            s.scp = Some(ScpObserver::new(c));
+                        }
+                    }
+                    Some(Err(reason)) => ctx.audit.scp_op(
+                        &ctx.meta,
+                        crate::scp::ScpOp::GaveUp {
+                            reason: format!("unsupported scp command: {reason}"),
+                        },
+                    ),
+                    None => {}
+                }
                 if up_w.exec(true, command).await.is_ok() {
                     push("exec");
                 }

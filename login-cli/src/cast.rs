@@ -19,6 +19,7 @@ pub struct Output {
 }
 
 /// A parsed recording.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cast {
     /// The header.
@@ -29,24 +30,57 @@ pub struct Cast {
     pub skipped_lines: usize,
 }
 
-/// Parses an asciicast v2 text.
-pub fn parse(text: &str) -> anyhow::Result<Cast> {
-    let mut lines = text.lines();
-    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default())
+/// Parses the header line of an asciicast v2 text.
+pub fn parse_header(line: &str) -> anyhow::Result<serde_json::Value> {
+    let header: serde_json::Value = serde_json::from_str(line)
         .map_err(|e| anyhow::anyhow!("the recording's first line is not a JSON header: {e}"))?;
     if header.get("version").and_then(serde_json::Value::as_u64) != Some(2) {
         anyhow::bail!("the recording is not asciicast version 2");
     }
+    Ok(header)
+}
+
+/// What one line after the header is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// An output event: played.
+    Output(Output),
+    /// Another event (input, resize, marker) or a blank line: skipped.
+    Other,
+    /// Not an event (a recording cut short may end in half a line): counted.
+    NotAnEvent,
+}
+
+/// Reads one line after the header.
+pub fn parse_event(line: &str) -> Line {
+    if line.trim().is_empty() {
+        return Line::Other;
+    }
+    match serde_json::from_str::<(f64, String, String)>(line) {
+        Ok((time, code, data)) if time.is_finite() && time >= 0.0 => {
+            if code == "o" {
+                Line::Output(Output { time, data })
+            } else {
+                Line::Other
+            }
+        }
+        _ => Line::NotAnEvent,
+    }
+}
+
+/// Parses a whole asciicast v2 text (`postern play` reads a recording line by line as it
+/// arrives; this is the same reading at once).
+#[cfg(test)]
+pub fn parse(text: &str) -> anyhow::Result<Cast> {
+    let mut lines = text.lines();
+    let header = parse_header(lines.next().unwrap_or_default())?;
     let mut output = Vec::new();
     let mut skipped_lines = 0;
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<(f64, String, String)>(line) {
-            Ok((time, code, data)) if time.is_finite() && time >= 0.0 => {
-                if code == "o" {
-                    output.push(Output { time, data });
-                }
-            }
-            _ => skipped_lines += 1,
+    for line in lines {
+        match parse_event(line) {
+            Line::Output(ev) => output.push(ev),
+            Line::Other => {}
+            Line::NotAnEvent => skipped_lines += 1,
         }
     }
     Ok(Cast {

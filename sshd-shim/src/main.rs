@@ -8,132 +8,15 @@ mod pam;
 mod state;
 mod sync;
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use postern_core::api::Secret;
+// The command line lives in the library (src/cli.rs) so that man/ can render it.
+use postern_shim::cli::{Cli, Cmd};
 
-use crate::state::{StateDir, DEFAULT_STATE_DIR};
-
-const EXAMPLES: &str = "\
-Examples:
-  Join this server (token from `posternd tokens add --kind node`):
-    postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:... --token TOKEN --name web1 --pam
-
-  Refresh policy, locks, KRL and the host certificate (the package's timer runs this):
-    postern-shim sync
-
-  What sshd runs for every certificate login (see 50-postern.conf):
-    postern-shim principals %u %k %t %i %s
-
-Exit status: 0 success (principals: allowed), 1 error or denied, 2 usage error.";
-
-/// Postern's server helper for stock sshd.
-#[derive(Parser)]
-#[command(name = "postern-shim", version, after_help = EXAMPLES)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
-enum Cmd {
-    /// Join this server: host certificate, node-access CA, KRL, policy bundle, sshd drop-in.
-    #[command(
-        after_help = "Example:\n  postern-shim join --ca https://ca:3080 --ca-pin sha256:... --token T --name web1 --labels env=prod --pam\n\nThe drop-in is checked with `sshd -t`; when the check fails it is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
-    )]
-    Join {
-        /// posternd's API URL.
-        #[arg(long, value_name = "URL")]
-        ca: String,
-        /// The CA pin printed by `posternd init` (sha256:...).
-        #[arg(long, value_name = "PIN")]
-        ca_pin: String,
-        /// A single-use token from `posternd tokens add --kind node`.
-        #[arg(
-            long,
-            value_name = "T",
-            env = "POSTERN_JOIN_TOKEN",
-            hide_env_values = true
-        )]
-        token: String,
-        /// This server's name (one DNS label); users reach it as NAME.<cluster>.
-        #[arg(long, value_name = "NAME")]
-        name: String,
-        /// HOST:PORT where sshd listens, as the gateway should dial it.
-        #[arg(long, value_name = "HOST:PORT")]
-        address: Option<String>,
-        /// Labels to ask for (the token's labels win).
-        #[arg(long, value_name = "K=V,...", default_value = "")]
-        labels: String,
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// sshd's main configuration file (for `sshd -t -f`).
-        #[arg(long, value_name = "FILE", default_value = "/etc/ssh/sshd_config")]
-        sshd_config: PathBuf,
-        /// sshd's drop-in directory.
-        #[arg(long, value_name = "DIR", default_value = "/etc/ssh/sshd_config.d")]
-        sshd_config_dir: PathBuf,
-        /// The shim as sshd runs it (root-owned path, no writable parent).
-        #[arg(
-            long,
-            value_name = "PATH",
-            default_value = "/usr/libexec/postern/postern-shim"
-        )]
-        shim_path: PathBuf,
-        /// Do not reload sshd.
-        #[arg(long)]
-        no_reload: bool,
-        /// Add the pam_exec lines to sshd's PAM file.
-        #[arg(long)]
-        pam: bool,
-        /// sshd's PAM file (with --pam).
-        #[arg(long, value_name = "FILE", default_value = "/etc/pam.d/sshd")]
-        pam_file: PathBuf,
-        /// The sshd binary used for `sshd -t`.
-        #[arg(long, value_name = "PATH", default_value = "/usr/sbin/sshd")]
-        sshd: PathBuf,
-    },
-    /// sshd's AuthorizedPrincipalsCommand: prints USER iff the bundle allows this certificate.
-    #[command(
-        after_help = "sshd runs: postern-shim principals %u %k %t %i %s\nIt reads local files only, answers within 2 seconds, and logs each decision to syslog."
-    )]
-    Principals {
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// %u %k %t %i %s
-        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
-        args: Vec<OsString>,
-    },
-    /// pam_exec helper: locks in the account stage, audit events on session open and close.
-    Pam {
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-    },
-    /// Fetch policy, locks and KRL; renew the host certificate; deliver spooled events.
-    #[command(after_help = "Example:\n  postern-shim sync --state-dir /var/lib/postern-shim")]
-    Sync {
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-    },
-    /// Show this node's identity, labels, bundle age and certificate expiry.
-    Status {
-        /// State directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use crate::state::StateDir;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use postern_core::api::Bundle;
 use serde::{Deserialize, Serialize};
 
-/// Default state directory (DESIGN.md).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/postern-shim";
+/// Default state directory (DESIGN.md); defined with the flags that default to it.
+pub use postern_shim::cli::DEFAULT_STATE_DIR;
 
 /// What `join` remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]

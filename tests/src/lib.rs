@@ -781,6 +781,13 @@ impl Gate {
 
     /// Joins and starts the gateway on `port`.
     pub fn start(ca: &Ca, port: u16) -> Gate {
+        let mut g = Gate::joined(ca, port);
+        g.spawn();
+        g
+    }
+
+    /// Joins the gateway (for `port`) without starting it: `spawn` starts it.
+    pub fn joined(ca: &Ca, port: u16) -> Gate {
         let dir = tempfile::Builder::new()
             .prefix("postern-gate")
             .tempdir()
@@ -793,14 +800,12 @@ impl Gate {
             .args(["--address", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(dir.path()));
         assert!(out.status.success(), "gate join: {}", text(&out));
-        let mut g = Gate {
+        Gate {
             dir,
             port,
             child: None,
             log: Default::default(),
-        };
-        g.spawn();
-        g
+        }
     }
 
     /// Starts (or restarts) `postern-gate serve` and waits for its ready line.
@@ -865,4 +870,116 @@ impl Person {
             .arg(format!("{node}.{}", ca.cluster))
             .args(args))
     }
+}
+
+impl Ca {
+    /// Appends text (a TOML table such as `[recordings]`) to posternd.toml (before `spawn`).
+    pub fn append_config(&self, text: &str) {
+        let p = self.config();
+        let old = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{old}\n{text}\n")).unwrap();
+    }
+}
+
+impl Gate {
+    /// The gateway's spool of recordings.
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    /// `curl` against the CA's API with this gateway's mTLS identity (the server checked
+    /// against the service CA): returns (HTTP status, body). `body` goes with `content_type`.
+    pub fn api(
+        &self,
+        ca: &Ca,
+        method: &str,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> (u16, String) {
+        let d = self.dir.path();
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--path-as-is",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg("--cacert")
+        .arg(d.join("ca.crt"))
+        .arg("--cert")
+        .arg(d.join("identity.crt"))
+        .arg("--key")
+        .arg(pkcs8_v1(&d.join("identity.key")));
+        let _file;
+        if let Some((bytes, content_type)) = body {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), bytes).unwrap();
+            cmd.args(["-H", &format!("content-type: {content_type}")])
+                .arg("--data-binary")
+                .arg(format!("@{}", f.path().display()));
+            _file = f;
+        }
+        let out = run(cmd.arg(format!("{}{path}", ca.url)));
+        assert!(
+            out.status.success(),
+            "curl {method} {path} failed: {}",
+            text(&out)
+        );
+        split_status(&out)
+    }
+}
+
+/// The SHA-256 of a file in hex, by `sha256sum`.
+pub fn sha256_hex(path: &std::path::Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// An Ed25519 PKCS#8 key written as version 1 beside the original (`<file>.v1`) and its path:
+/// curl's OpenSSL 3.0 does not read the version 2 form (RFC 5958, with the public key) that
+/// Postern writes and rustls reads.
+pub fn pkcs8_v1(key: &std::path::Path) -> PathBuf {
+    let out_path = PathBuf::from(format!("{}.v1", key.display()));
+    if out_path.exists() {
+        return out_path;
+    }
+    let pem = std::fs::read_to_string(key).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = run_with_input(Command::new("base64").arg("-d"), &b64);
+    assert!(der.status.success(), "{}", text(&der));
+    let der = der.stdout;
+    // SEQUENCE { INTEGER version, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING
+    // seed } [, public key] }: the seed is at the same place in both versions.
+    const ALGORITHM_AND_SEED: [u8; 11] = [
+        0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    assert_eq!(
+        &der[5..16],
+        &ALGORITHM_AND_SEED,
+        "not an Ed25519 PKCS#8 key"
+    );
+    let mut v1 = vec![0x30, 0x2e, 0x02, 0x01, 0x00];
+    v1.extend_from_slice(&ALGORITHM_AND_SEED);
+    v1.extend_from_slice(&der[16..48]);
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &v1).unwrap();
+    let b64 = run(Command::new("base64").arg("-w0").arg(f.path()));
+    assert!(b64.status.success(), "{}", text(&b64));
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        String::from_utf8_lossy(&b64.stdout).trim()
+    );
+    let tmp = PathBuf::from(format!("{}.tmp", out_path.display()));
+    std::fs::write(&tmp, pem).unwrap();
+    std::fs::rename(&tmp, &out_path).unwrap();
+    out_path
 }

@@ -1,6 +1,7 @@
-//! `postern recordings ls` and `postern play`: the user's own recorded sessions, fetched
-//! with the X.509 identity of the last login (as `postern renew` uses it) and replayed to
-//! the terminal.
+//! `postern recordings ls` and `postern play`: recorded sessions the user may see (their own,
+//! and others' on servers a role's `view_recordings` selects), fetched with the X.509
+//! identity of the last login (as `postern renew` uses it) and replayed to the terminal as
+//! the recording arrives, one line in memory at a time.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
@@ -17,13 +18,17 @@ use postern_api_client::{sanitize, Api};
 
 use super::{api_failure, signed_in, Refused, SignedIn};
 
-/// The largest recording `postern play` downloads (the CA accepts uploads up to 256 MiB).
-const MAX_CAST_BYTES: usize = 256 * 1024 * 1024;
+/// The longest line of a recording `postern play` reads (one event; the gateway writes one
+/// per packet, a few kilobytes).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The longest error answer read.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// Flags of `postern recordings ls`.
 #[derive(Debug)]
 pub struct LsArgs {
-    /// `--user` (only yourself, for now).
+    /// `--user`: yourself, or another user when a role of yours has `view_recordings`.
     pub user: Option<Username>,
     /// `--node`.
     pub node: Option<NodeName>,
@@ -71,20 +76,27 @@ pub fn ls(layout: &Layout, args: LsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        println!(
-            "No recorded sessions of {} on {}.",
-            s.profile.user, s.profile.cluster
-        );
+        match &args.user {
+            Some(u) if *u != s.profile.user => println!(
+                "No recorded sessions of {u} that you may see on {}.",
+                s.profile.cluster
+            ),
+            _ => println!(
+                "No recorded sessions that you may see on {}.",
+                s.profile.cluster
+            ),
+        }
         return Ok(());
     }
     println!(
-        "{:<28} {:<16} {:<16} {:<24} {:>9} {:>10}",
-        "ID", "SERVER", "LOGIN", "STARTED", "DURATION", "SIZE"
+        "{:<28} {:<16} {:<16} {:<16} {:<24} {:>9} {:>10}",
+        "ID", "USER", "SERVER", "LOGIN", "STARTED", "DURATION", "SIZE"
     );
     for r in &rows {
         println!(
-            "{:<28} {:<16} {:<16} {:<24} {:>9} {:>10}{}",
+            "{:<28} {:<16} {:<16} {:<16} {:<24} {:>9} {:>10}{}",
             sanitize(&r.id),
+            r.user.as_str(),
             r.node.as_str(),
             r.login.as_str(),
             local_time(r.started_at),
@@ -97,8 +109,13 @@ pub fn ls(layout: &Layout, args: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads the asciicast text of one recording.
-fn fetch(s: SignedIn, id: &str) -> anyhow::Result<String> {
+/// Downloads one recording and hands each line (without its line ending) to `each` as it
+/// arrives, so that a recording of any size plays in bounded memory.
+fn fetch_lines(
+    s: SignedIn,
+    id: &str,
+    mut each: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let url = format!("{}/v1/recordings/{id}", s.ca);
     let tls = postern_api_client::tls_config(s.pin, Some(s.identity))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -111,46 +128,68 @@ fn fetch(s: SignedIn, id: &str) -> anyhow::Result<String> {
         .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(600))
         .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTPS client")?;
-    let (status, body) = rt.block_on(async {
+    rt.block_on(async {
         let mut resp = http
             .get(&url)
             .send()
             .await
             .with_context(|| format!("could not reach {url}"))?;
         let status = resp.status();
-        let mut body = Vec::new();
+        if !status.is_success() {
+            let mut body = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .with_context(|| format!("reading the answer of {url}"))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ERROR_BYTES {
+                    break;
+                }
+            }
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| {
+                    format!(
+                        "{} (request id {})",
+                        sanitize(&e.error),
+                        sanitize(&e.request_id)
+                    )
+                })
+                .unwrap_or_else(|_| format!("the server answered {status}"));
+            if matches!(status.as_u16(), 401 | 403 | 423) {
+                return Err(Refused(super::refusal_text("playing the recording", &message)).into());
+            }
+            anyhow::bail!("cannot play recording {id}: {message}");
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        let mut line = |bytes: &[u8]| -> anyhow::Result<()> {
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            each(std::str::from_utf8(bytes).context("the recording is not UTF-8 text")?)
+        };
         while let Some(chunk) = resp
             .chunk()
             .await
             .with_context(|| format!("reading the answer of {url}"))?
         {
-            if body.len() + chunk.len() > MAX_CAST_BYTES {
-                anyhow::bail!("the recording is larger than {MAX_CAST_BYTES} bytes");
+            pending.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
+                line(&pending[start..start + n])?;
+                start += n + 1;
             }
-            body.extend_from_slice(&chunk);
+            pending.drain(..start);
+            if pending.len() > MAX_LINE_BYTES {
+                anyhow::bail!("a line of the recording is longer than {MAX_LINE_BYTES} bytes");
+            }
         }
-        Ok((status, body))
-    })?;
-    if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| {
-                format!(
-                    "{} (request id {})",
-                    sanitize(&e.error),
-                    sanitize(&e.request_id)
-                )
-            })
-            .unwrap_or_else(|_| format!("the server answered {status}"));
-        if matches!(status.as_u16(), 401 | 403 | 423) {
-            return Err(Refused(super::refusal_text("playing the recording", &message)).into());
+        if !pending.is_empty() {
+            line(&pending)?;
         }
-        anyhow::bail!("cannot play recording {id}: {message}");
-    }
-    String::from_utf8(body).context("the recording is not UTF-8 text")
+        Ok(())
+    })
 }
 
 /// Runs `postern play`.
@@ -161,32 +200,47 @@ pub fn play(layout: &Layout, args: PlayArgs) -> anyhow::Result<()> {
         sanitize(&args.id)
     );
     let s = signed_in(layout, "identity")?;
-    let text = fetch(s, &args.id)?;
-    let rec = cast::parse(&text)?;
     let stdout = std::io::stdout();
     let timed = stdout.is_terminal();
-    if !timed {
-        eprintln!(
-            "postern: standard output is not a terminal: writing the recording's output without its timing"
-        );
-    }
     let mut out = stdout.lock();
+    let mut header = false;
     let mut prev = 0.0;
-    for ev in &rec.output {
-        if timed {
-            std::thread::sleep(cast::delay(prev, ev.time, args.speed));
-            prev = ev.time;
+    let mut skipped_lines = 0usize;
+    fetch_lines(s, &args.id, |line| {
+        if !header {
+            cast::parse_header(line)?;
+            header = true;
+            if !timed {
+                eprintln!(
+                    "postern: standard output is not a terminal: writing the recording's output without its timing"
+                );
+            }
+            return Ok(());
         }
-        out.write_all(ev.data.as_bytes())?;
-        if timed {
-            out.flush()?;
+        match cast::parse_event(line) {
+            cast::Line::Output(ev) => {
+                if timed {
+                    std::thread::sleep(cast::delay(prev, ev.time, args.speed));
+                    prev = ev.time;
+                }
+                out.write_all(ev.data.as_bytes())?;
+                if timed {
+                    out.flush()?;
+                }
+            }
+            cast::Line::Other => {}
+            cast::Line::NotAnEvent => skipped_lines += 1,
         }
+        Ok(())
+    })?;
+    if !header {
+        // An empty recording: the same message as a first line that is not a header.
+        cast::parse_header("")?;
     }
     out.flush()?;
-    if rec.skipped_lines > 0 {
+    if skipped_lines > 0 {
         eprintln!(
-            "postern: warning: skipped {} line(s) of the recording that are not asciicast events",
-            rec.skipped_lines
+            "postern: warning: skipped {skipped_lines} line(s) of the recording that are not asciicast events"
         );
     }
     Ok(())

@@ -1,0 +1,367 @@
+//! `posternd`'s command line: every subcommand and flag with its help and examples. It is a
+//! library module so that `man/` renders posternd(8) from the very definitions the daemon parses.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// The command line as a `clap::Command` (for the man page).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  Try Postern on this machine (creates ./postern-data, serves on 127.0.0.1:3080):
+    posternd quickstart
+
+  Set up a CA for real use, then run it:
+    posternd init --data-dir /var/lib/postern --cluster prod.example.com --listen 0.0.0.0:3080
+    posternd check-config --config /var/lib/postern/posternd.toml
+    posternd serve --config /var/lib/postern/posternd.toml
+
+  Invite a user (prints a one-time invite for `postern enroll`):
+    posternd users add alice --config /var/lib/postern/posternd.toml
+
+Exit status: 0 success, 1 error, 2 usage error.";
+
+/// Postern's certificate authority: OpenSSH user and host certificates, short-lived X.509
+/// identities, login with password + TOTP, TOML policy and a hash-chained audit log.
+#[derive(Parser)]
+#[command(name = "posternd", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigArg {
+    /// The daemon's configuration file.
+    #[arg(
+        long,
+        default_value = "/etc/postern/posternd.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print one JSON value instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a new CA: config, sample policy, CA keys, API certificate and database.
+    #[command(
+        after_help = "Example:\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com\n\nPrints the CA pin (sha256:...) that clients pass as --ca-pin. Refuses to overwrite an existing CA."
+    )]
+    Init {
+        /// Where to create everything.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The cluster's DNS-style name; servers are reached as NAME.<cluster>.
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        /// Address the HTTPS API listens on.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:3080")]
+        listen: std::net::SocketAddr,
+        /// Extra DNS names or IP addresses for the API certificate.
+        #[arg(long = "api-name", value_name = "NAME")]
+        api_names: Vec<String>,
+        /// Print one JSON object (cluster, api_url, ca_pin, config).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the HTTPS API and the admin socket.
+    #[command(
+        after_help = "Example:\n  posternd serve --config /var/lib/postern/posternd.toml\n\nSIGHUP (or editing the file) reloads the policy; a bad policy is reported with file:line:column and the last good one stays in force."
+    )]
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate the configuration and the policy without starting (like `sshd -t`).
+    #[command(
+        after_help = "Example:\n  posternd check-config --config /etc/postern/posternd.toml\n\nAdd --print to show the effective configuration (like `sshd -T`)."
+    )]
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the effective configuration and policy as JSON.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Try Postern on this machine: init when needed, create user `admin`, serve on 127.0.0.1:3080.
+    #[command(
+        after_help = "Example:\n  posternd quickstart --data-dir ./postern-data\n\nPrints the `postern enroll` and `postern login` commands to run next."
+    )]
+    Quickstart {
+        /// Data directory (created when missing).
+        #[arg(long, value_name = "DIR", default_value = "./postern-data")]
+        data_dir: PathBuf,
+        /// Address to serve on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Manage users (invites, removal, reset).
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Export CA public keys.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// List issued certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Single-use join tokens for servers and gateways.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Joined servers.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Locks on users, logins or nodes.
+    #[command(subcommand)]
+    Lock(LockCmd),
+    /// Joined gateways (`postern-gate`).
+    #[command(subcommand)]
+    Gateways(GatewaysCmd),
+    /// Session recordings uploaded by gateways.
+    #[command(subcommand)]
+    Recordings(RecordingsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum GatewaysCmd {
+    /// List joined gateways: name, public address, when they joined and were last seen.
+    #[command(
+        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway\n  postern-gate join --ca URL --ca-pin PIN --token TOKEN --name gate1\nRemove one with `posternd nodes rm NAME`."
+    )]
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecordingsCmd {
+    /// List recorded sessions, newest first.
+    #[command(
+        after_help = "Examples:\n  posternd recordings ls\n  posternd recordings ls --user alice --node web1 --json\n\nEach recording is the asciicast v2 file DATA_DIR/recordings/ID.cast; play it with\n`asciinema play FILE`, or as its user with `postern play ID`."
+    )]
+    Ls {
+        /// Only this Postern user's sessions.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only sessions on this server.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// How many.
+        #[arg(short = 'n', long = "limit", default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Create a single-use join token (printed once; only its id is stored in the clear).
+    #[command(
+        after_help = "Examples:\n  posternd tokens add --kind node --labels env=prod,team=web\n  posternd tokens add --kind gateway --ttl 10m --json\n\nOn the server:\n  postern-shim join --ca URL --ca-pin PIN --token TOKEN --name web1"
+    )]
+    Add {
+        /// What may join with it.
+        #[arg(long, value_parser = ["node", "gateway"])]
+        kind: String,
+        /// Labels the joined node gets (they win over labels the node asks for).
+        #[arg(long, default_value = "", value_name = "K=V,...")]
+        labels: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "30m", value_name = "DUR")]
+        ttl: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List unexpired tokens (ids, not the tokens).
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Delete a token (give the token or its id).
+    Rm {
+        /// The token or its id.
+        token: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    /// List joined servers.
+    #[command(after_help = "Example:\n  posternd nodes ls --json")]
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Remove a server; its identity and host certificates stop working at once.
+    #[command(after_help = "Example:\n  posternd nodes rm web1")]
+    Rm {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LockCmd {
+    /// Lock a user, a login or a node: stops issuance and renewal, reaches servers at their next sync.
+    #[command(
+        after_help = "Examples:\n  posternd lock add --user alice --reason 'laptop stolen'\n  posternd lock add --login root --ttl 1h --reason 'maintenance'\n  posternd lock add --node web1 --reason 'incident 42'"
+    )]
+    Add {
+        /// Lock this Postern user.
+        #[arg(long, group = "target", value_name = "USER")]
+        user: Option<String>,
+        /// Lock this OS login on every server.
+        #[arg(long, group = "target", value_name = "LOGIN")]
+        login: Option<String>,
+        /// Lock every login on this server.
+        #[arg(long, group = "target", value_name = "NODE")]
+        node: Option<String>,
+        /// How long the lock lasts (default: until removed).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        /// Why (shown in `lock ls` and the audit log).
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List locks in force.
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Remove a lock.
+    Rm {
+        /// Lock id (from `lock ls`).
+        id: i64,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UsersCmd {
+    /// Add a user and print a one-time invite (valid 24h) for `postern enroll`.
+    #[command(
+        after_help = "Example:\n  posternd users add alice\n\nGive alice a role in the policy file ([users.alice] roles = [...]) so that she can log in."
+    )]
+    Add {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List users.
+    #[command(after_help = "Example:\n  posternd users ls --json")]
+    Ls {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Remove a user; their certificates can no longer be renewed.
+    #[command(after_help = "Example:\n  posternd users rm alice")]
+    Rm {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Clear a user's password and TOTP and print a new invite.
+    #[command(after_help = "Example:\n  posternd users reset alice")]
+    Reset {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Print a CA's public key as an authorized_keys-style line (for TrustedUserCAKeys etc.).
+    #[command(
+        after_help = "Examples:\n  posternd ca export user > /etc/ssh/postern_user_ca.pub\n  posternd ca export host"
+    )]
+    Export {
+        /// Which CA.
+        #[arg(value_parser = ["user", "host", "node-access"])]
+        ca: String,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// Sign a key by hand, like `ssh-keygen -s` (break-glass): capped by policy and audited.
+    #[command(
+        after_help = "Examples:\n  posternd certs sign --ca node-access --key id.pub --principal deploy --user alice --ttl 5m\n  posternd certs sign --ca host --key ssh_host_ed25519_key.pub --principal web1 --principal web1.prod.example.com"
+    )]
+    Sign {
+        /// Which CA signs.
+        #[arg(long, value_parser = ["user", "host", "node-access"])]
+        ca: String,
+        /// The public key file to certify.
+        #[arg(long, value_name = "PUBFILE")]
+        key: PathBuf,
+        /// A principal (login, or host name for --ca host); repeat for more.
+        #[arg(long = "principal", value_name = "P", required = true)]
+        principals: Vec<String>,
+        /// The Postern user (the key id) for user and node-access certificates.
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Lifetime (capped by the policy).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List issued certificates, newest first.
+    #[command(after_help = "Example:\n  posternd certs ls -n 20")]
+    Ls {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Show the last events.
+    #[command(after_help = "Example:\n  posternd audit tail -n 50")]
+    Tail {
+        /// How many events.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u32,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Check the hash chain; exit 1 and name the events when it was tampered with.
+    #[command(after_help = "Example:\n  posternd audit verify")]
+    Verify {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+}

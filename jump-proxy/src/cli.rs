@@ -1,0 +1,74 @@
+//! `postern-gate`'s command line: every subcommand and flag with its help and examples. It is
+//! a library module so that `man/` renders postern-gate(8) from the very definitions the
+//! gateway parses.
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// The command line as a `clap::Command` (for the man page).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  Join (token from `posternd tokens add --kind gateway`), then serve:
+    postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
+        --state-dir /var/lib/postern-gate --address gate.example.com:3023
+    postern-gate serve --state-dir /var/lib/postern-gate
+
+  Users need nothing but the ssh_config that `postern login` writes:
+    ssh web1.prod.example.com        (ProxyJump through the gateway)
+
+Exit status: 0 success, 1 error, 2 usage error.";
+
+/// Postern's recording ProxyJump gateway.
+#[derive(Parser)]
+#[command(name = "postern-gate", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Join the cluster as a gateway: host certificate and mTLS identity.
+    Join {
+        /// posternd's API URL.
+        #[arg(long, value_name = "URL")]
+        ca: String,
+        /// The CA pin (sha256:...).
+        #[arg(long, value_name = "PIN")]
+        ca_pin: String,
+        /// A single-use token of kind `gateway`.
+        #[arg(
+            long,
+            value_name = "T",
+            env = "POSTERN_JOIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        /// The gateway's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// State directory.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
+        state_dir: PathBuf,
+        /// The address clients use (its host goes into the host certificate).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+    },
+    /// Serve SSH for `ssh -J`.
+    Serve {
+        /// State directory (from `join`).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
+        state_dir: PathBuf,
+        /// Optional configuration file (`gate.toml`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+}

@@ -1,0 +1,388 @@
+//! User stories of legacy scp (`scp -O`) through postern-gate: every file and directory a
+//! stock scp moves, either way, is an audit event in the CA's log with its full path, mode and
+//! byte count, and an scp command the gateway cannot follow is recorded like any command.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use postern_tests::{run, text, Ca, Gate, Node, Person, TEST_LOGIN};
+use serde_json::Value;
+
+fn policy() -> String {
+    format!(
+        r#"
+[defaults]
+user_cert_ttl = "1h"
+
+[roles.dev]
+logins = ["{TEST_LOGIN}"]
+nodes = {{ env = "dev" }}
+permit = ["pty"]
+
+[users.alice]
+roles = ["dev"]
+"#
+    )
+}
+
+struct Cluster {
+    ca: Ca,
+    _node: Node,
+    gate: Gate,
+    alice: Person,
+}
+
+fn cluster() -> Cluster {
+    let mut ca = Ca::init(&policy());
+    let gport = Gate::reserve_port();
+    ca.set_gateway(&format!("127.0.0.1:{gport}"));
+    ca.spawn();
+    let token = ca.token("node", "env=dev");
+    let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    node.start_sshd();
+    let gate = Gate::start(&ca, gport);
+    let mut alice = Person::new("alice");
+    alice.enroll(&ca);
+    alice.login(&ca);
+    Cluster {
+        ca,
+        _node: node,
+        gate,
+        alice,
+    }
+}
+
+impl Cluster {
+    /// `user@web1.<cluster>`.
+    fn host(&self) -> String {
+        format!("{TEST_LOGIN}@web1.{}", self.ca.cluster)
+    }
+
+    /// Stock `scp -O` (the legacy protocol) with the config `postern login` wrote.
+    fn scp(&self, args: &[&str], from: &Path, to: &str) {
+        self.scp_raw(args, from.as_os_str().to_str().unwrap(), to);
+    }
+
+    fn scp_raw(&self, args: &[&str], from: &str, to: &str) {
+        let out = run(std::process::Command::new("scp")
+            .env("HOME", self.alice.home.path())
+            .arg("-F")
+            .arg(self.alice.home.path().join(".ssh/config"))
+            .args(["-O", "-q", "-o", "BatchMode=yes"])
+            .args(args)
+            .arg(from)
+            .arg(to));
+        assert!(
+            out.status.success(),
+            "scp -O {args:?} {from} {to}: {}\ngate:\n{}",
+            text(&out),
+            self.gate.log()
+        );
+    }
+
+    /// The `gateway.scp.*` events in the CA's audit log: (kind, detail the gateway sent).
+    fn scp_events(&self) -> Vec<(String, Value)> {
+        self.ca
+            .audit()
+            .into_iter()
+            .filter(|e| {
+                e["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("gateway.scp.")
+            })
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["detail"]["detail"]["extra"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the audit log holds every expected event (kind and the fields given) as
+    /// many times as it is expected, and returns all scp events.
+    fn wait_for(&self, want: &[(&str, Value)]) -> Vec<(String, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.scp_events();
+            let count = |(kind, fields): &(&str, Value)| {
+                got.iter()
+                    .filter(|(k, d)| {
+                        k == kind
+                            && fields
+                                .as_object()
+                                .unwrap()
+                                .iter()
+                                .all(|(f, v)| d.get(f) == Some(v))
+                    })
+                    .count()
+            };
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|w| count(w) != want.iter().filter(|x| x == w).count())
+                .collect();
+            if missing.is_empty() {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "missing or repeated in the audit log: {missing:#?}\nscp events: {got:#?}\ngate:\n{}",
+                self.gate.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A directory the node's login can write to, removed at the end.
+fn remote_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("postern-scp-remote")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+fn write(path: &Path, len: usize, seed: u8, mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect();
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mode(path: &Path) -> String {
+    format!(
+        "{:04o}",
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    )
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn no_give_up(events: &[(String, Value)]) {
+    assert!(
+        !events
+            .iter()
+            .any(|(k, _)| k == "gateway.scp.observer_gave_up"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn legacy_scp_of_one_file_both_ways_is_audited_with_path_mode_and_bytes() {
+    let c = cluster();
+    let remote = remote_dir();
+    let r = remote.path();
+    let local = tempfile::tempdir().unwrap();
+    let f = local.path().join("report.txt");
+    write(&f, 12_345, 1, 0o640);
+
+    // Upload into a directory (the target ends with a slash: certainly a directory).
+    c.scp(&[], &f, &format!("{}:{}/", c.host(), s(r)));
+    assert_same(&f, &r.join("report.txt"));
+    let up = s(&r.join("report.txt"));
+    // Upload to a new name: the server alone knows whether the target is a directory, so the
+    // event carries both readings.
+    let renamed = s(&r.join("renamed.txt"));
+    c.scp(&[], &f, &format!("{}:{renamed}", c.host()));
+    assert_same(&f, &r.join("renamed.txt"));
+    // Download.
+    let back = local.path().join("back.txt");
+    c.scp_raw(&[], &format!("{}:{up}", c.host()), &s(&back));
+    assert_same(&f, &back);
+
+    let remote_mode = mode(&r.join("report.txt"));
+    let events = c.wait_for(&[
+        (
+            "gateway.scp.open",
+            serde_json::json!({ "path": up, "mode": "0640", "size": 12_345, "direction": "upload" }),
+        ),
+        (
+            "gateway.scp.close",
+            serde_json::json!({ "path": up, "written": 12_345, "read": 0, "ok": true }),
+        ),
+        (
+            "gateway.scp.open",
+            serde_json::json!({
+                "path": renamed,
+                "path_if_target_is_dir": format!("{renamed}/report.txt"),
+                "mode": "0640",
+                "size": 12_345,
+                "direction": "upload",
+            }),
+        ),
+        (
+            "gateway.scp.close",
+            serde_json::json!({ "path": renamed, "written": 12_345, "ok": true }),
+        ),
+        (
+            "gateway.scp.open",
+            serde_json::json!({ "path": up, "mode": remote_mode, "size": 12_345, "direction": "download" }),
+        ),
+        (
+            "gateway.scp.close",
+            serde_json::json!({ "path": up, "read": 12_345, "written": 0, "ok": true }),
+        ),
+    ]);
+    no_give_up(&events);
+    assert_eq!(events.len(), 6, "{events:#?}");
+}
+
+#[test]
+fn legacy_scp_of_a_directory_tree_both_ways_is_audited_per_file_and_directory() {
+    let c = cluster();
+    let remote = remote_dir();
+    let r = remote.path();
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("tree");
+    // (relative path, size, mode)
+    let files = [
+        ("a.txt", 1_000, 0o644),
+        ("sub/b.bin", 70_000, 0o600),
+        ("sub/empty", 0, 0o644),
+        ("sub/deeper/c.txt", 300, 0o755),
+    ];
+    for (i, (rel, len, m)) in files.iter().enumerate() {
+        write(&tree.join(rel), *len, i as u8, *m);
+    }
+    for d in ["sub", "sub/deeper"] {
+        std::fs::set_permissions(tree.join(d), std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    c.scp(&["-r"], &tree, &format!("{}:{}/", c.host(), s(r)));
+    let rtree = r.join("tree");
+    for (rel, _, _) in files {
+        assert_same(&tree.join(rel), &rtree.join(rel));
+    }
+    let down = local.path().join("down");
+    std::fs::create_dir(&down).unwrap();
+    c.scp_raw(&["-r"], &format!("{}:{}", c.host(), s(&rtree)), &s(&down));
+    for (rel, _, _) in files {
+        assert_same(&tree.join(rel), &down.join("tree").join(rel));
+    }
+
+    let mut want = vec![];
+    for (kind, dir) in [
+        ("gateway.scp.mkdir", &tree),
+        ("gateway.scp.opendir", &rtree),
+    ] {
+        for d in ["", "sub", "sub/deeper"] {
+            want.push((
+                kind,
+                serde_json::json!({ "path": s(&rtree.join(d)).trim_end_matches('/'), "mode": mode(&dir.join(d)) }),
+            ));
+        }
+    }
+    for (rel, len, _) in files {
+        let path = s(&rtree.join(rel));
+        want.push((
+            "gateway.scp.open",
+            serde_json::json!({ "path": path, "mode": mode(&tree.join(rel)), "size": len, "direction": "upload" }),
+        ));
+        want.push((
+            "gateway.scp.close",
+            serde_json::json!({ "path": path, "read": 0, "written": len, "ok": true }),
+        ));
+        want.push((
+            "gateway.scp.open",
+            serde_json::json!({ "path": path, "mode": mode(&rtree.join(rel)), "size": len, "direction": "download" }),
+        ));
+        want.push((
+            "gateway.scp.close",
+            serde_json::json!({ "path": path, "read": len, "written": 0, "ok": true }),
+        ));
+    }
+    let events = c.wait_for(&want);
+    no_give_up(&events);
+    assert_eq!(events.len(), want.len(), "{events:#?}");
+    // Each file's close follows its open, and a directory's files follow its mkdir.
+    let at = |kind: &str, path: &str, dir: &str| {
+        events
+            .iter()
+            .position(|(k, d)| {
+                k == kind
+                    && d["path"] == path
+                    && (dir.is_empty() || d.get("direction").is_none_or(|v| v == dir))
+            })
+            .unwrap()
+    };
+    for (rel, _, _) in files {
+        let p = s(&rtree.join(rel));
+        assert!(at("gateway.scp.open", &p, "upload") < at("gateway.scp.close", &p, ""));
+    }
+    assert!(
+        at("gateway.scp.mkdir", &s(&rtree.join("sub/deeper")), "")
+            < at(
+                "gateway.scp.open",
+                &s(&rtree.join("sub/deeper/c.txt")),
+                "upload"
+            )
+    );
+}
+
+#[test]
+fn an_scp_command_the_gateway_cannot_follow_is_recorded_like_any_command() {
+    let c = cluster();
+    // Shell syntax around scp: not a plain transfer, so the gateway records the session
+    // instead of trusting that only scp runs, and says it could not follow it.
+    let out = c.alice.ssh_via_gate(
+        &c.ca,
+        "web1",
+        TEST_LOGIN,
+        &["scp -f /nonexistent-postern; echo not-only-scp"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not-only-scp"),
+        "{}",
+        text(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = c.scp_events();
+        let recs = c.ca.admin_json(&["recordings", "ls"]);
+        let gave_up = events.iter().any(|(k, d)| {
+            k == "gateway.scp.observer_gave_up"
+                && d["reason"] == "unsupported scp command: shell operator"
+        });
+        let recorded = recs.as_array().is_some_and(|l| {
+            l.iter().any(|m| {
+                let id = m["id"].as_str().unwrap_or_default();
+                std::fs::read_to_string(
+                    c.ca.dir
+                        .path()
+                        .join("recordings")
+                        .join(format!("{id}.cast")),
+                )
+                .is_ok_and(|cast| cast.contains("not-only-scp"))
+            })
+        });
+        if gave_up && recorded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up: {gave_up}, recorded: {recorded}\n{events:#?}\n{}",
+            c.gate.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
