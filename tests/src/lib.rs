@@ -983,3 +983,42 @@ pub fn pkcs8_v1(key: &std::path::Path) -> PathBuf {
     std::fs::rename(&tmp, &out_path).unwrap();
     out_path
 }
+
+/// The cluster of the gateway stories: a CA with the given policy whose
+/// `[gateway] public_addr` is the gateway's, one server `web1` (labels `env=dev`) joined with
+/// postern-shim and running sshd, a joined and serving postern-gate, and alice enrolled and
+/// logged in (her ssh_config goes through the gateway).
+pub struct GateCluster {
+    /// The CA.
+    pub ca: Ca,
+    /// The server `web1`.
+    pub node: Node,
+    /// The gateway.
+    pub gate: Gate,
+    /// alice, logged in.
+    pub alice: Person,
+}
+
+impl GateCluster {
+    /// Starts everything; panics with the failing step's output otherwise.
+    pub fn start(policy: &str) -> GateCluster {
+        let mut ca = Ca::init(policy);
+        let gport = Gate::reserve_port();
+        ca.set_gateway(&format!("127.0.0.1:{gport}"));
+        ca.spawn();
+        let token = ca.token("node", "env=dev");
+        let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        node.start_sshd();
+        let gate = Gate::start(&ca, gport);
+        let mut alice = Person::new("alice");
+        alice.enroll(&ca);
+        alice.login(&ca);
+        GateCluster {
+            ca,
+            node,
+            gate,
+            alice,
+        }
+    }
+}

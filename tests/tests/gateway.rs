@@ -2,7 +2,7 @@
 //! `postern login` wrote; policy checked, sessions recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use postern_tests::{run, text, Ca, Gate, Node, Person, TEST_LOGIN};
+use postern_tests::{run, text, Ca, GateCluster, Person, TEST_LOGIN};
 
 fn policy() -> String {
     format!(
@@ -29,32 +29,10 @@ roles = ["fwd"]
     )
 }
 
-struct Cluster {
-    ca: Ca,
-    _node: Node,
-    gate: Gate,
-    alice: Person,
-}
+type Cluster = GateCluster;
 
 fn cluster() -> Cluster {
-    let mut ca = Ca::init(&policy());
-    let gport = Gate::reserve_port();
-    ca.set_gateway(&format!("127.0.0.1:{gport}"));
-    ca.spawn();
-    let token = ca.token("node", "env=dev");
-    let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    node.start_sshd();
-    let gate = Gate::start(&ca, gport);
-    let mut alice = Person::new("alice");
-    alice.enroll(&ca);
-    alice.login(&ca);
-    Cluster {
-        ca,
-        _node: node,
-        gate,
-        alice,
-    }
+    GateCluster::start(&policy())
 }
 
 #[test]
@@ -440,7 +418,7 @@ fn through_forward(person: &Person, ca: &Ca, target_port: u16) -> String {
 #[test]
 fn port_forwarding_follows_permits() {
     let c = cluster();
-    let node_port = c._node.port;
+    let node_port = c.node.port;
     // alice's role does not permit port forwarding: the channel is refused.
     assert_eq!(
         through_forward(&c.alice, &c.ca, node_port),
@@ -531,7 +509,7 @@ fn user_certificate_used_directly_against_the_server_is_refused() {
         .arg(dir.join("id_ed25519"))
         .args([
             "-p",
-            &c._node.port.to_string(),
+            &c.node.port.to_string(),
             "-l",
             TEST_LOGIN,
             "127.0.0.1",

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use postern_tests::{run, text, Ca, Gate, Node, Person, TEST_LOGIN};
+use postern_tests::{run, text, Ca, GateCluster, Person, TEST_LOGIN};
 
 fn policy(recording: &str) -> String {
     format!(
@@ -35,32 +35,10 @@ roles = ["agent"]
     )
 }
 
-struct Cluster {
-    ca: Ca,
-    node: Node,
-    gate: Gate,
-    alice: Person,
-}
+type Cluster = GateCluster;
 
 fn cluster(recording: &str) -> Cluster {
-    let mut ca = Ca::init(&policy(recording));
-    let gport = Gate::reserve_port();
-    ca.set_gateway(&format!("127.0.0.1:{gport}"));
-    ca.spawn();
-    let token = ca.token("node", "env=dev");
-    let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    node.start_sshd();
-    let gate = Gate::start(&ca, gport);
-    let mut alice = Person::new("alice");
-    alice.enroll(&ca);
-    alice.login(&ca);
-    Cluster {
-        ca,
-        node,
-        gate,
-        alice,
-    }
+    GateCluster::start(&policy(recording))
 }
 
 /// Waits until the CA holds `n` recordings; returns (metadata, cast path), oldest first.

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postern_tests::{run, text, Ca, Gate, Node, Person, TEST_LOGIN};
+use postern_tests::{run, text, GateCluster, TEST_LOGIN};
 use serde_json::Value;
 
 fn policy() -> String {
@@ -27,32 +27,18 @@ roles = ["dev"]
     )
 }
 
-struct Cluster {
-    ca: Ca,
-    _node: Node,
-    gate: Gate,
-    alice: Person,
+/// The gateway cluster, with scp helpers.
+struct Cluster(GateCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = GateCluster;
+    fn deref(&self) -> &GateCluster {
+        &self.0
+    }
 }
 
 fn cluster() -> Cluster {
-    let mut ca = Ca::init(&policy());
-    let gport = Gate::reserve_port();
-    ca.set_gateway(&format!("127.0.0.1:{gport}"));
-    ca.spawn();
-    let token = ca.token("node", "env=dev");
-    let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    node.start_sshd();
-    let gate = Gate::start(&ca, gport);
-    let mut alice = Person::new("alice");
-    alice.enroll(&ca);
-    alice.login(&ca);
-    Cluster {
-        ca,
-        _node: node,
-        gate,
-        alice,
-    }
+    Cluster(GateCluster::start(&policy()))
 }
 
 impl Cluster {
