@@ -426,6 +426,31 @@ struct AgentBridge {
     session: String,
     user: String,
     node: String,
+    cut: watch::Receiver<Option<String>>,
+}
+
+/// Returns once the session is cut by a lock (or its gateway-side state is gone).
+async fn until_cut(mut cut: watch::Receiver<Option<String>>) {
+    loop {
+        if cut.borrow_and_update().is_some() {
+            return;
+        }
+        if cut.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Copies both ways until either side ends or the session is cut.
+async fn bridge<A, B>(mut a: A, mut b: B, cut: watch::Receiver<Option<String>>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+        _ = until_cut(cut) => {}
+    }
 }
 
 impl Drop for Inner {
@@ -642,7 +667,11 @@ impl russh::server::Handler for Inner {
             .ctx
             .as_ref()
             .is_some_and(|c| c.permits.contains(&Permit::PortForwarding));
-        let (Some(up), true) = (self.upstream.as_ref(), allowed) else {
+        let (Some(up), Some(cut), true) = (
+            self.upstream.as_ref(),
+            self.ctx.as_ref().map(|c| c.cut.clone()),
+            allowed,
+        ) else {
             tracing::info!(user = %self.user, host = %host.chars().take(100).collect::<String>(), port, "port forwarding refused by permits");
             self.gw.audit.forward(
                 self.user.as_str(),
@@ -674,9 +703,7 @@ impl russh::server::Handler for Inner {
                     true,
                 );
                 tokio::spawn(async move {
-                    let mut a = channel.into_stream();
-                    let mut b = up_ch.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    bridge(channel.into_stream(), up_ch.into_stream(), cut).await;
                 });
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
@@ -763,6 +790,7 @@ impl russh::server::Handler for Inner {
                 session: ctx.id.clone(),
                 user: self.user.to_string(),
                 node: self.node.name.to_string(),
+                cut: ctx.cut.clone(),
             });
         }
         Ok(true)
@@ -867,9 +895,9 @@ impl russh::client::Handler for Upstream {
         reply: russh::client::ChannelOpenHandle,
         _session: &mut russh::client::Session,
     ) -> Result<(), Self::Error> {
-        let bridge = self.agent.lock().ok().and_then(|a| a.clone());
-        let Some(b) = bridge else {
-            tracing::warn!(server = %self.name, "server opened an agent channel that was never requested; refused");
+        let found = self.agent.lock().ok().and_then(|a| a.clone());
+        let Some(b) = found.filter(|b| b.cut.borrow().is_none()) else {
+            tracing::warn!(server = %self.name, "server opened an agent channel that was never requested (or after a lock); refused");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -881,9 +909,7 @@ impl russh::client::Handler for Upstream {
                     reply.accept().await;
                     b.audit
                         .agent(&b.user, &b.node, &b.session, "gateway.agent_channel");
-                    let mut a = down.into_stream();
-                    let mut u = channel.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut u).await;
+                    bridge(down.into_stream(), channel.into_stream(), b.cut).await;
                 }
                 Err(e) => {
                     tracing::info!(session = %b.session, error = %e, "the client refused the agent channel");
