@@ -121,6 +121,10 @@ impl Audit {
                 };
                 ("gateway.scp.error", d)
             }
+            ScpOp::ErrorsSuppressed { reported } => (
+                "gateway.scp.errors_suppressed",
+                json!({ "message": "too many scp error messages; the rest are not reported", "reported": reported }),
+            ),
             ScpOp::GaveUp { reason } => (
                 "gateway.scp.observer_gave_up",
                 json!({ "message": "scp observer gave up", "reason": reason }),

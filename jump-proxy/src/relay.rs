@@ -16,7 +16,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf};
 use tokio::sync::watch;
 
 use crate::record::Recorder;
-use crate::scp::{ScpCommand, ScpObserver};
+use crate::scp::{ScpCommand, ScpObserver, ScpOp};
 use crate::sftp::SftpObserver;
 
 /// What the relay needs besides the two channels.
@@ -58,6 +58,12 @@ struct Shared {
     rec_failed: bool,
     sftp: Option<SftpObserver>,
     scp: Option<ScpObserver>,
+    /// The exec command the scp observer follows: what its recording is titled if it gives up.
+    scp_cmd: String,
+    /// The client asked for a pty: an exec then is never taken for scp.
+    pty: bool,
+    /// The scp observer gave up and strict recording could not start: nothing more passes.
+    refused: bool,
     /// Requests forwarded with want_reply, in order: the server answers them in order.
     pending: VecDeque<&'static str>,
     size: (u32, u32),
@@ -79,6 +85,35 @@ async fn abort(
     let _ = down_w.eof().await;
     let _ = up_w.close().await;
     let _ = down_w.close().await;
+}
+
+const REFUSED: &str = "postern: cannot record this session; refused (strict recording)\r\n";
+
+/// Feeds bytes to the scp observer, if the channel has one. When it gives up (the bytes are
+/// not rcp, or came where scp sends none), the channel is recorded from these bytes on, like
+/// any exec: the caller records them before forwarding them. Returns the events, and false
+/// when the recording cannot start in strict mode (the session must end).
+fn observe_scp(
+    ctx: &RelayCtx,
+    s: &mut Shared,
+    feed: impl FnOnce(&mut ScpObserver) -> Vec<ScpOp>,
+) -> (Vec<ScpOp>, bool) {
+    if s.refused {
+        return (Vec::new(), false);
+    }
+    let Some(o) = s.scp.as_mut() else {
+        return (Vec::new(), true);
+    };
+    let ops = feed(o);
+    if !ops.iter().any(|op| matches!(op, ScpOp::GaveUp { .. })) {
+        return (ops, true);
+    }
+    s.scp = None;
+    let cmd = std::mem::take(&mut s.scp_cmd);
+    let ok = s.rec.is_some() || open_recorder(ctx, s, Some(&cmd));
+    // The other direction's task must not forward anything either until the channel closes.
+    s.refused = !ok;
+    (ops, ok)
 }
 
 /// Runs until either side closes.
@@ -161,19 +196,27 @@ async fn server_to_client(
             ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } => {
                 // Record first; forward only what was recorded (strict mode).
                 let mut scp_ops = Vec::new();
+                let mut refused = false;
                 let failure = match shared.lock() {
                     Ok(mut s) => {
+                        let is_data = matches!(m, ChannelMsg::Data { .. });
                         if let Some(o) = s.sftp.as_mut() {
-                            if matches!(m, ChannelMsg::Data { .. }) {
+                            if is_data {
                                 o.server_bytes(data);
                             }
                         }
-                        if let Some(o) = s.scp.as_mut() {
-                            if matches!(m, ChannelMsg::Data { .. }) {
-                                scp_ops = o.server_bytes(data);
+                        // scp speaks on standard output only; anything on standard error (a
+                        // shell's prompt, `bash -i >&2`) ends the observation and is recorded.
+                        let (ops, ok) = observe_scp(&ctx, &mut s, |o| {
+                            if is_data {
+                                o.server_bytes(data)
+                            } else {
+                                o.give_up_now("the server wrote to standard error")
                             }
-                        }
-                        let failed = s.rec_failed;
+                        });
+                        scp_ops = ops;
+                        refused = !ok;
+                        let failed = s.rec_failed || refused;
                         let r = match s.rec.as_mut() {
                             Some(r) if !failed => r.event("o", data).err(),
                             _ => None,
@@ -187,6 +230,10 @@ async fn server_to_client(
                 };
                 for op in scp_ops {
                     ctx.audit.scp_op(&ctx.meta, op);
+                }
+                if refused {
+                    abort(&down_w, &up_w, format!("\r\n{REFUSED}"), 255).await;
+                    return;
                 }
                 if let Some(e) = failure {
                     if ctx.mode == RecordingMode::Strict {
@@ -292,13 +339,20 @@ async fn client_to_server(
         }
     };
     while let Some(m) = down_r.wait().await {
+        if matches!(m, ChannelMsg::RequestPty { .. }) {
+            if let Ok(mut s) = shared.lock() {
+                s.pty = true;
+            }
+        }
         if !permitted(&m, &ctx.permits) {
             continue;
         }
         match m {
             ChannelMsg::Data { data } => {
-                let (ops, scp_ops) = match shared.lock() {
+                let (ops, scp_ops, ok) = match shared.lock() {
                     Ok(mut s) => {
+                        // First, so that bytes the scp observer gives up on are recorded.
+                        let (scp_ops, ok) = observe_scp(&ctx, &mut s, |o| o.client_bytes(&data));
                         if ctx.record_input {
                             if let Some(r) = s.rec.as_mut() {
                                 let _ = r.event("i", &data);
@@ -309,20 +363,19 @@ async fn client_to_server(
                             .as_mut()
                             .map(|o| o.client_bytes(&data))
                             .unwrap_or_default();
-                        let scp_ops = s
-                            .scp
-                            .as_mut()
-                            .map(|o| o.client_bytes(&data))
-                            .unwrap_or_default();
-                        (ops, scp_ops)
+                        (ops, scp_ops, ok)
                     }
-                    Err(_) => Default::default(),
+                    Err(_) => (Vec::new(), Vec::new(), true),
                 };
                 for op in ops {
                     ctx.audit.file_op(&ctx.meta, op);
                 }
                 for op in scp_ops {
                     ctx.audit.scp_op(&ctx.meta, op);
+                }
+                if !ok {
+                    abort(&down_w, &up_w, REFUSED.into(), 255).await;
+                    return;
                 }
                 if up_w.data_bytes(data).await.is_err() {
                     return;
@@ -405,9 +458,19 @@ async fn client_to_server(
             ChannelMsg::Exec { command, .. } => {
                 let cmd = String::from_utf8_lossy(&command).into_owned();
                 // Legacy scp is a file transfer, not a terminal: its bytes are not a cast but
-                // file-operation events. An scp command we cannot follow (shell syntax around
-                // it, unknown options) is recorded like any other command.
-                let scp = ScpCommand::parse(&cmd);
+                // file-operation events. Only the exact form stock scp sends is trusted (see
+                // `ScpCommand::parse`), never after a pty request or with bytes that are not
+                // UTF-8; anything else is recorded like any other command, and so is the rest
+                // of the channel as soon as the observer sees something that is not rcp.
+                let pty = shared.lock().map(|s| s.pty).unwrap_or(true);
+                let scp = match std::str::from_utf8(&command) {
+                    Ok(c) => ScpCommand::parse(c),
+                    Err(_) => ScpCommand::parse(&cmd).map(|_| Err("not UTF-8")),
+                };
+                let scp = match scp {
+                    Some(Ok(_)) if pty => Some(Err("a pty was requested")),
+                    other => other,
+                };
                 let observed = matches!(scp, Some(Ok(_)));
                 if !observed {
                     let ok = shared
@@ -415,14 +478,7 @@ async fn client_to_server(
                         .map(|mut s| open_recorder(&ctx, &mut s, Some(&cmd)))
                         .unwrap_or(false);
                     if !ok {
-                        abort(
-                            &down_w,
-                            &up_w,
-                            "postern: cannot record this session; refused (strict recording)\r\n"
-                                .into(),
-                            255,
-                        )
-                        .await;
+                        abort(&down_w, &up_w, REFUSED.into(), 255).await;
                         return;
                     }
                 }
@@ -430,17 +486,18 @@ async fn client_to_server(
                 ctx.audit.event(
                     &ctx.meta,
                     "gateway.exec",
-                    serde_json::json!({ "command": cmd.chars().take(4096).collect::<String>() }),
+                    serde_json::json!({ "command": cmd.chars().take(crate::scp::MAX_COMMAND).collect::<String>() }),
                 );
                 match scp {
                     Some(Ok(c)) => {
                         if let Ok(mut s) = shared.lock() {
                             s.scp = Some(ScpObserver::new(c));
+                            s.scp_cmd = cmd;
                         }
                     }
                     Some(Err(reason)) => ctx.audit.scp_op(
                         &ctx.meta,
-                        crate::scp::ScpOp::GaveUp {
+                        ScpOp::GaveUp {
                             reason: format!("unsupported scp command: {reason}"),
                         },
                     ),

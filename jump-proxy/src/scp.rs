@@ -5,8 +5,9 @@
 //!
 //! It only observes: the relay forwards the bytes unchanged and at once whatever it makes of them.
 //! It frames the stream exactly as OpenSSH's `scp.c` does (`source()`, `sink()`, `response()`),
-//! and the first thing it cannot follow ends the observation with one `GaveUp` event instead of
-//! a guess. Memory is bounded by one record line and one status message (the 2,047 bytes
+//! and the first thing it cannot follow (or bytes after the transfer ended, or more than
+//! `MAX_ERRORS` error messages) ends the observation with one `GaveUp` event instead of a
+//! guess; the relay then records the channel like any exec, starting with those bytes. Memory is bounded by one record line and one status message (the 2,047 bytes
 //! `sink()` and `response()` read at most) and the current directory's path.
 //!
 //! The protocol, as `scp.c` speaks it. The sender (the client for `-t`, the server for `-f`)
@@ -20,8 +21,12 @@
 /// Longest record line or status message, newline included: `sink()` and `response()` read
 /// into 2,048-byte buffers and split anything longer, so we would no longer see what they see.
 const MAX_LINE: usize = 2047;
-/// Longest exec command parsed.
-const MAX_COMMAND: usize = 8192;
+/// Longest exec command trusted as scp: what the audit log keeps of an exec command
+/// (`gateway.exec`), so the log always shows the whole command of a transfer not recorded.
+pub const MAX_COMMAND: usize = 4096;
+/// Error messages reported per channel; past this, one `ErrorsSuppressed` and the observer
+/// gives up (and the relay records the channel).
+const MAX_ERRORS: usize = 100;
 /// Longest path built (a hostile sender can nest directories without end; Linux's PATH_MAX
 /// is 4,096, so no transfer that works comes near).
 const MAX_PATH: usize = 8192;
@@ -122,6 +127,11 @@ pub enum ScpOp {
         /// The message (OpenSSH's start with `scp: `).
         message: String,
     },
+    /// More than `MAX_ERRORS` error messages: the rest are not reported (a `GaveUp` follows).
+    ErrorsSuppressed {
+        /// How many were reported.
+        reported: usize,
+    },
     /// The stream stopped making sense as scp: nothing more is observed on this channel.
     GaveUp {
         /// What did not make sense.
@@ -135,150 +145,136 @@ pub struct ScpCommand {
     direction: Direction,
     /// `-d`: `sink()` refuses to start unless the target is a directory.
     target_is_dir: bool,
-    operands: Vec<String>,
+    /// The one path, as the server's scp gets it (quotes removed).
+    path: String,
 }
 
+/// Options of an scp server invocation that change nothing the observer relies on, besides
+/// `-t`, `-f` and `-d`: what OpenSSH's scp sends (`-v`, `-r`, `-p`, `-d`) and two it accepts.
+const FLAGS: &str = "rpdvqTtf";
+
 impl ScpCommand {
-    /// Parses an exec command. `None` when it is not an scp server invocation at all (its first
-    /// word is not `scp`, or it has neither `-t` nor `-f`); `Some(Err)` when it is one the
-    /// observer cannot follow (shell syntax beyond quoting, unknown options, an ambiguous target).
+    /// Parses an exec command. `None` when it is not an scp invocation at all (its first word
+    /// is not `scp`); `Some(Err)` when it is not one the gateway trusts to run nothing but scp.
     ///
-    /// OpenSSH's scp sends `scp [-v] [-r] [-p] [-d] -t|-f [-- ]PATH`, with PATH as the user
-    /// typed it (unquoted: the remote shell expands it), and the server's shell runs it.
+    /// The server's shell runs the command, so only what OpenSSH's scp sends is accepted, in a
+    /// form no shell does anything with but split words and remove single quotes:
+    /// `scp`, flags from `-r -p -d -v -q -T` and one of `-t`/`-f` (bundled or separate), an
+    /// optional `--`, and exactly one path. The path is either plain (letters, digits, other
+    /// non-ASCII characters that are not spaces or controls, and `._/+,:=@%-`; no `=` or `%`
+    /// first) or wholly single-quoted (no `'` or `\` inside). Anything else - `$`, backticks,
+    /// backslashes, double quotes, globs, `~`, operators, control characters, a second path, a
+    /// command longer than [`MAX_COMMAND`] - is not trusted: the channel is recorded like any
+    /// command. Stock `scp -O` sends a remote path as the user typed it, so `host:'/a b'`
+    /// works and `host:/a\ b` or `host:'/tmp/*.log'` is recorded.
     pub fn parse(cmd: &str) -> Option<Result<ScpCommand, &'static str>> {
         let rest = cmd.trim_start_matches([' ', '\t']).strip_prefix("scp")?;
         if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
             return None;
         }
+        Some(Self::allow(cmd))
+    }
+
+    fn allow(cmd: &str) -> Result<ScpCommand, &'static str> {
         if cmd.len() > MAX_COMMAND {
-            return Some(Err("command too long"));
+            return Err("command too long");
         }
-        let words = match shell_words(rest) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e)),
-        };
-        let (mut t, mut f, mut d, mut unknown) = (false, false, false, false);
-        let mut operands = Vec::new();
+        if cmd.chars().any(char::is_control) {
+            return Err("control character in the command");
+        }
+        let rest = cmd
+            .strip_prefix("scp ")
+            .ok_or("not scp followed by its arguments")?;
+        let (mut t, mut f, mut d) = (false, false, false);
+        let mut path: Option<String> = None;
         let mut options_done = false;
-        for w in words {
-            // OpenSSH builds its own BSD getopt: options end at `--` or the first operand.
-            if !options_done && operands.is_empty() {
-                if w == "--" {
+        for (word, quoted) in words(rest)? {
+            if path.is_some() {
+                return Err("more than one path");
+            }
+            if !options_done && !quoted {
+                if word == "--" {
                     options_done = true;
                     continue;
                 }
-                if let Some(flags) = w.strip_prefix('-').filter(|f| !f.is_empty()) {
-                    for c in flags.chars() {
-                        match c {
-                            't' => t = true,
-                            'f' => f = true,
-                            'd' => d = true,
-                            'r' | 'p' | 'v' | 'q' | 'T' => {}
-                            _ => unknown = true,
-                        }
+                if let Some(flags) = word.strip_prefix('-') {
+                    if flags.is_empty() || !flags.chars().all(|c| FLAGS.contains(c)) {
+                        return Err("unsupported scp option");
                     }
+                    t |= flags.contains('t');
+                    f |= flags.contains('f');
+                    d |= flags.contains('d');
                     continue;
                 }
             }
-            // GNU getopt would take a later `-x` as an option, BSD getopt as a file: unclear.
-            if !options_done && w.len() > 1 && w.starts_with('-') {
-                return Some(Err("option after an operand"));
+            // getopt would take it as an option.
+            if !options_done && word.starts_with('-') {
+                return Err("option after the path or quoted");
             }
-            operands.push(w);
+            if quoted {
+                if word.is_empty() || word.contains('\\') {
+                    return Err("unsafe quoted path");
+                }
+            } else if !plain_path(word) {
+                return Err("shell syntax or unsafe characters in the path");
+            }
+            path = Some(word.to_owned());
         }
         let direction = match (t, f) {
-            (false, false) => return None,
-            (true, true) => return Some(Err("both -t and -f")),
+            (false, false) => return Err("neither -t nor -f"),
+            (true, true) => return Err("both -t and -f"),
             (true, false) => Direction::Upload,
             (false, true) => Direction::Download,
         };
-        if unknown {
-            return Some(Err("unsupported scp option"));
-        }
-        // `sink()` refuses anything but one target ("ambiguous target").
-        if direction == Direction::Upload && operands.len() != 1 {
-            return Some(Err("not exactly one target"));
-        }
-        Some(Ok(ScpCommand {
+        let path = path.ok_or("no path")?;
+        Ok(ScpCommand {
             direction,
             target_is_dir: d,
-            operands,
-        }))
+            path,
+        })
     }
 }
 
-/// Splits a POSIX shell command into words, removing quotes. Refuses what a shell would do more
-/// with than quoting: operators, command substitution, comments, control characters.
-fn shell_words(s: &str) -> Result<Vec<String>, &'static str> {
-    if s.chars().any(|c| c.is_control() && c != '\t') {
-        return Err("control character in the command");
-    }
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
+/// Splits at spaces into (word, wholly single-quoted) pairs, the quotes removed. A quote that
+/// does not open and close a whole word, or is unterminated, is refused.
+fn words(s: &str) -> Result<Vec<(&str, bool)>, &'static str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        if let Some(q) = rest.strip_prefix('\'') {
+            let end = q.find('\'').ok_or("unterminated quote")?;
+            let (word, after) = q.split_at(end);
+            let after = after.get(1..).unwrap_or_default();
+            if !(after.is_empty() || after.starts_with(' ')) {
+                return Err("a path not wholly single-quoted");
             }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err("unterminated quote"),
-                    }
-                }
+            out.push((word, true));
+            rest = after;
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let (word, after) = rest.split_at(end);
+            if word.contains('\'') {
+                return Err("a path not wholly single-quoted");
             }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        // Inside double quotes a backslash escapes only these.
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('$' | '`' | '"' | '\\')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return Err("unterminated quote"),
-                        },
-                        Some('`') => return Err("command substitution"),
-                        Some('$') if chars.peek() == Some(&'(') => {
-                            return Err("command substitution")
-                        }
-                        Some(c) => cur.push(c),
-                        None => return Err("unterminated quote"),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return Err("trailing backslash"),
-                }
-            }
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' => return Err("shell operator"),
-            '`' => return Err("command substitution"),
-            '$' if chars.peek() == Some(&'(') => return Err("command substitution"),
-            '#' if !in_word => return Err("shell comment"),
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
+            out.push((word, false));
+            rest = after;
         }
     }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
+}
+
+/// A path word no shell (sh, bash, dash, zsh, fish, csh) does anything with.
+fn plain_path(w: &str) -> bool {
+    !w.is_empty()
+        && !w.starts_with(['=', '%'])
+        && w.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || "._/+,:=@%-".contains(c)
+                || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
+        })
 }
 
 /// `dir/name` without doubling a slash.
@@ -315,10 +311,6 @@ fn strip_slashes(w: &str) -> &str {
 
 fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
-}
-
-fn has_glob(p: &str) -> bool {
-    p.contains(['*', '?', '[', '{'])
 }
 
 fn text(b: &[u8]) -> String {
@@ -466,8 +458,10 @@ enum Expect {
     Data(u64),
     /// The sender's status after a file's bytes.
     Status,
-    /// The transfer is over.
+    /// The transfer is over: any more bytes are not scp's.
     Done,
+    /// The channel ended.
+    Closed,
     /// The stream stopped making sense.
     GaveUp,
 }
@@ -544,6 +538,10 @@ pub struct ScpObserver {
     status: Response,
     dirs: Dirs,
     file: Option<OpenFile>,
+    /// Error messages reported so far.
+    errors: usize,
+    /// An error message past `MAX_ERRORS` arrived.
+    too_many_errors: bool,
 }
 
 impl ScpObserver {
@@ -557,6 +555,8 @@ impl ScpObserver {
             status: Response::default(),
             dirs: Dirs::default(),
             file: None,
+            errors: 0,
+            too_many_errors: false,
         }
     }
 
@@ -567,6 +567,7 @@ impl ScpObserver {
             Direction::Upload => self.sender_bytes(data, &mut ops),
             Direction::Download => self.receiver_bytes(data, &mut ops),
         }
+        self.check_errors(&mut ops);
         ops
     }
 
@@ -577,6 +578,7 @@ impl ScpObserver {
             Direction::Upload => self.receiver_bytes(data, &mut ops),
             Direction::Download => self.sender_bytes(data, &mut ops),
         }
+        self.check_errors(&mut ops);
         ops
     }
 
@@ -589,8 +591,42 @@ impl ScpObserver {
                 Some("the channel closed before the file's transfer was confirmed".into()),
             ));
         }
-        self.expect = Expect::Done;
+        self.expect = Expect::Closed;
         ops
+    }
+
+    /// Ends the observation for a reason seen outside the stream (the server wrote to its
+    /// standard error): the same events as when the stream stops making sense.
+    pub fn give_up_now(&mut self, reason: &str) -> Vec<ScpOp> {
+        let mut ops = Vec::new();
+        if !matches!(self.expect, Expect::GaveUp | Expect::Closed) {
+            self.give_up(reason, &mut ops);
+        }
+        ops
+    }
+
+    /// Reports an error message, unless there were too many.
+    fn error(&mut self, from: Side, path: Option<ScpPath>, message: String, ops: &mut Vec<ScpOp>) {
+        if self.errors >= MAX_ERRORS {
+            self.too_many_errors = true;
+            return;
+        }
+        self.errors += 1;
+        ops.push(ScpOp::Error {
+            from,
+            path,
+            message,
+        });
+    }
+
+    /// Past `MAX_ERRORS` error messages: one event says so and the observer gives up.
+    fn check_errors(&mut self, ops: &mut Vec<ScpOp>) {
+        if self.too_many_errors && !matches!(self.expect, Expect::GaveUp | Expect::Closed) {
+            ops.push(ScpOp::ErrorsSuppressed {
+                reported: self.errors,
+            });
+            self.give_up("too many error messages", ops);
+        }
     }
 
     fn sender(&self) -> Side {
@@ -636,8 +672,12 @@ impl ScpObserver {
 
     fn sender_bytes(&mut self, mut data: &[u8], ops: &mut Vec<ScpOp>) {
         while !data.is_empty() {
+            if self.too_many_errors {
+                return;
+            }
             match &mut self.expect {
-                Expect::Done | Expect::GaveUp => return,
+                Expect::GaveUp | Expect::Closed => return,
+                Expect::Done => return self.give_up("bytes after the end of the transfer", ops),
                 // Stock scp never sends before the answer to what it sent: a sender that does
                 // could be read differently by the receiver depending on that answer.
                 Expect::Response(_) => {
@@ -672,8 +712,11 @@ impl ScpObserver {
 
     fn receiver_bytes(&mut self, mut data: &[u8], ops: &mut Vec<ScpOp>) {
         while !data.is_empty() {
-            if matches!(self.expect, Expect::Done | Expect::GaveUp) {
+            if self.too_many_errors || matches!(self.expect, Expect::GaveUp | Expect::Closed) {
                 return;
+            }
+            if matches!(self.expect, Expect::Done) {
+                return self.give_up("bytes after the end of the transfer", ops);
             }
             match self.resp.feed(&mut data) {
                 Feed::More => {}
@@ -715,11 +758,7 @@ impl ScpObserver {
         match kind {
             // An error the sender reports and goes on from (`run_err()` in `source()`).
             1 | 2 => {
-                ops.push(ScpOp::Error {
-                    from: self.sender(),
-                    path: None,
-                    message: text(rest),
-                });
+                self.error(self.sender(), None, text(rest), ops);
                 if kind == 2 {
                     self.expect = Expect::Done;
                 }
@@ -733,7 +772,10 @@ impl ScpObserver {
                     Ok(e) => e,
                     Err(why) => return self.give_up(why, ops),
                 };
-                let path = self.entry_path(&text(name));
+                let path = match self.entry_path(&text(name)) {
+                    Ok(p) => p,
+                    Err(why) => return self.give_up(why, ops),
+                };
                 if path.path.len() > MAX_PATH
                     || path.if_target_is_dir.as_ref().map_or(0, String::len) > MAX_PATH
                 {
@@ -750,56 +792,42 @@ impl ScpObserver {
     }
 
     /// Where an entry named in a record is on the server.
-    fn entry_path(&self, name: &str) -> ScpPath {
+    fn entry_path(&self, name: &str) -> Result<ScpPath, &'static str> {
         if !self.dirs.marks.is_empty() {
             let cur = &self.dirs.cur;
-            return ScpPath {
+            return Ok(ScpPath {
                 path: join(&cur.path, name),
                 if_target_is_dir: cur.if_target_is_dir.as_deref().map(|d| join(d, name)),
-            };
+            });
         }
-        let ops = &self.cmd.operands;
-        match self.cmd.direction {
+        let path = self.cmd.path.as_str();
+        Ok(match self.cmd.direction {
             // `sink()` writes TARGET/NAME when TARGET is an existing directory, else TARGET.
             Direction::Upload => {
-                let target = ops.first().map(String::as_str).unwrap_or_default();
-                if target_is_dir(target, self.cmd.target_is_dir) {
+                if target_is_dir(path, self.cmd.target_is_dir) {
                     ScpPath {
-                        path: join(target, name),
+                        path: join(path, name),
                         if_target_is_dir: None,
                     }
                 } else {
                     ScpPath {
-                        path: target.to_owned(),
-                        if_target_is_dir: Some(join(target, name)),
+                        path: path.to_owned(),
+                        if_target_is_dir: Some(join(path, name)),
                     }
                 }
             }
-            // `source()` sends the last component of each operand (after the shell expanded it).
+            // `source()` sends the last component of its one operand (no shell expanded it).
             Direction::Download => {
-                let path = match ops.as_slice() {
-                    [one] if !has_glob(one) => strip_slashes(one).to_owned(),
-                    _ => {
-                        if let Some(w) = ops.iter().find(|w| basename(strip_slashes(w)) == name) {
-                            strip_slashes(w).to_owned()
-                        } else if let Some(w) = ops.iter().find(|w| has_glob(w)) {
-                            let w = strip_slashes(w);
-                            match w.rfind('/') {
-                                Some(0) => join("/", name),
-                                Some(i) => join(w.get(..i).unwrap_or_default(), name),
-                                None => name.to_owned(),
-                            }
-                        } else {
-                            name.to_owned()
-                        }
-                    }
-                };
+                let source = strip_slashes(path);
+                if basename(source) != name {
+                    return Err("a name the source is not");
+                }
                 ScpPath {
-                    path,
+                    path: source.to_owned(),
                     if_target_is_dir: None,
                 }
             }
-        }
+        })
     }
 
     /// A response from the receiver.
@@ -811,11 +839,7 @@ impl ScpObserver {
                 self.expect = other;
                 if let Resp::Error(m) | Resp::Fatal(m) = r {
                     let path = self.file.as_ref().map(|f| f.path.clone());
-                    ops.push(ScpOp::Error {
-                        from,
-                        path,
-                        message: m,
-                    });
+                    self.error(from, path, m, ops);
                 }
                 return self.give_up("a response nobody waited for", ops);
             }
@@ -829,11 +853,7 @@ impl ScpObserver {
             (Awaiting::Start | Awaiting::Times, None) => {}
             // After a refused T the sender skips that entry; after a refused start the client
             // gives up (upload) or the server's scp goes on regardless (download).
-            (Awaiting::Start | Awaiting::Times, Some(m)) => ops.push(ScpOp::Error {
-                from,
-                path: None,
-                message: m,
-            }),
+            (Awaiting::Start | Awaiting::Times, Some(m)) => self.error(from, None, m, ops),
             (Awaiting::File { path, mode, size }, None) => {
                 ops.push(ScpOp::Open {
                     path: path.clone(),
@@ -853,11 +873,7 @@ impl ScpObserver {
                 };
             }
             (Awaiting::File { path, .. } | Awaiting::Dir { path, .. }, Some(m)) => {
-                ops.push(ScpOp::Error {
-                    from,
-                    path: Some(path),
-                    message: m,
-                })
+                self.error(from, Some(path), m, ops)
             }
             (Awaiting::Dir { path, mode }, None) => {
                 ops.push(match self.cmd.direction {
@@ -874,11 +890,7 @@ impl ScpObserver {
             }
             (Awaiting::End, error) => {
                 if let Some(m) = error {
-                    ops.push(ScpOp::Error {
-                        from,
-                        path: None,
-                        message: m,
-                    });
+                    self.error(from, None, m, ops);
                 }
                 // `E` at the top ends `sink()` itself.
                 if !self.dirs.leave() {
@@ -988,67 +1000,117 @@ mod tests {
         // Captured from OpenSSH 9.2's `scp -O` (see the e2e tests for the live check).
         let c = cmd("scp -t /tmp/x");
         assert_eq!(c.direction, Direction::Upload);
-        assert_eq!(c.operands, ["/tmp/x"]);
+        assert_eq!(c.path, "/tmp/x");
         assert!(!c.target_is_dir);
-        let c = cmd("scp -r -p -d -t /tmp/");
+        let c = cmd("scp -v -r -p -d -t /tmp/");
         assert!(c.target_is_dir);
-        assert_eq!(c.operands, ["/tmp/"]);
-        assert_eq!(cmd("scp -v -t ~/foo").operands, ["~/foo"]);
-        assert_eq!(cmd("scp -t -- -odd").operands, ["-odd"]);
-        assert_eq!(cmd("scp -rt .").operands, ["."]);
-        let c = cmd("scp -r -f /tmp/x y");
+        assert_eq!(c.path, "/tmp/");
+        assert_eq!(cmd("scp -t -- -odd").path, "-odd");
+        assert_eq!(cmd("scp -f -- -odd").path, "-odd");
+        assert_eq!(cmd("scp -rt .").path, ".");
+        assert_eq!(cmd("scp -t .").path, ".");
+        let c = cmd("scp -r -f /tmp/x");
         assert_eq!(c.direction, Direction::Download);
-        assert_eq!(c.operands, ["/tmp/x", "y"]);
-        assert_eq!(cmd("scp -p -f /tmp/*.txt").operands, ["/tmp/*.txt"]);
-        // Quoting, as other clients (and hand-written commands) use it.
+        assert_eq!(c.path, "/tmp/x");
         assert_eq!(
-            cmd(r#"scp -t '/tmp/my dir'/"it's \"x\""\ y"#).operands,
-            [r#"/tmp/my dir/it's "x" y"#]
+            cmd("scp -q -T -p -f /srv/a-b_c.d+e,f:g@h%i=j").path,
+            "/srv/a-b_c.d+e,f:g@h%i=j"
         );
-        assert_eq!(cmd("scp -t $HOME/f").operands, ["$HOME/f"]);
+        assert_eq!(cmd("scp -t /tmp/résumé.pdf").path, "/tmp/résumé.pdf");
+        // `scp -O f "host:'/tmp/a b'"` sends the quotes the user typed.
+        assert_eq!(cmd("scp -t '/tmp/my dir/a b'").path, "/tmp/my dir/a b");
+        assert_eq!(cmd("scp -t -- '-a b'").path, "-a b");
+        assert_eq!(
+            cmd("scp -f '/tmp/*.log $x `y` \"z\" ~ ;|&<>(){}[]?!#'").path,
+            "/tmp/*.log $x `y` \"z\" ~ ;|&<>(){}[]?!#"
+        );
+        // The longest command trusted is what the audit log keeps.
+        let path = format!("/{}", "a".repeat(MAX_COMMAND - "scp -t /".len()));
+        assert_eq!(cmd(&format!("scp -t {path}")).path, path);
     }
 
     #[test]
-    fn rejects_commands_it_cannot_follow() {
-        // Not scp servers at all: ordinary commands.
-        for not in [
-            "ls -l",
-            "scpx -t /tmp",
-            "/usr/bin/scp -t /tmp",
-            "scp a b:c",
-            "scp",
-        ] {
+    fn refuses_every_command_a_shell_does_more_with_than_run_scp() {
+        // Not scp at all: ordinary commands.
+        for not in ["ls -l", "scpx -t /tmp", "/usr/bin/scp -t /tmp", "sh -c scp"] {
             assert!(ScpCommand::parse(not).is_none(), "{not}");
         }
-        // scp, but the shell would do more than run it, or the options are unclear.
         for bad in [
-            "scp -t /tmp/x; sh",
-            "scp -t /tmp/x && sh",
-            "scp -t /tmp/x | sh",
-            "scp -t /tmp/x > /etc/passwd",
-            "scp -t $(id)",
-            "scp -t \"$(id)\"",
-            "scp -t `id`",
+            // The security review's attacks: each makes bash run `$(...)` while expanding.
+            r#"scp -t ${x:='a[$(bash -i >&2)]'}${a[x]}"#,
+            r#"scp -t ${x:='$(id)'}${x@P}"#,
+            "scp -t ${a[TERM]}",
+            "scp -t $[VAR]",
+            "scp -t $[$(id)]",
+            "scp -t /tmp/$HOME",
+            "scp -t $x",
+            "scp -t '$x'$y",
+            // Quoting other than whole single quotes.
+            "scp -t '/tmp/a'b",
+            "scp -t a'b'",
+            "scp -t 'a'\\''b'",
+            "scp -t \"/tmp/x\"",
+            "scp -t /tmp/a\\ b",
+            "scp -t 'a\\'",
+            "scp -t ''",
             "scp -t 'unterminated",
-            "scp -t \"unterminated",
-            "scp -t x\\",
-            "scp -t x\ny",
+            // Operators, substitution, comments, globs, tilde, history.
+            "scp -t /tmp/x; sh",
+            "scp -t /tmp/x;sh",
+            "scp -t /tmp/x && sh",
+            "scp -t /tmp/x|sh",
+            "scp -t /tmp/x>/etc/passwd",
+            "scp -t </etc/passwd",
+            "scp -t $(id)",
+            "scp -t `id`",
+            "scp -t (x)",
+            "scp -t {a,b}",
+            "scp -t x#comment",
             "scp -t x #comment",
+            "scp -f /tmp/*.log",
+            "scp -f /tmp/?.log",
+            "scp -f /tmp/[ab].log",
+            "scp -t ~/foo",
+            "scp -t ~root",
+            "scp -t x!y",
+            "scp -t =ls",
+            "scp -t %1",
+            // Control characters and other whitespace.
+            "scp -t x\ny",
+            "scp -t x\n",
+            "scp -t x\rsh",
+            "scp\t-t x",
+            "scp -t\tx",
+            "scp -t x\u{0}",
+            "scp -t a\u{a0}b",
+            "scp -t a\u{2028}b",
+            " scp -t x",
+            // Paths and options not as stock scp sends them.
             "scp -t a b",
+            "scp -f /tmp/x y",
             "scp -t",
+            "scp -t --",
+            "scp",
+            "scp -r x",
             "scp -t -f x",
             "scp -o ProxyCommand=x -t x",
             "scp -S prog -t x",
+            "scp -3 -t x",
             "scp -t x -r",
+            "scp -t '-r'",
+            "scp - -t x",
+            "scp -t -x",
         ] {
             assert!(
                 matches!(ScpCommand::parse(bad), Some(Err(_))),
-                "{bad}: {:?}",
+                "{bad:?}: {:?}",
                 ScpCommand::parse(bad)
             );
         }
-        let long = format!("scp -t /{}", "a".repeat(MAX_COMMAND));
+        // Padding must not hide a command's tail from the audit log, which keeps 4,096.
+        let long = format!("scp -t /{}", "a".repeat(MAX_COMMAND - "scp -t /".len() + 1));
         assert_eq!(ScpCommand::parse(&long), Some(Err("command too long")));
+        assert_eq!(MAX_COMMAND, 4096);
     }
 
     /// `scp -O -r -p tree host:/srv/` with tree/a.txt, tree/sub/b.bin, tree/sub/empty.
@@ -1185,17 +1247,12 @@ mod tests {
     }
 
     #[test]
-    fn follows_a_download_with_times_errors_and_a_glob() {
-        // `scp -O -p 'host:/data/*.log' .` where one match is unreadable.
+    fn follows_a_download_with_times_and_errors() {
+        // `scp -O -p host:/data/c.log .` where reading fails halfway.
         let script = vec![
             c(b"\0"),
             s(b"T1700000000 0 1700000000 0\n"),
             c(b"\0"),
-            s(b"C0640 4 a.log\n"),
-            c(b"\0"),
-            s(b"abcd\0"),
-            c(b"\0"),
-            s(b"\x01scp: /data/b.log: Permission denied\n"),
             s(b"C0640 6 c.log\n"),
             c(b"\0"),
             s(b"\0\0\0"),
@@ -1203,23 +1260,6 @@ mod tests {
             c(b"\0"),
         ];
         let want = [
-            ScpOp::Open {
-                path: p("/data/a.log"),
-                mode: 0o640,
-                size: 4,
-                direction: Direction::Download,
-            },
-            ScpOp::Close {
-                path: p("/data/a.log"),
-                read: 4,
-                written: 0,
-                error: None,
-            },
-            ScpOp::Error {
-                from: Side::Server,
-                path: None,
-                message: "scp: /data/b.log: Permission denied".into(),
-            },
             ScpOp::Open {
                 path: p("/data/c.log"),
                 mode: 0o640,
@@ -1233,7 +1273,24 @@ mod tests {
                 error: Some("scp: /data/c.log: Input/output error".into()),
             },
         ];
-        check_all_splits("scp -p -f /data/*.log", &script, &want);
+        check_all_splits("scp -p -f /data/c.log", &script, &want);
+        // An unreadable source.
+        let script = vec![c(b"\0"), s(b"\x01scp: /data/b.log: Permission denied\n")];
+        let want = [ScpOp::Error {
+            from: Side::Server,
+            path: None,
+            message: "scp: /data/b.log: Permission denied".into(),
+        }];
+        check_all_splits("scp -f /data/b.log", &script, &want);
+        // A name the one source is not: no stock scp sends it.
+        let mut o = ScpObserver::new(cmd("scp -f /data/a.log/"));
+        o.client_bytes(b"\0");
+        assert_eq!(
+            o.server_bytes(b"C0644 1 other\n"),
+            [ScpOp::GaveUp {
+                reason: "a name the source is not".into()
+            }]
+        );
     }
 
     #[test]
@@ -1279,12 +1336,12 @@ mod tests {
                 },
             ]
         );
-        // The shell split an unquoted path with a space into two sources: matched by name.
-        let mut o = ScpObserver::new(cmd("scp -f /tmp/my file"));
+        // A quoted path with a space.
+        let mut o = ScpObserver::new(cmd("scp -f '/tmp/my file'"));
         o.client_bytes(b"\0");
-        o.server_bytes(b"C0644 1 my\n");
+        o.server_bytes(b"C0644 1 my file\n");
         let ops = o.client_bytes(b"\0");
-        assert!(matches!(&ops[0], ScpOp::Open { path, .. } if *path == p("/tmp/my")));
+        assert!(matches!(&ops[0], ScpOp::Open { path, .. } if *path == p("/tmp/my file")));
     }
 
     #[test]
@@ -1507,7 +1564,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fatal_status_ends_the_observation_without_giving_up() {
+    fn a_fatal_status_ends_the_transfer_and_any_byte_after_it_gives_up() {
         let mut o = ScpObserver::new(cmd("scp -d -t /nope"));
         let ops = o.server_bytes(b"\x02scp: /nope: No such file or directory\n");
         assert_eq!(
@@ -1518,13 +1575,92 @@ mod tests {
                 message: "scp: /nope: No such file or directory".into()
             }]
         );
-        assert!(o.client_bytes(b"C0644 1 x\n").is_empty());
+        // The server's scp has exited: whatever speaks now is something else.
+        assert_eq!(
+            o.server_bytes(b"$ "),
+            [ScpOp::GaveUp {
+                reason: "bytes after the end of the transfer".into()
+            }]
+        );
+        assert!(o.client_bytes(b"id\n").is_empty());
         // `E` at the top level ends sink() too.
         let mut o = ScpObserver::new(cmd("scp -t /tmp/"));
         o.server_bytes(b"\0");
         o.client_bytes(b"E\n");
         assert!(o.server_bytes(b"\0").is_empty());
-        assert!(o.client_bytes(b"C0644 1 x\n").is_empty());
+        assert_eq!(gave_up(&o.client_bytes(b"C0644 1 x\n")), 1);
+        // The channel's end is no give-up, and nothing is seen after it.
+        let mut o = ScpObserver::new(cmd("scp -t /tmp/"));
+        assert!(o.finish().is_empty());
+        assert!(o.server_bytes(b"anything").is_empty());
+        assert!(o.give_up_now("late").is_empty());
+    }
+
+    #[test]
+    fn standard_error_from_the_server_gives_up_once() {
+        let mut o = ScpObserver::new(cmd("scp -t /tmp/"));
+        o.server_bytes(b"\0");
+        o.client_bytes(b"C0644 3 x\n");
+        o.server_bytes(b"\0");
+        assert_eq!(
+            o.give_up_now("the server wrote to standard error"),
+            [
+                ScpOp::Close {
+                    path: p("/tmp/x"),
+                    read: 0,
+                    written: 0,
+                    error: Some("scp observer gave up: the server wrote to standard error".into())
+                },
+                ScpOp::GaveUp {
+                    reason: "the server wrote to standard error".into()
+                }
+            ]
+        );
+        assert!(o.give_up_now("again").is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_error_messages_is_capped_and_gives_up() {
+        // 10,000 three-byte error records in one 30 kB chunk, as the review sent.
+        let mut o = ScpObserver::new(cmd("scp -t /tmp/"));
+        o.server_bytes(b"\0");
+        let flood = b"\x01x\n".repeat(10_000);
+        let ops = o.client_bytes(&flood);
+        assert_eq!(ops.len(), MAX_ERRORS + 2, "{:?}", ops.last());
+        assert!(ops[..MAX_ERRORS].iter().all(|op| matches!(
+            op,
+            ScpOp::Error {
+                from: Side::Client,
+                ..
+            }
+        )));
+        assert_eq!(
+            ops[MAX_ERRORS..],
+            [
+                ScpOp::ErrorsSuppressed {
+                    reported: MAX_ERRORS
+                },
+                ScpOp::GaveUp {
+                    reason: "too many error messages".into()
+                }
+            ]
+        );
+        assert!(o.client_bytes(&flood).is_empty());
+        // One at a time, from the server, as responses: the same.
+        let mut o = ScpObserver::new(cmd("scp -f /tmp/x"));
+        o.client_bytes(b"\0");
+        let mut ops = Vec::new();
+        for _ in 0..300 {
+            ops.extend(o.server_bytes(b"\x01scp: nope\n"));
+        }
+        assert_eq!(ops.len(), MAX_ERRORS + 2);
+        assert_eq!(gave_up(&ops), 1);
+        // Exactly the cap is fine.
+        let mut o = ScpObserver::new(cmd("scp -t /tmp/"));
+        o.server_bytes(b"\0");
+        let ops = o.client_bytes(&b"\x01x\n".repeat(MAX_ERRORS));
+        assert_eq!(ops.len(), MAX_ERRORS);
+        assert_eq!(gave_up(&ops), 0);
     }
 
     #[test]

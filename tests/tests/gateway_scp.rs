@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postern_tests::{run, text, GateCluster, TEST_LOGIN};
+use postern_tests::{run, run_with_input, text, GateCluster, TEST_LOGIN};
 use serde_json::Value;
 
 fn policy() -> String {
@@ -122,6 +122,65 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+impl Cluster {
+    /// Stock ssh as alice through the gateway, with `input` on its standard input (no pty).
+    fn ssh_with_input(&self, command: &str, input: &str) -> std::process::Output {
+        let home = self.alice.home.path();
+        run_with_input(
+            std::process::Command::new("ssh")
+                .env("HOME", home)
+                .env_remove("SSH_AUTH_SOCK")
+                .arg("-F")
+                .arg(home.join(".ssh/config"))
+                .args(["-o", "BatchMode=yes", "-l", TEST_LOGIN])
+                .arg(format!("web1.{}", self.ca.cluster))
+                .arg(command),
+            input,
+        )
+    }
+
+    /// Waits for a completed recording (listed by `posternd recordings ls`) whose cast holds
+    /// every string in `want`, and returns the cast.
+    fn wait_for_cast(&self, want: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let recs = self.ca.admin_json(&["recordings", "ls"]);
+            let found = recs.as_array().into_iter().flatten().find_map(|m| {
+                let id = m["id"].as_str().unwrap_or_default();
+                std::fs::read_to_string(
+                    self.ca
+                        .dir
+                        .path()
+                        .join("recordings")
+                        .join(format!("{id}.cast")),
+                )
+                .ok()
+                .filter(|cast| want.iter().all(|w| cast.contains(w)))
+            });
+            if let Some(cast) = found {
+                return cast;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no recording holds {want:?}\nrecordings: {recs:#}\nscp events: {:#?}\ngate:\n{}",
+                self.scp_events(),
+                self.gate.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The text a cast's output events hold, JSON escapes undone (to find what a client saw).
+fn cast_output(cast: &str) -> String {
+    cast.lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .filter_map(|e| e[2].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A directory the node's login can write to, removed at the end.
@@ -347,7 +406,8 @@ fn an_scp_command_the_gateway_cannot_follow_is_recorded_like_any_command() {
         let recs = c.ca.admin_json(&["recordings", "ls"]);
         let gave_up = events.iter().any(|(k, d)| {
             k == "gateway.scp.observer_gave_up"
-                && d["reason"] == "unsupported scp command: shell operator"
+                && d["reason"]
+                    == "unsupported scp command: shell syntax or unsafe characters in the path"
         });
         let recorded = recs.as_array().is_some_and(|l| {
             l.iter().any(|m| {
@@ -371,4 +431,93 @@ fn an_scp_command_the_gateway_cannot_follow_is_recorded_like_any_command() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Security review: `scp -t ${x:='a[$(bash -i >&2)]'}${a[x]}` passed as plain scp, so the
+/// gateway opened no recording while bash ran `$(...)` expanding the subscript. The command
+/// is no longer trusted as scp: the session is recorded, and whatever the server's shell
+/// printed (the marker under bash, `Bad substitution` under dash) is in the cast.
+#[test]
+fn regression_crafted_scp_command_cannot_run_an_unrecorded_shell() {
+    let c = cluster();
+    let attack = r#"scp -t ${x:='a[$(echo PWNED-MARKER >&2)]'}${a[x]}"#;
+    let out = c.alice.ssh_via_gate(&c.ca, "web1", TEST_LOGIN, &[attack]);
+    // The cast's header names the command; everything the client saw is in its output.
+    let cast = c.wait_for_cast(&["PWNED-MARKER"]);
+    let seen = cast_output(&cast);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("PWNED") || l.contains("ubstitution"))
+    {
+        assert!(
+            seen.contains(line.trim()),
+            "{line:?} not recorded:\n{cast}\n{}",
+            text(&out)
+        );
+    }
+    assert!(
+        seen.contains("PWNED-MARKER") || seen.contains("ubstitution"),
+        "the shell's output is not in the cast:\n{cast}\n{}",
+        text(&out)
+    );
+    let events = c.scp_events();
+    assert!(
+        events
+            .iter()
+            .any(|(k, d)| k == "gateway.scp.observer_gave_up"
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("unsupported scp command: "))),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|(k, _)| k == "gateway.scp.open"),
+        "{events:#?}"
+    );
+}
+
+/// An exec the allowlist trusts (`scp -t DIR`) whose stream stops being rcp: the observer
+/// gives up and the relay records the channel from the bytes that made it give up, so what
+/// the server says after is in a cast (here the server's scp, answering non-rcp input; a
+/// login whose `scp` is a shell function or script printing text ends the same way).
+#[test]
+fn regression_scp_observer_give_up_starts_the_recording() {
+    let c = cluster();
+    let remote = remote_dir();
+    let command = format!("scp -t {}", s(remote.path()));
+    let out = c.ssh_with_input(&command, "this is not rcp\n");
+    // sink() answers a line that is no record with it as an error, and exits.
+    let answer = "\u{1}scp: this is not rcp\n";
+    let cast = c.wait_for_cast(&[&command]);
+    let seen = cast_output(&cast);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(answer) && seen.contains(answer),
+        "{}\ncast:\n{cast}",
+        text(&out)
+    );
+    // Which of the two the observer saw first depends on timing: the client's bytes before
+    // the server's first response, or as a record after it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = c.scp_events();
+        if events.iter().any(|(k, d)| {
+            k == "gateway.scp.observer_gave_up"
+                && (d["reason"] == "unexpected record"
+                    || d["reason"] == "the sender did not wait for the response")
+        }) {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{events:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The server's message came after the give-up: recorded, and no longer an scp event.
+    assert!(
+        !events.iter().any(|(k, d)| k == "gateway.scp.error"
+            && d["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("this is not rcp"))),
+        "{events:#?}"
+    );
 }
