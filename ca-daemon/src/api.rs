@@ -347,9 +347,8 @@ async fn gateway_recording(
     let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
     let id = gateway_identity(peer)?;
     let gateway = svc.authenticate_gateway(id).await?;
-    let _slot = svc
-        .upload_slots
-        .acquire()
+    let slot = Arc::clone(&svc.upload_slots)
+        .acquire_owned()
         .await
         .map_err(|e| Refusal::Internal(anyhow::anyhow!(e)))?;
     let JsonBody(upload) = JsonBody::<RecordingUpload>::with_limit(req, &(), MAX_RECORDING_BYTES)
@@ -363,7 +362,7 @@ async fn gateway_recording(
             }
             e
         })?;
-    Ok(Json(svc.recording_store(gateway, upload).await?).into_response())
+    Ok(Json(svc.recording_store(gateway, upload, slot).await?).into_response())
 }
 
 /// Query of `GET /v1/recordings`.
@@ -455,9 +454,8 @@ async fn gateway_recording_chunk(
         detail: e.to_string(),
     })?;
     let gateway = svc.authenticate_gateway(id).await?;
-    let _slot = svc
-        .upload_slots
-        .acquire()
+    let slot = Arc::clone(&svc.upload_slots)
+        .acquire_owned()
         .await
         .map_err(|e| Refusal::Internal(anyhow::anyhow!(e)))?;
     let limit = usize::try_from(svc.recordings.chunk_bytes).unwrap_or(usize::MAX);
@@ -467,7 +465,11 @@ async fn gateway_recording_chunk(
         }
         e
     })?;
-    Ok(Json(svc.recording_chunk(gateway, rid, q.offset, bytes).await?).into_response())
+    Ok(Json(
+        svc.recording_chunk(gateway, rid, q.offset, bytes, slot)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn gateway_recording_complete(

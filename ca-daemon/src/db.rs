@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS gateway_sessions (
     user TEXT NOT NULL,
     login TEXT NOT NULL,
     node TEXT NOT NULL,
-    first_authorized INTEGER NOT NULL
+    first_authorized INTEGER NOT NULL,
+    labels TEXT
 );
 CREATE TABLE IF NOT EXISTS recordings (
     id TEXT PRIMARY KEY,
@@ -108,7 +109,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     interrupted INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    stored_at INTEGER NOT NULL
+    stored_at INTEGER NOT NULL,
+    node_labels TEXT
 );
 CREATE INDEX IF NOT EXISTS recordings_user ON recordings(user, started_at);
 CREATE INDEX IF NOT EXISTS recordings_node ON recordings(node, started_at);
@@ -144,10 +146,41 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the schema (idempotent).
+/// Columns added after the first schema: (table, column, type). A database made by an older
+/// `posternd` gets them at start, NULL in its existing rows (which the code reads as "not
+/// known": see `recordings::effective_labels`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The server's labels when the CA authorized the session (schema 2).
+    ("gateway_sessions", "labels", "TEXT"),
+    // The labels `view_recordings` is judged against: the session's, snapshotted when the
+    // recording was stored (schema 2).
+    ("recordings", "node_labels", "TEXT"),
+];
+
+/// Creates the schema, and brings a database of an older version up to date (idempotent).
 pub fn init_schema(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)
-        .context("cannot create the database schema")
+        .context("cannot create the database schema")?;
+    for (table, column, ty) in ADDED_COLUMNS {
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                .with_context(|| format!("cannot add the column {table}.{column}"))?;
+        }
+    }
+    conn.execute(
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'",
+        [],
+    )
+    .context("cannot record the schema version")?;
+    Ok(())
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = st
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(names.iter().any(|n| n == column))
 }
 
 /// Handle to the writer thread.
@@ -232,5 +265,48 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         for r in replies {
             r(commit.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_an_old_database_gets_the_label_snapshot_columns() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("old.db");
+        {
+            // The recordings tables as posternd wrote them before schema 2.
+            let c = open_connection(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE gateway_sessions (id TEXT PRIMARY KEY, gateway TEXT NOT NULL, user TEXT NOT NULL, login TEXT NOT NULL, node TEXT NOT NULL, first_authorized INTEGER NOT NULL);
+                 CREATE TABLE recordings (id TEXT PRIMARY KEY, user TEXT NOT NULL, login TEXT NOT NULL, node TEXT NOT NULL, gateway TEXT NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL, interrupted INTEGER NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, stored_at INTEGER NOT NULL);
+                 INSERT INTO recordings VALUES ('s-old', 'alice', 'root', 'web1', 'gw', 1, 2, 0, 3, 'x', 4);
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');",
+            )
+            .unwrap();
+        }
+        let c = open_connection(&path).unwrap();
+        init_schema(&c).unwrap();
+        init_schema(&c).unwrap();
+        let old: Option<String> = c
+            .query_row(
+                "SELECT node_labels FROM recordings WHERE id = 's-old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, None, "an old row has no snapshot");
+        assert!(has_column(&c, "gateway_sessions", "labels").unwrap());
+        let v: String = c
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, "2");
     }
 }

@@ -265,8 +265,10 @@ impl Service {
                 match earlier {
                     None => {
                         c.execute(
-                            "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![req.session_id, gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now)],
+                            // The server's labels now: what `view_recordings` judges the
+                            // session's recordings by, whatever the server becomes later.
+                            "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![req.session_id, gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now), labels.to_string()],
                         )?;
                     }
                     Some(e) if e == (gateway.to_string(), user.to_string(), login.to_string(), node.to_string()) => {}

@@ -6,23 +6,38 @@
 //! Uploads are resumable, so that a recording of any size (up to `[recordings] max_bytes`)
 //! survives a restart of either side: the gateway asks where the upload stands, appends
 //! chunks at an offset to `DATA_DIR/recordings/partial/<id>.part`, and completes it with the
-//! total size and SHA-256, which links the file to its final name and inserts the row in one
-//! step. The single-request upload of earlier gateways (at most [`MAX_RECORDING_BYTES`]) stays.
+//! total size and SHA-256, which links the file to its final name, removes the partial name
+//! and inserts the row. The single-request upload of earlier gateways (at most
+//! [`MAX_RECORDING_BYTES`]) stays. Partial uploads untouched for [`STALE_UPLOAD_SECS`] are
+//! swept (at start and every [`SWEEP_EVERY_SECS`]), and one gateway's unfinished uploads may
+//! hold at most [`PARTIAL_UPLOADS_PER_GATEWAY`] × `max_bytes`.
 //!
 //! **Invariant:** a stored recording is never replaced. The file reaches its final name by a
-//! hard link (which fails when the name exists), and the row is inserted with
-//! `INSERT OR IGNORE`, so a retried upload or completion changes nothing.
+//! hard link (which fails when the name exists), the partial name is removed before the row is
+//! written and a partial file with a second name is never written or cut, and the row is
+//! inserted with `INSERT OR IGNORE`, so a retried upload or completion changes nothing.
+//!
+//! **Invariant:** one piece of work per recording at a time. A request claims the id, and the
+//! claim (with the upload slot) moves into a task that runs the file work and the database
+//! update to their end, even when the request is dropped (gateway gone, timeout): a retry is
+//! refused (409) until then, so no writer outlives the claim it was started under.
 //!
 //! **Invariant:** a partial upload is trusted only up to the length the database recorded after
 //! the chunk's fsync (`recording_uploads.received`); a tail left by a request that died is cut
 //! off before the next chunk is appended, and the SHA-256 is checked before anything is visible.
+//!
+//! **Invariant:** a recording is stored only for a session the CA authorized, with that
+//! session's user, login, server and gateway (`<id>-N`, the gateway's further session channels
+//! of one connection, belong to session `<id>`), and it is visible to others by the server
+//! labels of that session (snapshotted in the row), not by what the server is labelled later.
 
 use std::collections::HashSet;
 use std::fs;
+use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, bail, Context, Result};
 use postern_core::api::{RecordingComplete, RecordingMeta, RecordingUpload, RecordingUploadStatus};
@@ -30,8 +45,10 @@ use postern_core::{Labels, Login, NodeName, Policy, Username};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit;
+use crate::db::Db;
 use crate::gateway::{gateway_for, valid_session_id};
 use crate::service::{now, Refusal, Service};
 use crate::x509::ClientIdentity;
@@ -47,6 +64,18 @@ pub const MAX_RECORDING_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_LIST: u32 = 100;
 /// The most rows one listing returns.
 pub const MAX_LIST: u32 = 10_000;
+
+/// A partial upload that no chunk touched for this long (7 days) is abandoned: its row and its
+/// file are removed, and an upload of that id starts again from 0.
+pub const STALE_UPLOAD_SECS: u64 = 7 * 24 * 3600;
+
+/// How often abandoned partial uploads are swept (and once when the daemon starts).
+pub const SWEEP_EVERY_SECS: u64 = 3600;
+
+/// The unfinished uploads one gateway may hold, in multiples of `[recordings] max_bytes`:
+/// room for a few recordings of the largest size at once, and a bound on the disk that a
+/// gateway abandoning uploads can take before the sweep frees it.
+pub const PARTIAL_UPLOADS_PER_GATEWAY: u64 = 4;
 
 /// The longest asciicast header line accepted (the header is a small JSON object).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -66,8 +95,9 @@ pub struct Store {
     pub max_bytes: u64,
     /// `[recordings] chunk_bytes`: the largest chunk accepted.
     pub chunk_bytes: u64,
-    /// Ids with a chunk or completion in progress: one request per recording at a time.
-    busy: Mutex<HashSet<String>>,
+    /// Ids with a chunk, completion, single-request upload or sweep in progress: one piece of
+    /// work per recording at a time.
+    busy: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Store {
@@ -76,13 +106,19 @@ impl Store {
         Store {
             max_bytes,
             chunk_bytes,
-            busy: Mutex::new(HashSet::new()),
+            busy: Arc::default(),
         }
     }
 
+    /// The bytes of unfinished uploads one gateway may hold.
+    pub fn partial_cap(&self) -> u64 {
+        self.max_bytes.saturating_mul(PARTIAL_UPLOADS_PER_GATEWAY)
+    }
+
     /// Claims `id` until the claim is dropped; refuses while another request holds it (a
-    /// gateway retrying a request that timed out on its side while it still runs here).
-    fn claim(&self, id: &str) -> Outcome<Claim<'_>> {
+    /// gateway retrying a request that timed out on its side while it still runs here). The
+    /// claim does not borrow the store, so that it can move into the task doing the work.
+    fn claim(&self, id: &str) -> Outcome<Claim> {
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         if !busy.insert(id.to_owned()) {
             return Err(Refusal::Conflict(format!(
@@ -90,7 +126,7 @@ impl Store {
             )));
         }
         Ok(Claim {
-            store: self,
+            busy: Arc::clone(&self.busy),
             id: id.to_owned(),
         })
     }
@@ -113,20 +149,30 @@ impl Store {
     }
 }
 
-/// One request's hold on a recording id.
-struct Claim<'a> {
-    store: &'a Store,
+/// One piece of work's hold on a recording id.
+struct Claim {
+    busy: Arc<Mutex<HashSet<String>>>,
     id: String,
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.store
-            .busy
+        self.busy
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
+}
+
+/// Runs an upload's work in a task of its own and waits for it. The claim and the upload slot
+/// move into `work`, which runs to its end (file work and database update) even when the
+/// request awaiting it is dropped: they are released only when nothing of it runs any more.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Outcome<T>> + Send + 'static,
+) -> Outcome<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Refusal::Internal(anyhow!("recording upload task failed: {e}")))?
 }
 
 /// The recordings directory.
@@ -307,6 +353,23 @@ fn open_partial(path: &Path, create: bool) -> std::io::Result<fs::File> {
         .open(path)
 }
 
+/// Whether an open partial file has another name too (the stored recording's).
+fn linked(f: &fs::File) -> std::io::Result<bool> {
+    Ok(f.metadata()?.nlink() > 1)
+}
+
+/// Removes a partial upload's name (if it is there) durably.
+fn remove_partial(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => match path.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
 /// The bytes of a partial upload that can be trusted: at most what the database recorded,
 /// and what the file still holds. A longer file (a chunk written by a request that died
 /// before its row was updated) is cut back.
@@ -332,6 +395,13 @@ fn write_chunk(
     bytes: &[u8],
 ) -> Result<Outcome<u64>> {
     let f = open_partial(path, true).with_context(|| format!("cannot open {}", path.display()))?;
+    // A partial file with a second name is a stored recording (a completion died between the
+    // link and the removal of the partial name): it is never written or cut.
+    if linked(&f).with_context(|| format!("cannot read {}", path.display()))? {
+        return Ok(Err(Refusal::Conflict(format!(
+            "recording {id} is already stored under its final name; complete it again instead of sending chunks"
+        ))));
+    }
     if fresh {
         if let Some(parent) = path.parent() {
             sync_dir(parent)?;
@@ -390,8 +460,9 @@ enum Finished {
     Discarded(Refusal),
 }
 
-/// Checks a complete partial upload against its size, asciicast header and SHA-256, and
-/// links it to its final name (blocking).
+/// Checks a complete partial upload against its size, asciicast header and SHA-256, links it
+/// to its final name and removes the partial name (blocking): once linked, the file is never
+/// written through the partial name again.
 fn finish_partial(
     partial: &Path,
     final_path: &Path,
@@ -400,6 +471,21 @@ fn finish_partial(
     bytes: u64,
     sha256: &str,
 ) -> Result<Finished> {
+    // Stored already, by a completion that died before its row was written or by a
+    // single-request upload: the same file is fine, another one is never replaced.
+    match fs::symlink_metadata(final_path) {
+        Ok(_) => {
+            if sha256_of_path(final_path)? != sha256 {
+                return Ok(Finished::Refused(Refusal::Conflict(format!(
+                    "recording {id} is already stored with other content; a recording is never replaced"
+                ))));
+            }
+            remove_partial(partial)?;
+            return Ok(Finished::Linked);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", final_path.display())),
+    }
     let mut f = match open_partial(partial, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -407,6 +493,13 @@ fn finish_partial(
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", partial.display())),
     };
+    if linked(&f).with_context(|| format!("cannot read {}", partial.display()))? {
+        bail!(
+            "{} has another name (not {}); it is left alone",
+            partial.display(),
+            final_path.display()
+        );
+    }
     let durable = durable_length(&f, recorded)
         .with_context(|| format!("cannot read {}", partial.display()))?;
     if durable > bytes {
@@ -447,10 +540,9 @@ fn finish_partial(
     }
     f.sync_all()
         .with_context(|| format!("cannot fsync {}", partial.display()))?;
+    drop(f);
     match fs::hard_link(partial, final_path) {
         Ok(()) => {}
-        // Left by a completion that died before its row was written: the same file is fine,
-        // another one is never replaced.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if sha256_of_path(final_path)? != sha256 {
                 return Ok(Finished::Refused(Refusal::Conflict(format!(
@@ -468,6 +560,8 @@ fn finish_partial(
     if let Some(parent) = final_path.parent() {
         sync_dir(parent)?;
     }
+    // At once, before the row: nothing may reach the stored file through the partial name.
+    remove_partial(partial)?;
     Ok(Finished::Linked)
 }
 
@@ -526,6 +620,21 @@ impl RecordingMetaRow {
 const COLUMNS: &str =
     "id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256";
 
+/// [`COLUMNS`] of `recordings r`.
+const R_COLUMNS: &str =
+    "r.id, r.user, r.login, r.node, r.gateway, r.started_at, r.ended_at, r.interrupted, r.bytes, r.sha256";
+
+/// The labels `view_recordings` judges a recording `r` by: the snapshot taken when it was
+/// stored; for a row stored before snapshots existed, the server's labels now (only a server,
+/// kind `node`, counts), or none when it left the inventory.
+const EFFECTIVE_LABELS: &str = "COALESCE(r.node_labels, (SELECT n.labels FROM nodes n WHERE n.name = r.node AND n.kind = 'node'), '')";
+
+/// Labels as stored. The CA stores only labels that parse; anything else counts as none,
+/// which only `"*" = "*"` selects.
+fn parse_labels(s: &str) -> Labels {
+    s.parse().unwrap_or_default()
+}
+
 fn load(c: &Connection, id: &str) -> Result<Option<(RecordingMeta, String)>> {
     let row = c
         .query_row(
@@ -535,6 +644,19 @@ fn load(c: &Connection, id: &str) -> Result<Option<(RecordingMeta, String)>> {
         )
         .optional()?;
     row.map(|(m, sha)| Ok((m.into_meta()?, sha))).transpose()
+}
+
+/// A stored recording and the labels its visibility is judged by.
+fn load_for_viewing(c: &Connection, id: &str) -> Result<Option<(RecordingMeta, Labels)>> {
+    let row = c
+        .query_row(
+            &format!("SELECT {R_COLUMNS}, {EFFECTIVE_LABELS} FROM recordings r WHERE r.id = ?1"),
+            [id],
+            |r| Ok((meta_of(r)?, r.get::<_, String>(10)?)),
+        )
+        .optional()?;
+    row.map(|((m, _), labels)| Ok((m.into_meta()?, parse_labels(&labels))))
+        .transpose()
 }
 
 /// Recordings, newest first, optionally only of one user and/or one server.
@@ -554,58 +676,36 @@ pub fn list(
 }
 
 /// Which other users' recordings a signed-in user may see, decided by the policy's
-/// `view_recordings` against the servers' current labels.
+/// `view_recordings` against each recording's labels ([`EFFECTIVE_LABELS`]).
 struct Visibility {
     /// Whether any role of the user has `view_recordings` at all.
     any: bool,
-    /// Servers in the inventory whose labels a `view_recordings` selects.
-    nodes: Vec<String>,
-    /// Whether servers no longer in the inventory are selected (only `"*" = "*"` does).
-    removed: bool,
-}
-
-/// The labels of a server in the inventory (`None` when it was removed).
-fn labels_of(c: &Connection, node: &str) -> Result<Option<Labels>> {
-    let labels: Option<String> = c
-        .query_row("SELECT labels FROM nodes WHERE name = ?1", [node], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    // Labels the CA stored always parse; one that does not selects nothing.
-    Ok(labels.map(|l| l.parse().unwrap_or_default()))
+    /// The label sets (as stored) of recordings that a `view_recordings` selects.
+    labels: Vec<String>,
 }
 
 fn visibility(c: &Connection, policy: &Policy, me: &Username) -> Result<Visibility> {
     if !policy.views_others_recordings(me) {
         return Ok(Visibility {
             any: false,
-            nodes: Vec::new(),
-            removed: false,
+            labels: Vec::new(),
         });
     }
-    let mut st = c.prepare("SELECT name, labels FROM nodes WHERE kind = 'node'")?;
-    let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+    // Few distinct label sets, however many recordings: each is judged once.
+    let mut st = c.prepare(&format!(
+        "SELECT DISTINCT {EFFECTIVE_LABELS} FROM recordings r"
+    ))?;
+    let all = st
+        .query_map([], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    let nodes = rows
+    let labels = all
         .into_iter()
-        .filter(|(_, labels)| {
-            labels
-                .parse::<Labels>()
-                .is_ok_and(|l| policy.recording_viewer_role(me, &l).is_some())
-        })
-        .map(|(name, _)| name)
+        .filter(|l| policy.recording_viewer_role(me, &parse_labels(l)).is_some())
         .collect();
-    Ok(Visibility {
-        any: true,
-        nodes,
-        removed: policy
-            .recording_viewer_role(me, &Labels::default())
-            .is_some(),
-    })
+    Ok(Visibility { any: true, labels })
 }
 
-/// The recordings `me` may see, newest first: their own, and others' on servers their
+/// The recordings `me` may see, newest first: their own, and others' whose labels their
 /// `view_recordings` selects; optionally only of one user and/or one server.
 fn list_visible(
     c: &Connection,
@@ -616,23 +716,15 @@ fn list_visible(
     limit: u32,
 ) -> Result<Vec<RecordingMeta>> {
     let mut st = c.prepare(&format!(
-        "SELECT {COLUMNS} FROM recordings \
-         WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR node = ?2) \
-         AND (user = ?3 OR node IN (SELECT value FROM json_each(?4)) \
-              OR (?5 AND node NOT IN (SELECT name FROM nodes WHERE kind = 'node'))) \
-         ORDER BY started_at DESC, id LIMIT ?6"
+        "SELECT {R_COLUMNS} FROM recordings r \
+         WHERE (?1 IS NULL OR r.user = ?1) AND (?2 IS NULL OR r.node = ?2) \
+         AND (r.user = ?3 OR {EFFECTIVE_LABELS} IN (SELECT value FROM json_each(?4))) \
+         ORDER BY r.started_at DESC, r.id LIMIT ?5"
     ))?;
-    let nodes = serde_json::to_string(&vis.nodes)?;
+    let labels = serde_json::to_string(&vis.labels)?;
     let rows = st
         .query_map(
-            params![
-                user,
-                node,
-                me.as_str(),
-                nodes,
-                vis.removed,
-                limit.min(MAX_LIST)
-            ],
+            params![user, node, me.as_str(), labels, limit.min(MAX_LIST)],
             meta_of,
         )?
         .collect::<Result<Vec<_>, _>>()?;
@@ -689,6 +781,64 @@ fn signed_in_user(c: &Connection, id: &ClientIdentity, now: u64) -> Result<Outco
     Ok(Ok(user))
 }
 
+/// A session the CA authorized (`gateway_sessions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    id: String,
+    gateway: String,
+    user: String,
+    login: String,
+    node: String,
+    /// The server's labels at authorization (`None` for sessions authorized before the CA
+    /// kept them).
+    labels: Option<String>,
+}
+
+fn session_row(c: &Connection, id: &str) -> Result<Option<Session>> {
+    Ok(c.query_row(
+        "SELECT id, gateway, user, login, node, labels FROM gateway_sessions WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Session {
+                id: r.get(0)?,
+                gateway: r.get(1)?,
+                user: r.get(2)?,
+                login: r.get(3)?,
+                node: r.get(4)?,
+                labels: r.get(5)?,
+            })
+        },
+    )
+    .optional()?)
+}
+
+/// Whether `n` numbers a further session channel: 2 or more, in decimal, no leading zero.
+fn channel_number(n: &str) -> bool {
+    (1..=9).contains(&n.len())
+        && !n.starts_with('0')
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && n.parse::<u32>().is_ok_and(|n| n >= 2)
+}
+
+/// The authorized session a recording id belongs to: the session of that id, or for
+/// `<id>-N` (N ≥ 2: the gateway records the second and later session channels of one
+/// connection under those ids) the session `<id>`.
+fn authorized_session(c: &Connection, id: &str) -> Result<Option<Session>> {
+    if let Some(s) = session_row(c, id)? {
+        return Ok(Some(s));
+    }
+    match id.rsplit_once('-') {
+        Some((base, n)) if !base.is_empty() && channel_number(n) => session_row(c, base),
+        _ => Ok(None),
+    }
+}
+
+fn unauthorized(id: &str) -> Refusal {
+    Refusal::Forbidden(format!(
+        "recording {id} belongs to no session this CA authorized (a gateway asks /v1/gateway/authorize before each session); it is refused"
+    ))
+}
+
 /// Where the upload of a recording by a gateway stands.
 enum UploadState {
     /// Nothing received.
@@ -699,8 +849,8 @@ enum UploadState {
     Complete { meta: RecordingMeta, sha256: String },
 }
 
-/// Where the upload of `id` by `gateway` stands; refuses an id that another gateway stored,
-/// is uploading, or was authorized for.
+/// Where the upload of `id` by `gateway` stands; refuses an id that another gateway stored or
+/// is uploading, and one that belongs to no session authorized for this gateway.
 fn upload_state(c: &Connection, id: &str, gateway: &str) -> Result<Outcome<UploadState>> {
     if let Some((meta, sha256)) = load(c, id)? {
         if meta.gateway != gateway {
@@ -710,17 +860,15 @@ fn upload_state(c: &Connection, id: &str, gateway: &str) -> Result<Outcome<Uploa
         }
         return Ok(Ok(UploadState::Complete { meta, sha256 }));
     }
-    let session: Option<String> = c
-        .query_row(
-            "SELECT gateway FROM gateway_sessions WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if session.is_some_and(|g| g != gateway) {
-        return Ok(Err(Refusal::Forbidden(format!(
-            "session {id} was authorized for another gateway"
-        ))));
+    match authorized_session(c, id)? {
+        None => return Ok(Err(unauthorized(id))),
+        Some(s) if s.gateway != gateway => {
+            return Ok(Err(Refusal::Forbidden(format!(
+                "session {} was authorized for another gateway",
+                s.id
+            ))))
+        }
+        Some(_) => {}
     }
     let upload: Option<(String, i64)> = c
         .query_row(
@@ -742,51 +890,59 @@ fn upload_state(c: &Connection, id: &str, gateway: &str) -> Result<Outcome<Uploa
     }))
 }
 
-/// Whether a recording matches the session the CA authorized under its id: `Ok(true)` when
-/// it does, `Ok(false)` when the CA authorized no session of that id (stored, and audited as
-/// such), a refusal when the user, login, server or gateway differ.
-fn session_matches(c: &Connection, m: &RecordingMeta, gateway: &str) -> Result<Outcome<bool>> {
-    let session: Option<(String, String, String, String)> = c
-        .query_row(
-            "SELECT gateway, user, login, node FROM gateway_sessions WHERE id = ?1",
-            [&m.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    Ok(match session {
-        None => Ok(false),
-        Some(s)
-            if s == (
-                gateway.to_owned(),
-                m.user.to_string(),
-                m.login.to_string(),
-                m.node.to_string(),
-            ) =>
-        {
-            Ok(true)
-        }
-        Some(_) => Err(Refusal::Forbidden(format!(
-            "recording {} does not match the session the CA authorized under that id",
-            m.id
-        ))),
-    })
+/// The authorized session a recording belongs to, when its user, login, server and gateway
+/// are that session's; a refusal otherwise, and for a recording of no authorized session.
+fn session_matches(c: &Connection, m: &RecordingMeta, gateway: &str) -> Result<Outcome<Session>> {
+    let Some(s) = authorized_session(c, &m.id)? else {
+        return Ok(Err(unauthorized(&m.id)));
+    };
+    let same = s.gateway == gateway
+        && s.user == m.user.as_str()
+        && s.login == m.login.as_str()
+        && s.node == m.node.as_str();
+    if !same {
+        return Ok(Err(Refusal::Forbidden(format!(
+            "recording {} does not match session {} that the CA authorized (user, login, server and gateway must be the session's)",
+            m.id, s.id
+        ))));
+    }
+    Ok(Ok(s))
 }
 
-/// Inserts a stored recording's row and its audit event, and forgets its partial upload. A
-/// row that exists already (a concurrent single-request upload won) is answered instead.
+/// The labels a recording of session `s` is judged by from now on: the server's at
+/// authorization, or (a session authorized before the CA kept them) its labels now, or none.
+fn snapshot_labels(c: &Connection, s: &Session) -> Result<String> {
+    if let Some(l) = &s.labels {
+        return Ok(l.clone());
+    }
+    let now: Option<String> = c
+        .query_row(
+            "SELECT labels FROM nodes WHERE name = ?1 AND kind = 'node'",
+            [&s.node],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(now.unwrap_or_default())
+}
+
+/// Inserts a stored recording's row (with its labels snapshot) and its audit event, and
+/// forgets its partial upload. A row that exists already (a concurrent single-request upload
+/// won) is answered instead.
 fn insert_stored(
     c: &Connection,
     meta: &RecordingMeta,
     sha: &str,
-    authorized: bool,
+    session: &Session,
     upload: &str,
     now: u64,
 ) -> Result<RecordingMeta> {
+    let labels = snapshot_labels(c, session)?;
     let n = c.execute(
-        "INSERT OR IGNORE INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT OR IGNORE INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at, node_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             meta.id, meta.user.as_str(), meta.login.as_str(), meta.node.as_str(), meta.gateway,
             i(meta.started_at), i(meta.ended_at), meta.interrupted, i(meta.bytes), sha, i(now),
+            labels,
         ],
     )?;
     c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&meta.id])?;
@@ -804,7 +960,8 @@ fn insert_stored(
             "id": meta.id, "user": meta.user.as_str(), "login": meta.login.as_str(),
             "node": meta.node.as_str(), "started_at": meta.started_at, "ended_at": meta.ended_at,
             "interrupted": meta.interrupted, "bytes": meta.bytes, "sha256": sha,
-            "authorized_session": authorized, "upload": upload,
+            "authorized_session": true, "session": session.id, "labels": labels,
+            "upload": upload,
         }),
     )?;
     Ok(meta.clone())
@@ -815,6 +972,358 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!(e))?
+}
+
+/// The single-request upload, under its claim: see [`Service::recording_store`].
+async fn store_single(
+    db: Db,
+    data_dir: PathBuf,
+    mut meta: RecordingMeta,
+    cast: String,
+    now: u64,
+) -> Outcome<RecordingMeta> {
+    // A retried upload answers with what is stored and touches nothing.
+    let m2 = meta.clone();
+    let session = db
+        .run(
+            move |c| -> Result<Outcome<std::result::Result<Session, RecordingMeta>>> {
+                if let Some((stored, _)) = load(c, &m2.id)? {
+                    if stored.gateway != m2.gateway {
+                        return Ok(Err(Refusal::Conflict(format!(
+                            "recording {} was stored by another gateway",
+                            m2.id
+                        ))));
+                    }
+                    return Ok(Ok(Err(stored)));
+                }
+                Ok(session_matches(c, &m2, &m2.gateway)?.map(Ok))
+            },
+        )
+        .await??;
+    let session = match session {
+        Ok(s) => s,
+        Err(stored) => return Ok(stored),
+    };
+
+    let path = file_of(&data_dir, &meta.id);
+    let (sha, placed) = {
+        let path = path.clone();
+        blocking(move || -> Result<(String, Placed)> {
+            let placed = place_file(&path, cast.as_bytes())?;
+            let sha = match placed {
+                Placed::Created => hex::encode(Sha256::digest(cast.as_bytes())),
+                // Left by an upload that crashed before its row was written, or by a
+                // completion of a resumable upload: that file stays, and the row describes it.
+                Placed::Existed => sha256_of_path(&path)?,
+            };
+            Ok((sha, placed))
+        })
+        .await?
+    };
+    if placed == Placed::Existed {
+        meta.bytes = fs::metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+    }
+    let id = meta.id.clone();
+    let stored = db
+        .run(move |c| insert_stored(c, &meta, &sha, &session, "single", now))
+        .await?;
+    // A resumable upload of the same recording, if one was begun, is moot now.
+    let partial = partial_of(&data_dir, &id);
+    blocking(move || remove_partial(&partial)).await?;
+    Ok(stored)
+}
+
+/// One chunk, under its claim: see [`Service::recording_chunk`]. Answers the durable length.
+async fn append_chunk(
+    db: Db,
+    data_dir: PathBuf,
+    cap: u64,
+    gateway: String,
+    id: String,
+    offset: u64,
+    bytes: axum::body::Bytes,
+) -> Outcome<u64> {
+    let (i2, gw) = (id.clone(), gateway.clone());
+    let (state, others) = db
+        .run(move |c| -> Result<Outcome<(UploadState, u64)>> {
+            let state = match upload_state(c, &i2, &gw)? {
+                Ok(s) => s,
+                Err(r) => return Ok(Err(r)),
+            };
+            let others: i64 = c.query_row(
+                "SELECT COALESCE(SUM(received), 0) FROM recording_uploads WHERE gateway = ?1 AND id != ?2",
+                params![gw, i2],
+                |r| r.get(0),
+            )?;
+            Ok(Ok((state, u(others))))
+        })
+        .await??;
+    let (fresh, recorded) = match state {
+        UploadState::Complete { .. } => {
+            return Err(Refusal::Conflict(format!(
+                "recording {id} is already complete; nothing more is accepted for it"
+            )))
+        }
+        UploadState::Absent => (true, 0),
+        UploadState::Partial { received } => (false, received),
+    };
+    if offset > recorded {
+        return Err(beyond(&id, offset, recorded));
+    }
+    let end = offset.saturating_add(bytes.len() as u64);
+    let held = others.saturating_add(end.max(recorded));
+    if end > recorded && held > cap {
+        return Err(Refusal::InsufficientStorage(format!(
+            "gateway {gateway} would hold {held} bytes of unfinished recording uploads on this CA, more than its {cap} ({PARTIAL_UPLOADS_PER_GATEWAY} x [recordings] max_bytes); recording {id} keeps the {recorded} bytes received: retry once other uploads are complete (uploads untouched for {} days are removed)",
+            STALE_UPLOAD_SECS / 86_400
+        )));
+    }
+    let path = partial_of(&data_dir, &id);
+    let i2 = id.clone();
+    let received =
+        blocking(move || write_chunk(&path, &i2, fresh, recorded, offset, &bytes)).await??;
+    let now = now();
+    db.run(move |c| {
+        c.execute(
+            "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT(id) DO UPDATE SET received = excluded.received, updated_at = excluded.updated_at",
+            params![id, gateway, i(received), i(now)],
+        )?;
+        Ok(())
+    })
+    .await?;
+    Ok(received)
+}
+
+/// A completion, under its claim: see [`Service::recording_complete`].
+async fn complete_upload(
+    db: Db,
+    data_dir: PathBuf,
+    meta: RecordingMeta,
+    sha256: String,
+) -> Outcome<RecordingMeta> {
+    let id = meta.id.clone();
+    let m2 = meta.clone();
+    let state = db
+        .run(
+            move |c| -> Result<Outcome<(UploadState, Option<Session>)>> {
+                let state = match upload_state(c, &m2.id, &m2.gateway)? {
+                    Ok(s) => s,
+                    Err(r) => return Ok(Err(r)),
+                };
+                if matches!(state, UploadState::Complete { .. }) {
+                    return Ok(Ok((state, None)));
+                }
+                Ok(session_matches(c, &m2, &m2.gateway)?.map(|s| (state, Some(s))))
+            },
+        )
+        .await??;
+    let (recorded, session) = match state {
+        (
+            UploadState::Complete {
+                meta: stored,
+                sha256: stored_sha,
+            },
+            _,
+        ) => {
+            // Completing again is answered with what is stored; other content is refused.
+            return if stored_sha == sha256 {
+                Ok(stored)
+            } else {
+                Err(Refusal::Conflict(format!(
+                    "recording {id} is already stored with other content (sha256 {stored_sha}); a recording is never replaced"
+                )))
+            };
+        }
+        (UploadState::Absent, _) => return Err(incomplete(&id, 0, meta.bytes)),
+        (UploadState::Partial { received }, Some(s)) => (received, s),
+        (UploadState::Partial { .. }, None) => {
+            return Err(Refusal::Internal(anyhow!(
+                "no session for a partial upload"
+            )))
+        }
+    };
+    let partial = partial_of(&data_dir, &id);
+    let final_path = file_of(&data_dir, &id);
+    let (i2, s2, bytes) = (id.clone(), sha256.clone(), meta.bytes);
+    let finished =
+        blocking(move || finish_partial(&partial, &final_path, &i2, recorded, bytes, &s2)).await?;
+    match finished {
+        Finished::Linked => {}
+        Finished::Refused(r) => return Err(r),
+        Finished::Discarded(r) => {
+            db.run(move |c| {
+                c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&id])?;
+                Ok(())
+            })
+            .await?;
+            return Err(r);
+        }
+    }
+    let now = now();
+    Ok(db
+        .run(move |c| insert_stored(c, &meta, &sha256, &session, "chunked", now))
+        .await?)
+}
+
+/// What one sweep of abandoned uploads removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// `recording_uploads` rows (with their partial files).
+    pub uploads: usize,
+    /// Files without a row: partial files, and temporary files of single-request uploads.
+    pub files: usize,
+    /// The bytes those uploads had received.
+    pub bytes: u64,
+}
+
+/// Removes abandoned uploads: `recording_uploads` rows that no chunk updated for
+/// [`STALE_UPLOAD_SECS`] with their partial files, partial files without a row and
+/// temporary files of single-request uploads that old. Work in progress (a claimed id) is
+/// left alone; every removal is logged.
+pub async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> Result<Swept> {
+    let cutoff = now.saturating_sub(STALE_UPLOAD_SECS);
+    let mut swept = Swept::default();
+    let stale: Vec<(String, String, i64, i64)> = db
+        .run(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, gateway, received, updated_at FROM recording_uploads WHERE updated_at < ?1 ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([i(cutoff)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await?;
+    for (id, gateway, received, updated_at) in stale {
+        let Ok(_claim) = store.claim(&id) else {
+            continue;
+        };
+        let i2 = id.clone();
+        let gone = db
+            .run(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM recording_uploads WHERE id = ?1 AND updated_at < ?2",
+                    params![i2, i(cutoff)],
+                )?)
+            })
+            .await?;
+        if gone == 0 {
+            continue;
+        }
+        if valid_session_id(&id) {
+            let path = partial_of(data_dir, &id);
+            blocking(move || remove_partial(&path)).await?;
+        }
+        tracing::info!(
+            id,
+            gateway,
+            received,
+            idle_secs = now.saturating_sub(u(updated_at)),
+            "removed an abandoned partial recording upload"
+        );
+        swept.uploads += 1;
+        swept.bytes = swept.bytes.saturating_add(u(received));
+    }
+
+    let live: HashSet<String> = db
+        .run(|c| {
+            let mut st = c.prepare("SELECT id FROM recording_uploads")?;
+            let ids = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<HashSet<String>, _>>()?;
+            Ok(ids)
+        })
+        .await?;
+    let (pdir, rdir) = (partial_dir(data_dir), dir(data_dir));
+    let old = blocking(move || -> Result<Vec<(PathBuf, Option<String>)>> {
+        let mut old = Vec::new();
+        for (d, temporary) in [(pdir, false), (rdir, true)] {
+            let entries = match fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+            };
+            for e in entries {
+                let e = e.with_context(|| format!("cannot read {}", d.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let md = e.metadata()?;
+                let modified = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(u64::MAX, |t| t.as_secs());
+                if !md.is_file() || modified >= cutoff {
+                    continue;
+                }
+                if temporary {
+                    if name.starts_with(".upload-") && name.ends_with(".tmp") {
+                        old.push((e.path(), None));
+                    }
+                } else if let Some(id) = name.strip_suffix(".part") {
+                    if valid_session_id(id) {
+                        old.push((e.path(), Some(id.to_owned())));
+                    }
+                }
+            }
+        }
+        Ok(old)
+    })
+    .await?;
+    for (path, id) in old {
+        let _claim = match &id {
+            Some(id) if live.contains(id) => continue,
+            Some(id) => match store.claim(id) {
+                Ok(c) => Some(c),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        if let Some(id) = &id {
+            // An upload that began since the listing keeps its file.
+            let i2 = id.clone();
+            let begun: Option<i64> = db
+                .run(move |c| {
+                    Ok(
+                        c.query_row("SELECT 1 FROM recording_uploads WHERE id = ?1", [i2], |r| {
+                            r.get(0)
+                        })
+                        .optional()?,
+                    )
+                })
+                .await?;
+            if begun.is_some() {
+                continue;
+            }
+        }
+        let p2 = path.clone();
+        blocking(move || remove_partial(&p2)).await?;
+        tracing::info!(file = %path.display(), "removed an abandoned upload file");
+        swept.files += 1;
+    }
+    Ok(swept)
+}
+
+/// Sweeps abandoned uploads when the daemon starts and every [`SWEEP_EVERY_SECS`].
+pub async fn sweeper(svc: Arc<Service>) {
+    loop {
+        match sweep(&svc.db, &svc.recordings, &svc.data_dir, now()).await {
+            Ok(s) if s != Swept::default() => tracing::info!(
+                uploads = s.uploads,
+                files = s.files,
+                bytes = s.bytes,
+                "swept abandoned recording uploads (untouched for {} days)",
+                STALE_UPLOAD_SECS / 86_400
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot sweep abandoned recording uploads")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(SWEEP_EVERY_SECS)).await;
+    }
 }
 
 impl Service {
@@ -828,11 +1337,13 @@ impl Service {
     }
 
     /// `POST /v1/gateway/recordings`: stores one finished recording sent in one request,
-    /// idempotently by id (gateways before resumable uploads).
+    /// idempotently by id (gateways before resumable uploads), for an authorized session.
+    /// `slot` is the upload slot the body was read under; it is held until the work ends.
     pub async fn recording_store(
         &self,
         gateway: NodeName,
         up: RecordingUpload,
+        slot: OwnedSemaphorePermit,
     ) -> Outcome<RecordingMeta> {
         check_upload(&up)?;
         if up.meta.bytes > self.recordings.max_bytes {
@@ -840,61 +1351,13 @@ impl Service {
         }
         let RecordingUpload { mut meta, cast } = up;
         meta.gateway = gateway.to_string();
-        let now = now();
-        let _claim = self.recordings.claim(&meta.id)?;
-
-        // A retried upload answers with what is stored and touches nothing.
-        let m2 = meta.clone();
-        let authorized = self
-            .db
-            .run(
-                move |c| -> Result<Outcome<std::result::Result<bool, RecordingMeta>>> {
-                    if let Some((stored, _)) = load(c, &m2.id)? {
-                        if stored.gateway != m2.gateway {
-                            return Ok(Err(Refusal::Conflict(format!(
-                                "recording {} was stored by another gateway",
-                                m2.id
-                            ))));
-                        }
-                        return Ok(Ok(Err(stored)));
-                    }
-                    Ok(session_matches(c, &m2, &m2.gateway)?.map(Ok))
-                },
-            )
-            .await??;
-        let authorized = match authorized {
-            Ok(a) => a,
-            Err(stored) => return Ok(stored),
-        };
-
-        let path = file_of(&self.data_dir, &meta.id);
-        let (sha, placed) = {
-            let path = path.clone();
-            blocking(move || -> Result<(String, Placed)> {
-                let placed = place_file(&path, cast.as_bytes())?;
-                let sha = match placed {
-                    Placed::Created => hex::encode(Sha256::digest(cast.as_bytes())),
-                    // Left by an upload that crashed before its row was written, or by a
-                    // concurrent one: that file stays, and the row describes it.
-                    Placed::Existed => sha256_of_path(&path)?,
-                };
-                Ok((sha, placed))
-            })
-            .await?
-        };
-        if placed == Placed::Existed {
-            meta.bytes = fs::metadata(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .len();
-        }
-        let id = meta.id.clone();
-        let stored = self
-            .db
-            .run(move |c| insert_stored(c, &meta, &sha, authorized, "single", now))
-            .await?;
-        // A resumable upload of the same recording, if one was begun, is moot now.
-        let _ = fs::remove_file(partial_of(&self.data_dir, &id));
-        Ok(stored)
+        let claim = self.recordings.claim(&meta.id)?;
+        let (db, data_dir, now) = (self.db.clone(), self.data_dir.clone(), now());
+        detached(async move {
+            let _held = (claim, slot);
+            store_single(db, data_dir, meta, cast, now).await
+        })
+        .await
     }
 
     /// `GET /v1/gateway/recordings/ID`: where the upload of a recording stands.
@@ -910,9 +1373,6 @@ impl Service {
         let state = self.db.run(move |c| upload_state(c, &i2, &gw)).await??;
         let received = match state {
             UploadState::Complete { meta, .. } => {
-                // A partial file left by a completion that died after its row was written
-                // shares the stored file's blocks; it is only a name to remove.
-                let _ = fs::remove_file(partial_of(&self.data_dir, &id));
                 return Ok(self.recordings.status(&id, meta.bytes, true));
             }
             UploadState::Absent => 0,
@@ -930,13 +1390,15 @@ impl Service {
     }
 
     /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: appends a chunk to a partial upload
-    /// (see [`RecordingUploadStatus`] for the rules).
+    /// of an authorized session (see [`RecordingUploadStatus`] for the rules). `slot` is the
+    /// upload slot the chunk was read under; it is held until the work ends.
     pub async fn recording_chunk(
         &self,
         gateway: NodeName,
         id: String,
         offset: u64,
         bytes: axum::body::Bytes,
+        slot: OwnedSemaphorePermit,
     ) -> Outcome<RecordingUploadStatus> {
         if !valid_session_id(&id) {
             return Err(bad_id());
@@ -957,41 +1419,20 @@ impl Service {
         if end > store.max_bytes {
             return Err(store.too_large(&id, end));
         }
-        let _claim = store.claim(&id)?;
+        let claim = store.claim(&id)?;
+        let (db, data_dir, cap) = (self.db.clone(), self.data_dir.clone(), store.partial_cap());
         let (i2, gw) = (id.clone(), gateway.to_string());
-        let state = self.db.run(move |c| upload_state(c, &i2, &gw)).await??;
-        let (fresh, recorded) = match state {
-            UploadState::Complete { .. } => {
-                return Err(Refusal::Conflict(format!(
-                    "recording {id} is already complete; nothing more is accepted for it"
-                )))
-            }
-            UploadState::Absent => (true, 0),
-            UploadState::Partial { received } => (false, received),
-        };
-        if offset > recorded {
-            return Err(beyond(&id, offset, recorded));
-        }
-        let path = partial_of(&self.data_dir, &id);
-        let i2 = id.clone();
-        let received =
-            blocking(move || write_chunk(&path, &i2, fresh, recorded, offset, &bytes)).await??;
-        let (i2, gw, now) = (id.clone(), gateway.to_string(), now());
-        self.db
-            .run(move |c| {
-                c.execute(
-                    "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
-                     ON CONFLICT(id) DO UPDATE SET received = excluded.received, updated_at = excluded.updated_at",
-                    params![i2, gw, i(received), i(now)],
-                )?;
-                Ok(())
-            })
-            .await?;
+        let received = detached(async move {
+            let _held = (claim, slot);
+            append_chunk(db, data_dir, cap, gw, i2, offset, bytes).await
+        })
+        .await?;
         Ok(store.status(&id, received, false))
     }
 
     /// `POST /v1/gateway/recordings/ID/complete`: checks the size and SHA-256 of a partial
-    /// upload and makes it a stored recording, atomically and idempotently.
+    /// upload and makes it a stored recording of its authorized session, atomically and
+    /// idempotently.
     pub async fn recording_complete(
         &self,
         gateway: NodeName,
@@ -1018,74 +1459,18 @@ impl Service {
             return Err(self.recordings.too_large(&id, meta.bytes));
         }
         meta.gateway = gateway.to_string();
-        let _claim = self.recordings.claim(&id)?;
-        let m2 = meta.clone();
-        let state = self
-            .db
-            .run(move |c| -> Result<Outcome<(UploadState, bool)>> {
-                let state = match upload_state(c, &m2.id, &m2.gateway)? {
-                    Ok(s) => s,
-                    Err(r) => return Ok(Err(r)),
-                };
-                if matches!(state, UploadState::Complete { .. }) {
-                    return Ok(Ok((state, true)));
-                }
-                Ok(session_matches(c, &m2, &m2.gateway)?.map(|a| (state, a)))
-            })
-            .await??;
-        let (recorded, authorized) = match state {
-            (
-                UploadState::Complete {
-                    meta: stored,
-                    sha256: stored_sha,
-                },
-                _,
-            ) => {
-                // Completing again is answered with what is stored; other content is refused.
-                return if stored_sha == sha256 {
-                    Ok(stored)
-                } else {
-                    Err(Refusal::Conflict(format!(
-                        "recording {id} is already stored with other content (sha256 {stored_sha}); a recording is never replaced"
-                    )))
-                };
-            }
-            (UploadState::Absent, _) => return Err(incomplete(&id, 0, meta.bytes)),
-            (UploadState::Partial { received }, a) => (received, a),
-        };
-        let partial = partial_of(&self.data_dir, &id);
-        let final_path = file_of(&self.data_dir, &id);
-        let (p2, i2, s2, bytes) = (partial.clone(), id.clone(), sha256.clone(), meta.bytes);
-        let finished =
-            blocking(move || finish_partial(&p2, &final_path, &i2, recorded, bytes, &s2)).await?;
-        match finished {
-            Finished::Linked => {}
-            Finished::Refused(r) => return Err(r),
-            Finished::Discarded(r) => {
-                let i2 = id.clone();
-                self.db
-                    .run(move |c| {
-                        c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&i2])?;
-                        Ok(())
-                    })
-                    .await?;
-                return Err(r);
-            }
-        }
-        let now = now();
-        let stored = self
-            .db
-            .run(move |c| insert_stored(c, &meta, &sha256, authorized, "chunked", now))
-            .await?;
-        // The stored file is a hard link of the partial one: removing this name frees nothing
-        // and loses nothing.
-        let _ = fs::remove_file(&partial);
-        Ok(stored)
+        let claim = self.recordings.claim(&id)?;
+        let (db, data_dir) = (self.db.clone(), self.data_dir.clone());
+        detached(async move {
+            let _held = claim;
+            complete_upload(db, data_dir, meta, sha256).await
+        })
+        .await
     }
 
     /// `GET /v1/recordings`: the recordings the caller may see: their own, and other users'
-    /// on servers that a role's `view_recordings` selects. Asking for another user's without
-    /// any `view_recordings` is refused rather than answered with an empty list.
+    /// that a role's `view_recordings` selects by the recording's labels. Asking for another
+    /// user's without any `view_recordings` is refused rather than answered with an empty list.
     pub async fn recordings_of_user(
         &self,
         id: ClientIdentity,
@@ -1142,14 +1527,17 @@ impl Service {
                     Err(r) => return Ok(Err(r)),
                 };
                 let views_others = policy.views_others_recordings(&me);
-                let stored = if valid { load(c, &r2)? } else { None };
-                let Some((meta, _)) = stored else {
+                let stored = if valid {
+                    load_for_viewing(c, &r2)?
+                } else {
+                    None
+                };
+                let Some((meta, labels)) = stored else {
                     return Ok(Ok(Err(views_others)));
                 };
                 let role = if meta.user == me {
                     None
                 } else {
-                    let labels = labels_of(c, meta.node.as_str())?.unwrap_or_default();
                     match policy.recording_viewer_role(&me, &labels) {
                         Some(role) => Some(role.to_owned()),
                         None => return Ok(Ok(Err(views_others))),
@@ -1448,5 +1836,540 @@ mod tests {
         let e = tempfile::tempdir().unwrap();
         fs::write(dir(e.path()), "x").unwrap();
         assert!(prepare_dir(e.path()).is_err());
+    }
+
+    // ---- Regressions of the recordings store review ----
+
+    const POLICY: &str = r#"
+[roles.dev]
+logins = ["root"]
+nodes = { env = "dev" }
+
+[roles.dev-viewer]
+logins = ["root"]
+nodes = { env = "dev" }
+view_recordings = { env = "dev" }
+
+[users.alice]
+roles = ["dev"]
+[users.bob]
+roles = ["dev"]
+[users.dave]
+roles = ["dev-viewer"]
+"#;
+
+    async fn service(max_bytes: u64, chunk_bytes: u64) -> (tempfile::TempDir, Service) {
+        let d = tempfile::tempdir().unwrap();
+        crate::keys::create(d.path(), "c.test", &["localhost".to_owned()], now()).unwrap();
+        let keys = Arc::new(crate::keys::load(d.path()).unwrap());
+        prepare_dir(d.path()).unwrap();
+        let svc = Service {
+            cluster: "c.test".parse().unwrap(),
+            gateway: None,
+            keys,
+            db: Db::open(&d.path().join("posternd.db")).unwrap(),
+            policy: std::sync::RwLock::new(Arc::new(Policy::parse(POLICY, "policy.toml").unwrap())),
+            ghosts: Default::default(),
+            data_dir: d.path().to_owned(),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOAD_SLOTS)),
+            recordings: Store::new(max_bytes, chunk_bytes),
+        };
+        (d, svc)
+    }
+
+    /// A session as `/v1/gateway/authorize` records it (user alice, login root).
+    async fn authorize(db: &Db, id: &str, gateway: &str, node: &str, labels: Option<&str>) {
+        let (id, gateway, node) = (id.to_owned(), gateway.to_owned(), node.to_owned());
+        let labels = labels.map(str::to_owned);
+        db.run(move |c| {
+            c.execute(
+                "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, 'alice', 'root', ?3, 1, ?4)",
+                params![id, gateway, node, labels],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    fn gw(name: &str) -> NodeName {
+        postern_core::names::parse_node_name(name).unwrap()
+    }
+
+    async fn slot(svc: &Service) -> OwnedSemaphorePermit {
+        Arc::clone(&svc.upload_slots).acquire_owned().await.unwrap()
+    }
+
+    fn meta(id: &str, user: &str, bytes: usize) -> RecordingMeta {
+        RecordingMeta {
+            id: id.to_owned(),
+            user: user.parse().unwrap(),
+            login: "root".parse().unwrap(),
+            node: gw("web1"),
+            gateway: "ignored".into(),
+            started_at: 1,
+            ended_at: 2,
+            interrupted: false,
+            bytes: bytes as u64,
+        }
+    }
+
+    fn complete_req(id: &str, user: &str, cast: &[u8]) -> RecordingComplete {
+        RecordingComplete {
+            meta: meta(id, user, cast.len()),
+            sha256: sha(cast),
+        }
+    }
+
+    fn single(id: &str, user: &str) -> RecordingUpload {
+        RecordingUpload {
+            meta: meta(id, user, CAST.len()),
+            cast: String::from_utf8(CAST.to_vec()).unwrap(),
+        }
+    }
+
+    fn forbidden<T: std::fmt::Debug>(o: Outcome<T>) -> String {
+        match o {
+            Err(Refusal::Forbidden(m)) => m,
+            other => panic!("expected a refusal (403), got {other:?}"),
+        }
+    }
+
+    async fn received_of(db: &Db, id: &str) -> Option<i64> {
+        let id = id.to_owned();
+        db.run(move |c| {
+            Ok(c.query_row(
+                "SELECT received FROM recording_uploads WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Finding 4: a chunk request dropped while its write runs (the gateway disconnected or
+    /// timed out) used to release its claim at once, so that a retry wrote the same file
+    /// beside the leftover writer.
+    #[tokio::test]
+    async fn regression_a_dropped_chunk_request_keeps_its_claim_until_the_chunk_is_durable() {
+        let (d, svc) = service(1 << 20, 4096).await;
+        authorize(&svc.db, "s-1", "gw1", "web1", Some("env=dev")).await;
+        let slot = slot(&svc).await;
+        let mut req = Box::pin(svc.recording_chunk(
+            gw("gw1"),
+            "s-1".into(),
+            0,
+            axum::body::Bytes::from_static(CAST),
+            slot,
+        ));
+        // Polled once (it claims the id and hands the work over), then dropped.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(req.as_mut().poll(&mut cx).is_pending());
+        drop(req);
+        // A retry is refused while the dropped request's work runs...
+        assert!(matches!(
+            svc.recordings.claim("s-1"),
+            Err(Refusal::Conflict(_))
+        ));
+        // ...and the claim and the slot are released only once the chunk is on disk and in
+        // the database.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if svc.recordings.claim("s-1").is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the claim was never released"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(received_of(&svc.db, "s-1").await, Some(CAST.len() as i64));
+        assert_eq!(fs::read(partial_of(d.path(), "s-1")).unwrap(), CAST);
+        assert_eq!(svc.upload_slots.available_permits(), UPLOAD_SLOTS);
+        // The upload goes on from there.
+        let stored = svc
+            .recording_complete(gw("gw1"), "s-1".into(), complete_req("s-1", "alice", CAST))
+            .await
+            .unwrap();
+        assert_eq!(stored.bytes, CAST.len() as u64);
+    }
+
+    /// Finding 4: a partial file linked to its final name (same inode) must never be written
+    /// or cut through the partial name, or the stored recording changes.
+    #[test]
+    fn regression_a_linked_partial_file_is_never_written_or_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, f) = (d.path().join("s6.part"), d.path().join("s6.cast"));
+        let n = CAST.len() as u64;
+        write_chunk(&p, "s6", true, 0, 0, CAST).unwrap().unwrap();
+        // A completion linked it and died before it removed the partial name.
+        fs::hard_link(&p, &f).unwrap();
+        // A writer that trusts fewer bytes than the file holds would cut it: refused.
+        let m = conflict(write_chunk(&p, "s6", false, 5, 5, b"xxxxxxxxxx").unwrap());
+        assert!(m.contains("already stored"), "{m}");
+        let m = conflict(write_chunk(&p, "s6", true, 0, 0, b"x").unwrap());
+        assert!(m.contains("already stored"), "{m}");
+        assert_eq!(fs::read(&f).unwrap(), CAST);
+        // Completing again accepts the stored file and removes the partial name.
+        assert!(matches!(
+            finish_partial(&p, &f, "s6", n, n, &sha(CAST)).unwrap(),
+            Finished::Linked
+        ));
+        assert!(!p.exists());
+        assert_eq!(fs::read(&f).unwrap(), CAST);
+        // A completion leaves no partial name behind.
+        let (p, f) = (d.path().join("s7.part"), d.path().join("s7.cast"));
+        write_chunk(&p, "s7", true, 0, 0, CAST).unwrap().unwrap();
+        assert!(matches!(
+            finish_partial(&p, &f, "s7", n, n, &sha(CAST)).unwrap(),
+            Finished::Linked
+        ));
+        assert!(!p.exists());
+        assert_eq!(fs::metadata(&f).unwrap().nlink(), 1);
+    }
+
+    fn insert_row(c: &Connection, id: &str, user: &str, node: &str, labels: Option<&str>) {
+        c.execute(
+            "INSERT INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at, node_labels) VALUES (?1, ?2, 'root', ?3, 'gw1', 1, 2, 0, 3, 'x', 4, ?4)",
+            params![id, user, node, labels],
+        )
+        .unwrap();
+    }
+
+    fn set_node(c: &Connection, name: &str, kind: &str, labels: &str) {
+        c.execute("DELETE FROM nodes WHERE name = ?1", [name])
+            .unwrap();
+        c.execute(
+            "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, identity_serial) VALUES (?1, ?2, '127.0.0.1:22', ?3, 1, 'k', 1)",
+            params![name, kind, labels],
+        )
+        .unwrap();
+    }
+
+    /// Finding 5: visibility followed the server's current labels (a relabelled or replaced
+    /// server showed old sessions to the wrong viewers), and play looked up labels of any kind
+    /// of node while the listing looked up servers only.
+    #[test]
+    fn regression_recordings_are_visible_by_the_labels_of_their_session() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::db::open_connection(&d.path().join("db")).unwrap();
+        crate::db::init_schema(&c).unwrap();
+        let policy = Policy::parse(POLICY, "policy.toml").unwrap();
+        let dave: Username = "dave".parse().unwrap();
+        let session = |id: &str, labels: Option<&str>| Session {
+            id: id.into(),
+            gateway: "gw1".into(),
+            user: "alice".into(),
+            login: "root".into(),
+            node: "web1".into(),
+            labels: labels.map(str::to_owned),
+        };
+        set_node(&c, "web1", "node", "env=prod");
+        // Stored with the labels the session was authorized with.
+        let mut m = meta("s-prod", "alice", 3);
+        insert_stored(
+            &c,
+            &m,
+            "x",
+            &session("s-prod", Some("env=prod")),
+            "single",
+            1,
+        )
+        .unwrap();
+        // A session authorized before the CA kept labels: the server's labels at store time.
+        m.id = "s-prod2".into();
+        insert_stored(&c, &m, "x", &session("s-prod2", None), "single", 1).unwrap();
+        // A row stored by an older posternd, without a snapshot.
+        insert_row(&c, "s-legacy", "alice", "web1", None);
+        // A legacy row of a name that is now a gateway labelled env=dev.
+        set_node(&c, "gate9", "gateway", "env=dev");
+        insert_row(&c, "s-gate", "alice", "gate9", None);
+
+        // web1 is relabelled (or replaced by another server of that name) as env=dev.
+        set_node(&c, "web1", "node", "env=dev");
+        let vis = visibility(&c, &policy, &dave).unwrap();
+        let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            seen,
+            ["s-legacy"],
+            "old rows fall back to the current labels"
+        );
+        for (id, visible) in [
+            ("s-prod", false),
+            ("s-prod2", false),
+            ("s-legacy", true),
+            ("s-gate", false),
+        ] {
+            let (_, labels) = load_for_viewing(&c, id).unwrap().unwrap();
+            assert_eq!(
+                policy.recording_viewer_role(&dave, &labels).is_some(),
+                visible,
+                "{id}: list and play must agree"
+            );
+        }
+        let snap: Option<String> = c
+            .query_row(
+                "SELECT node_labels FROM recordings WHERE id = 's-prod2'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(snap.as_deref(), Some("env=prod"));
+
+        // The other way round: a dev session stays visible to dev viewers when the server
+        // becomes prod or leaves.
+        m.id = "s-dev".into();
+        insert_stored(&c, &m, "x", &session("s-dev", Some("env=dev")), "single", 1).unwrap();
+        c.execute("DELETE FROM nodes WHERE name = 'web1'", [])
+            .unwrap();
+        let vis = visibility(&c, &policy, &dave).unwrap();
+        let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(seen, ["s-dev"]);
+        // Their own recordings, users always see.
+        let alice: Username = "alice".parse().unwrap();
+        let vis = visibility(&c, &policy, &alice).unwrap();
+        assert_eq!(
+            list_visible(&c, &alice, &vis, None, None, 100)
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+
+    /// Finding 6: a recording of an id the CA never authorized was stored with whatever user
+    /// and server the gateway claimed, on every upload route.
+    #[tokio::test]
+    async fn regression_recordings_of_unauthorized_sessions_are_refused_on_every_route() {
+        let (d, svc) = service(1 << 20, 4096).await;
+        let m = forbidden(
+            svc.recording_store(gw("gw1"), single("s-x", "alice"), slot(&svc).await)
+                .await,
+        );
+        assert!(m.contains("no session this CA authorized"), "{m}");
+        let m = forbidden(
+            svc.recording_chunk(
+                gw("gw1"),
+                "s-x".into(),
+                0,
+                axum::body::Bytes::from_static(CAST),
+                slot(&svc).await,
+            )
+            .await,
+        );
+        assert!(m.contains("no session this CA authorized"), "{m}");
+        forbidden(svc.recording_upload_status(gw("gw1"), "s-x".into()).await);
+        forbidden(
+            svc.recording_complete(gw("gw1"), "s-x".into(), complete_req("s-x", "alice", CAST))
+                .await,
+        );
+        assert!(!file_of(d.path(), "s-x").exists());
+        assert!(!partial_of(d.path(), "s-x").exists());
+
+        // The further channels of an authorized session belong to it, on both routes.
+        authorize(&svc.db, "s-a", "gw1", "web1", Some("env=dev")).await;
+        for id in ["s-a", "s-a-2"] {
+            svc.recording_chunk(
+                gw("gw1"),
+                id.into(),
+                0,
+                axum::body::Bytes::from_static(CAST),
+                slot(&svc).await,
+            )
+            .await
+            .unwrap();
+            svc.recording_complete(gw("gw1"), id.into(), complete_req(id, "alice", CAST))
+                .await
+                .unwrap();
+        }
+        svc.recording_store(gw("gw1"), single("s-a-3", "alice"), slot(&svc).await)
+            .await
+            .unwrap();
+        let labels: String = svc
+            .db
+            .run(|c| {
+                Ok(c.query_row(
+                    "SELECT node_labels FROM recordings WHERE id = 's-a-3'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(labels, "env=dev");
+        // Nothing else maps to a session.
+        for id in ["s-a-1", "s-a-02", "s-a-x", "s-a-2-2", "s-ab"] {
+            let m = forbidden(
+                svc.recording_store(gw("gw1"), single(id, "alice"), slot(&svc).await)
+                    .await,
+            );
+            assert!(m.contains("no session"), "{id}: {m}");
+        }
+        // Another user, or another gateway, than the session's.
+        let m = forbidden(
+            svc.recording_store(gw("gw1"), single("s-a-4", "bob"), slot(&svc).await)
+                .await,
+        );
+        assert!(m.contains("does not match session s-a"), "{m}");
+        svc.recording_chunk(
+            gw("gw1"),
+            "s-a-5".into(),
+            0,
+            axum::body::Bytes::from_static(CAST),
+            slot(&svc).await,
+        )
+        .await
+        .unwrap();
+        let m = forbidden(
+            svc.recording_complete(
+                gw("gw1"),
+                "s-a-5".into(),
+                complete_req("s-a-5", "bob", CAST),
+            )
+            .await,
+        );
+        assert!(m.contains("does not match"), "{m}");
+        let m = forbidden(
+            svc.recording_chunk(
+                gw("gw2"),
+                "s-a-6".into(),
+                0,
+                axum::body::Bytes::from_static(CAST),
+                slot(&svc).await,
+            )
+            .await,
+        );
+        assert!(m.contains("another gateway"), "{m}");
+        let m = forbidden(
+            svc.recording_store(gw("gw2"), single("s-a-6", "alice"), slot(&svc).await)
+                .await,
+        );
+        assert!(m.contains("does not match"), "{m}");
+        for id in ["s-a-4", "s-a-5", "s-a-6"] {
+            assert!(!file_of(d.path(), id).exists(), "{id}");
+        }
+    }
+
+    fn age(path: &Path, secs: u64) {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    /// Finding 7: abandoned partial uploads (rows and files) were never removed.
+    #[tokio::test]
+    async fn regression_abandoned_partial_uploads_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        prepare_dir(d.path()).unwrap();
+        let db = Db::open(&d.path().join("posternd.db")).unwrap();
+        let store = Store::new(1 << 20, 4096);
+        let now = now();
+        let old = STALE_UPLOAD_SECS + 3600;
+        for (id, updated) in [
+            ("s-old", now - old),
+            ("s-new", now - 60),
+            ("s-busy", now - old),
+        ] {
+            fs::write(partial_of(d.path(), id), b"abc").unwrap();
+            let id = id.to_owned();
+            db.run(move |c| {
+                c.execute(
+                    "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES (?1, 'gw1', 3, 1, ?2)",
+                    params![id, i(updated)],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        // Files without a row: abandoned (old) and just created (young).
+        fs::write(partial_of(d.path(), "s-orphan"), b"x").unwrap();
+        age(&partial_of(d.path(), "s-orphan"), old);
+        fs::write(partial_of(d.path(), "s-young"), b"x").unwrap();
+        let tmp = dir(d.path()).join(".upload-0123.tmp");
+        fs::write(&tmp, b"x").unwrap();
+        age(&tmp, old);
+        // Stored recordings are never touched, however old.
+        fs::write(file_of(d.path(), "s-done"), CAST).unwrap();
+        age(&file_of(d.path(), "s-done"), old);
+        // An upload whose work is in progress (claimed) is left alone.
+        let busy = store.claim("s-busy").unwrap();
+
+        let swept = sweep(&db, &store, d.path(), now).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                uploads: 1,
+                files: 2,
+                bytes: 3
+            }
+        );
+        assert_eq!(received_of(&db, "s-old").await, None);
+        assert!(!partial_of(d.path(), "s-old").exists());
+        assert!(!partial_of(d.path(), "s-orphan").exists());
+        assert!(!tmp.exists());
+        for id in ["s-new", "s-young", "s-busy"] {
+            assert!(partial_of(d.path(), id).exists(), "{id}");
+        }
+        assert_eq!(received_of(&db, "s-new").await, Some(3));
+        assert_eq!(fs::read(file_of(d.path(), "s-done")).unwrap(), CAST);
+        // Once its work ends, the abandoned upload goes at the next sweep.
+        drop(busy);
+        let swept = sweep(&db, &store, d.path(), now).await.unwrap();
+        assert_eq!(swept.uploads, 1);
+        assert!(!partial_of(d.path(), "s-busy").exists());
+        assert_eq!(
+            sweep(&db, &store, d.path(), now).await.unwrap(),
+            Swept::default()
+        );
+    }
+
+    /// Finding 7: a gateway could hold any amount of unfinished uploads.
+    #[tokio::test]
+    async fn regression_a_gateway_holds_at_most_its_cap_of_unfinished_uploads() {
+        let (_d, svc) = service(10_000, 4096).await;
+        assert_eq!(svc.recordings.partial_cap(), 40_000);
+        authorize(&svc.db, "s-c", "gw1", "web1", None).await;
+        svc.db
+            .run(|c| {
+                c.execute(
+                    "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES ('s-held', 'gw1', 39000, 1, 1), ('s-other', 'gw2', 39000, 1, 1)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let put = |n: usize| {
+            svc.recording_chunk(
+                gw("gw1"),
+                "s-c".into(),
+                0,
+                axum::body::Bytes::from(vec![b'x'; n]),
+                Arc::clone(&svc.upload_slots).try_acquire_owned().unwrap(),
+            )
+        };
+        match put(1001).await {
+            Err(Refusal::InsufficientStorage(m)) => {
+                assert!(m.contains("40000") && m.contains("max_bytes"), "{m}")
+            }
+            other => panic!("expected 507, got {other:?}"),
+        }
+        assert_eq!(received_of(&svc.db, "s-c").await, None);
+        // Up to the cap is fine; other gateways' uploads do not count.
+        assert_eq!(put(1000).await.unwrap().received, 1000);
     }
 }

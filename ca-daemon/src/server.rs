@@ -155,7 +155,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         policy: RwLock::new(Arc::new(policy)),
         ghosts: auth::GhostLockout::default(),
         data_dir: cfg.data_dir.clone(),
-        upload_slots: tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS)),
         recordings: crate::recordings::Store::new(
             cfg.recordings_max_bytes,
             cfg.recordings_chunk_bytes,
@@ -170,6 +170,8 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let local = listener.local_addr()?;
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&svc)));
     tokio::spawn(watch_policy(Arc::clone(&svc), cfg.policy.clone()));
+    // Abandoned partial uploads: swept now and every hour.
+    tokio::spawn(crate::recordings::sweeper(Arc::clone(&svc)));
     let app = api::router(Arc::clone(&svc));
     let server = tokio::spawn(tls::serve(listener, tls_cfg, app));
     tracing::info!(

@@ -41,8 +41,9 @@ pub struct Service {
     pub ghosts: GhostLockout,
     /// The data directory (recordings live under `recordings/`).
     pub data_dir: std::path::PathBuf,
-    /// Recording uploads buffered at once (each may be large).
-    pub upload_slots: tokio::sync::Semaphore,
+    /// Recording uploads buffered at once (each may be large). A slot is held until the
+    /// upload's work ends, even when its request is gone.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Recording limits and the uploads in progress.
     pub recordings: crate::recordings::Store,
 }

@@ -422,6 +422,9 @@ pub struct RecordingUpload {
 /// [`RecordingComplete`]. A chunk at `offset == received` is appended; a chunk that only
 /// repeats bytes already received (a retry) is accepted and changes nothing; any other offset
 /// is refused with 409 and the gateway asks again. Nothing is visible before the completion.
+/// Every upload route refuses (403) an id that belongs to no session the CA authorized for
+/// this gateway (`<id>-N`, N >= 2, belongs to session `<id>`), and a chunk that would make the
+/// gateway's unfinished uploads hold more than 4 × `max_bytes` is answered 507.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingUploadStatus {

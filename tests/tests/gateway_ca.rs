@@ -635,10 +635,17 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
     let gw = Joined::join(&ca, "gateway", "gw1", "", None);
     let not_gw = Joined::join(&ca, "node", "web2", "env=dev", Some("127.0.0.1:22"));
     let (alice, serial) = logged_in(&ca, "alice");
-    let (bob, _) = logged_in(&ca, "bob");
+    let (bob, bob_serial) = logged_in(&ca, "bob");
     let (_, public) = ssh_key(alice.home.path(), "k");
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-rec-1", &public);
-    assert_eq!(status, 200, "{v}");
+    // The CA stores recordings of authorized sessions only.
+    for (user, serial, session) in [
+        ("alice", serial, "s-rec-1"),
+        ("bob", bob_serial, "s-big"),
+        ("alice", serial, "s-idle"),
+    ] {
+        let (status, v) = gw.authorize(user, serial, TEST_LOGIN, "web1", session, &public);
+        assert_eq!(status, 200, "{v}");
+    }
 
     let stored = gw.ok(
         "POST",
@@ -729,6 +736,15 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
         Some(&upload("s-x", "alice", TEST_LOGIN, CAST)),
     );
     assert_eq!(status, 403, "{body}");
+    // ...nor of a session the CA never authorized.
+    let (status, body) = gw.call(
+        "POST",
+        "/v1/gateway/recordings",
+        Some(&upload("s-never", "alice", TEST_LOGIN, CAST)),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no session this CA authorized"), "{body}");
+    assert!(!ca.dir.path().join("recordings/s-never.cast").exists());
     assert!(!ca.dir.path().join("recordings/s-bad.cast").exists());
     assert!(!ca.dir.path().join("recordings/s-rec-2.cast").exists());
 

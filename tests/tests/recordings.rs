@@ -261,9 +261,24 @@ fn recordings_are_seen_by_their_user_and_by_roles_whose_view_recordings_selects_
     let out = run(dave.postern().args(["play", &id]));
     assert!(out.status.success(), "{}", text(&out));
 
-    // web1 leaves the cluster: its recordings stay, and only "*" = "*" still selects them.
+    // web1 leaves the cluster, and another server joins under its name with env=prod: the
+    // recording keeps the labels of its session (env=dev), so dave still sees it...
     ca.admin_json(&["nodes", "rm", "web1"]);
+    let token = ca.token("node", "env=prod");
+    let (_new_web1, out) = Node::join(&ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_listing(&dave, std::slice::from_ref(&id));
+    // ...and when his role selects env=prod instead, the new web1's labels do not show him
+    // the old session.
+    ca.set_policy(&policy("prod"));
     wait_listing(&dave, &[]);
+    let out = run(dave.postern().args(["play", &id]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("no recording {id} that you may see")),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         ids(&run(carol.postern().args([
             "recordings",
@@ -353,12 +368,80 @@ fn status(g: &Gate, ca: &Ca, id: &str) -> (u16, Value) {
     )
 }
 
+/// Sessions authorized as the gateway asks for them before each session (alice as
+/// TEST_LOGIN on web1, env=dev): the CA stores recordings of authorized sessions only.
+struct Sessions {
+    _web1: Node,
+    _alice: Person,
+    serial: u64,
+    public: String,
+}
+
+impl Sessions {
+    fn new(ca: &Ca) -> Sessions {
+        let token = ca.token("node", "env=dev");
+        let (web1, out) = Node::join(ca, "web1", &token, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let alice = logged_in(ca, "alice");
+        let out = run(Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(alice.cluster_dir(ca).join("id_ed25519-cert.pub")));
+        assert!(out.status.success(), "{}", text(&out));
+        let serial = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Serial: ").map(str::to_owned))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let key = alice.home.path().join("session_key");
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        assert!(out.status.success(), "{}", text(&out));
+        let public = std::fs::read_to_string(key.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Sessions {
+            _web1: web1,
+            _alice: alice,
+            serial,
+            public,
+        }
+    }
+
+    fn authorize(&self, g: &Gate, ca: &Ca, id: &str) {
+        let body = json!({
+            "user": "alice", "user_cert_serial": self.serial, "login": TEST_LOGIN,
+            "node": "web1", "session_id": id, "public_key": self.public,
+        });
+        let (s, resp) = g.api(
+            ca,
+            "POST",
+            "/v1/gateway/authorize",
+            Some((body.to_string().as_bytes(), JSON)),
+        );
+        assert_eq!(s, 200, "{resp}");
+    }
+}
+
 #[test]
 fn a_recording_larger_than_a_chunk_resumes_after_a_ca_restart_and_is_stored_byte_identical() {
     let mut ca = Ca::init(&policy("prod"));
     ca.append_config(SMALL_CHUNKS);
     ca.spawn();
     let gate = Gate::joined(&ca, Gate::reserve_port());
+    let sessions = Sessions::new(&ca);
+    for id in [
+        "s-big",
+        "s-wrong",
+        "s-h",
+        "s-nothing",
+        "s-notcast",
+        "s-mine",
+    ] {
+        sessions.authorize(&gate, &ca, id);
+    }
     let work = tempfile::tempdir().unwrap();
     let data = cast(1000);
     assert!(data.len() > 10 * 4096, "{}", data.len());
@@ -631,7 +714,7 @@ fn a_recording_larger_than_a_chunk_resumes_after_a_ca_restart_and_is_stored_byte
         "/v1/gateway/recordings/s-mine/chunks?offset=100",
         Some(&small[100..]),
     );
-    assert_eq!(s, 409, "{body}");
+    assert_eq!(s, 403, "{body}");
     assert!(body.contains("another gateway"), "{body}");
     let (s, body) = as_gate2("GET", "/v1/gateway/recordings/s-big", None);
     assert_eq!(s, 409, "{body}");
@@ -646,6 +729,8 @@ fn the_gateway_uploads_a_set_aside_recording_resuming_where_the_ca_stopped_even_
     ca.append_config(SMALL_CHUNKS);
     ca.spawn();
     let mut gate = Gate::joined(&ca, Gate::reserve_port());
+    let sessions = Sessions::new(&ca);
+    sessions.authorize(&gate, &ca, "s-aside");
     let data = cast(1500);
     assert!(data.len() > 15 * 4096);
     // An earlier gateway set the recording aside as too large for one upload.
