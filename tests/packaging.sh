@@ -103,7 +103,7 @@ trap 'exit 1' HUP INT TERM
 free_port() {
     local p
     for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))   # below the ephemeral range: no outgoing source port
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
     done
     fail "no free port"

@@ -41,15 +41,31 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1 (there is a small race until the server binds it).
+/// A free TCP port on 127.0.0.1 for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), so that no outgoing
+/// connection (ssh, curl, the gateway's own dials) can be given the same port as its source
+/// port between this call and the server's bind; each port is handed out once per process,
+/// and the starting point depends on the pid so that concurrent test processes differ.
 pub fn free_port() -> u16 {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap();
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(FIRST + n).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Unix seconds now.
