@@ -20,6 +20,9 @@ use tempfile::TempDir;
 /// The OS account that test certificates log in as.
 pub const TEST_LOGIN: &str = "postern-e2e";
 
+/// A second OS account whose login shell is bash, for attacks that need bash's expansions.
+pub const TEST_BASH_LOGIN: &str = "postern-e2b";
+
 /// Where the workspace's binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("POSTERN_BIN_DIR") {
@@ -401,21 +404,28 @@ pub fn base32_decode(s: &str) -> Vec<u8> {
 /// Creates the test login account once (the tests run as root).
 pub fn ensure_test_login() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let exists = run(Command::new("id").arg(TEST_LOGIN)).status.success();
-        if !exists {
-            let out = run(Command::new("useradd")
-                .args(["--create-home", "--shell", "/bin/sh", TEST_LOGIN]));
-            assert!(
-                out.status.success(),
-                "cannot create the test account {TEST_LOGIN} (the end-to-end tests run as root): {}",
-                text(&out)
-            );
-        }
-        // sshd refuses accounts whose password field is locked ("!") when UsePAM is off;
-        // "*" means no password login but an unlocked account.
-        let _ = run(Command::new("usermod").args(["-p", "*", TEST_LOGIN]));
-    });
+    ONCE.call_once(|| ensure_login(TEST_LOGIN, "/bin/sh"));
+}
+
+/// Creates [`TEST_BASH_LOGIN`] (login shell bash) if it does not exist.
+pub fn ensure_bash_login() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| ensure_login(TEST_BASH_LOGIN, "/bin/bash"));
+}
+
+fn ensure_login(name: &str, shell: &str) {
+    let exists = run(Command::new("id").arg(name)).status.success();
+    if !exists {
+        let out = run(Command::new("useradd").args(["--create-home", "--shell", shell, name]));
+        assert!(
+            out.status.success(),
+            "cannot create the test account {name} (the end-to-end tests run as root): {}",
+            text(&out)
+        );
+    }
+    // sshd refuses accounts whose password field is locked ("!") when UsePAM is off;
+    // "*" means no password login but an unlocked account.
+    let _ = run(Command::new("usermod").args(["-p", "*", "--shell", shell, name]));
 }
 
 /// A stock `sshd` on a free loopback port.

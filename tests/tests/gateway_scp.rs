@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postern_tests::{run, run_with_input, text, GateCluster, TEST_LOGIN};
+use postern_tests::{run, run_with_input, text, GateCluster, TEST_BASH_LOGIN, TEST_LOGIN};
 use serde_json::Value;
 
 fn policy() -> String {
@@ -17,7 +17,7 @@ fn policy() -> String {
 user_cert_ttl = "1h"
 
 [roles.dev]
-logins = ["{TEST_LOGIN}"]
+logins = ["{TEST_LOGIN}", "{TEST_BASH_LOGIN}"]
 nodes = {{ env = "dev" }}
 permit = ["pty"]
 
@@ -435,13 +435,21 @@ fn an_scp_command_the_gateway_cannot_follow_is_recorded_like_any_command() {
 
 /// Security review: `scp -t ${x:='a[$(bash -i >&2)]'}${a[x]}` passed as plain scp, so the
 /// gateway opened no recording while bash ran `$(...)` expanding the subscript. The command
-/// is no longer trusted as scp: the session is recorded, and whatever the server's shell
-/// printed (the marker under bash, `Bad substitution` under dash) is in the cast.
+/// is no longer trusted as scp: the session is recorded, and what bash's command substitution
+/// printed is in the cast (the login's shell is bash, as the attack needs).
 #[test]
 fn regression_crafted_scp_command_cannot_run_an_unrecorded_shell() {
+    postern_tests::ensure_bash_login();
     let c = cluster();
     let attack = r#"scp -t ${x:='a[$(echo PWNED-MARKER >&2)]'}${a[x]}"#;
-    let out = c.alice.ssh_via_gate(&c.ca, "web1", TEST_LOGIN, &[attack]);
+    let out = c
+        .alice
+        .ssh_via_gate(&c.ca, "web1", TEST_BASH_LOGIN, &[attack]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PWNED-MARKER"),
+        "the payload did not run under bash, so this test proves nothing: {}",
+        text(&out)
+    );
     // The cast's header names the command; everything the client saw is in its output.
     let cast = c.wait_for_cast(&["PWNED-MARKER"]);
     let seen = cast_output(&cast);
@@ -457,7 +465,7 @@ fn regression_crafted_scp_command_cannot_run_an_unrecorded_shell() {
         );
     }
     assert!(
-        seen.contains("PWNED-MARKER") || seen.contains("ubstitution"),
+        seen.contains("PWNED-MARKER"),
         "the shell's output is not in the cast:\n{cast}\n{}",
         text(&out)
     );
