@@ -399,8 +399,9 @@ pub static POSTERN_SHIM: Prose = Prose {
          account stage and reports session open and close to the CA, spooling the event when \
          the CA is unreachable.",
         "`postern-shim sync` fetches the policy bundle, locks, KRL and node-access CA key, \
-         renews the host certificate when the CA says it is due (sshd uses the new one after its \
-         next reload), and delivers spooled events. The \
+         renews the host certificate when the CA says it is due (sshd, which loads its host \
+         certificate anew for every connection, presents the new one at the next), and \
+         delivers spooled events. The \
          package's postern-shim-sync.timer runs it every five minutes; elsewhere, run it from \
          cron well within max_bundle_age. Every file is \
          replaced atomically: sshd refuses every key when RevokedKeys is unreadable or \

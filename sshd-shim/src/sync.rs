@@ -125,7 +125,7 @@ pub fn sync(state: &StateDir) -> Result<String> {
     );
     if let Some(cert) = resp.host_certificate {
         write_atomic(&state.host_cert(), format!("{cert}\n").as_bytes(), 0o644)?;
-        msg.push_str("; host certificate renewed (sshd picks it up at its next reload)");
+        msg.push_str("; host certificate renewed (sshd presents it from the next connection)");
     }
     match deliver_spool(state, &api) {
         Ok(0) => {}
