@@ -439,16 +439,7 @@ impl Api {
 
     /// `GET /v1/ping`.
     pub fn ping(&self) -> Result<PingResponse, ApiError> {
-        let url = format!("{}/v1/ping", self.base);
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| transport_error(&url, e))?;
-            read_answer(&url, resp).await
-        })
+        self.get("/v1/ping")
     }
 
     /// `POST /v1/enroll`.
@@ -472,17 +463,8 @@ impl Api {
         path: &str,
         body: &Req,
     ) -> Result<Resp, ApiError> {
-        let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .post(&url)
-                .json(body)
-                .send()
-                .await
-                .map_err(|e| transport_error(&url, e))?;
-            read_answer(&url, resp).await
-        })
+        let url = self.url(path);
+        self.call(&url, self.http.post(&url).json(body))
     }
 
     /// `PUT` raw bytes to `path` (with its query string) and read the JSON answer. The
@@ -492,19 +474,14 @@ impl Api {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Resp, ApiError> {
-        let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .put(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .timeout(Duration::from_secs(600))
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| transport_error(&url, e))?;
-            read_answer(&url, resp).await
-        })
+        let url = self.url(path);
+        let req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(Duration::from_secs(600))
+            .body(body);
+        self.call(&url, req)
     }
 
     /// `POST` a JSON body to `path` and read the JSON answer, waiting up to `timeout` for it
@@ -515,31 +492,60 @@ impl Api {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, ApiError> {
-        let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .post(&url)
-                .json(body)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| transport_error(&url, e))?;
-            read_answer(&url, resp).await
-        })
+        let url = self.url(path);
+        self.call(&url, self.http.post(&url).json(body).timeout(timeout))
     }
 
     /// `GET` `path` (with its query string) and read the JSON answer.
     pub fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp, ApiError> {
-        let url = format!("{}{path}", self.base);
+        let url = self.url(path);
+        self.call(&url, self.http.get(&url))
+    }
+
+    /// `GET` `path` and hand the answer's body to `each` piece by piece as it arrives, so
+    /// that an answer of any size (a recording) takes bounded memory. Only the connection
+    /// has a deadline, not the whole download. A refusal or failure of the server is an
+    /// [`ApiError`] (converted into `E`), as for the other calls.
+    pub fn get_streamed<E: From<ApiError>>(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+        let url = self.url(path);
         self.rt.block_on(async {
-            let resp = self
+            let mut resp = self
                 .http
                 .get(&url)
+                .timeout(NO_DEADLINE)
                 .send()
                 .await
                 .map_err(|e| transport_error(&url, e))?;
-            read_answer(&url, resp).await
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = read_body(&url, resp).await?;
+                return Err(status_error(status, &body).into());
+            }
+            while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&url, e))? {
+                each(&chunk)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends one request and reads its JSON answer.
+    fn call<Resp: DeserializeOwned>(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Resp, ApiError> {
+        self.rt.block_on(async {
+            let resp = req.send().await.map_err(|e| transport_error(url, e))?;
+            read_answer(url, resp).await
         })
     }
 }
@@ -565,30 +571,35 @@ async fn read_answer<T: DeserializeOwned>(
     let status = resp.status();
     let body = read_body(url, resp).await?;
     if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => ApiError::Status {
-                status: status.as_u16(),
-                message: sanitize(&e.error),
-                request_id: Some(sanitize(&e.request_id)),
-            },
-            Err(_) => ApiError::Status {
-                status: status.as_u16(),
-                message: format!(
-                    "the server answered {status}{}",
-                    if body.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", sanitize(&String::from_utf8_lossy(&body)))
-                    }
-                ),
-                request_id: None,
-            },
-        });
+        return Err(status_error(status, &body));
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::BadAnswer {
         url: url.to_owned(),
         detail: e.to_string(),
     })
+}
+
+/// The error of a non-2xx answer: the server's JSON error body, or its status and text.
+fn status_error(status: reqwest::StatusCode, body: &[u8]) -> ApiError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ApiError::Status {
+            status: status.as_u16(),
+            message: sanitize(&e.error),
+            request_id: Some(sanitize(&e.request_id)),
+        },
+        Err(_) => ApiError::Status {
+            status: status.as_u16(),
+            message: format!(
+                "the server answered {status}{}",
+                if body.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", sanitize(&String::from_utf8_lossy(body)))
+                }
+            ),
+            request_id: None,
+        },
+    }
 }
 
 /// Server-supplied text made safe for a terminal: control characters (which could move the

@@ -34,7 +34,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -266,24 +266,9 @@ fn valid_sha256(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The SHA-256 (lowercase hex) of a file, read in bounded pieces.
-fn sha256_of(f: &mut fs::File) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 fn sha256_of_path(path: &Path) -> Result<String> {
     let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    sha256_of(&mut f).with_context(|| format!("cannot read {}", path.display()))
+    postern_core::sha256_hex_of(&mut f).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Whether the file was written or was there already.
@@ -527,7 +512,8 @@ fn finish_partial(
             "the cast's first line is longer than {MAX_HEADER_BYTES} bytes"
         )),
     };
-    let got = sha256_of(&mut f).with_context(|| format!("cannot read {}", partial.display()))?;
+    let got = postern_core::sha256_hex_of(&mut f)
+        .with_context(|| format!("cannot read {}", partial.display()))?;
     if got != sha256 {
         drop(f);
         fs::remove_file(partial).with_context(|| format!("cannot remove {}", partial.display()))?;

@@ -33,3 +33,20 @@ pub fn parse_ca_pin(s: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "a CA pin looks like sha256:<64 hex digits>".to_owned())?;
     Ok(out)
 }
+
+/// The SHA-256 (lowercase hex) of everything `r` yields, read in 1 MiB pieces (for files of
+/// any size, such as recordings).
+pub fn sha256_hex_of(mut r: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}

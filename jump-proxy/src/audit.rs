@@ -135,42 +135,38 @@ impl Audit {
 
     /// A port forward through a session, allowed or refused by permits.
     pub fn forward(&self, user: &str, node: &str, host: &str, port: u32, allowed: bool) {
-        let _ = self.0.send(NodeEvent {
-            kind: if allowed { "gateway.port_forward" } else { "gateway.port_forward_refused" }.into(),
-            ts: now(),
-            login: String::new(),
-            user: Some(user.into()),
-            session: None,
-            serial: None,
-            remote: None,
-            tty: None,
-            detail: Some(json!({ "node": node, "host": host.chars().take(255).collect::<String>(), "port": port })),
-        });
+        let kind = if allowed {
+            "gateway.port_forward"
+        } else {
+            "gateway.port_forward_refused"
+        };
+        let host: String = host.chars().take(255).collect();
+        self.user_event(
+            kind,
+            user,
+            None,
+            json!({ "node": node, "host": host, "port": port }),
+        );
     }
 
     /// Agent forwarding of a session: requested (allowed or refused) or a channel used.
     pub fn agent(&self, user: &str, node: &str, session: &str, kind: &str) {
+        self.user_event(kind, user, Some(session), json!({ "node": node }));
+    }
+
+    /// An event without a session (a refused destination).
+    pub fn refused(&self, user: &str, detail: Value) {
+        self.user_event("gateway.refused", user, None, detail);
+    }
+
+    /// An event of a Postern user outside a session's recording metadata.
+    fn user_event(&self, kind: &str, user: &str, session: Option<&str>, detail: Value) {
         let _ = self.0.send(NodeEvent {
             kind: kind.into(),
             ts: now(),
             login: String::new(),
             user: Some(user.into()),
-            session: Some(session.into()),
-            serial: None,
-            remote: None,
-            tty: None,
-            detail: Some(json!({ "node": node })),
-        });
-    }
-
-    /// An event without a session (a refused destination).
-    pub fn refused(&self, user: &str, detail: Value) {
-        let _ = self.0.send(NodeEvent {
-            kind: "gateway.refused".into(),
-            ts: now(),
-            login: String::new(),
-            user: Some(user.into()),
-            session: None,
+            session: session.map(str::to_owned),
             serial: None,
             remote: None,
             tty: None,

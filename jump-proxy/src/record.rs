@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use postern_core::api::{RecordingComplete, RecordingMeta};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::ca::{CaClient, Refused, UploadSession};
 
@@ -296,20 +295,10 @@ fn upload_one(
     }
     let sha256 = match sha256 {
         Some(h) => h,
-        None => {
-            let mut h = Sha256::new();
-            let mut f = &file;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => h.update(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return (None, Err(local("cannot read", e))),
-                }
-            }
-            hex::encode(h.finalize())
-        }
+        None => match postern_core::sha256_hex_of(&file) {
+            Ok(h) => h,
+            Err(e) => return (None, Err(local("cannot read", e))),
+        },
     };
     let done = s.complete(
         &id,

@@ -4,26 +4,22 @@
 //! the recording arrives, one line in memory at a time.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::time::Duration;
 
 use anyhow::Context as _;
 
-use postern_core::api::{ErrorBody, RecordingMeta};
+use postern_core::api::RecordingMeta;
 use postern_core::{NodeName, Username};
 
 use crate::cast;
 use crate::display::{local_time, short_duration};
 use crate::profile::Layout;
-use postern_api_client::{sanitize, Api};
+use postern_api_client::{sanitize, Api, ApiError};
 
-use super::{api_failure, signed_in, Refused, SignedIn};
+use super::{api_failure, signed_in, SignedIn};
 
 /// The longest line of a recording `postern play` reads (one event; the gateway writes one
 /// per packet, a few kilobytes).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The longest error answer read.
-const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// Flags of `postern recordings ls`.
 #[derive(Debug)]
@@ -116,80 +112,35 @@ fn fetch_lines(
     id: &str,
     mut each: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let url = format!("{}/v1/recordings/{id}", s.ca);
-    let tls = postern_api_client::tls_config(s.pin, Some(s.identity))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let _guard = rt.enter();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .https_only(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("building the HTTPS client")?;
-    rt.block_on(async {
-        let mut resp = http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("could not reach {url}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let mut body = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .with_context(|| format!("reading the answer of {url}"))?
-            {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_ERROR_BYTES {
-                    break;
-                }
-            }
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| {
-                    format!(
-                        "{} (request id {})",
-                        sanitize(&e.error),
-                        sanitize(&e.request_id)
-                    )
-                })
-                .unwrap_or_else(|_| format!("the server answered {status}"));
-            if matches!(status.as_u16(), 401 | 403 | 423) {
-                return Err(Refused(super::refusal_text("playing the recording", &message)).into());
-            }
-            anyhow::bail!("cannot play recording {id}: {message}");
+    let api = Api::new(&s.ca, s.pin, Some(s.identity))?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut line = |bytes: &[u8]| -> anyhow::Result<()> {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        each(std::str::from_utf8(bytes).context("the recording is not UTF-8 text")?)
+    };
+    api.get_streamed(&format!("/v1/recordings/{id}"), |chunk: &[u8]| {
+        pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
+            line(&pending[start..start + n])?;
+            start += n + 1;
         }
-        let mut pending: Vec<u8> = Vec::new();
-        let mut line = |bytes: &[u8]| -> anyhow::Result<()> {
-            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-            each(std::str::from_utf8(bytes).context("the recording is not UTF-8 text")?)
-        };
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .with_context(|| format!("reading the answer of {url}"))?
-        {
-            pending.extend_from_slice(&chunk);
-            let mut start = 0;
-            while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
-                line(&pending[start..start + n])?;
-                start += n + 1;
-            }
-            pending.drain(..start);
-            if pending.len() > MAX_LINE_BYTES {
-                anyhow::bail!("a line of the recording is longer than {MAX_LINE_BYTES} bytes");
-            }
-        }
-        if !pending.is_empty() {
-            line(&pending)?;
+        pending.drain(..start);
+        if pending.len() > MAX_LINE_BYTES {
+            anyhow::bail!("a line of the recording is longer than {MAX_LINE_BYTES} bytes");
         }
         Ok(())
     })
+    .map_err(|e| match e.downcast::<ApiError>() {
+        Ok(api) if api.is_refusal() => api_failure("playing the recording", api),
+        Ok(api @ ApiError::Status { .. }) => anyhow::anyhow!("cannot play recording {id}: {api}"),
+        Ok(api) => api.into(),
+        Err(other) => other,
+    })?;
+    if !pending.is_empty() {
+        line(&pending)?;
+    }
+    Ok(())
 }
 
 /// Runs `postern play`.
