@@ -283,8 +283,8 @@ read -ra cmd <<<"$(exec_start posternd.service)"
 spawn_as postern "$tmp/ca.log" "${cmd[@]}"
 wait_for "$tmp/ca.log" "posternd ready" "${pids[-1]}"
 ca=https://127.0.0.1:$port
-node_token=$(posternd tokens add --kind node --json | json_field token)
-gate_token=$(posternd tokens add --kind gateway --json | json_field token)
+node_token=$(posternd tokens add --kind node --name pkgnode --json | json_field token)
+gate_token=$(posternd tokens add --kind gateway --name pkggate --json | json_field token)
 if [ -z "$node_token" ] || [ -z "$gate_token" ]; then fail "posternd tokens add printed no token"; fi
 
 step "postern-gate: join as user postern-gate, then its unit's command with /etc/postern/gate.toml"

@@ -61,6 +61,10 @@ pub enum AdminRequest {
     TokensAdd {
         /// node or gateway.
         kind: String,
+        /// The one name that may join with it.
+        name: String,
+        /// May replace the existing node of that name.
+        replace: bool,
         /// k=v,...
         labels: String,
         /// Lifetime.
@@ -354,9 +358,22 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let events = svc.db.run(move |conn| audit::tail(conn, n)).await?;
             Ok(serde_json::to_value(events)?)
         }
-        AdminRequest::TokensAdd { kind, labels, ttl } => {
-            svc.tokens_add(&kind, labels.parse()?, ttl.parse()?, actor)
-                .await
+        AdminRequest::TokensAdd {
+            kind,
+            name,
+            replace,
+            labels,
+            ttl,
+        } => {
+            svc.tokens_add(
+                &kind,
+                postern_core::names::parse_node_name(&name)?,
+                replace,
+                labels.parse()?,
+                ttl.parse()?,
+                actor,
+            )
+            .await
         }
         AdminRequest::TokensLs => svc.tokens_ls().await,
         AdminRequest::TokensRm { token } => svc.tokens_rm(token, actor).await,

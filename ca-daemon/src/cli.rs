@@ -141,7 +141,7 @@ pub enum Cmd {
 pub enum GatewaysCmd {
     /// List joined gateways: name, public address, when they joined and were last seen.
     #[command(
-        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway\n  postern-gate join --ca URL --ca-pin PIN --token TOKEN --name gate1\nRemove one with `posternd nodes rm NAME`."
+        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway --name gate1\n  postern-gate join --ca URL --ca-pin PIN --token TOKEN --name gate1\nRemove one with `posternd nodes rm NAME`."
     )]
     Ls {
         #[command(flatten)]
@@ -174,13 +174,20 @@ pub enum RecordingsCmd {
 pub enum TokensCmd {
     /// Create a single-use join token (printed once; only its id is stored in the clear).
     #[command(
-        after_help = "Examples:\n  posternd tokens add --kind node --labels env=prod,team=web\n  posternd tokens add --kind gateway --ttl 10m --json\n\nOn the server:\n  postern-shim join --ca URL --ca-pin PIN --token TOKEN --name web1"
+        after_help = "Examples:\n  posternd tokens add --kind node --name web1 --labels env=prod,team=web\n  posternd tokens add --kind node --name web1 --replace\n  posternd tokens add --kind gateway --name gate1 --ttl 10m --json\n\nOn the server:\n  postern-shim join --ca URL --ca-pin PIN --token TOKEN --name web1\n\nA token joins exactly the name it was made for. It does not replace a node or gateway that already has that name unless made with --replace, and never turns a node into a gateway or the reverse. Its labels are the node's complete label set: a join that asks for other labels is refused."
     )]
     Add {
         /// What may join with it.
         #[arg(long, value_parser = ["node", "gateway"])]
         kind: String,
-        /// Labels the joined node gets (they win over labels the node asks for).
+        /// The one name that may join with it (a server's or gateway's name, one DNS label).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Allow the join to replace the existing node (or gateway) of that name: its host
+        /// certificates and identity stop working.
+        #[arg(long)]
+        replace: bool,
+        /// The joined node's labels: its complete label set (a join asking for others is refused).
         #[arg(long, default_value = "", value_name = "K=V,...")]
         labels: String,
         /// How long the token is valid.

@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     kind TEXT NOT NULL,
     labels TEXT NOT NULL,
     expires INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    name TEXT,
+    replace INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
@@ -155,6 +157,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The labels `view_recordings` is judged against: the session's, snapshotted when the
     // recording was stored (schema 2).
     ("recordings", "node_labels", "TEXT"),
+    // The one name a join token is for, and whether it may replace that name (schema 3). A
+    // token from before (NULL name) joins nothing.
+    ("tokens", "name", "TEXT"),
+    ("tokens", "replace", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Creates the schema, and brings a database of an older version up to date (idempotent).
@@ -168,7 +174,7 @@ pub fn init_schema(conn: &Connection) -> Result<()> {
         }
     }
     conn.execute(
-        "UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'",
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2')",
         [],
     )
     .context("cannot record the schema version")?;
@@ -307,6 +313,6 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
     }
 }

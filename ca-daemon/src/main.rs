@@ -140,14 +140,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 d["certificate"].as_str().unwrap_or("").to_owned()
             }).await
         }
-        Cmd::Tokens(TokensCmd::Add { kind, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, labels, ttl }, |d| {
-            format!("{}\n\nSingle use, expires {}. On the server:\n  postern-shim join --ca <api_url> --ca-pin <pin> --token {} --name NAME",
-                d["token"].as_str().unwrap_or(""), server::fmt_time(d["expires_at"].as_i64().unwrap_or(0)), d["token"].as_str().unwrap_or(""))
+        Cmd::Tokens(TokensCmd::Add { kind, name, replace, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, name, replace, labels, ttl }, |d| {
+            let bin = if d["kind"] == "gateway" { "postern-gate" } else { "postern-shim" };
+            format!("{}\n\nSingle use, for {} {}{}, expires {}. On that machine:\n  {bin} join --ca <api_url> --ca-pin <pin> --token {} --name {}",
+                d["token"].as_str().unwrap_or(""), d["kind"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""),
+                if d["replace"] == true { " (may replace the existing one)" } else { "" },
+                server::fmt_time(d["expires_at"].as_i64().unwrap_or(0)), d["token"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""))
         }).await,
         Cmd::Tokens(TokensCmd::Ls { a }) => admin_cmd(&a, AdminRequest::TokensLs, |d| {
-            let mut s = format!("{:<14} {:<8} {:<22} {}", "ID", "KIND", "EXPIRES", "LABELS");
+            let mut s = format!("{:<14} {:<8} {:<20} {:<8} {:<22} {}", "ID", "KIND", "NAME", "REPLACE", "EXPIRES", "LABELS");
             for t in d.as_array().into_iter().flatten() {
-                s.push_str(&format!("\n{:<14} {:<8} {:<22} {}", t["id"].as_str().unwrap_or(""), t["kind"].as_str().unwrap_or(""), server::fmt_time(t["expires_at"].as_i64().unwrap_or(0)), t["labels"].as_str().unwrap_or("")));
+                s.push_str(&format!("\n{:<14} {:<8} {:<20} {:<8} {:<22} {}", t["id"].as_str().unwrap_or(""), t["kind"].as_str().unwrap_or(""),
+                    t["name"].as_str().unwrap_or("-"), if t["replace"] == true { "yes" } else { "no" },
+                    server::fmt_time(t["expires_at"].as_i64().unwrap_or(0)), t["labels"].as_str().unwrap_or("")));
             }
             s
         }).await,

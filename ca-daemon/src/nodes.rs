@@ -209,11 +209,76 @@ pub(crate) fn host_principals(
     Ok(out)
 }
 
+/// Why a join with a valid token must be refused, if it must: the token joins exactly the
+/// name it was made for, replaces an existing holder of that name only when made with
+/// `--replace`, never turns a node into a gateway or the reverse, and sets the complete label
+/// set (a node that asks for labels the token does not give is refused rather than silently
+/// relabelled). `existing` is the kind of whatever already has the name.
+pub(crate) fn join_refusal(
+    token_kind: &str,
+    token_name: Option<&str>,
+    replace: bool,
+    token_labels: &Labels,
+    req: &JoinRequest,
+    existing: Option<&str>,
+    cluster: &str,
+) -> Option<String> {
+    let name = req.name.as_str();
+    let Some(token_name) = token_name else {
+        return Some(
+            "this token was made before tokens were bound to a name; make a new one with `posternd tokens add --name`"
+                .into(),
+        );
+    };
+    if token_name != name {
+        return Some(format!(
+            "this token is for the name {token_name:?}, not {name:?}"
+        ));
+    }
+    // Users reach servers as NAME.<cluster>: no node may be named like the cluster itself.
+    if cluster.split('.').next() == Some(name) {
+        return Some(format!("the name {name:?} is the cluster's own"));
+    }
+    match existing {
+        Some(k) if k != token_kind => {
+            return Some(format!(
+                "the name {name:?} belongs to a {k}, and a {token_kind} never replaces a {k}"
+            ))
+        }
+        Some(_) if !replace => {
+            return Some(format!(
+                "a {token_kind} named {name:?} is already joined; replacing it needs a token made with `posternd tokens add --kind {token_kind} --name {name} --replace`"
+            ))
+        }
+        _ => {}
+    }
+    let asked: Vec<String> = req
+        .labels
+        .iter()
+        .filter(|(k, v)| token_labels.get(k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !asked.is_empty() {
+        return Some(format!(
+            "the token sets this node's labels ({}); it does not give {}",
+            if token_labels.is_empty() {
+                "none".to_owned()
+            } else {
+                token_labels.to_string()
+            },
+            asked.join(",")
+        ));
+    }
+    None
+}
+
 impl Service {
     /// `tokens add`: a single-use join token.
     pub async fn tokens_add(
         &self,
         kind: &str,
+        name: NodeName,
+        replace: bool,
         labels: Labels,
         ttl: Ttl,
         actor: String,
@@ -226,19 +291,19 @@ impl Service {
         let now = now();
         let expires = now + ttl.as_secs();
         let (kind, labels_s, id2) = (kind.to_owned(), labels.to_string(), id.clone());
-        let kind2 = kind.clone();
+        let (kind2, name2) = (kind.clone(), name.to_string());
         self.db
             .run(move |c| {
                 c.execute(
-                    "INSERT INTO tokens (id, hash, kind, labels, expires, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id2, hash, kind2, labels_s, i(expires), i(now)],
+                    "INSERT INTO tokens (id, hash, kind, labels, expires, created_at, name, replace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![id2, hash, kind2, labels_s, i(expires), i(now), name2, replace],
                 )?;
                 // The token itself is never logged or audited: only its id.
-                audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "labels": labels_s, "expires": expires }))
+                audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "name": name2, "replace": replace, "labels": labels_s, "expires": expires }))
             })
             .await?;
         Ok(
-            json!({ "token": token, "id": id, "kind": kind, "labels": labels.to_string(), "expires_at": expires }),
+            json!({ "token": token, "id": id, "kind": kind, "name": name.to_string(), "replace": replace, "labels": labels.to_string(), "expires_at": expires }),
         )
     }
 
@@ -247,10 +312,10 @@ impl Service {
         let now = now();
         self.db
             .run(move |c| {
-                let mut st = c.prepare("SELECT id, kind, labels, expires FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
+                let mut st = c.prepare("SELECT id, kind, labels, expires, name, replace FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
                 let rows = st
                     .query_map([i(now)], |r| {
-                        Ok(json!({ "id": r.get::<_, String>(0)?, "kind": r.get::<_, String>(1)?, "labels": r.get::<_, String>(2)?, "expires_at": r.get::<_, i64>(3)? }))
+                        Ok(json!({ "id": r.get::<_, String>(0)?, "kind": r.get::<_, String>(1)?, "labels": r.get::<_, String>(2)?, "expires_at": r.get::<_, i64>(3)?, "name": r.get::<_, Option<String>>(4)?, "replace": r.get::<_, bool>(5)? }))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(serde_json::Value::Array(rows))
@@ -298,8 +363,8 @@ impl Service {
         let cluster = self.cluster.clone();
         self.db
             .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
-                let row: Option<(String, String, i64)> = if well_formed {
-                    c.query_row("SELECT kind, labels, expires FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
+                    c.query_row("SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                         .optional()?
                 } else {
                     None
@@ -307,7 +372,7 @@ impl Service {
                 let reason = match &row {
                     None if !well_formed => Some("malformed token"),
                     None => Some("unknown or already used token"),
-                    Some((_, _, exp)) if u(*exp) <= now => Some("expired token"),
+                    Some((_, _, exp, _, _)) if u(*exp) <= now => Some("expired token"),
                     Some(_) => None,
                 };
                 if let Some(reason) = reason {
@@ -315,13 +380,23 @@ impl Service {
                     audit::append(c, now, "join.failure", &format!("{}@{remote}", req.name), json!({ "reason": reason }))?;
                     return Ok(Err(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
                 }
-                let Some((kind, token_labels, _)) = row else { unreachable!() };
-                c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
-                // The token's labels (set by the admin) win over what the node asked for.
-                let mut labels: BTreeMap<String, String> = req.labels.clone().into();
+                let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
                 let tl: Labels = token_labels.parse()?;
-                labels.extend(tl.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
-                let labels = Labels::try_from(labels)?;
+                let existing: Option<String> = c
+                    .query_row("SELECT kind FROM nodes WHERE name = ?1", [req.name.as_str()], |r| r.get(0))
+                    .optional()?;
+                if let Some(refusal) = join_refusal(&kind, token_name.as_deref(), replace, &tl, &req, existing.as_deref(), cluster.as_str()) {
+                    // A refused token stays unused: it was not spent on the wrong name. The
+                    // attempt is audited (without the token).
+                    audit::append(c, now, "join.refused", &format!("{}@{remote}", req.name), json!({
+                        "reason": refusal, "token_name": token_name, "token_kind": kind, "existing": existing,
+                    }))?;
+                    return Ok(Err(Refusal::Forbidden(format!("join refused: {refusal}"))));
+                }
+                c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
+                // The token's labels are the node's complete label set (join_refusal checked
+                // that the node asked for none of its own).
+                let labels = tl;
                 // A re-join replaces the node: its old certificates stop working.
                 c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node')", [req.name.as_str()])?;
                 // A gateway's host certificates for servers' names go with it.

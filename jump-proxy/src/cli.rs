@@ -13,7 +13,7 @@ pub fn command() -> clap::Command {
 
 const EXAMPLES: &str = "\
 Examples:
-  Join (token from `posternd tokens add --kind gateway`), then serve:
+  Join (token from `posternd tokens add --kind gateway --name gate1`), then serve:
     postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
         --state-dir /var/lib/postern-gate --address gate.example.com:3023
     postern-gate serve --state-dir /var/lib/postern-gate

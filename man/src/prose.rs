@@ -213,7 +213,7 @@ pub static POSTERND: Prose = Prose {
             what: "Let a server join with the labels env=prod and team=web (the token is \
                    printed once), then run the join on the server:",
             commands: &[
-                "posternd tokens add --kind node --labels env=prod,team=web",
+                "posternd tokens add --kind node --name web1 --labels env=prod,team=web",
                 "postern-shim join --ca https://ca.prod.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam",
             ],
         },
@@ -314,7 +314,7 @@ pub static POSTERN_GATE: Prose = Prose {
     ],
     examples: &[
         Example {
-            what: "Join the cluster with a token from `posternd tokens add --kind gateway`, \
+            what: "Join the cluster with a token from `posternd tokens add --kind gateway --name gate1`, \
                    giving the address clients use:",
             commands: &["postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1 --address gate.example.com:3023"],
         },
@@ -383,10 +383,27 @@ pub static POSTERN_SHIM: Prose = Prose {
          the KRL and the first policy bundle into the state directory, and writes the sshd \
          drop-in 50-postern.conf (HostKey, HostCertificate, TrustedUserCAKeys, RevokedKeys, \
          AuthorizedPrincipalsCommand, AuthorizedPrincipalsCommandUser postern-shim, \
-         MaxStartups 100:30:200). It checks the result with `sshd -t` and reloads sshd only \
-         when the check passes; otherwise it removes the drop-in again. With --pam it adds \
+         AuthorizedPrincipalsFile none, AuthorizedKeysFile none, PasswordAuthentication no, \
+         KbdInteractiveAuthentication no, MaxStartups 100:30:200, and on OpenSSH 9.8 and \
+         later PerSourcePenaltyExemptList with the gateways' addresses). It checks the result \
+         with `sshd -t`, then reads `sshd -T` and requires Postern's value for each of these \
+         keywords: sshd keeps the first value it reads, so a line above the Include in \
+         sshd_config (or in an earlier drop-in) silently wins. When either check fails, join \
+         names the keywords, removes its drop-in again and leaves sshd as it was; otherwise it \
+         reloads sshd. Match blocks are not evaluated by `sshd -T` without a connection and \
+         are not checked: do not weaken these keywords in one. With --keep-local-auth the \
+         drop-in leaves AuthorizedKeysFile and the password keywords as sshd_config has them \
+         (Debian's defaults accept ~/.ssh/authorized_keys, and passwords where the account \
+         has one); such logins bypass the gateway, its recordings, locks and the KRL, so join \
+         warns and `status` shows it. With --pam it adds \
          pam_exec lines for the account and session stages to sshd's PAM file, keeping a copy \
          as FILE.postern-backup.",
+        "A join token (`posternd tokens add --kind node --name NAME`) joins exactly the name it \
+         was made for, once. It replaces a node that already has that name only when it was \
+         made with --replace, and never replaces a gateway. Its labels are the node's complete \
+         label set: --labels only states what the server expects, and a join asking for a \
+         label the token does not give is refused. Refused joins are audited (join.refused) \
+         and leave the token unused.",
         "sshd then trusts only the node-access CA, whose certificates only the gateway \
          holds, and runs `postern-shim principals` for every certificate login. It answers from \
          local files only, within two seconds: it prints the login when the policy bundle lets \
@@ -409,8 +426,8 @@ pub static POSTERN_SHIM: Prose = Prose {
     ],
     examples: &[
         Example {
-            what: "Join this server with a token from `posternd tokens add --kind node`:",
-            commands: &["postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --labels env=prod --pam"],
+            what: "Join this server with a token from `posternd tokens add --kind node --name web1 --labels env=prod`:",
+            commands: &["postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam"],
         },
         Example {
             what: "Join with the token in the environment, sshd listening on port 2222:",

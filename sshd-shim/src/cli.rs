@@ -17,7 +17,7 @@ pub fn command() -> clap::Command {
 
 const EXAMPLES: &str = "\
 Examples:
-  Join this server (token from `posternd tokens add --kind node`):
+  Join this server (token from `posternd tokens add --kind node --name web1`):
     postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:... --token TOKEN --name web1 --pam
 
   Refresh policy, locks, KRL and the host certificate (the package's timer runs this):
@@ -41,7 +41,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Join this server: host certificate, node-access CA, KRL, policy bundle, sshd drop-in.
     #[command(
-        after_help = "Example:\n  postern-shim join --ca https://ca:3080 --ca-pin sha256:... --token T --name web1 --labels env=prod --pam\n\nThe drop-in is checked with `sshd -t`; when the check fails it is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
+        after_help = "Example:\n  postern-shim join --ca https://ca:3080 --ca-pin sha256:... --token T --name web1 --labels env=prod --pam\n\nThe drop-in sets AuthorizedKeysFile none, PasswordAuthentication no and KbdInteractiveAuthentication no (unless --keep-local-auth), so that the gateway is the only way in. It is checked with `sshd -t`, then `sshd -T` must show Postern's value for every keyword Postern relies on (sshd keeps the first value it reads, so an earlier line in sshd_config wins); when either check fails the drop-in is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
     )]
     Join {
         /// posternd's API URL.
@@ -64,7 +64,8 @@ pub enum Cmd {
         /// HOST:PORT where sshd listens, as the gateway should dial it.
         #[arg(long, value_name = "HOST:PORT")]
         address: Option<String>,
-        /// Labels to ask for (the token's labels win).
+        /// Labels this server expects. The token sets the complete label set; a join asking
+        /// for a label the token does not give is refused.
         #[arg(long, value_name = "K=V,...", default_value = "")]
         labels: String,
         /// State directory.
@@ -92,9 +93,12 @@ pub enum Cmd {
         /// sshd's PAM file (with --pam).
         #[arg(long, value_name = "FILE", default_value = "/etc/pam.d/sshd")]
         pam_file: PathBuf,
-        /// The sshd binary used for `sshd -t`.
+        /// The sshd binary used for `sshd -t` and `sshd -T`.
         #[arg(long, value_name = "PATH", default_value = "/usr/sbin/sshd")]
         sshd: PathBuf,
+        /// Keep sshd's own ~/.ssh/authorized_keys and password logins (they bypass the gateway).
+        #[arg(long)]
+        keep_local_auth: bool,
     },
     /// sshd's AuthorizedPrincipalsCommand: prints USER iff the bundle allows this certificate.
     #[command(

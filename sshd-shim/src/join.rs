@@ -45,36 +45,188 @@ pub struct JoinArgs {
     pub no_reload: bool,
     /// PAM file to add the pam_exec lines to, if any.
     pub pam_file: Option<PathBuf>,
-    /// The sshd binary for `-t`.
+    /// The sshd binary for `-t` and `-T`.
     pub sshd_bin: PathBuf,
+    /// Keep sshd's `authorized_keys` and password logins.
+    pub keep_local_auth: bool,
 }
 
-/// The drop-in's text.
-pub fn drop_in(state: &StateDir, shim: &Path) -> String {
-    let sd = state.0.display();
+/// What the drop-in says beyond the state directory's files.
+#[derive(Debug, Clone, Default)]
+pub struct DropInOptions {
+    /// Keep sshd's own `authorized_keys` and password logins (`--keep-local-auth`).
+    pub keep_local_auth: bool,
+    /// Addresses exempt from sshd's `PerSourcePenalties` (the gateways'); written only where
+    /// sshd knows the keyword.
+    pub penalty_exempt: Vec<String>,
+    /// Whether this sshd accepts `PerSourcePenaltyExemptList` (OpenSSH ≥ 9.8).
+    pub sshd_has_penalties: bool,
+}
+
+/// One keyword Postern relies on, and the value `sshd -T` must print for it. sshd keeps the
+/// first value it reads of most keywords (sshd_config(5)), so an earlier line elsewhere wins
+/// over the drop-in: `join` compares these with the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The keyword as written in the drop-in.
+    pub keyword: &'static str,
+    /// The value as written (and as `sshd -T` prints it).
+    pub value: String,
+    /// Keywords that accumulate (`HostCertificate`): ours must be among the values.
+    pub accumulates: bool,
+}
+
+impl Setting {
+    fn one(keyword: &'static str, value: impl Into<String>) -> Setting {
+        Setting {
+            keyword,
+            value: value.into(),
+            accumulates: false,
+        }
+    }
+}
+
+/// The settings Postern's promises rest on, in drop-in order.
+pub fn settings(state: &StateDir, shim: &Path, opts: &DropInOptions) -> Vec<Setting> {
     let state_arg = if state.0 == Path::new(crate::state::DEFAULT_STATE_DIR) {
         String::new()
     } else {
-        format!(" --state-dir {sd}")
+        format!(" --state-dir {}", state.0.display())
     };
-    format!(
-        "# Written by `postern-shim join`; re-run join rather than editing. See postern-shim(8).\n\
-         HostKey {hk}\n\
-         HostCertificate {hc}\n\
-         # Servers trust only the node-access CA: users reach them through the recording gateway.\n\
-         TrustedUserCAKeys {ca}\n\
-         RevokedKeys {krl}\n\
-         AuthorizedPrincipalsCommand {shim} principals{state_arg} %u %k %t %i %s\n\
-         AuthorizedPrincipalsCommandUser {COMMAND_USER}\n\
-         # Every session reaches this server through the gateway: allow more concurrent\n\
+    let mut out = vec![
+        Setting {
+            keyword: "HostCertificate",
+            value: state.host_cert().display().to_string(),
+            accumulates: true,
+        },
+        Setting::one("TrustedUserCAKeys", state.node_ca().display().to_string()),
+        Setting::one("RevokedKeys", state.krl().display().to_string()),
+        Setting::one(
+            "AuthorizedPrincipalsCommand",
+            format!("{} principals{state_arg} %u %k %t %i %s", shim.display()),
+        ),
+        Setting::one("AuthorizedPrincipalsCommandUser", COMMAND_USER),
+        Setting::one("AuthorizedPrincipalsFile", "none"),
+    ];
+    if !opts.keep_local_auth {
+        out.extend([
+            Setting::one("AuthorizedKeysFile", "none"),
+            Setting::one("PasswordAuthentication", "no"),
+            Setting::one("KbdInteractiveAuthentication", "no"),
+        ]);
+    }
+    out
+}
+
+/// The drop-in's text.
+pub fn drop_in(state: &StateDir, shim: &Path, opts: &DropInOptions) -> String {
+    let mut s = String::from(
+        "# Written by `postern-shim join`; re-run join rather than editing. See postern-shim(8).\n",
+    );
+    s.push_str(&format!("HostKey {}\n", state.host_key().display()));
+    for set in settings(state, shim, opts) {
+        match set.keyword {
+            "TrustedUserCAKeys" => s.push_str(
+                "# Servers trust only the node-access CA: users reach them through the recording gateway.\n",
+            ),
+            "AuthorizedKeysFile" => s.push_str(
+                "# Postern is the only way in: no ~/.ssh/authorized_keys, no passwords (postern-shim(8),\n\
+                 # --keep-local-auth). A planted key or a password would bypass recording, locks and the KRL.\n",
+            ),
+            _ => {}
+        }
+        s.push_str(&format!("{} {}\n", set.keyword, set.value));
+    }
+    if opts.keep_local_auth {
+        s.push_str(
+            "# --keep-local-auth: sshd's own authorized_keys and password settings are left as they are;\n\
+             # logins that use them bypass the gateway, its recordings, locks and the KRL.\n",
+        );
+    }
+    s.push_str(
+        "# Every session reaches this server through the gateway: allow more concurrent\n\
          # unauthenticated connections than OpenSSH's default of 10:30:100.\n\
          MaxStartups 100:30:200\n",
-        hk = state.host_key().display(),
-        hc = state.host_cert().display(),
-        ca = state.node_ca().display(),
-        krl = state.krl().display(),
-        shim = shim.display(),
-    )
+    );
+    if opts.sshd_has_penalties && !opts.penalty_exempt.is_empty() {
+        s.push_str(
+            "# Every session comes from a gateway's address: sshd's per-source penalties (OpenSSH >= 9.8)\n\
+             # must not lock all users out after a few aborted or failed logins. Kept current by sync.\n",
+        );
+        s.push_str(&format!(
+            "PerSourcePenaltyExemptList {}\n",
+            opts.penalty_exempt.join(",")
+        ));
+    }
+    s
+}
+
+/// The effective global configuration, as `sshd -T -f CONFIG` prints it: lowercase keyword,
+/// value. Keywords that accumulate appear once per value.
+pub fn sshd_effective(sshd: &Path, config: &Path) -> Result<Vec<(String, String)>> {
+    let o = Command::new(sshd)
+        .arg("-T")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .with_context(|| format!("cannot run {} -T", sshd.display()))?;
+    if !o.status.success() {
+        bail!(
+            "{} -T failed: {}",
+            sshd.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(parse_effective(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Parses `sshd -T` output.
+pub fn parse_effective(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The settings whose effective value is not Postern's, each as "Keyword: effective X, Postern
+/// needs Y".
+pub fn overridden(effective: &[(String, String)], wanted: &[Setting]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let key = w.keyword.to_ascii_lowercase();
+        let values: Vec<&str> = effective
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let ok = if w.accumulates {
+            values.contains(&w.value.as_str())
+        } else {
+            values.len() == 1 && values[0] == w.value
+        };
+        if !ok {
+            let have = if values.is_empty() {
+                "(not set)".to_owned()
+            } else {
+                values.join(" ")
+            };
+            out.push(format!(
+                "{}: effective value {have:?}, Postern needs {:?}",
+                w.keyword, w.value
+            ));
+        }
+    }
+    out
+}
+
+/// Whether this sshd knows `PerSourcePenaltyExemptList` (OpenSSH ≥ 9.8): its `-T` prints
+/// `persourcepenalties`.
+#[allow(dead_code)] // the exempt list comes with the gateways' addresses in the bundle
+pub fn has_penalties(effective: &[(String, String)]) -> bool {
+    effective.iter().any(|(k, _)| k == "persourcepenalties")
 }
 
 /// The two pam_exec lines.
@@ -124,15 +276,31 @@ pub fn add_pam_lines(file: &Path, lines: &[String; 2]) -> Result<bool> {
     Ok(true)
 }
 
-fn ensure_command_user() -> Result<()> {
-    let exists = Command::new("id")
+fn command_user_exists() -> bool {
+    Command::new("id")
         .arg(COMMAND_USER)
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false);
-    if exists {
-        return Ok(());
+        .unwrap_or(false)
+}
+
+fn ensure_command_user() -> Result<()> {
+    // Another join running at the same moment may create the account (or hold the lock on
+    // /etc/passwd): what matters is that it exists afterwards.
+    for attempt in 0..5 {
+        if command_user_exists() {
+            return Ok(());
+        }
+        match add_command_user() {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 4 && !command_user_exists() => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
     }
+    Ok(())
+}
+
+fn add_command_user() -> Result<()> {
     let out = Command::new("useradd")
         .args([
             "--system",
@@ -271,6 +439,7 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
         name: a.name.to_string(),
         cluster: resp.cluster.to_string(),
         address: a.address,
+        keep_local_auth: a.keep_local_auth,
     };
     write_atomic(
         &a.state.path("joined.json"),
@@ -282,14 +451,51 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
     fs::create_dir_all(&a.sshd_config_dir)?;
     let path = a.sshd_config_dir.join("50-postern.conf");
     let previous = fs::read(&path).ok();
-    write_atomic(&path, drop_in(&a.state, &a.shim_path).as_bytes(), 0o644)?;
-    if let Err(msg) = sshd_check(&a.sshd_bin, &a.sshd_config) {
-        // Leave sshd's configuration exactly as it was.
-        match previous {
-            Some(old) => write_atomic(&path, &old, 0o644)?,
+    let opts = DropInOptions {
+        keep_local_auth: a.keep_local_auth,
+        penalty_exempt: Vec::new(),
+        sshd_has_penalties: false,
+    };
+    write_atomic(
+        &path,
+        drop_in(&a.state, &a.shim_path, &opts).as_bytes(),
+        0o644,
+    )?;
+    // Leave sshd's configuration exactly as it was when the result cannot be used.
+    let restore = || -> Result<()> {
+        match &previous {
+            Some(old) => write_atomic(&path, old, 0o644)?,
             None => fs::remove_file(&path)?,
         }
+        Ok(())
+    };
+    if let Err(msg) = sshd_check(&a.sshd_bin, &a.sshd_config) {
+        restore()?;
         bail!("sshd -t rejected the new configuration, so it was removed again:\n{msg}");
+    }
+    // sshd keeps the first value it reads of a keyword: a line in sshd_config before the
+    // Include, or an earlier drop-in, silently wins over ours. Compare what sshd will use.
+    let wanted = settings(&a.state, &a.shim_path, &opts);
+    let bad = match sshd_effective(&a.sshd_bin, &a.sshd_config) {
+        Ok(effective) => overridden(&effective, &wanted),
+        Err(e) => vec![format!("{e:#}")],
+    };
+    if !bad.is_empty() {
+        restore()?;
+        bail!(
+            "sshd's effective configuration (sshd -T -f {}) overrides what Postern relies on, so the drop-in {} was removed again:\n  {}\n\
+             sshd keeps the first value it reads of each keyword: remove or change these lines in {} or in a drop-in read before 50-postern.conf, then run join again",
+            a.sshd_config.display(),
+            path.display(),
+            bad.join("\n  "),
+            a.sshd_config.display()
+        );
+    }
+    if a.keep_local_auth {
+        eprintln!(
+            "postern-shim: warning: --keep-local-auth: sshd still accepts ~/.ssh/authorized_keys and passwords as configured; \
+             such logins bypass the gateway, its recordings, locks and the KRL"
+        );
     }
     let [acct, sess] = pam_lines(&a.state, &a.shim_path);
     match &a.pam_file {
@@ -317,14 +523,67 @@ mod tests {
     #[test]
     fn drop_in_names_every_file_and_the_state_dir() {
         let s = StateDir(PathBuf::from("/tmp/st"));
-        let d = drop_in(&s, Path::new("/usr/libexec/postern/postern-shim"));
+        let d = drop_in(
+            &s,
+            Path::new("/usr/libexec/postern/postern-shim"),
+            &DropInOptions::default(),
+        );
         assert!(d.contains("AuthorizedPrincipalsCommand /usr/libexec/postern/postern-shim principals --state-dir /tmp/st %u %k %t %i %s\n"), "{d}");
         assert!(d.contains("RevokedKeys /tmp/st/revoked_keys.krl\n"));
         let d = drop_in(
             &StateDir(PathBuf::from(crate::state::DEFAULT_STATE_DIR)),
             Path::new("/s"),
+            &DropInOptions::default(),
         );
         assert!(d.contains("/s principals %u"), "{d}");
+    }
+
+    #[test]
+    fn drop_in_refuses_local_auth_unless_kept() {
+        let s = StateDir(PathBuf::from("/tmp/st"));
+        let d = drop_in(&s, Path::new("/s"), &DropInOptions::default());
+        for line in [
+            "AuthorizedKeysFile none\n",
+            "PasswordAuthentication no\n",
+            "KbdInteractiveAuthentication no\n",
+            "AuthorizedPrincipalsFile none\n",
+        ] {
+            assert!(d.contains(line), "{line} missing:\n{d}");
+        }
+        let kept = DropInOptions {
+            keep_local_auth: true,
+            ..DropInOptions::default()
+        };
+        let d = drop_in(&s, Path::new("/s"), &kept);
+        assert!(!d.contains("AuthorizedKeysFile"), "{d}");
+        assert!(!d.contains("PasswordAuthentication"), "{d}");
+    }
+
+    #[test]
+    fn effective_values_that_are_not_posterns_are_named() {
+        let s = StateDir(PathBuf::from("/st"));
+        let wanted = settings(&s, Path::new("/s"), &DropInOptions::default());
+        // What `sshd -T` prints when sshd_config says `PasswordAuthentication yes` and
+        // `AuthorizedKeysFile .ssh/authorized_keys` before its Include line.
+        let text = "port 22\nhostcertificate /etc/ssh/other-cert.pub\nhostcertificate /st/ssh_host_ed25519_key-cert.pub\n\
+                    trustedusercakeys /st/node_access_ca.pub\nrevokedkeys /st/revoked_keys.krl\n\
+                    authorizedprincipalscommand /s principals --state-dir /st %u %k %t %i %s\n\
+                    authorizedprincipalscommanduser postern-shim\nauthorizedprincipalsfile none\n\
+                    authorizedkeysfile .ssh/authorized_keys\npasswordauthentication yes\n\
+                    kbdinteractiveauthentication no\n";
+        let bad = overridden(&parse_effective(text), &wanted);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].starts_with("AuthorizedKeysFile: effective value \".ssh/authorized_keys\""),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].starts_with("PasswordAuthentication: effective value \"yes\""),
+            "{bad:?}"
+        );
+        // A keyword missing altogether is as bad as a wrong value.
+        let bad = overridden(&parse_effective("port 22\n"), &wanted);
+        assert_eq!(bad.len(), wanted.len());
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pam,
             pam_file,
             sshd,
+            keep_local_auth,
         } => {
             let resp = join::join(join::JoinArgs {
                 ca: ca.parse().map_err(anyhow::Error::msg)?,
@@ -108,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 no_reload,
                 pam_file: pam.then_some(pam_file),
                 sshd_bin: sshd,
+                keep_local_auth,
             })?;
             println!(
                 "Joined cluster {} as {} ({}), labels {}.",
@@ -136,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "locks": bundle.as_ref().map(|b| b.locks.len()),
                 "host_cert_valid_before": cert.as_ref().map(|c| c.valid_before()),
                 "spooled_events": pam::spooled(&state),
+                "keep_local_auth": j.keep_local_auth,
             });
             if json {
                 println!("{v}");
@@ -164,6 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => println!("host cert:     missing"),
                 }
                 println!("spooled:       {} events", v["spooled_events"]);
+                if j.keep_local_auth {
+                    println!("local auth:    KEPT (--keep-local-auth): authorized_keys and passwords bypass the gateway, recordings, locks and the KRL");
+                } else {
+                    println!("local auth:    refused (AuthorizedKeysFile none, PasswordAuthentication no)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

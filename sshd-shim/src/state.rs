@@ -29,6 +29,9 @@ pub struct Joined {
     /// Address given at join.
     #[serde(default)]
     pub address: Option<String>,
+    /// `--keep-local-auth`: sshd's own authorized_keys and passwords were left as they were.
+    #[serde(default)]
+    pub keep_local_auth: bool,
 }
 
 /// Paths inside the state directory.

@@ -428,6 +428,44 @@ fn ensure_login(name: &str, shell: &str) {
     let _ = run(Command::new("usermod").args(["-p", "*", "--shell", shell, name]));
 }
 
+/// The distribution's default `sshd_config` (the pristine copy Debian's package keeps in
+/// /usr/share/openssh), exactly as a fresh server has it, with its `Include` pointed at
+/// `dropins` and this test's port, address, pid file and log level appended. The test adds
+/// nothing that hardens sshd: whatever Postern needs, `postern-shim join` must write itself.
+pub fn distribution_sshd_config(
+    dropins: &std::path::Path,
+    port: u16,
+    pid: &std::path::Path,
+) -> String {
+    distribution_sshd_config_from(std::path::Path::new("/"), dropins, port, pid)
+}
+
+/// [`distribution_sshd_config`] from the root of another system (a Debian 13 chroot).
+pub fn distribution_sshd_config_from(
+    root: &std::path::Path,
+    dropins: &std::path::Path,
+    port: u16,
+    pid: &std::path::Path,
+) -> String {
+    let pristine = root.join("usr/share/openssh/sshd_config");
+    let text = std::fs::read_to_string(&pristine)
+        .or_else(|_| std::fs::read_to_string(root.join("etc/ssh/sshd_config")))
+        .unwrap_or_else(|e| panic!("no distribution sshd_config under {}: {e}", root.display()));
+    let include = "Include /etc/ssh/sshd_config.d/*.conf";
+    assert!(
+        text.contains(include),
+        "the distribution's sshd_config has no `{include}`"
+    );
+    let mut out = text.replace(include, &format!("Include {}/*.conf", dropins.display()));
+    // Appended, so that they change nothing the distribution's lines set (sshd keeps the first
+    // value of a keyword); none of these is set by Debian's file.
+    out.push_str(&format!(
+        "\n# postern tests\nPort {port}\nListenAddress 127.0.0.1\nPidFile {}\nLogLevel VERBOSE\n",
+        pid.display()
+    ));
+    out
+}
+
 /// A stock `sshd` on a free loopback port.
 pub struct Sshd {
     /// Its folder (config, host key, log).
@@ -453,14 +491,18 @@ impl Sshd {
         assert!(out.status.success(), "{}", text(&out));
         std::fs::write(d.join("trusted_ca.pub"), trusted_ca).unwrap();
         let port = free_port();
-        let cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nTrustedUserCAKeys {ca}\n\
-             AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
-            hk = d.join("host_key").display(),
-            pid = d.join("sshd.pid").display(),
-            ca = d.join("trusted_ca.pub").display(),
-        );
+        // The distribution's sshd_config, with this test's drop-in trusting the CA.
+        std::fs::create_dir_all(d.join("sshd_config.d")).unwrap();
+        std::fs::write(
+            d.join("sshd_config.d/50-test.conf"),
+            format!(
+                "HostKey {hk}\nTrustedUserCAKeys {ca}\n",
+                hk = d.join("host_key").display(),
+                ca = d.join("trusted_ca.pub").display(),
+            ),
+        )
+        .unwrap();
+        let cfg = distribution_sshd_config(&d.join("sshd_config.d"), port, &d.join("sshd.pid"));
         std::fs::write(d.join("sshd_config"), cfg).unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let child = Command::new("/usr/sbin/sshd")
@@ -560,35 +602,126 @@ fn install_root_owned(src: &std::path::Path, dest: &std::path::Path) {
 
 /// The shim as sshd runs it: copied once per test process to a root-owned directory.
 pub fn installed_shim() -> PathBuf {
-    static ONCE: Once = Once::new();
-    let dest = PathBuf::from(format!(
+    installed_shim_in(None)
+}
+
+/// [`installed_shim`] inside the system at `root` (a chroot) or on this machine; returns the
+/// path as seen from inside that system.
+pub fn installed_shim_in(root: Option<&std::path::Path>) -> PathBuf {
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let inner = PathBuf::from(format!(
         "/usr/local/libexec/postern-test-{}/postern-shim",
         std::process::id()
     ));
-    let d2 = dest.clone();
-    ONCE.call_once(move || install_root_owned(&bin("postern-shim"), &d2));
-    dest
+    let base = root.map_or_else(|| PathBuf::from("/"), |r| r.to_path_buf());
+    let mut done = DONE.lock().unwrap();
+    if !done.contains(&base) {
+        install_root_owned(
+            &bin("postern-shim"),
+            &base.join(inner.strip_prefix("/").unwrap()),
+        );
+        done.push(base);
+    }
+    inner
 }
 
 impl Ca {
-    /// A join token.
-    pub fn token(&self, kind: &str, labels: &str) -> String {
-        self.admin_json(&["tokens", "add", "--kind", kind, "--labels", labels])["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+    /// A join token for `name`.
+    pub fn token(&self, kind: &str, name: &str, labels: &str) -> String {
+        self.token_with(kind, name, labels, &[])
     }
+
+    /// A join token for `name` with further `tokens add` flags (`--replace`).
+    pub fn token_with(&self, kind: &str, name: &str, labels: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "tokens", "add", "--kind", kind, "--name", name, "--labels", labels,
+        ];
+        args.extend_from_slice(extra);
+        self.admin_json(&args)["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The systems the servers of the end-to-end stories run: Debian 12's sshd (OpenSSH 9.2) on
+/// this machine, and Debian 13's (OpenSSH 10.0) in a chroot that shares this machine's
+/// loopback, built once by `scripts/test` with debootstrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distro {
+    /// This machine (Debian 12).
+    Debian12,
+    /// The Debian 13 chroot.
+    Debian13,
+}
+
+/// Where `scripts/test` keeps the Debian 13 root (outside the checkout).
+pub const DEFAULT_DEBIAN13_ROOT: &str = "/var/cache/postern-tests/debian13";
+
+impl Distro {
+    /// The chroot's root, `None` for this machine. Panics with advice when the Debian 13 root
+    /// was not built: these stories must not pass by being skipped.
+    pub fn root(self) -> Option<PathBuf> {
+        match self {
+            Distro::Debian12 => None,
+            Distro::Debian13 => {
+                let r = PathBuf::from(
+                    std::env::var("POSTERN_DEBIAN13_ROOT")
+                        .unwrap_or_else(|_| DEFAULT_DEBIAN13_ROOT.to_owned()),
+                );
+                assert!(
+                    r.join("usr/sbin/sshd").exists(),
+                    "no Debian 13 root at {}: scripts/test builds it (debootstrap --variant=minbase --include=openssh-server trixie)",
+                    r.display()
+                );
+                prepare_root(&r);
+                Some(r)
+            }
+        }
+    }
+}
+
+/// Accounts and directories a chroot needs, once per process.
+fn prepare_root(root: &std::path::Path) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::fs::create_dir_all(root.join("run/sshd")).unwrap();
+        for (name, shell) in [(TEST_LOGIN, "/bin/sh"), (TEST_BASH_LOGIN, "/bin/bash")] {
+            let exists = run(Command::new("chroot").arg(root).args(["id", name]))
+                .status
+                .success();
+            if !exists {
+                let out = run(Command::new("chroot").arg(root).args([
+                    "useradd",
+                    "--create-home",
+                    "--shell",
+                    shell,
+                    name,
+                ]));
+                assert!(
+                    out.status.success(),
+                    "useradd in {}: {}",
+                    root.display(),
+                    text(&out)
+                );
+            }
+            let _ = run(Command::new("chroot")
+                .arg(root)
+                .args(["usermod", "-p", "*", name]));
+        }
+    });
 }
 
 /// A server joined with `postern-shim join`, running a stock sshd (a copy under its own name,
 /// so that it has its own PAM service) from the drop-in that join wrote.
 pub struct Node {
-    /// Everything of this node: state/, sshd_config, sshd_config.d/, logs.
+    /// Everything of this node: state/, sshd_config, sshd_config.d/, logs (the path on this
+    /// machine; inside the chroot of a Debian 13 node it is [`Node::inner`]).
     pub dir: TempDir,
     /// sshd's port.
     pub port: u16,
     /// Node name.
     pub name: String,
+    /// The system it runs.
+    pub distro: Distro,
+    root: Option<PathBuf>,
     service: String,
     sshd: Option<Child>,
 }
@@ -596,86 +729,164 @@ pub struct Node {
 static NODE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Node {
-    /// The state directory.
+    /// The state directory (on this machine).
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// A path of this machine as the node's own system sees it.
+    pub fn inner(&self, path: &std::path::Path) -> PathBuf {
+        match &self.root {
+            Some(r) => PathBuf::from("/").join(path.strip_prefix(r).unwrap()),
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// A command run on the node's system (in its chroot for Debian 13).
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        match &self.root {
+            Some(r) => {
+                let mut c = Command::new("chroot");
+                c.arg(r).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     /// Prepares config files, runs join (with --pam on this node's own PAM file) and returns
     /// the node and join's output; sshd is not started yet.
     pub fn join(ca: &Ca, name: &str, token: &str, extra: &[&str]) -> (Node, Output) {
+        Node::join_on(Distro::Debian12, ca, name, token, extra)
+    }
+
+    /// [`Node::join`] on `distro`.
+    pub fn join_on(
+        distro: Distro,
+        ca: &Ca,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> (Node, Output) {
+        let node = Node::prepare(distro, name, |c| c);
+        let out = node.run_join(ca, token, extra);
+        (node, out)
+    }
+
+    /// The node's files from the distribution's sshd_config, which `edit` may change (as an
+    /// admin's own lines would), before any join.
+    pub fn prepare(distro: Distro, name: &str, edit: impl FnOnce(String) -> String) -> Node {
         ensure_test_login();
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("postern-node")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
+        let root = distro.root();
+        let mut b = tempfile::Builder::new();
+        b.prefix("postern-node");
+        let dir = match &root {
+            Some(r) => b.tempdir_in(r.join("tmp")).unwrap(),
+            None => b.tempdir().unwrap(),
+        };
         let port = free_port();
         let n = NODE_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let service = format!("sshd-pt{}x{n}", std::process::id());
+        let node = Node {
+            dir,
+            port,
+            name: name.to_owned(),
+            distro,
+            root,
+            service,
+            sshd: None,
+        };
+        let d = node.dir.path();
         std::fs::create_dir_all(d.join("sshd_config.d")).unwrap();
+        let text = distribution_sshd_config_from(
+            node.root.as_deref().unwrap_or(std::path::Path::new("/")),
+            &node.inner(&d.join("sshd_config.d")),
+            port,
+            &node.inner(&d.join("sshd.pid")),
+        );
+        std::fs::write(d.join("sshd_config"), edit(text)).unwrap();
         std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Include {dropins}/*.conf\nPort {port}\nListenAddress 127.0.0.1\nPidFile {pid}\nUsePAM yes\n\
-                 AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\nStrictModes no\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
-                dropins = d.join("sshd_config.d").display(),
-                pid = d.join("sshd.pid").display(),
-            ),
-        )
-        .unwrap();
-        let pam = PathBuf::from("/etc/pam.d").join(&service);
-        std::fs::write(
-            &pam,
+            node.pam_file(),
             "@include common-auth\n@include common-account\n@include common-session\n",
         )
         .unwrap();
-        let out = run(Command::new(bin("postern-shim"))
+        node
+    }
+
+    fn pam_file(&self) -> PathBuf {
+        self.root
+            .as_deref()
+            .unwrap_or(std::path::Path::new("/"))
+            .join("etc/pam.d")
+            .join(&self.service)
+    }
+
+    /// Runs `postern-shim join` for this node's files, as an admin on that server would.
+    pub fn run_join(&self, ca: &Ca, token: &str, extra: &[&str]) -> Output {
+        let d = self.dir.path();
+        let shim = installed_shim_in(self.root.as_deref());
+        let program = match &self.root {
+            Some(_) => shim.clone(),
+            None => bin("postern-shim"),
+        };
+        run(self
+            .command(&program)
             .args([
-                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", token, "--name", name,
+                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", token, "--name",
+                &self.name,
             ])
-            .args(["--address", &format!("127.0.0.1:{port}")])
+            .args(["--address", &format!("127.0.0.1:{}", self.port)])
             .arg("--state-dir")
-            .arg(d.join("state"))
+            .arg(self.inner(&d.join("state")))
             .arg("--sshd-config")
-            .arg(d.join("sshd_config"))
+            .arg(self.inner(&d.join("sshd_config")))
             .arg("--sshd-config-dir")
-            .arg(d.join("sshd_config.d"))
+            .arg(self.inner(&d.join("sshd_config.d")))
             .args(if extra.contains(&"--shim-path") {
                 vec![]
             } else {
-                vec![OsString::from("--shim-path"), installed_shim().into()]
+                vec![OsString::from("--shim-path"), shim.into()]
             })
             .args(["--no-reload", "--pam", "--pam-file"])
-            .arg(&pam)
-            .args(extra));
-        (
-            Node {
-                dir,
-                port,
-                name: name.to_owned(),
-                service,
-                sshd: None,
-            },
-            out,
-        )
+            .arg(self.inner(&self.pam_file()))
+            .args(extra))
     }
 
-    /// Starts sshd (a copy named after this node's PAM service).
+    /// Starts sshd (a copy named after this node's PAM service). A Debian 13 node's sshd runs
+    /// chrooted, in a mount namespace of its own with this machine's /dev and a /proc.
     pub fn start_sshd(&mut self) {
-        let exe = PathBuf::from("/usr/local/sbin").join(&self.service);
-        install_root_owned(std::path::Path::new("/usr/sbin/sshd"), &exe);
+        let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let exe = base.join("usr/local/sbin").join(&self.service);
+        install_root_owned(&base.join("usr/sbin/sshd"), &exe);
+        let config = self.inner(&self.dir.path().join("sshd_config"));
         // A thread of another test may fork while our copy of sshd is still open for writing;
         // its child holds that descriptor until it execs, and exec of the copy then fails with
         // ETXTBSY for a moment. Retry briefly.
         let mut tries = 0;
         let child = loop {
             let log = std::fs::File::create(self.dir.path().join("sshd.log")).unwrap();
-            match Command::new(&exe)
-                .args(["-D", "-e", "-f"])
-                .arg(self.dir.path().join("sshd_config"))
+            let mut cmd = match &self.root {
+                Some(r) => {
+                    let mut c = Command::new("unshare");
+                    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                        .arg(
+                            "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && \
+                             exec chroot \"$1\" \"$2\" -D -e -f \"$3\"",
+                        )
+                        .arg("sh")
+                        .arg(r)
+                        .arg(self.inner(&exe))
+                        .arg(&config);
+                    c
+                }
+                None => {
+                    let mut c = Command::new(&exe);
+                    c.args(["-D", "-e", "-f"]).arg(&config);
+                    c
+                }
+            };
+            match cmd
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -706,12 +917,22 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
-    /// `postern-shim SUBCOMMAND --state-dir <state>`.
+    /// `postern-shim SUBCOMMAND --state-dir <state>`, on the node's system.
     pub fn shim(&self, sub: &str) -> Output {
-        run(Command::new(bin("postern-shim"))
-            .arg(sub)
+        self.shim_args(&[sub])
+    }
+
+    /// `postern-shim ARGS... --state-dir <state>`, on the node's system.
+    pub fn shim_args(&self, args: &[&str]) -> Output {
+        let program = match &self.root {
+            Some(_) => installed_shim_in(self.root.as_deref()),
+            None => bin("postern-shim"),
+        };
+        run(self
+            .command(&program)
+            .args(args)
             .arg("--state-dir")
-            .arg(self.state()))
+            .arg(self.inner(&self.state())))
     }
 
     /// A key pair and a certificate signed by the CA's `ca` (`user` or `node-access`) for
@@ -784,8 +1005,9 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_file(PathBuf::from("/etc/pam.d").join(&self.service));
-        let _ = std::fs::remove_file(PathBuf::from("/usr/local/sbin").join(&self.service));
+        let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let _ = std::fs::remove_file(self.pam_file());
+        let _ = std::fs::remove_file(base.join("usr/local/sbin").join(&self.service));
     }
 }
 
@@ -818,7 +1040,7 @@ impl Gate {
             .prefix("postern-gate")
             .tempdir()
             .unwrap();
-        let token = ca.token("gateway", "");
+        let token = ca.token("gateway", "gate1", "");
         let out = run(Command::new(bin("postern-gate"))
             .args([
                 "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", &token, "--name", "gate1",
@@ -1032,7 +1254,7 @@ impl GateCluster {
         let gport = Gate::reserve_port();
         ca.set_gateway(&format!("127.0.0.1:{gport}"));
         ca.spawn();
-        let token = ca.token("node", "env=dev");
+        let token = ca.token("node", "web1", "env=dev");
         let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
         assert!(out.status.success(), "{}", text(&out));
         node.start_sshd();

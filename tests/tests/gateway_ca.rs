@@ -133,7 +133,7 @@ impl Joined {
         let identity = format!("ssh-ed25519 {}", base64(&blob));
         let (_, host) = ssh_key(d, "host_key");
         let body = json!({
-            "token": ca.token(kind, labels),
+            "token": ca.token(kind, name, labels),
             "name": name,
             "address": address,
             "host_public_key": host,
@@ -209,7 +209,7 @@ impl Joined {
 }
 
 fn joined_node(ca: &Ca, labels: &str) -> Node {
-    let token = ca.token("node", labels);
+    let token = ca.token("node", "web1", labels);
     let (node, out) = Node::join(ca, "web1", &token, &[]);
     assert!(out.status.success(), "join: {}", text(&out));
     node

@@ -110,7 +110,7 @@ fn recordings_are_seen_by_their_user_and_by_roles_whose_view_recordings_selects_
     ca.set_gateway(&format!("127.0.0.1:{gport}"));
     ca.append_config(SMALL_CHUNKS);
     ca.spawn();
-    let token = ca.token("node", "env=dev");
+    let token = ca.token("node", "web1", "env=dev");
     let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     node.start_sshd();
@@ -264,7 +264,7 @@ fn recordings_are_seen_by_their_user_and_by_roles_whose_view_recordings_selects_
     // web1 leaves the cluster, and another server joins under its name with env=prod: the
     // recording keeps the labels of its session (env=dev), so dave still sees it...
     ca.admin_json(&["nodes", "rm", "web1"]);
-    let token = ca.token("node", "env=prod");
+    let token = ca.token_with("node", "web1", "env=prod", &["--replace"]);
     let (_new_web1, out) = Node::join(&ca, "web1", &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     wait_listing(&dave, std::slice::from_ref(&id));
@@ -379,7 +379,7 @@ struct Sessions {
 
 impl Sessions {
     fn new(ca: &Ca) -> Sessions {
-        let token = ca.token("node", "env=dev");
+        let token = ca.token("node", "web1", "env=dev");
         let (web1, out) = Node::join(ca, "web1", &token, &[]);
         assert!(out.status.success(), "{}", text(&out));
         let alice = logged_in(ca, "alice");
@@ -672,7 +672,7 @@ fn a_recording_larger_than_a_chunk_resumes_after_a_ca_restart_and_is_stored_byte
     let gate2 = {
         // Joined under another name by hand: Gate::joined always names its gateway gate1.
         let g = tempfile::tempdir().unwrap();
-        let token = ca.token("gateway", "");
+        let token = ca.token("gateway", "gate2", "");
         let out = run(Command::new(bin("postern-gate"))
             .args([
                 "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", &token, "--name", "gate2",

@@ -7,7 +7,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::Command;
 use std::time::Duration;
 
-use postern_tests::{bin, run, text, Ca, Node, TEST_LOGIN};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use postern_tests::{bin, run, text, Ca, Distro, Node, TEST_LOGIN};
 
 fn policy() -> String {
     format!(
@@ -30,7 +33,7 @@ roles = ["dev", "prod-root"]
 }
 
 fn joined(ca: &Ca, labels: &str) -> Node {
-    let token = ca.token("node", labels);
+    let token = ca.token("node", "web1", labels);
     let (mut node, out) = Node::join(ca, "web1", &token, &[]);
     assert!(out.status.success(), "join: {}", text(&out));
     node.start_sshd();
@@ -155,7 +158,9 @@ fn login_lock_is_enforced_by_the_principals_command() {
 #[test]
 fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
     let ca = Ca::start(&policy());
-    let expired = ca.admin_json(&["tokens", "add", "--kind", "node", "--ttl", "1s"])["token"]
+    let expired = ca.admin_json(&[
+        "tokens", "add", "--kind", "node", "--name", "web1", "--ttl", "1s",
+    ])["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -168,7 +173,7 @@ fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
         text(&out)
     );
 
-    let good = ca.token("node", "env=dev");
+    let good = ca.token("node", "web2", "env=dev");
     let (_n2, out) = Node::join(&ca, "web2", &good, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let (_n3, out) = Node::join(&ca, "web3", &good, &[]);
@@ -206,7 +211,7 @@ fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
 #[test]
 fn join_that_fails_sshd_check_leaves_the_configuration_as_it_was() {
     let ca = Ca::start(&policy());
-    let token = ca.token("node", "env=dev");
+    let token = ca.token("node", "web1", "env=dev");
     // sshd requires an absolute AuthorizedPrincipalsCommand: `sshd -t` fails on this drop-in.
     let (node, out) = Node::join(
         &ca,
@@ -249,7 +254,7 @@ fn principals(node: &Node, args: &[OsString]) -> std::process::Output {
 #[test]
 fn principals_command_survives_hostile_arguments_and_denies_bad_bundles() {
     let ca = Ca::start(&policy());
-    let token = ca.token("node", "env=dev");
+    let token = ca.token("node", "web1", "env=dev");
     let (node, out) = Node::join(&ca, "web1", &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let key = node.signed_key(&ca, "node-access", "alice", &[TEST_LOGIN]);
@@ -424,7 +429,7 @@ fn sync_renews_the_host_certificate_when_a_third_of_its_life_is_left() {
         "user_cert_ttl = \"1h\"",
         "user_cert_ttl = \"1h\"\nhost_cert_ttl = \"9s\"",
     ));
-    let token = ca.token("node", "env=dev");
+    let token = ca.token("node", "web1", "env=dev");
     let (node, out) = Node::join(&ca, "web1", &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let cert = node.state().join("ssh_host_ed25519_key-cert.pub");
@@ -449,8 +454,18 @@ fn sync_renews_the_host_certificate_when_a_third_of_its_life_is_left() {
 #[test]
 fn removed_node_can_no_longer_sync_and_status_says_what_it_has() {
     let ca = Ca::start(&policy());
-    let token = ca.token("node", "env=dev,team=web");
-    let (node, out) = Node::join(&ca, "web1", &token, &["--labels", "env=prod,zone=a"]);
+    let token = ca.token("node", "web1", "env=dev,team=web");
+    // The token's labels are the node's complete label set: a node asking for others is
+    // refused (the token stays usable), one asking for a subset of them joins with all.
+    let (_refused, out) = Node::join(&ca, "web1", &token, &["--labels", "env=prod,zone=a"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the token sets this node's labels (env=dev,team=web); it does not give env=prod,zone=a"),
+        "{}",
+        text(&out)
+    );
+    let (node, out) = Node::join(&ca, "web1", &token, &["--labels", "env=dev"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(node.shim("status").status.success());
     let st = run(Command::new(bin("postern-shim"))
@@ -459,8 +474,7 @@ fn removed_node_can_no_longer_sync_and_status_says_what_it_has() {
     assert!(st.status.success(), "{}", text(&st));
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["name"], "web1");
-    // The token's labels win over what the node asked for.
-    assert_eq!(v["labels"], "env=dev,team=web,zone=a");
+    assert_eq!(v["labels"], "env=dev,team=web");
     assert_eq!(v["bundle_stale"], false);
 
     assert!(ca.admin(&["nodes", "rm", "web1"]).status.success());
@@ -471,4 +485,323 @@ fn removed_node_can_no_longer_sync_and_status_says_what_it_has() {
         "{}",
         text(&out)
     );
+}
+
+/// `nodes ls` as (name, kind, address).
+fn inventory(ca: &Ca) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for kind in ["nodes", "gateways"] {
+        for n in ca.admin_json(&[kind, "ls"]).as_array().unwrap() {
+            out.push((
+                n["name"].as_str().unwrap().to_owned(),
+                n["kind"].as_str().unwrap_or(kind).to_owned(),
+                n["address"].as_str().unwrap_or("-").to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn refusals(ca: &Ca) -> Vec<String> {
+    ca.audit()
+        .iter()
+        .filter(|e| e["kind"] == "join.refused")
+        .map(|e| e["detail"]["reason"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn regression_any_join_token_took_over_any_name() {
+    // Before, a token meant for a dev box joined as `db-prod` with another address, revoking
+    // and replacing the real db-prod, which then received its users' sessions.
+    let ca = Ca::start(&policy());
+    let prod = ca.token("node", "db-prod", "env=prod");
+    let (db_prod, out) = Node::join(&ca, "db-prod", &prod, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = inventory(&ca);
+    let db_addr = before[0].2.clone();
+
+    let dev = ca.token("node", "dev1", "env=dev");
+    let (_evil, out) = Node::join(&ca, "db-prod", &dev, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("join refused: this token is for the name \"dev1\", not \"db-prod\""),
+        "{}",
+        text(&out)
+    );
+    // The same token for its own name, but the name is taken: needs --replace.
+    let again = ca.token("node", "db-prod", "env=prod");
+    let (_evil2, out) = Node::join(&ca, "db-prod", &again, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "a node named \"db-prod\" is already joined; replacing it needs a token made with `posternd tokens add --kind node --name db-prod --replace`"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        inventory(&ca),
+        before,
+        "the refused joins changed the inventory"
+    );
+    assert_eq!(before[0].2, db_addr);
+    // The real db-prod keeps working: its identity was not revoked.
+    let out = db_prod.shim("sync");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        refusals(&ca),
+        [
+            "this token is for the name \"dev1\", not \"db-prod\"",
+            "a node named \"db-prod\" is already joined; replacing it needs a token made with `posternd tokens add --kind node --name db-prod --replace`",
+        ]
+    );
+    // The refused tokens were not spent: the dev token still joins dev1.
+    let (_dev1, out) = Node::join(&ca, "dev1", &dev, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // An admin's --replace token replaces it, and the old identity stops working.
+    let replace = ca.token_with("node", "db-prod", "env=prod", &["--replace"]);
+    let (_new, out) = Node::join(&ca, "db-prod", &replace, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = db_prod.shim("sync");
+    assert!(!out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn regression_a_node_token_revoked_the_gateway_and_the_reverse() {
+    let ca = Ca::start(&policy());
+    let _gate = postern_tests::Gate::joined(&ca, postern_tests::Gate::reserve_port());
+    let web = ca.token("node", "web1", "env=dev");
+    let (_web1, out) = Node::join(&ca, "web1", &web, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = inventory(&ca);
+
+    // Even with --replace, a node token never takes a gateway's name.
+    let t = ca.token_with("node", "gate1", "", &["--replace"]);
+    let (_n, out) = Node::join(&ca, "gate1", &t, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "the name \"gate1\" belongs to a gateway, and a node never replaces a gateway"
+        ),
+        "{}",
+        text(&out)
+    );
+    // Nor a gateway token a server's.
+    let t = ca.token_with("gateway", "web1", "", &["--replace"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(bin("postern-gate"))
+        .args(["join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", &t])
+        .args(["--name", "web1", "--address", "127.0.0.1:1", "--state-dir"])
+        .arg(dir.path()));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("the name \"web1\" belongs to a node, and a gateway never replaces a node"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(inventory(&ca), before);
+    assert_eq!(refusals(&ca).len(), 2);
+}
+
+/// A plain key (no certificate) planted in `login`'s `~/.ssh/authorized_keys` on the node's
+/// system, as the user could do over sftp; removed again on drop.
+struct Planted(PathBuf);
+
+impl Planted {
+    fn new(node: &Node, login: &str, public: &str) -> Planted {
+        let home = node
+            .dir
+            .path()
+            .ancestors()
+            .nth(2)
+            .unwrap()
+            .join("home")
+            .join(login);
+        let home = if node.distro == Distro::Debian12 {
+            PathBuf::from("/home").join(login)
+        } else {
+            home
+        };
+        let ssh = home.join(".ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let file = ssh.join("authorized_keys");
+        std::fs::write(&file, public).unwrap();
+        for p in [&ssh, &file] {
+            let out = run(Command::new("chown")
+                .arg(format!("--reference={}", home.display()))
+                .arg(p));
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Planted(file)
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The methods sshd offers after `none`, as ssh -v reports them.
+fn offered_methods(node: &Node, key: &std::path::Path) -> String {
+    let out = run(Command::new("ssh")
+        .env_remove("SSH_AUTH_SOCK")
+        .args([
+            "-v",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-p",
+            &node.port.to_string(),
+            "-l",
+            TEST_LOGIN,
+            "127.0.0.1",
+            "true",
+        ]));
+    let all = text(&out);
+    all.lines()
+        .find_map(|l| {
+            l.split_once("Authentications that can continue: ")
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("ssh -v printed no methods: {all}"))
+}
+
+fn regression_planted_authorized_keys_and_passwords_bypassed_the_gateway(distro: Distro) {
+    // Debian's sshd_config keeps AuthorizedKeysFile .ssh/authorized_keys(2) and password
+    // logins; the drop-in set neither, so a key planted over sftp logged in directly: no
+    // recording, no lock, no KRL.
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "web1", "env=dev");
+    let (mut node, out) = Node::join_on(distro, &ca, "web1", &token, &[]);
+    assert!(out.status.success(), "join: {}", text(&out));
+    node.start_sshd();
+    let key = node.dir.path().join("planted");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "planted", "-f"])
+        .arg(&key));
+    assert!(out.status.success(), "{}", text(&out));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let fingerprint = String::from_utf8_lossy(
+        &run(Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub")))
+        .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_owned();
+    let _planted = Planted::new(&node, TEST_LOGIN, &public);
+
+    let out = node.ssh(&key, TEST_LOGIN, "true");
+    assert!(
+        !out.status.success(),
+        "a planted key logged in: {}",
+        text(&out)
+    );
+    // Why: sshd looked the key up and found it nowhere (AuthorizedKeysFile none).
+    let log = node.log();
+    assert!(
+        log.contains(&format!("Failed publickey for {TEST_LOGIN} from 127.0.0.1"))
+            && log.contains(&fingerprint),
+        "sshd did not refuse the planted key itself:\n{log}"
+    );
+    assert_eq!(
+        offered_methods(&node, &key),
+        "publickey",
+        "sshd offers passwords"
+    );
+    let st = node.shim("status");
+    assert!(
+        text(&st).contains("local auth:    refused"),
+        "{}",
+        text(&st)
+    );
+
+    // The same server joined with --keep-local-auth: the planted key works, join warns and
+    // status says so. (This is what every joined server did before.)
+    let token = ca.token("node", "web2", "env=dev");
+    let mut kept = Node::prepare(distro, "web2", |c| c);
+    let out = kept.run_join(&ca, &token, &["--keep-local-auth"]);
+    assert!(out.status.success(), "join: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: --keep-local-auth"),
+        "{}",
+        text(&out)
+    );
+    kept.start_sshd();
+    let out = kept.ssh(&key, TEST_LOGIN, "echo planted-key-works");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("planted-key-works"),
+        "{}\n{}",
+        text(&out),
+        kept.log()
+    );
+    assert!(offered_methods(&kept, &key).contains("password"));
+    let st = kept.shim("status");
+    assert!(text(&st).contains("local auth:    KEPT"), "{}", text(&st));
+}
+
+#[test]
+fn regression_planted_authorized_keys_and_passwords_bypassed_the_gateway_debian12() {
+    regression_planted_authorized_keys_and_passwords_bypassed_the_gateway(Distro::Debian12);
+}
+
+#[test]
+fn regression_planted_authorized_keys_and_passwords_bypassed_the_gateway_debian13() {
+    regression_planted_authorized_keys_and_passwords_bypassed_the_gateway(Distro::Debian13);
+}
+
+fn regression_an_earlier_sshd_config_line_overrode_the_drop_in(distro: Distro) {
+    // sshd keeps the first value it reads: lines above Debian's Include beat the drop-in.
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "web1", "env=dev");
+    let node = Node::prepare(distro, "web1", |c| {
+        format!("PasswordAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\n{c}")
+    });
+    let out = node.run_join(&ca, &token, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "sshd's effective configuration",
+        "AuthorizedKeysFile: effective value \".ssh/authorized_keys\", Postern needs \"none\"",
+        "PasswordAuthentication: effective value \"yes\", Postern needs \"no\"",
+    ] {
+        assert!(err.contains(want), "{want:?} missing: {err}");
+    }
+    let dropins: Vec<_> = std::fs::read_dir(node.dir.path().join("sshd_config.d"))
+        .unwrap()
+        .collect();
+    assert!(dropins.is_empty(), "drop-in left behind: {dropins:?}");
+}
+
+#[test]
+fn regression_an_earlier_sshd_config_line_overrode_the_drop_in_debian12() {
+    regression_an_earlier_sshd_config_line_overrode_the_drop_in(Distro::Debian12);
+}
+
+#[test]
+fn regression_an_earlier_sshd_config_line_overrode_the_drop_in_debian13() {
+    regression_an_earlier_sshd_config_line_overrode_the_drop_in(Distro::Debian13);
 }
