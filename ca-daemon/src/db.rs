@@ -80,7 +80,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_sync INTEGER,
     host_key TEXT NOT NULL,
     host_cert_expiry INTEGER,
-    identity_serial INTEGER NOT NULL
+    identity_serial INTEGER NOT NULL,
+    egress TEXT,
+    seen_from TEXT
 );
 CREATE TABLE IF NOT EXISTS locks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -161,6 +163,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // token from before (NULL name) joins nothing.
     ("tokens", "name", "TEXT"),
     ("tokens", "replace", "INTEGER NOT NULL DEFAULT 0"),
+    // A gateway's configured egress addresses (comma-separated) and the address the CA saw it
+    // join from (schema 3): servers exempt them from sshd's per-source penalties.
+    ("nodes", "egress", "TEXT"),
+    ("nodes", "seen_from", "TEXT"),
 ];
 
 /// Creates the schema, and brings a database of an older version up to date (idempotent).

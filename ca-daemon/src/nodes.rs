@@ -116,6 +116,29 @@ pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
     })
 }
 
+/// The addresses gateways dial servers from: each gateway's configured egress addresses, or
+/// the address the CA saw it join from.
+pub fn gateway_addresses(conn: &Connection) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT egress, seen_from FROM nodes WHERE kind = 'gateway'")?;
+    let mut rows = st.query([])?;
+    let mut out = BTreeSet::new();
+    while let Some(r) = rows.next()? {
+        let egress: Option<String> = r.get(0)?;
+        let seen: Option<String> = r.get(1)?;
+        let list = egress
+            .filter(|e| !e.is_empty())
+            .or(seen)
+            .unwrap_or_default();
+        for a in list.split(',').filter(|a| !a.is_empty()) {
+            // Stored validated; parsed again so that nothing else reaches sshd_config.
+            if let Ok(a) = postern_core::names::parse_source_address(a) {
+                out.insert(a);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// The bundle for one node.
 pub fn build_bundle(
     conn: &Connection,
@@ -128,6 +151,7 @@ pub fn build_bundle(
 ) -> Result<Bundle> {
     let krl = build_krl(conn, keys, now)?;
     Ok(Bundle {
+        gateway_addresses: gateway_addresses(conn)?,
         cluster: cluster.clone(),
         node: node.clone(),
         labels: labels.clone(),
@@ -350,6 +374,17 @@ impl Service {
     ) -> std::result::Result<JoinResponse, Refusal> {
         let host_key = parse_key(&req.host_public_key, "host_public_key")?;
         let ident = parse_key(&req.identity_public_key, "identity_public_key")?;
+        if req.egress_addresses.len() > 16 {
+            return Err(Refusal::BadRequest("at most 16 egress addresses".into()));
+        }
+        let egress = req
+            .egress_addresses
+            .iter()
+            .map(|a| postern_core::names::parse_source_address(a))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?
+            .join(",");
+        let seen_from = postern_core::names::parse_source_address(&remote).ok();
         let ident_ed = ident
             .key_data()
             .ed25519()
@@ -412,8 +447,8 @@ impl Service {
                 let ident_serial = u(c.last_insert_rowid());
                 let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
                 c.execute(
-                    "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![req.name.as_str(), kind, req.address, labels.to_string(), i(now), host_key.to_openssh()?, i(expiry), i(ident_serial)],
+                    "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![req.name.as_str(), kind, req.address, labels.to_string(), i(now), host_key.to_openssh()?, i(expiry), i(ident_serial), (kind == "gateway").then_some(&egress), (kind == "gateway").then_some(&seen_from)],
                 )?;
                 audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
                 let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
@@ -491,7 +526,8 @@ impl Service {
                     // Renew when a third of the certificate's life or less is left. The life is
                     // the policy's TTL, not the window: valid_after is backdated for clock skew.
                     let life = policy.defaults.host_cert_ttl.as_secs();
-                    if before.saturating_sub(now) * 3 <= life && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
+                    let due = req.renew || before.saturating_sub(now) * 3 <= life;
+                    if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
                         let addr: Option<String> = c.query_row("SELECT address FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
                         let principals = host_principals(&name, cluster.as_str(), addr.as_deref())?;
                         let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults.host_cert_ttl.as_secs(), now)?;

@@ -159,6 +159,11 @@ pub struct JoinRequest {
     pub host_public_key: String,
     /// The Ed25519 key of the node's mTLS identity (OpenSSH one-line form).
     pub identity_public_key: String,
+    /// A gateway's egress addresses (IPs or CIDRs it dials servers from), when configured:
+    /// servers exempt them from sshd's per-source penalties and node-access certificates are
+    /// bound to them (`source-address`). Without them the CA takes the address it saw.
+    #[serde(default)]
+    pub egress_addresses: Vec<String>,
 }
 
 /// Answer to a join.
@@ -225,6 +230,10 @@ pub struct Bundle {
     pub host_ca_keys: Vec<String>,
     /// Node-access CA keys: what the server's sshd trusts.
     pub node_access_ca_keys: Vec<String>,
+    /// The addresses gateways dial servers from (IPs or CIDRs): the shim writes them as sshd's
+    /// `PerSourcePenaltyExemptList`, since every session arrives from one of them.
+    #[serde(default)]
+    pub gateway_addresses: Vec<String>,
 }
 
 /// `POST /v1/node/sync` (mTLS, node identity).
@@ -237,6 +246,9 @@ pub struct SyncRequest {
     /// Host public key, when a renewal is wanted.
     #[serde(default)]
     pub host_public_key: Option<String>,
+    /// Renew the host certificate now, whatever its age (`postern-shim sync --renew`).
+    #[serde(default)]
+    pub renew: bool,
 }
 
 /// Answer to a sync.

@@ -192,6 +192,36 @@ pub fn parse_node_name(s: &str) -> Result<NodeName, NameError> {
     Ok(n)
 }
 
+/// Parses a source address as sshd's `PerSourcePenaltyExemptList` and the `source-address`
+/// critical option take it (sshd_config(5), PROTOCOL.certkeys): an IPv4 or IPv6 address, or
+/// one with a prefix length (`10.0.0.0/24`). Returned in canonical form.
+pub fn parse_source_address(s: &str) -> Result<String, NameError> {
+    let err = |reason| NameError {
+        kind: "source address",
+        value: s.chars().take(64).collect(),
+        reason,
+    };
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| err("must be an IP address or IP/prefix"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => Ok(ip.to_string()),
+        Some(p) => {
+            let len: u8 = p
+                .parse()
+                .ok()
+                .filter(|l| *l <= max && p.len() <= 3 && !p.starts_with('+'))
+                .ok_or_else(|| err("the prefix length is out of range"))?;
+            Ok(format!("{ip}/{len}"))
+        }
+    }
+}
+
 /// Parses a cluster name, also checking that every DNS label is well formed.
 pub fn parse_cluster_name(s: &str) -> Result<ClusterName, NameError> {
     let n: ClusterName = s.parse()?;
@@ -336,6 +366,31 @@ impl fmt::Display for Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_addresses_are_ips_or_prefixes_and_nothing_else() {
+        for (input, want) in [
+            ("127.0.0.1", Some("127.0.0.1")),
+            ("10.0.0.0/24", Some("10.0.0.0/24")),
+            ("::1", Some("::1")),
+            ("2001:db8::/32", Some("2001:db8::/32")),
+            ("0:0::1", Some("::1")),
+            ("10.0.0.0/33", None),
+            ("10.0.0.0/+8", None),
+            ("10.0.0.0/", None),
+            ("gate.example.com", None),
+            ("127.0.0.1,10.0.0.1", None),
+            ("127.0.0.1 ", None),
+            ("", None),
+            ("*", None),
+        ] {
+            assert_eq!(
+                parse_source_address(input).ok().as_deref(),
+                want,
+                "{input:?}"
+            );
+        }
+    }
 
     const HOSTILE: &[&str] = &[
         "",

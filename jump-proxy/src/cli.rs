@@ -58,6 +58,12 @@ pub enum Cmd {
         /// The address clients use (its host goes into the host certificate).
         #[arg(long, value_name = "HOST:PORT")]
         address: Option<String>,
+        /// An address this gateway dials servers from (IP or IP/prefix; repeat for several).
+        /// Servers exempt it from sshd's PerSourcePenalties, and node-access certificates are
+        /// bound to these addresses (source-address). Without it, the CA takes the address it
+        /// sees this join come from for the exemption, and binds no source address.
+        #[arg(long, value_name = "IP[/LEN]")]
+        egress_address: Vec<String>,
     },
     /// Serve SSH for `ssh -J`.
     Serve {

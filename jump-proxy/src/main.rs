@@ -52,6 +52,7 @@ fn join(
     name: String,
     state: PathBuf,
     address: Option<String>,
+    egress: Vec<String>,
 ) -> Result<()> {
     std::fs::create_dir_all(&state)?;
     let name = postern_core::names::parse_node_name(&name)?;
@@ -78,6 +79,7 @@ fn join(
                 labels: Default::default(),
                 host_public_key: host_key.public_key().to_openssh()?,
                 identity_public_key: identity.public_key().to_openssh()?,
+                egress_addresses: egress,
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -217,7 +219,8 @@ fn main() -> ExitCode {
             name,
             state_dir,
             address,
-        } => join(ca, ca_pin, token, name, state_dir, address),
+            egress_address,
+        } => join(ca, ca_pin, token, name, state_dir, address, egress_address),
         Cmd::Serve {
             state_dir,
             config,

@@ -416,9 +416,16 @@ pub static POSTERN_SHIM: Prose = Prose {
          account stage and reports session open and close to the CA, spooling the event when \
          the CA is unreachable.",
         "`postern-shim sync` fetches the policy bundle, locks, KRL and node-access CA key, \
-         renews the host certificate when the CA says it is due (sshd, which loads its host \
-         certificate anew for every connection, presents the new one at the next), and \
-         delivers spooled events. The \
+         renews the host certificate when the CA says it is due (a third of its life left) or \
+         at once with --renew, keeps the drop-in's PerSourcePenaltyExemptList equal to the \
+         gateways' addresses the CA reports, and delivers spooled events. After installing a \
+         renewed host certificate or a changed drop-in it reloads sshd (systemctl reload when \
+         systemd runs the sshd named by the effective PidFile, SIGHUP to that pid otherwise) \
+         and checks with ssh-keyscan at the joined address that sshd serves the new \
+         certificate, failing otherwise: OpenSSH 9.8 and later (Debian 13) read \
+         HostCertificate only when they start or reload, so without the reload a server keeps \
+         presenting its old certificate until it expires and every session then fails the \
+         gateway's host check. --no-reload leaves the reload to the admin. The \
          package's postern-shim-sync.timer runs it every five minutes; elsewhere, run it from \
          cron well within max_bundle_age. Every file is \
          replaced atomically: sshd refuses every key when RevokedKeys is unreadable or \

@@ -119,11 +119,20 @@ pub enum Cmd {
         state_dir: PathBuf,
     },
     /// Fetch policy, locks and KRL; renew the host certificate; deliver spooled events.
-    #[command(after_help = "Example:\n  postern-shim sync --state-dir /var/lib/postern-shim")]
+    #[command(
+        after_help = "Examples:\n  postern-shim sync\n  postern-shim sync --renew\n\nThe host certificate is renewed when a third of its life is left, or now with --renew. After installing a renewed certificate (or new gateway addresses in the drop-in), sync reloads sshd (systemctl reload where systemd runs it, SIGHUP to the pid in sshd's PidFile otherwise) and checks with ssh-keyscan that sshd serves the new certificate: OpenSSH 9.8 and later read HostCertificate only when they start or reload."
+    )]
     Sync {
         /// State directory.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Renew the host certificate now, whatever its age.
+        #[arg(long)]
+        renew: bool,
+        /// Do not reload sshd (it then serves a renewed host certificate only after its next
+        /// reload or restart).
+        #[arg(long)]
+        no_reload: bool,
     },
     /// Show this node's identity, labels, bundle age and certificate expiry.
     Status {

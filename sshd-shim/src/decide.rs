@@ -179,6 +179,7 @@ mod tests {
             user_ca_keys: vec![],
             host_ca_keys: vec![],
             node_access_ca_keys: vec![ca.public_key().to_openssh().unwrap()],
+            gateway_addresses: vec![],
         };
         Fixture { bundle, cert }
     }

@@ -5,6 +5,7 @@ mod decide;
 mod join;
 mod log;
 mod pam;
+mod sshd;
 mod state;
 mod sync;
 
@@ -117,8 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Sync { state_dir } => {
-            let msg = sync::sync(&StateDir(state_dir))?;
+        Cmd::Sync {
+            state_dir,
+            renew,
+            no_reload,
+        } => {
+            let msg = sync::sync(&StateDir(state_dir), sync::SyncOptions { renew, no_reload })?;
             println!("{msg}");
             Ok(ExitCode::SUCCESS)
         }

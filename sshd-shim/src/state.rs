@@ -32,6 +32,35 @@ pub struct Joined {
     /// `--keep-local-auth`: sshd's own authorized_keys and passwords were left as they were.
     #[serde(default)]
     pub keep_local_auth: bool,
+    /// The sshd that join configured, so that `sync` can update the drop-in and reload it.
+    /// Absent in the files of older versions: the defaults then.
+    #[serde(default)]
+    pub sshd: Option<JoinedSshd>,
+}
+
+/// The sshd files and the shim path that join used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinedSshd {
+    /// The sshd binary.
+    pub bin: PathBuf,
+    /// Its main configuration file.
+    pub config: PathBuf,
+    /// Its drop-in directory.
+    pub dropin_dir: PathBuf,
+    /// The shim as sshd runs it.
+    pub shim: PathBuf,
+}
+
+impl Default for JoinedSshd {
+    fn default() -> Self {
+        JoinedSshd {
+            bin: PathBuf::from("/usr/sbin/sshd"),
+            config: PathBuf::from("/etc/ssh/sshd_config"),
+            dropin_dir: PathBuf::from("/etc/ssh/sshd_config.d"),
+            shim: PathBuf::from("/usr/libexec/postern/postern-shim"),
+        }
+    }
 }
 
 /// Paths inside the state directory.
@@ -138,9 +167,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// `O_NOFOLLOW` on Linux (all supported targets).
+/// `O_NOFOLLOW` from libc: its value differs between architectures (0o400000 on x86, 0o100000
+/// on arm64), so a literal would follow symbolic links on some.
 const fn libc_o_nofollow() -> i32 {
-    0o400000
+    libc::O_NOFOLLOW
 }
 
 #[cfg(test)]

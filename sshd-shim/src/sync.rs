@@ -1,14 +1,20 @@
 //! `postern-shim sync`: fetch the bundle over mTLS, install it and the KRL atomically, renew the
-//! host certificate when a third of its life is left, deliver spooled session events.
+//! host certificate when a third of its life is left (or on `--renew`), keep the drop-in's
+//! gateway addresses current, reload sshd and check that it serves the renewed certificate,
+//! deliver spooled session events.
 
 use std::fs;
 
-use anyhow::{Context, Result};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
 use postern_core::api::{Bundle, EventsRequest, NodeEvent, SyncRequest, SyncResponse};
 use ssh_key::Certificate;
 
+use crate::sshd::{apply_drop_in, drop_in, DropInOptions, SshdFiles};
 use crate::state::{write_atomic, StateDir};
 
 /// Installs a bundle: the KRL and the node-access CA key first, the bundle last (so that its
@@ -98,9 +104,19 @@ pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
     Ok(n)
 }
 
+/// What `sync` may do beyond fetching.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// Renew the host certificate now, whatever its age.
+    pub renew: bool,
+    /// Do not reload sshd after changing what it reads only at start.
+    pub no_reload: bool,
+}
+
 /// One sync.
-pub fn sync(state: &StateDir) -> Result<String> {
+pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     let api = api(state)?;
+    let joined = state.joined()?;
     let window = fs::read_to_string(state.host_cert())
         .ok()
         .and_then(|t| Certificate::from_openssh(t.trim()).ok())
@@ -114,6 +130,7 @@ pub fn sync(state: &StateDir) -> Result<String> {
             &SyncRequest {
                 host_cert_window: window,
                 host_public_key,
+                renew: opts.renew,
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -123,9 +140,53 @@ pub fn sync(state: &StateDir) -> Result<String> {
         resp.bundle.allowed.len(),
         resp.bundle.locks.len()
     );
-    if let Some(cert) = resp.host_certificate {
+    let renewed = resp.host_certificate.clone();
+    if let Some(cert) = &renewed {
         write_atomic(&state.host_cert(), format!("{cert}\n").as_bytes(), 0o644)?;
-        msg.push_str("; host certificate renewed (sshd presents it from the next connection)");
+        msg.push_str("; host certificate renewed");
+    } else if opts.renew {
+        bail!("the CA did not renew the host certificate (its host key is not the one it certified at join?)");
+    }
+    // The gateways' addresses may have changed: keep sshd's penalty exemptions current.
+    let js = joined.sshd.clone().unwrap_or_default();
+    let files = SshdFiles {
+        bin: js.bin,
+        config: js.config,
+        dropin_dir: js.dropin_dir,
+    };
+    let dopts = DropInOptions {
+        keep_local_auth: joined.keep_local_auth,
+        penalty_exempt: resp.bundle.gateway_addresses.clone(),
+        sshd_has_penalties: true,
+    };
+    let current = fs::read_to_string(files.dropin()).ok();
+    let mut dropin_changed = false;
+    if current.is_some() && current.as_deref() != Some(drop_in(state, &js.shim, &dopts).as_str()) {
+        dropin_changed = apply_drop_in(&files, state, &js.shim, &dopts)?;
+        if dropin_changed {
+            msg.push_str("; sshd drop-in updated (gateway addresses)");
+        }
+    }
+    // OpenSSH 9.8 and later read HostCertificate (and the drop-in) only when sshd starts or
+    // reloads: without a reload a renewed certificate is not served and, once the old one
+    // expires, every session fails the gateway's host check.
+    if (renewed.is_some() || dropin_changed) && !opts.no_reload {
+        match crate::sshd::reload(&files) {
+            Ok(how) => {
+                msg.push_str(&format!("; {how}"));
+                if let Some(cert) = &renewed {
+                    let address = joined.address.as_deref().unwrap_or("127.0.0.1:22");
+                    crate::sshd::wait_served(address, cert, Duration::from_secs(15))?;
+                    msg.push_str(&format!("; {address} serves the renewed certificate"));
+                }
+            }
+            Err(e) if !sshd_running(&files) => {
+                msg.push_str(&format!("; sshd is not running, not reloaded ({e:#})"));
+            }
+            Err(e) => {
+                return Err(e.context("the renewed files are installed but sshd was not reloaded"))
+            }
+        }
     }
     match deliver_spool(state, &api) {
         Ok(0) => {}
@@ -133,4 +194,11 @@ pub fn sync(state: &StateDir) -> Result<String> {
         Err(e) => msg.push_str(&format!("; spooled events not delivered: {e:#}")),
     }
     Ok(msg)
+}
+
+/// Whether sshd's `PidFile` names a live process.
+fn sshd_running(files: &SshdFiles) -> bool {
+    crate::sshd::pid(files)
+        .map(|p| Path::new(&format!("/proc/{p}")).exists())
+        .unwrap_or(false)
 }

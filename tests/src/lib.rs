@@ -1250,15 +1250,22 @@ pub struct GateCluster {
 impl GateCluster {
     /// Starts everything; panics with the failing step's output otherwise.
     pub fn start(policy: &str) -> GateCluster {
+        GateCluster::start_on(Distro::Debian12, policy)
+    }
+
+    /// [`GateCluster::start`] with `web1` on `distro`. The gateway joins first, as an admin
+    /// sets a cluster up, so that `web1`'s join already knows the gateway's address.
+    pub fn start_on(distro: Distro, policy: &str) -> GateCluster {
         let mut ca = Ca::init(policy);
         let gport = Gate::reserve_port();
         ca.set_gateway(&format!("127.0.0.1:{gport}"));
         ca.spawn();
+        let mut gate = Gate::joined(&ca, gport);
         let token = ca.token("node", "web1", "env=dev");
-        let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
+        let (mut node, out) = Node::join_on(distro, &ca, "web1", &token, &[]);
         assert!(out.status.success(), "{}", text(&out));
         node.start_sshd();
-        let gate = Gate::start(&ca, gport);
+        gate.spawn();
         let mut alice = Person::new("alice");
         alice.enroll(&ca);
         alice.login(&ca);

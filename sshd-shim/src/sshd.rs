@@ -1,0 +1,504 @@
+//! Stock sshd as Postern configures it: the drop-in's text and the keywords Postern relies on,
+//! `sshd -t` and `sshd -T` (sshd keeps the first value it reads of a keyword, so the effective
+//! value is what counts), the check-and-roll-back install of the drop-in that `join` and `sync`
+//! share, reloading sshd, and what host certificate it serves.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::state::{write_atomic, StateDir};
+
+/// The unprivileged user sshd runs the principals command as.
+pub const COMMAND_USER: &str = "postern-shim";
+
+/// The sshd a joined server runs, and its configuration files.
+#[derive(Debug, Clone)]
+pub struct SshdFiles {
+    /// The sshd binary (for `-t` and `-T`).
+    pub bin: PathBuf,
+    /// Its main configuration file.
+    pub config: PathBuf,
+    /// The drop-in directory; Postern's file is `50-postern.conf` in it.
+    pub dropin_dir: PathBuf,
+}
+
+impl SshdFiles {
+    /// Postern's drop-in.
+    pub fn dropin(&self) -> PathBuf {
+        self.dropin_dir.join("50-postern.conf")
+    }
+}
+
+/// What the drop-in says beyond the state directory's files.
+#[derive(Debug, Clone, Default)]
+pub struct DropInOptions {
+    /// Keep sshd's own `authorized_keys` and password logins (`--keep-local-auth`).
+    pub keep_local_auth: bool,
+    /// Addresses exempt from sshd's `PerSourcePenalties` (the gateways'); written only where
+    /// sshd knows the keyword.
+    pub penalty_exempt: Vec<String>,
+    /// Whether this sshd accepts `PerSourcePenaltyExemptList` (OpenSSH ≥ 9.8).
+    pub sshd_has_penalties: bool,
+}
+
+/// One keyword Postern relies on, and the value `sshd -T` must print for it. sshd keeps the
+/// first value it reads of most keywords (sshd_config(5)), so an earlier line elsewhere wins
+/// over the drop-in: `join` compares these with the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The keyword as written in the drop-in.
+    pub keyword: &'static str,
+    /// The value as written (and as `sshd -T` prints it).
+    pub value: String,
+    /// Keywords that accumulate (`HostCertificate`): ours must be among the values.
+    pub accumulates: bool,
+}
+
+impl Setting {
+    fn one(keyword: &'static str, value: impl Into<String>) -> Setting {
+        Setting {
+            keyword,
+            value: value.into(),
+            accumulates: false,
+        }
+    }
+}
+
+/// The settings Postern's promises rest on, in drop-in order.
+pub fn settings(state: &StateDir, shim: &Path, opts: &DropInOptions) -> Vec<Setting> {
+    let state_arg = if state.0 == Path::new(crate::state::DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(" --state-dir {}", state.0.display())
+    };
+    let mut out = vec![
+        Setting {
+            keyword: "HostCertificate",
+            value: state.host_cert().display().to_string(),
+            accumulates: true,
+        },
+        Setting::one("TrustedUserCAKeys", state.node_ca().display().to_string()),
+        Setting::one("RevokedKeys", state.krl().display().to_string()),
+        Setting::one(
+            "AuthorizedPrincipalsCommand",
+            format!("{} principals{state_arg} %u %k %t %i %s", shim.display()),
+        ),
+        Setting::one("AuthorizedPrincipalsCommandUser", COMMAND_USER),
+        Setting::one("AuthorizedPrincipalsFile", "none"),
+    ];
+    if !opts.keep_local_auth {
+        out.extend([
+            Setting::one("AuthorizedKeysFile", "none"),
+            Setting::one("PasswordAuthentication", "no"),
+            Setting::one("KbdInteractiveAuthentication", "no"),
+        ]);
+    }
+    if opts.sshd_has_penalties && !opts.penalty_exempt.is_empty() {
+        out.push(Setting::one(
+            "PerSourcePenaltyExemptList",
+            opts.penalty_exempt.join(","),
+        ));
+    }
+    out
+}
+
+/// The drop-in's text.
+pub fn drop_in(state: &StateDir, shim: &Path, opts: &DropInOptions) -> String {
+    let mut s = String::from(
+        "# Written by `postern-shim join`; re-run join rather than editing. See postern-shim(8).\n",
+    );
+    s.push_str(&format!("HostKey {}\n", state.host_key().display()));
+    for set in settings(state, shim, opts) {
+        match set.keyword {
+            "PerSourcePenaltyExemptList" => continue,
+            "TrustedUserCAKeys" => s.push_str(
+                "# Servers trust only the node-access CA: users reach them through the recording gateway.\n",
+            ),
+            "AuthorizedKeysFile" => s.push_str(
+                "# Postern is the only way in: no ~/.ssh/authorized_keys, no passwords (postern-shim(8),\n\
+                 # --keep-local-auth). A planted key or a password would bypass recording, locks and the KRL.\n",
+            ),
+            _ => {}
+        }
+        s.push_str(&format!("{} {}\n", set.keyword, set.value));
+    }
+    if opts.keep_local_auth {
+        s.push_str(
+            "# --keep-local-auth: sshd's own authorized_keys and password settings are left as they are;\n\
+             # logins that use them bypass the gateway, its recordings, locks and the KRL.\n",
+        );
+    }
+    s.push_str(
+        "# Every session reaches this server through the gateway: allow more concurrent\n\
+         # unauthenticated connections than OpenSSH's default of 10:30:100.\n\
+         MaxStartups 100:30:200\n",
+    );
+    if opts.sshd_has_penalties && !opts.penalty_exempt.is_empty() {
+        s.push_str(
+            "# Every session comes from a gateway's address: sshd's per-source penalties (OpenSSH >= 9.8)\n\
+             # must not lock all users out after a few aborted or failed logins. Kept current by sync.\n",
+        );
+        s.push_str(&format!(
+            "PerSourcePenaltyExemptList {}\n",
+            opts.penalty_exempt.join(",")
+        ));
+    }
+    s
+}
+
+/// The effective global configuration, as `sshd -T -f CONFIG` prints it: lowercase keyword,
+/// value. Keywords that accumulate appear once per value.
+pub fn sshd_effective(sshd: &Path, config: &Path) -> Result<Vec<(String, String)>> {
+    let o = Command::new(sshd)
+        .arg("-T")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .with_context(|| format!("cannot run {} -T", sshd.display()))?;
+    if !o.status.success() {
+        bail!(
+            "{} -T failed: {}",
+            sshd.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(parse_effective(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Parses `sshd -T` output.
+pub fn parse_effective(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The settings whose effective value is not Postern's, each as "Keyword: effective X, Postern
+/// needs Y".
+pub fn overridden(effective: &[(String, String)], wanted: &[Setting]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let key = w.keyword.to_ascii_lowercase();
+        let values: Vec<&str> = effective
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let ok = if w.accumulates {
+            values.contains(&w.value.as_str())
+        } else {
+            values.len() == 1 && values[0] == w.value
+        };
+        if !ok {
+            let have = if values.is_empty() {
+                "(not set)".to_owned()
+            } else {
+                values.join(" ")
+            };
+            out.push(format!(
+                "{}: effective value {have:?}, Postern needs {:?}",
+                w.keyword, w.value
+            ));
+        }
+    }
+    out
+}
+
+/// Whether this sshd knows `PerSourcePenaltyExemptList` (OpenSSH ≥ 9.8): its `-T` prints
+/// `persourcepenalties`.
+pub fn has_penalties(effective: &[(String, String)]) -> bool {
+    effective.iter().any(|(k, _)| k == "persourcepenalties")
+}
+
+/// `sshd -t`: Ok or sshd's message.
+pub fn sshd_check(sshd: &Path, config: &Path) -> Result<(), String> {
+    match Command::new(sshd).arg("-t").arg("-f").arg(config).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+        Err(e) => Err(format!("cannot run {}: {e}", sshd.display())),
+    }
+}
+
+/// Writes the drop-in for `opts` and keeps it only when `sshd -t` passes and `sshd -T` shows
+/// Postern's value for every keyword in [`settings`]; otherwise the previous file (or none) is
+/// put back and the error names what sshd said or which keywords are overridden. The exempt
+/// list is written only where this sshd knows the keyword (OpenSSH 9.8 and later), which
+/// `sshd -T` tells. Returns whether the file changed.
+pub fn apply_drop_in(
+    files: &SshdFiles,
+    state: &StateDir,
+    shim: &Path,
+    opts: &DropInOptions,
+) -> Result<bool> {
+    fs::create_dir_all(&files.dropin_dir)?;
+    let path = files.dropin();
+    let previous = fs::read(&path).ok();
+    let restore = || -> Result<()> {
+        match &previous {
+            Some(old) => write_atomic(&path, old, 0o644)?,
+            None => {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(())
+    };
+    let mut opts = opts.clone();
+    opts.sshd_has_penalties = false;
+    loop {
+        let text = drop_in(state, shim, &opts);
+        write_atomic(&path, text.as_bytes(), 0o644)?;
+        if let Err(msg) = sshd_check(&files.bin, &files.config) {
+            restore()?;
+            bail!("sshd -t rejected the new configuration, so it was removed again:\n{msg}");
+        }
+        // sshd keeps the first value it reads of a keyword: a line in sshd_config before the
+        // Include, or an earlier drop-in, silently wins over ours. Compare what sshd will use.
+        let effective = match sshd_effective(&files.bin, &files.config) {
+            Ok(e) => e,
+            Err(e) => {
+                restore()?;
+                return Err(e);
+            }
+        };
+        if !opts.sshd_has_penalties && has_penalties(&effective) && !opts.penalty_exempt.is_empty()
+        {
+            opts.sshd_has_penalties = true;
+            continue;
+        }
+        let bad = overridden(&effective, &settings(state, shim, &opts));
+        if !bad.is_empty() {
+            restore()?;
+            bail!(
+                "sshd's effective configuration (sshd -T -f {}) overrides what Postern relies on, so the drop-in {} was removed again:\n  {}\n\
+                 sshd keeps the first value it reads of each keyword: remove or change these lines in {} or in a drop-in read before 50-postern.conf, then run join again",
+                files.config.display(),
+                path.display(),
+                bad.join("\n  "),
+                files.config.display()
+            );
+        }
+        return Ok(previous.as_deref() != Some(text.as_bytes()));
+    }
+}
+
+/// The pid in sshd's effective `PidFile`.
+pub fn pid(files: &SshdFiles) -> Result<i32> {
+    let effective = sshd_effective(&files.bin, &files.config)?;
+    let pidfile = effective
+        .iter()
+        .find(|(k, _)| k == "pidfile")
+        .map(|(_, v)| v.clone())
+        .filter(|v| v != "none")
+        .context("sshd has no PidFile (sshd -T says none); reload sshd by hand")?;
+    let text = fs::read_to_string(&pidfile)
+        .with_context(|| format!("sshd is not running: cannot read its PidFile {pidfile}"))?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)
+        .with_context(|| format!("{pidfile} holds no pid"))
+}
+
+/// Whether systemd runs the sshd whose pid is `pid`, as which unit.
+fn systemd_unit_of(pid: i32) -> Option<&'static str> {
+    if !Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    ["ssh.service", "sshd.service"].into_iter().find(|unit| {
+        Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", unit])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+            })
+            == Some(pid)
+    })
+}
+
+/// Reloads sshd so that it reads its configuration and host certificate again: `systemctl
+/// reload` when systemd runs it, SIGHUP to the process in its `PidFile` otherwise (which is
+/// what the unit's reload does). sshd re-executes itself on SIGHUP; connections it already
+/// accepted are not affected. Returns how.
+pub fn reload(files: &SshdFiles) -> Result<String> {
+    let pid = pid(files)?;
+    if let Some(unit) = systemd_unit_of(pid) {
+        let out = Command::new("systemctl").args(["reload", unit]).output()?;
+        if !out.status.success() {
+            bail!(
+                "systemctl reload {unit} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        return Ok(format!("systemctl reload {unit}"));
+    }
+    let out = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .output()
+        .context("cannot run kill")?;
+    if !out.status.success() {
+        bail!(
+            "cannot signal sshd (pid {pid}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(format!("SIGHUP to sshd (pid {pid})"))
+}
+
+/// The host certificates sshd at `address` (HOST:PORT) serves, as `ssh-keyscan -c` prints
+/// them: (type, base64).
+pub fn served_host_certs(address: &str) -> Result<Vec<(String, String)>> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .map(|(h, p)| (h.trim_start_matches('[').trim_end_matches(']'), p))
+        .unwrap_or((address, "22"));
+    let out = Command::new("ssh-keyscan")
+        .args(["-c", "-T", "5", "-t", "ed25519", "-p", port, "--", host])
+        .output()
+        .context("cannot run ssh-keyscan (openssh-client)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            // `ssh-keyscan -c` prints "TYPE BASE64" (no host field, unlike without -c).
+            let mut f = l
+                .split_whitespace()
+                .skip_while(|w| !w.ends_with("-cert-v01@openssh.com"));
+            Some((f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .collect())
+}
+
+/// Waits until sshd at `address` serves `cert` (an OpenSSH certificate line), for at most
+/// `limit`: sshd re-executes itself after SIGHUP and is briefly not listening.
+pub fn wait_served(address: &str, cert: &str, limit: Duration) -> Result<()> {
+    let want = cert
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let deadline = Instant::now() + limit;
+    let mut last = Vec::new();
+    loop {
+        if let Ok(served) = served_host_certs(address) {
+            if served.iter().any(|(_, b)| *b == want) {
+                return Ok(());
+            }
+            last = served;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "sshd at {address} still serves {} instead of the renewed host certificate; reload sshd (systemctl reload ssh) and check its HostCertificate",
+                if last.is_empty() { "no host certificate".to_owned() } else { "an older host certificate".to_owned() }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_in_names_every_file_and_the_state_dir() {
+        let s = StateDir(PathBuf::from("/tmp/st"));
+        let d = drop_in(
+            &s,
+            Path::new("/usr/libexec/postern/postern-shim"),
+            &DropInOptions::default(),
+        );
+        assert!(d.contains("AuthorizedPrincipalsCommand /usr/libexec/postern/postern-shim principals --state-dir /tmp/st %u %k %t %i %s\n"), "{d}");
+        assert!(d.contains("RevokedKeys /tmp/st/revoked_keys.krl\n"));
+        let d = drop_in(
+            &StateDir(PathBuf::from(crate::state::DEFAULT_STATE_DIR)),
+            Path::new("/s"),
+            &DropInOptions::default(),
+        );
+        assert!(d.contains("/s principals %u"), "{d}");
+    }
+
+    #[test]
+    fn drop_in_refuses_local_auth_unless_kept() {
+        let s = StateDir(PathBuf::from("/tmp/st"));
+        let d = drop_in(&s, Path::new("/s"), &DropInOptions::default());
+        for line in [
+            "AuthorizedKeysFile none\n",
+            "PasswordAuthentication no\n",
+            "KbdInteractiveAuthentication no\n",
+            "AuthorizedPrincipalsFile none\n",
+        ] {
+            assert!(d.contains(line), "{line} missing:\n{d}");
+        }
+        let kept = DropInOptions {
+            keep_local_auth: true,
+            ..DropInOptions::default()
+        };
+        let d = drop_in(&s, Path::new("/s"), &kept);
+        assert!(!d.contains("AuthorizedKeysFile"), "{d}");
+        assert!(!d.contains("PasswordAuthentication"), "{d}");
+    }
+
+    #[test]
+    fn effective_values_that_are_not_posterns_are_named() {
+        let s = StateDir(PathBuf::from("/st"));
+        let wanted = settings(&s, Path::new("/s"), &DropInOptions::default());
+        // What `sshd -T` prints when sshd_config says `PasswordAuthentication yes` and
+        // `AuthorizedKeysFile .ssh/authorized_keys` before its Include line.
+        let text = "port 22\nhostcertificate /etc/ssh/other-cert.pub\nhostcertificate /st/ssh_host_ed25519_key-cert.pub\n\
+                    trustedusercakeys /st/node_access_ca.pub\nrevokedkeys /st/revoked_keys.krl\n\
+                    authorizedprincipalscommand /s principals --state-dir /st %u %k %t %i %s\n\
+                    authorizedprincipalscommanduser postern-shim\nauthorizedprincipalsfile none\n\
+                    authorizedkeysfile .ssh/authorized_keys\npasswordauthentication yes\n\
+                    kbdinteractiveauthentication no\n";
+        let bad = overridden(&parse_effective(text), &wanted);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].starts_with("AuthorizedKeysFile: effective value \".ssh/authorized_keys\""),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].starts_with("PasswordAuthentication: effective value \"yes\""),
+            "{bad:?}"
+        );
+        // A keyword missing altogether is as bad as a wrong value.
+        let bad = overridden(&parse_effective("port 22\n"), &wanted);
+        assert_eq!(bad.len(), wanted.len());
+    }
+
+    #[test]
+    fn the_exempt_list_is_written_and_checked_only_where_sshd_knows_it() {
+        let s = StateDir(PathBuf::from("/st"));
+        let mut opts = DropInOptions {
+            penalty_exempt: vec!["127.0.0.1".into(), "10.0.0.0/24".into()],
+            ..DropInOptions::default()
+        };
+        assert!(!drop_in(&s, Path::new("/s"), &opts).contains("PerSourcePenalty"));
+        opts.sshd_has_penalties = true;
+        let d = drop_in(&s, Path::new("/s"), &opts);
+        assert!(
+            d.contains("\nPerSourcePenaltyExemptList 127.0.0.1,10.0.0.0/24\n"),
+            "{d}"
+        );
+        let wanted = settings(&s, Path::new("/s"), &opts);
+        assert_eq!(
+            wanted.last().map(|w| (w.keyword, w.value.as_str())),
+            Some(("PerSourcePenaltyExemptList", "127.0.0.1,10.0.0.0/24"))
+        );
+        assert!(has_penalties(&parse_effective(
+            "persourcepenalties crash:90s\n"
+        )));
+        assert!(!has_penalties(&parse_effective("port 22\n")));
+    }
+}
