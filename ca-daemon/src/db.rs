@@ -128,6 +128,50 @@ CREATE TABLE IF NOT EXISTS recording_uploads (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 "#;
 
+/// A certificate about to be issued, as the `certs` table records it.
+pub struct CertRow<'a> {
+    /// `ssh-user`, `ssh-host`, `ssh-node-access`, `x509-client`, `x509-node`.
+    pub kind: &'a str,
+    /// Who it is for (user name, node name, or the gateway's `gateway:NAME/NODE`).
+    pub subject: &'a str,
+    /// Comma-separated principals.
+    pub principals: &'a str,
+    /// Validity.
+    pub valid_after: u64,
+    /// Validity.
+    pub valid_before: u64,
+    /// When.
+    pub issued_at: u64,
+    /// SHA-256 fingerprint of the certified key.
+    pub fingerprint: &'a str,
+}
+
+/// Records a certificate under a fresh random serial (63 random bits, never 0) and returns the
+/// serial. Serials are not sequential, so that holding one says nothing about the others:
+/// a gateway that knew a user's serial could otherwise walk to other users' certificates.
+pub fn record_cert(conn: &Connection, row: &CertRow<'_>) -> Result<u64> {
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for _ in 0..8 {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let serial = u64::from_le_bytes(b) >> 1;
+        if serial == 0 {
+            continue;
+        }
+        let r = conn.execute(
+            "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![i(serial), row.kind, row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
+        );
+        match r {
+            Ok(_) => return Ok(serial),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("no free certificate serial after 8 random tries")
+}
+
 /// Opens a connection with the pragmas every connection needs.
 pub fn open_connection(path: &Path) -> Result<Connection> {
     // The database holds password hashes and TOTP secrets: create it private. SQLite gives

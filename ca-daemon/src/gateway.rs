@@ -8,7 +8,7 @@ use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
     InventoryEntry,
 };
-use postern_core::cert::{CertError, IssueParams, Signer, CLOCK_SKEW_SECS};
+use postern_core::cert::{CertError, CertValidator, IssueParams, Signer, CLOCK_SKEW_SECS};
 use postern_core::{Deny, IssueApproval, KeyId, Labels, NodeName, Ttl};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
@@ -170,6 +170,13 @@ impl Service {
             ));
         }
         let key = parse_key(&req.public_key, "public_key")?;
+        if req.user_certificate.len() > 16 * 1024 {
+            return Err(Refusal::BadRequest("user_certificate is too long".into()));
+        }
+        let user_cert = Certificate::from_openssh(req.user_certificate.trim()).map_err(|_| {
+            Refusal::BadRequest("user_certificate is not an OpenSSH certificate".into())
+        })?;
+        let user_ca = self.keys.ssh(CaKind::User).public_key().clone();
         let key_id: KeyId = format!("{}/{}", req.user, req.session_id)
             .parse()
             .map_err(|_| {
@@ -191,28 +198,38 @@ impl Service {
                 let refuse = |public: String, detail: &str| -> Result<Outcome<AuthorizeResponse>> {
                     audit::append(c, now, "gateway.refused", user.as_str(), json!({
                         "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
-                        "node": node.as_str(), "user_cert_serial": req.user_cert_serial, "reason": detail,
+                        "node": node.as_str(), "user_cert_serial": user_cert.serial(), "reason": detail,
                     }))?;
                     Ok(Err(Refusal::Forbidden(public)))
                 };
 
-                let cert: Option<(String, i64, i64, bool)> = c
-                    .query_row(
-                        "SELECT subject, valid_after, valid_before, revoked FROM certs WHERE serial = ?1 AND kind = 'ssh-user'",
-                        [i(req.user_cert_serial)],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
-                let cert_problem = match cert {
-                    None => Some("unknown serial"),
-                    Some((subject, ..)) if subject != user.as_str() => Some("the certificate belongs to another user"),
-                    Some((_, _, _, true)) => Some("revoked"),
-                    Some((_, after, before, _)) if now < u(after) || now >= u(before) => Some("outside its validity window"),
-                    Some(_) => None,
+                // The certificate itself, validated as the gateway did, then its record: the
+                // serial alone proves nothing (a gateway could name any serial).
+                let serial = user_cert.serial();
+                let cert_problem: Option<String> = match (CertValidator { trusted: std::slice::from_ref(&user_ca), cert_type: CertType::User }).validate(&user_cert, now) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(v) if v.key_id.as_str() != user.as_str() => Some("the certificate belongs to another user".into()),
+                    Ok(_) => {
+                        let row: Option<(String, bool, String)> = c
+                            .query_row(
+                                "SELECT subject, revoked, key_fingerprint FROM certs WHERE serial = ?1 AND kind = 'ssh-user'",
+                                [i(serial)],
+                                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                            )
+                            .optional()?;
+                        let fp = user_cert.public_key().fingerprint(HashAlg::Sha256).to_string();
+                        match row {
+                            None => Some("unknown serial".into()),
+                            Some((subject, ..)) if subject != user.as_str() => Some("the certificate belongs to another user".into()),
+                            Some((_, true, _)) => Some("revoked".into()),
+                            Some((_, _, f)) if f != fp => Some("the certificate does not match the one issued under its serial".into()),
+                            Some(_) => None,
+                        }
+                    }
                 };
                 if let Some(why) = cert_problem {
                     return refuse(
-                        format!("the user certificate (serial {}) is not valid: unknown, revoked or expired; run `postern login`", req.user_cert_serial),
+                        format!("the user certificate (serial {serial}) is not valid: unknown, revoked or expired; run `postern login`"),
                         &format!("user certificate: {why}"),
                     );
                 }
@@ -283,16 +300,15 @@ impl Service {
                 let fp = key.fingerprint(HashAlg::Sha256).to_string();
                 let valid_after = now.saturating_sub(CLOCK_SKEW_SECS);
                 let valid_before = now + approval.ttl().as_secs();
-                c.execute(
-                    "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-node-access', ?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![user.as_str(), login.as_str(), i(valid_after), i(valid_before), i(now), fp],
-                )?;
-                let serial = u(c.last_insert_rowid());
+                let serial = crate::db::record_cert(c, &crate::db::CertRow {
+                    kind: "ssh-node-access", subject: user.as_str(), principals: login.as_str(),
+                    valid_after, valid_before, issued_at: now, fingerprint: &fp,
+                })?;
                 let cert = issue_node_access_cert(&keys.node, approval, &key_id, &key, IssueParams { serial, now })?;
                 let permits: Vec<_> = approval.permits().iter().copied().collect();
                 audit::append(c, now, "gateway.authorized", user.as_str(), json!({
                     "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
-                    "node": node.as_str(), "serial": serial, "user_cert_serial": req.user_cert_serial,
+                    "node": node.as_str(), "serial": serial, "user_cert_serial": user_cert.serial(),
                     "key_id": key_id.as_str(), "permits": permits.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "valid_before": valid_before, "key": fp,
                 }))?;

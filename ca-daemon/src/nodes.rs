@@ -194,11 +194,18 @@ pub(crate) fn host_cert_as(
 ) -> Result<(String, u64)> {
     let valid_before = now + ttl;
     let joined: Vec<&str> = principals.iter().map(|p| p.as_str()).collect();
-    conn.execute(
-        "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-host', ?1, ?2, ?3, ?4, ?5, ?6)",
-        params![key_id.as_str(), joined.join(","), i(now.saturating_sub(60)), i(valid_before), i(now), host_key.fingerprint(HashAlg::Sha256).to_string()],
+    let serial = crate::db::record_cert(
+        conn,
+        &crate::db::CertRow {
+            kind: "ssh-host",
+            subject: key_id.as_str(),
+            principals: &joined.join(","),
+            valid_after: now.saturating_sub(60),
+            valid_before,
+            issued_at: now,
+            fingerprint: &host_key.fingerprint(HashAlg::Sha256).to_string(),
+        },
     )?;
-    let serial = u(conn.last_insert_rowid());
     let cert = issue_host_cert(
         &keys.host,
         key_id,
@@ -440,11 +447,11 @@ impl Service {
                 let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref())?;
                 let ttl = policy.defaults.host_cert_ttl.as_secs();
                 let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
-                c.execute(
-                    "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('x509-node', ?1, '', ?2, ?3, ?4, ?5)",
-                    params![req.name.as_str(), i(now - 60), i(now + 365 * 86_400), i(now), ident.fingerprint(HashAlg::Sha256).to_string()],
-                )?;
-                let ident_serial = u(c.last_insert_rowid());
+                let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
+                    kind: "x509-node", subject: req.name.as_str(), principals: "",
+                    valid_after: now - 60, valid_before: now + 365 * 86_400, issued_at: now,
+                    fingerprint: &ident.fingerprint(HashAlg::Sha256).to_string(),
+                })?;
                 let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
                 c.execute(
                     "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -716,11 +723,11 @@ impl Service {
                     let vb = now + a.ttl().as_secs();
                     let kind_s = if kind == CaKind::User { "ssh-user" } else { "ssh-node-access" };
                     let ps: Vec<&str> = a.logins().iter().map(|l| l.as_str()).collect();
-                    c.execute(
-                        "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![kind_s, who.as_str(), ps.join(","), i(now - 60), i(vb), i(now), key.fingerprint(HashAlg::Sha256).to_string()],
-                    )?;
-                    let serial = u(c.last_insert_rowid());
+                    let serial = crate::db::record_cert(c, &crate::db::CertRow {
+                        kind: kind_s, subject: who.as_str(), principals: &ps.join(","),
+                        valid_after: now - 60, valid_before: vb, issued_at: now,
+                        fingerprint: &key.fingerprint(HashAlg::Sha256).to_string(),
+                    })?;
                     let cert = issue_user_cert(keys.ssh(kind), a, &key, IssueParams { serial, now })?;
                     (cert.to_openssh()?, serial, vb, who.to_string())
                 };

@@ -382,6 +382,20 @@ impl IssueCtx<'_> {
         now: u64,
         via: &str,
     ) -> Result<std::result::Result<(CertResponse, u64), String>> {
+        // No certificate outlives the renewal window: a renewal just before the deadline gets
+        // only what is left of it.
+        let left = renew_until.saturating_sub(now);
+        let wanted = ttl.map_or(self.policy.defaults.user_cert_ttl.as_secs(), |t| {
+            t.as_secs()
+        });
+        let ttl = if wanted > left {
+            match Ttl::from_secs(left) {
+                Some(t) => Some(t),
+                None => return Ok(Err("the renewal window is over".into())),
+            }
+        } else {
+            ttl
+        };
         let decision = match self.policy.decide_login(user, ttl) {
             Ok(d) => d,
             Err(deny) => return Ok(Err(deny.to_string())),
@@ -404,17 +418,31 @@ impl IssueCtx<'_> {
         let fp = public.fingerprint(HashAlg::Sha256).to_string();
         let valid_after = now.saturating_sub(postern_core::cert::CLOCK_SKEW_SECS);
         let valid_before = now + a.ttl().as_secs();
-        conn.execute(
-            "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('ssh-user', ?1, ?2, ?3, ?4, ?5, ?6)",
-            params![user.as_str(), principals, i(valid_after), i(valid_before), i(now), fp],
+        let serial = crate::db::record_cert(
+            conn,
+            &crate::db::CertRow {
+                kind: "ssh-user",
+                subject: user.as_str(),
+                principals: &principals,
+                valid_after,
+                valid_before,
+                issued_at: now,
+                fingerprint: &fp,
+            },
         )?;
-        let serial = u(conn.last_insert_rowid());
         let cert = issue_user_cert(&self.keys.user, a, public, IssueParams { serial, now })?;
-        conn.execute(
-            "INSERT INTO certs (kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES ('x509-client', ?1, '', ?2, ?3, ?4, ?5)",
-            params![user.as_str(), i(valid_after), i(renew_until), i(now), fp],
+        let x509_serial = crate::db::record_cert(
+            conn,
+            &crate::db::CertRow {
+                kind: "x509-client",
+                subject: user.as_str(),
+                principals: "",
+                valid_after,
+                valid_before: renew_until,
+                issued_at: now,
+                fingerprint: &fp,
+            },
         )?;
-        let x509_serial = u(conn.last_insert_rowid());
         let ed = public
             .key_data()
             .ed25519()

@@ -340,8 +340,10 @@ pub struct Inventory {
 pub struct AuthorizeRequest {
     /// The Postern user (the user certificate's key id).
     pub user: Username,
-    /// Serial of the user certificate the gateway verified.
-    pub user_cert_serial: u64,
+    /// The user certificate the user authenticated with (OpenSSH line): the CA validates it
+    /// again (its own user CA, type, validity, key id, serial on record, not revoked), so a
+    /// gateway cannot act for a user it holds no certificate of.
+    pub user_certificate: String,
     /// The OS login asked for.
     pub login: Login,
     /// The server.

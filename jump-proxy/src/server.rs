@@ -499,7 +499,7 @@ impl russh::server::Handler for Inner {
             .ca
             .authorize(AuthorizeRequest {
                 user: user.clone(),
-                user_cert_serial: cert.serial(),
+                user_certificate: cert.to_openssh()?,
                 login: login.clone(),
                 node: self.node.name.clone(),
                 session_id: id.clone(),

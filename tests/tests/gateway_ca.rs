@@ -190,7 +190,7 @@ impl Joined {
     fn authorize(
         &self,
         user: &str,
-        serial: u64,
+        cert: &str,
         login: &str,
         node: &str,
         session: &str,
@@ -200,7 +200,7 @@ impl Joined {
             "POST",
             "/v1/gateway/authorize",
             Some(&json!({
-                "user": user, "user_cert_serial": serial, "login": login, "node": node,
+                "user": user, "user_certificate": cert, "login": login, "node": node,
                 "session_id": session, "public_key": public_key,
             })),
         );
@@ -215,20 +215,23 @@ fn joined_node(ca: &Ca, labels: &str) -> Node {
     node
 }
 
-/// A person logged in; returns them with the serial of their user certificate.
-fn logged_in(ca: &Ca, user: &str) -> (Person, u64) {
+/// A person logged in; returns them with their user certificate (one line).
+fn logged_in(ca: &Ca, user: &str) -> (Person, String) {
     let mut p = Person::new(user);
     p.enroll(ca);
     p.login(ca);
     let cert = std::fs::read_to_string(p.cluster_dir(ca).join("id_ed25519-cert.pub")).unwrap();
-    let described = describe_cert(p.home.path(), &cert);
-    let serial = described
+    (p, cert.trim().to_owned())
+}
+
+/// The serial of a certificate line, as ssh-keygen reads it.
+fn serial_of(dir: &std::path::Path, cert: &str) -> u64 {
+    describe_cert(dir, cert)
         .lines()
         .find_map(|l| l.trim().strip_prefix("Serial: "))
         .unwrap()
         .parse()
-        .unwrap();
-    (p, serial)
+        .unwrap()
 }
 
 fn audit_kinds(ca: &Ca, kind: &str) -> Vec<Value> {
@@ -302,7 +305,7 @@ fn authorize_signs_a_node_access_certificate_that_the_server_accepts() {
     let (alice, serial) = logged_in(&ca, "alice");
     let (key, public) = ssh_key(alice.home.path(), "gate_ephemeral");
 
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-test-1", &public);
+    let (status, v) = gw.authorize("alice", &serial, TEST_LOGIN, "web1", "s-test-1", &public);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["node"]["name"], "web1");
     assert_eq!(v["node"]["address"], format!("127.0.0.1:{}", node.port));
@@ -381,7 +384,7 @@ fn authorize_signs_a_node_access_certificate_that_the_server_accepts() {
     assert_eq!(ev[0]["detail"]["login"], TEST_LOGIN);
 
     // The same gateway may ask again for the same session.
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-test-1", &public);
+    let (status, v) = gw.authorize("alice", &serial, TEST_LOGIN, "web1", "s-test-1", &public);
     assert_eq!(status, 200, "{v}");
 }
 
@@ -395,25 +398,27 @@ fn authorize_refuses_with_a_reason_the_user_can_read() {
     let (_bob, bob_serial) = logged_in(&ca, "bob");
     let (_, public) = ssh_key(alice.home.path(), "gate_ephemeral");
 
-    let refused = |user: &str, serial: u64, login: &str, node: &str, session: &str| {
+    let refused = |user: &str, serial: &str, login: &str, node: &str, session: &str| {
         let (status, v) = gw.authorize(user, serial, login, node, session, &public);
         assert_eq!(status, 403, "{v}");
         v["error"].as_str().unwrap().to_owned()
     };
 
     // root is alice's only on env=prod servers.
-    let e = refused("alice", serial, "root", "web1", "s-1");
+    let e = refused("alice", &serial, "root", "web1", "s-1");
     assert_eq!(e, "policy does not allow alice to log in as root on web1");
-    // Unknown serial, and someone else's certificate.
-    let e = refused("alice", 999_999, TEST_LOGIN, "web1", "s-2");
-    assert!(
-        e.contains("user certificate (serial 999999) is not valid"),
-        "{e}"
+    // A certificate for alice with her serial from another CA, and someone else's certificate.
+    let forged = forge_user_cert(
+        alice.home.path(),
+        "alice",
+        serial_of(alice.home.path(), &serial),
     );
-    let e = refused("alice", bob_serial, TEST_LOGIN, "web1", "s-3");
+    let e = refused("alice", &forged, TEST_LOGIN, "web1", "s-2");
+    assert!(e.contains("is not valid"), "{e}");
+    let e = refused("alice", &bob_serial, TEST_LOGIN, "web1", "s-3");
     assert!(e.contains("is not valid"), "{e}");
     // Unknown server.
-    let e = refused("alice", serial, TEST_LOGIN, "nosuch", "s-4");
+    let e = refused("alice", &serial, TEST_LOGIN, "nosuch", "s-4");
     assert_eq!(e, "no server named nosuch has joined the cluster");
 
     // Locks on the user, the login and the server.
@@ -425,7 +430,7 @@ fn authorize_refuses_with_a_reason_the_user_can_read() {
         "--reason",
         "laptop stolen",
     ]);
-    let e = refused("alice", serial, TEST_LOGIN, "web1", "s-5");
+    let e = refused("alice", &serial, TEST_LOGIN, "web1", "s-5");
     assert_eq!(e, "user alice is locked");
     ca.admin_json(&["lock", "rm", &lock["id"].to_string()]);
     let lock = ca.admin_json(&[
@@ -436,25 +441,25 @@ fn authorize_refuses_with_a_reason_the_user_can_read() {
         "--reason",
         "maintenance",
     ]);
-    let e = refused("alice", serial, TEST_LOGIN, "web1", "s-6");
+    let e = refused("alice", &serial, TEST_LOGIN, "web1", "s-6");
     assert_eq!(e, format!("login {TEST_LOGIN} is locked"));
     ca.admin_json(&["lock", "rm", &lock["id"].to_string()]);
     let lock = ca.admin_json(&["lock", "add", "--node", "web1", "--reason", "incident"]);
-    let e = refused("alice", serial, TEST_LOGIN, "web1", "s-7");
+    let e = refused("alice", &serial, TEST_LOGIN, "web1", "s-7");
     assert_eq!(e, "server web1 is locked");
     ca.admin_json(&["lock", "rm", &lock["id"].to_string()]);
 
     // A revoked certificate (the user was reset) is refused.
-    let (status, v) = gw.authorize("bob", bob_serial, TEST_LOGIN, "web1", "s-8", &public);
+    let (status, v) = gw.authorize("bob", &bob_serial, TEST_LOGIN, "web1", "s-8", &public);
     assert_eq!(status, 200, "{v}");
     ca.admin_json(&["users", "reset", "bob"]);
-    let e = refused("bob", bob_serial, TEST_LOGIN, "web1", "s-9");
+    let e = refused("bob", &bob_serial, TEST_LOGIN, "web1", "s-9");
     assert!(e.contains("is not valid"), "{e}");
 
     // Malformed session ids are a 400, a server's identity a 403, no identity a 401.
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "S_1/..", &public);
+    let (status, v) = gw.authorize("alice", &serial, TEST_LOGIN, "web1", "S_1/..", &public);
     assert_eq!(status, 400, "{v}");
-    let (status, v) = not_gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-11", &public);
+    let (status, v) = not_gw.authorize("alice", &serial, TEST_LOGIN, "web1", "s-11", &public);
     assert_eq!(status, 403, "{v}");
     assert!(
         v["error"]
@@ -477,8 +482,10 @@ fn authorize_refuses_with_a_reason_the_user_can_read() {
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&"user certificate: unknown serial"),
-        "{reasons:?}"
+        reasons
+            .iter()
+            .any(|r| r.starts_with("user certificate: ") && r.contains("CA")),
+        "the forged certificate was not refused for its CA: {reasons:?}"
     );
     assert!(
         reasons.contains(&"user certificate: the certificate belongs to another user"),
@@ -542,9 +549,9 @@ fn a_session_id_cannot_be_reused_for_another_session() {
     let (alice, serial) = logged_in(&ca, "alice");
     let (_bob, bob_serial) = logged_in(&ca, "bob");
     let (_, public) = ssh_key(alice.home.path(), "k");
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-dup", &public);
+    let (status, v) = gw.authorize("alice", &serial, TEST_LOGIN, "web1", "s-dup", &public);
     assert_eq!(status, 200, "{v}");
-    let (status, v) = gw.authorize("bob", bob_serial, TEST_LOGIN, "web1", "s-dup", &public);
+    let (status, v) = gw.authorize("bob", &bob_serial, TEST_LOGIN, "web1", "s-dup", &public);
     assert_eq!(status, 403, "{v}");
     assert_eq!(
         v["error"],
@@ -639,9 +646,9 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
     let (_, public) = ssh_key(alice.home.path(), "k");
     // The CA stores recordings of authorized sessions only.
     for (user, serial, session) in [
-        ("alice", serial, "s-rec-1"),
-        ("bob", bob_serial, "s-big"),
-        ("alice", serial, "s-idle"),
+        ("alice", serial.as_str(), "s-rec-1"),
+        ("bob", bob_serial.as_str(), "s-big"),
+        ("alice", serial.as_str(), "s-idle"),
     ] {
         let (status, v) = gw.authorize(user, serial, TEST_LOGIN, "web1", session, &public);
         assert_eq!(status, 200, "{v}");
@@ -722,7 +729,7 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
         Some(&upload("s-bad", "alice", TEST_LOGIN, "not a cast\n")),
     );
     assert_eq!(status, 400, "{body}");
-    let (status, v) = gw.authorize("alice", serial, TEST_LOGIN, "web1", "s-rec-2", &public);
+    let (status, v) = gw.authorize("alice", &serial, TEST_LOGIN, "web1", "s-rec-2", &public);
     assert_eq!(status, 200, "{v}");
     let (status, body) = gw.call(
         "POST",
@@ -850,4 +857,82 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
     ca.admin_json(&["lock", "add", "--user", "alice", "--reason", "x"]);
     let out = run(alice.postern().args(["play", "s-rec-1"]));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+/// A user certificate for `user` with `serial` and the key of `dir/id_ed25519`-like key made
+/// here, signed by a CA that is not Postern's: what a gateway could make up.
+fn forge_user_cert(dir: &std::path::Path, user: &str, serial: u64) -> String {
+    let d = tempfile::tempdir_in(dir).unwrap();
+    for name in ["forger_ca", "forged"] {
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.path().join(name)));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = run(Command::new("ssh-keygen")
+        .arg("-s")
+        .arg(d.path().join("forger_ca"))
+        .args([
+            "-I",
+            user,
+            "-n",
+            TEST_LOGIN,
+            "-z",
+            &serial.to_string(),
+            "-V",
+            "-5m:+1h",
+        ])
+        .arg(d.path().join("forged.pub")));
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::read_to_string(d.path().join("forged-cert.pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn regression_a_gateway_walked_sequential_serials_to_act_as_any_user() {
+    // Authorize took (user, serial) and serials were sequential: a gateway identity could name
+    // any logged-in user's serial. Now serials are random and authorize needs the certificate.
+    let ca = Ca::start(&policy());
+    let _node = joined_node(&ca, "env=dev");
+    let gw = Joined::join(&ca, "gateway", "gw1", "", None);
+    let (alice, cert) = logged_in(&ca, "alice");
+    let (_bob, bob_cert) = logged_in(&ca, "bob");
+    let (a, b) = (
+        serial_of(alice.home.path(), &cert),
+        serial_of(alice.home.path(), &bob_cert),
+    );
+    assert!(
+        a.abs_diff(b) > 1_000_000,
+        "serials look sequential: {a} {b}"
+    );
+    let (_, public) = ssh_key(alice.home.path(), "gate_ephemeral");
+    // The old request (a serial, no certificate) is refused as malformed.
+    let (status, resp) = gw.call(
+        "POST",
+        "/v1/gateway/authorize",
+        Some(&json!({
+            "user": "bob", "user_cert_serial": b, "login": TEST_LOGIN, "node": "web1",
+            "session_id": "s-walk", "public_key": public,
+        })),
+    );
+    assert_eq!(status, 400, "{resp}");
+    // bob's serial in a certificate the gateway made up: refused, and why is audited.
+    let forged = forge_user_cert(alice.home.path(), "bob", b);
+    let (status, v) = gw.authorize("bob", &forged, TEST_LOGIN, "web1", "s-walk", &public);
+    assert_eq!(status, 403, "{v}");
+    let reasons: Vec<String> = audit_kinds(&ca, "gateway.refused")
+        .iter()
+        .map(|e| e["detail"]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("user certificate:") && r.contains("CA")),
+        "{reasons:?}"
+    );
+    // The real certificate works.
+    let (status, v) = gw.authorize("bob", &bob_cert, TEST_LOGIN, "web1", "s-walk", &public);
+    assert_eq!(status, 200, "{v}");
 }

@@ -282,6 +282,13 @@ fn renew_needs_no_password_and_is_refused_after_renew_until() {
     assert!(out.status.success(), "{}", text(&out));
     let after = std::fs::read_to_string(&cert_path).unwrap();
     assert_ne!(before, after, "renew wrote no new certificate");
+    // regression: renewal issued a certificate for the whole user_cert_ttl (1h), valid long
+    // past renew_until. Neither the login's nor the renewal's may outlive the window (valid
+    // from is backdated 60 s for clock skew).
+    for cert in [&before, &after] {
+        let (a, b) = ssh_cert_window(cert);
+        assert!(b - a <= 60 + 8, "valid for {}s past its start", b - a);
+    }
     std::thread::sleep(std::time::Duration::from_secs(9));
     let out = run(alice.postern().arg("renew"));
     assert!(!out.status.success(), "{}", text(&out));
