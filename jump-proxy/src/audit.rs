@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::ca::CaClient;
+use crate::observe::Op;
 use crate::record::now;
 use crate::scp::{ScpOp, ScpPath};
 use crate::sftp::FileOp;
@@ -44,7 +45,16 @@ impl Audit {
         });
     }
 
-    /// A file operation seen in SFTP.
+    /// An event of a file-transfer observer.
+    pub fn observed(&self, m: &RecordingMeta, op: Op) {
+        match op {
+            Op::Scp(op) => self.scp_op(m, op),
+            Op::Sftp(op) => self.file_op(m, op),
+        }
+    }
+
+    /// A file operation seen in SFTP (`sftp.open`, ...), or the end of the observation
+    /// (`gateway.sftp.observer_gave_up`, named like scp's).
     pub fn file_op(&self, m: &RecordingMeta, op: FileOp) {
         let (kind, detail) = match op {
             FileOp::Open { path, flags } => ("sftp.open", json!({ "path": path, "flags": flags })),
@@ -60,6 +70,10 @@ impl Audit {
             FileOp::Rename { from, to } => ("sftp.rename", json!({ "from": from, "to": to })),
             FileOp::Mkdir { path } => ("sftp.mkdir", json!({ "path": path })),
             FileOp::Rmdir { path } => ("sftp.rmdir", json!({ "path": path })),
+            FileOp::GaveUp { reason } => (
+                "gateway.sftp.observer_gave_up",
+                json!({ "message": "sftp observer gave up", "reason": reason }),
+            ),
         };
         self.event(m, kind, detail);
     }

@@ -4,6 +4,7 @@
 
 mod audit;
 mod ca;
+mod observe;
 mod record;
 mod relay;
 mod scp;

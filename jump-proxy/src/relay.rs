@@ -15,9 +15,10 @@ use russh::server::Handle;
 use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf};
 use tokio::sync::watch;
 
+use crate::observe::{Observer, Op};
 use crate::record::Recorder;
 use crate::scp::{ScpCommand, ScpObserver, ScpOp};
-use crate::sftp::SftpObserver;
+use crate::sftp::{FileOp, SftpObserver};
 
 /// What the relay needs besides the two channels.
 pub struct RelayCtx {
@@ -56,13 +57,15 @@ pub fn permitted(msg: &ChannelMsg, permits: &[Permit]) -> bool {
 struct Shared {
     rec: Option<Recorder>,
     rec_failed: bool,
-    sftp: Option<SftpObserver>,
-    scp: Option<ScpObserver>,
-    /// The exec command the scp observer follows: what its recording is titled if it gives up.
-    scp_cmd: String,
-    /// The client asked for a pty: an exec then is never taken for scp.
+    /// The file transfer followed instead of recorded (scp exec, sftp subsystem).
+    observer: Option<Observer>,
+    /// What the observed channel runs (`scp -t DIR`, `subsystem sftp`): the title of its
+    /// recording if the observer gives up.
+    observed: String,
+    /// The client asked for a pty: neither an exec nor a subsystem is then taken for a file
+    /// transfer.
     pty: bool,
-    /// The scp observer gave up and strict recording could not start: nothing more passes.
+    /// The observer gave up and strict recording could not start: nothing more passes.
     refused: bool,
     /// Requests forwarded with want_reply, in order: the server answers them in order.
     pending: VecDeque<&'static str>,
@@ -89,27 +92,28 @@ async fn abort(
 
 const REFUSED: &str = "postern: cannot record this session; refused (strict recording)\r\n";
 
-/// Feeds bytes to the scp observer, if the channel has one. When it gives up (the bytes are
-/// not rcp, or came where scp sends none), the channel is recorded from these bytes on, like
-/// any exec: the caller records them before forwarding them. Returns the events, and false
-/// when the recording cannot start in strict mode (the session must end).
-fn observe_scp(
+/// Feeds bytes to the channel's file-transfer observer, if it has one. When it gives up (the
+/// bytes are not rcp or SFTP, or came where the protocol sends none, such as standard error),
+/// the channel is recorded from these bytes on, like any exec: the caller records them
+/// before forwarding them. Returns the events, and false when the recording cannot start in
+/// strict mode (the session must end).
+fn observe(
     ctx: &RelayCtx,
     s: &mut Shared,
-    feed: impl FnOnce(&mut ScpObserver) -> Vec<ScpOp>,
-) -> (Vec<ScpOp>, bool) {
+    feed: impl FnOnce(&mut Observer) -> Vec<Op>,
+) -> (Vec<Op>, bool) {
     if s.refused {
         return (Vec::new(), false);
     }
-    let Some(o) = s.scp.as_mut() else {
+    let Some(o) = s.observer.as_mut() else {
         return (Vec::new(), true);
     };
     let ops = feed(o);
-    if !ops.iter().any(|op| matches!(op, ScpOp::GaveUp { .. })) {
+    if !ops.iter().any(Op::gave_up) {
         return (ops, true);
     }
-    s.scp = None;
-    let cmd = std::mem::take(&mut s.scp_cmd);
+    s.observer = None;
+    let cmd = std::mem::take(&mut s.observed);
     let ok = s.rec.is_some() || open_recorder(ctx, s, Some(&cmd));
     // The other direction's task must not forward anything either until the channel closes.
     s.refused = !ok;
@@ -145,14 +149,14 @@ pub async fn relay(down: Channel<SMsg>, up: Channel<CMsg>, ctx: RelayCtx) {
     ));
     let _ = out.await;
     inp.abort();
-    let scp_end = shared
+    let end = shared
         .lock()
         .ok()
-        .and_then(|mut s| s.scp.take())
+        .and_then(|mut s| s.observer.take())
         .map(|mut o| o.finish())
         .unwrap_or_default();
-    for op in scp_end {
-        ctx.audit.scp_op(&ctx.meta, op);
+    for op in end {
+        ctx.audit.observed(&ctx.meta, op);
     }
     let rec = shared.lock().ok().and_then(|mut s| s.rec.take());
     if let Some(r) = rec {
@@ -195,26 +199,13 @@ async fn server_to_client(
         match m {
             ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } => {
                 // Record first; forward only what was recorded (strict mode).
-                let mut scp_ops = Vec::new();
+                let mut observed = Vec::new();
                 let mut refused = false;
                 let failure = match shared.lock() {
                     Ok(mut s) => {
-                        let is_data = matches!(m, ChannelMsg::Data { .. });
-                        if let Some(o) = s.sftp.as_mut() {
-                            if is_data {
-                                o.server_bytes(data);
-                            }
-                        }
-                        // scp speaks on standard output only; anything on standard error (a
-                        // shell's prompt, `bash -i >&2`) ends the observation and is recorded.
-                        let (ops, ok) = observe_scp(&ctx, &mut s, |o| {
-                            if is_data {
-                                o.server_bytes(data)
-                            } else {
-                                o.give_up_now("the server wrote to standard error")
-                            }
-                        });
-                        scp_ops = ops;
+                        let stderr = !matches!(m, ChannelMsg::Data { .. });
+                        let (ops, ok) = observe(&ctx, &mut s, |o| o.server_bytes(data, stderr));
+                        observed = ops;
                         refused = !ok;
                         let failed = s.rec_failed || refused;
                         let r = match s.rec.as_mut() {
@@ -228,8 +219,8 @@ async fn server_to_client(
                     }
                     Err(_) => None,
                 };
-                for op in scp_ops {
-                    ctx.audit.scp_op(&ctx.meta, op);
+                for op in observed {
+                    ctx.audit.observed(&ctx.meta, op);
                 }
                 if refused {
                     abort(&down_w, &up_w, format!("\r\n{REFUSED}"), 255).await;
@@ -349,29 +340,21 @@ async fn client_to_server(
         }
         match m {
             ChannelMsg::Data { data } => {
-                let (ops, scp_ops, ok) = match shared.lock() {
+                let (ops, ok) = match shared.lock() {
                     Ok(mut s) => {
-                        // First, so that bytes the scp observer gives up on are recorded.
-                        let (scp_ops, ok) = observe_scp(&ctx, &mut s, |o| o.client_bytes(&data));
+                        // First, so that bytes the observer gives up on are recorded.
+                        let (ops, ok) = observe(&ctx, &mut s, |o| o.client_bytes(&data));
                         if ctx.record_input {
                             if let Some(r) = s.rec.as_mut() {
                                 let _ = r.event("i", &data);
                             }
                         }
-                        let ops = s
-                            .sftp
-                            .as_mut()
-                            .map(|o| o.client_bytes(&data))
-                            .unwrap_or_default();
-                        (ops, scp_ops, ok)
+                        (ops, ok)
                     }
-                    Err(_) => (Vec::new(), Vec::new(), true),
+                    Err(_) => (Vec::new(), true),
                 };
                 for op in ops {
-                    ctx.audit.file_op(&ctx.meta, op);
-                }
-                for op in scp_ops {
-                    ctx.audit.scp_op(&ctx.meta, op);
+                    ctx.audit.observed(&ctx.meta, op);
                 }
                 if !ok {
                     abort(&down_w, &up_w, REFUSED.into(), 255).await;
@@ -491,8 +474,8 @@ async fn client_to_server(
                 match scp {
                     Some(Ok(c)) => {
                         if let Ok(mut s) = shared.lock() {
-                            s.scp = Some(ScpObserver::new(c));
-                            s.scp_cmd = cmd;
+                            s.observer = Some(Observer::Scp(ScpObserver::new(c)));
+                            s.observed = cmd;
                         }
                     }
                     Some(Err(reason)) => ctx.audit.scp_op(
@@ -509,9 +492,22 @@ async fn client_to_server(
             }
             ChannelMsg::RequestSubsystem { name, .. } => {
                 tracing::info!(session = %ctx.meta.id, subsystem = %name, "subsystem");
-                if name == "sftp" {
-                    if let Ok(mut s) = shared.lock() {
-                        s.sftp = Some(SftpObserver::default());
+                // sshd runs a subsystem's command through the login's shell, which the
+                // login's ~/.bashrc can turn into anything, so no subsystem is trusted to be
+                // what its name says. sftp without a pty is followed as SFTP and recorded
+                // from the first byte that is not (see `observe`); every other subsystem is
+                // recorded from the start, like an exec.
+                let title = format!("subsystem {name}");
+                let pty = shared.lock().map(|s| s.pty).unwrap_or(true);
+                let observed = name == "sftp" && !pty;
+                if !observed {
+                    let ok = shared
+                        .lock()
+                        .map(|mut s| open_recorder(&ctx, &mut s, Some(&title)))
+                        .unwrap_or(false);
+                    if !ok {
+                        abort(&down_w, &up_w, REFUSED.into(), 255).await;
+                        return;
                     }
                 }
                 ctx.audit.event(
@@ -519,6 +515,19 @@ async fn client_to_server(
                     "gateway.subsystem",
                     serde_json::json!({ "name": name }),
                 );
+                if observed {
+                    if let Ok(mut s) = shared.lock() {
+                        s.observer = Some(Observer::Sftp(SftpObserver::default()));
+                        s.observed = title;
+                    }
+                } else if name == "sftp" {
+                    ctx.audit.observed(
+                        &ctx.meta,
+                        Op::Sftp(FileOp::GaveUp {
+                            reason: "a pty was requested".into(),
+                        }),
+                    );
+                }
                 if up_w.request_subsystem(true, name).await.is_ok() {
                     push("subsystem");
                 }

@@ -306,7 +306,9 @@ pub static POSTERN_GATE: Prose = Prose {
          server output reaches the user only after it was written to the recording, and a \
          recording that cannot be started refuses the session; in best-effort mode the session \
          goes on. File transfers (SFTP, scp) and port forwards are audit events, not \
-         recordings. Locks cut live sessions at once. Recordings left by a crash are completed \
+         recordings, while the gateway can follow the transfer's protocol: from the first byte \
+         it cannot (or when a terminal was requested), the channel is recorded like a command, \
+         and so is every other subsystem. Locks cut live sessions at once. Recordings left by a crash are completed \
          and marked interrupted when `serve` starts.",
         "`serve` runs until it is stopped by a signal. Its settings come from flags, then from \
          the configuration file given with --config (postern-gate.toml(5)), then from the \
