@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     bytes INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     stored_at INTEGER NOT NULL,
-    node_labels TEXT
+    node_labels TEXT,
+    authorized_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS recordings_user ON recordings(user, started_at);
 CREATE INDEX IF NOT EXISTS recordings_node ON recordings(node, started_at);
@@ -211,6 +212,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // join from (schema 3): servers exempt them from sshd's per-source penalties.
     ("nodes", "egress", "TEXT"),
     ("nodes", "seen_from", "TEXT"),
+    // When the CA authorized the recording's session (schema 3): a user's own recordings are
+    // those authorized since their user record was made.
+    ("recordings", "authorized_at", "INTEGER"),
 ];
 
 /// Creates the schema, and brings a database of an older version up to date (idempotent).

@@ -70,16 +70,16 @@ fn not_a_gateway() -> Refusal {
     )
 }
 
-/// A joined server of kind `node`: its address and labels.
-fn server(c: &Connection, name: &NodeName) -> Result<Option<(Option<String>, Labels)>> {
-    let row: Option<(Option<String>, String)> = c
+/// A joined server of kind `node`: its address, labels and the host key the CA certified.
+fn server(c: &Connection, name: &NodeName) -> Result<Option<(Option<String>, Labels, String)>> {
+    let row: Option<(Option<String>, String, String)> = c
         .query_row(
-            "SELECT address, labels FROM nodes WHERE name = ?1 AND kind = 'node'",
+            "SELECT address, labels, host_key FROM nodes WHERE name = ?1 AND kind = 'node'",
             [name.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    row.map(|(a, l)| Ok((a, l.parse()?))).transpose()
+    row.map(|(a, l, k)| Ok((a, l.parse()?, k))).transpose()
 }
 
 /// Issues a node-access certificate exactly as the policy approved it, with a key id that
@@ -89,6 +89,7 @@ fn issue_node_access_cert(
     approval: &IssueApproval,
     key_id: &KeyId,
     subject: &PublicKey,
+    source_address: Option<&str>,
     p: IssueParams,
 ) -> std::result::Result<Certificate, CertError> {
     let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
@@ -110,6 +111,11 @@ fn issue_node_access_cert(
     for permit in approval.permits() {
         b.extension(permit.extension(), "").map_err(enc)?;
     }
+    // The gateway's configured egress addresses: sshd then accepts the certificate only from
+    // them (PROTOCOL.certkeys `source-address`), so a copy is useless elsewhere.
+    if let Some(s) = source_address {
+        b.critical_option("source-address", s).map_err(enc)?;
+    }
     signer.sign(b)
 }
 
@@ -125,7 +131,7 @@ impl Service {
                     return Ok(Err(not_a_gateway()));
                 }
                 let mut st = c.prepare(
-                    "SELECT name, address, labels FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
+                    "SELECT name, address, labels, host_key FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
                 )?;
                 let rows = st
                     .query_map([], |r| {
@@ -133,15 +139,23 @@ impl Service {
                             r.get::<_, String>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut nodes = Vec::with_capacity(rows.len());
-                for (name, address, labels) in rows {
+                for (name, address, labels, host_key) in rows {
+                    // One bad row (written by an older version) must not make the whole
+                    // inventory fail for every gateway: it is left out and logged.
+                    let Ok(name) = postern_core::names::parse_node_name(&name) else {
+                        tracing::warn!(node = %name.escape_debug(), "inventory: skipping a node whose name is not valid");
+                        continue;
+                    };
                     nodes.push(InventoryEntry {
-                        name: postern_core::names::parse_node_name(&name)?,
+                        name,
                         address,
                         labels: labels.parse()?,
+                        host_key: Some(host_key),
                     });
                 }
                 Ok(Ok(Inventory {
@@ -234,24 +248,17 @@ impl Service {
                     );
                 }
 
-                for lock in active_locks(c, now)? {
-                    let hit = match lock.target.as_str() {
-                        "user" => lock.name == user.as_str(),
-                        "login" => lock.name == login.as_str(),
-                        "node" => lock.name == node.as_str(),
-                        _ => false,
-                    };
-                    if hit {
-                        let what = match lock.target.as_str() {
-                            "user" => format!("user {user} is locked"),
-                            "login" => format!("login {login} is locked"),
-                            _ => format!("server {node} is locked"),
-                        };
-                        return refuse(what, &format!("lock {}: {}", lock.id, lock.reason));
-                    }
+                let locks = active_locks(c, now)?;
+                let subject = postern_core::api::LockSubject {
+                    user: Some(user.as_str()),
+                    login: Some(login.as_str()),
+                    node: Some(node.as_str()),
+                };
+                if let Some(lock) = postern_core::api::lock_for(&locks, &subject, now) {
+                    return refuse(lock.describe(), &format!("lock {}: {}", lock.id, lock.reason));
                 }
 
-                let Some((address, labels)) = server(c, node)? else {
+                let Some((address, labels, host_key)) = server(c, node)? else {
                     return refuse(format!("no server named {node} has joined the cluster"), "unknown server");
                 };
                 let Some(address) = address else {
@@ -304,7 +311,12 @@ impl Service {
                     kind: "ssh-node-access", subject: user.as_str(), principals: login.as_str(),
                     valid_after, valid_before, issued_at: now, fingerprint: &fp,
                 })?;
-                let cert = issue_node_access_cert(&keys.node, approval, &key_id, &key, IssueParams { serial, now })?;
+                let egress: Option<String> = c
+                    .query_row("SELECT egress FROM nodes WHERE name = ?1 AND kind = 'gateway'", [gateway.as_str()], |r| r.get(0))
+                    .optional()?
+                    .flatten()
+                    .filter(|e: &String| !e.is_empty());
+                let cert = issue_node_access_cert(&keys.node, approval, &key_id, &key, egress.as_deref(), IssueParams { serial, now })?;
                 let permits: Vec<_> = approval.permits().iter().copied().collect();
                 audit::append(c, now, "gateway.authorized", user.as_str(), json!({
                     "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
@@ -314,7 +326,7 @@ impl Service {
                 }))?;
                 Ok(Ok(AuthorizeResponse {
                     certificate: cert.to_openssh()?,
-                    node: InventoryEntry { name: node.clone(), address, labels },
+                    node: InventoryEntry { name: node.clone(), address, labels, host_key: Some(host_key) },
                     permits,
                     recording: policy.defaults.recording,
                     record_input: policy.defaults.record_input,
@@ -330,7 +342,7 @@ impl Service {
         id: ClientIdentity,
         req: HostCertRequest,
     ) -> Outcome<HostCertResponse> {
-        let key = parse_key(&req.public_key, "public_key")?;
+        let key = crate::nodes::parse_host_key(&req.public_key, "public_key")?;
         let now = now();
         let policy = self.policy();
         let keys = std::sync::Arc::clone(&self.keys);
@@ -340,13 +352,13 @@ impl Service {
                 let Some(gateway) = gateway_for(c, &id, now)? else {
                     return Ok(Err(not_a_gateway()));
                 };
-                let Some((address, _)) = server(c, &req.node)? else {
+                let Some(_) = server(c, &req.node)? else {
                     return Ok(Err(Refusal::NotFound(format!(
                         "no server named {} has joined the cluster",
                         req.node
                     ))));
                 };
-                let principals = host_principals(&req.node, cluster.as_str(), address.as_deref())?;
+                let principals = host_principals(&req.node, cluster.as_str(), None)?;
                 let ttl = policy
                     .defaults
                     .host_cert_ttl

@@ -36,6 +36,19 @@ pub fn token_well_formed(t: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A key the host CA may certify: Ed25519 only (what postern-shim and postern-gate generate;
+/// no DSA, no short RSA, nothing weaker than ssh-keygen's default).
+pub(crate) fn parse_host_key(line: &str, what: &str) -> std::result::Result<PublicKey, Refusal> {
+    let k = parse_key(line, what)?;
+    if k.algorithm() != ssh_key::Algorithm::Ed25519 {
+        return Err(Refusal::BadRequest(format!(
+            "{what} must be an Ed25519 key (the host CA signs no {})",
+            k.algorithm().as_str()
+        )));
+    }
+    Ok(k)
+}
+
 pub(crate) fn parse_key(line: &str, what: &str) -> std::result::Result<PublicKey, Refusal> {
     if line.len() > 8192 {
         return Err(Refusal::BadRequest(format!("{what} is too long")));
@@ -379,8 +392,12 @@ impl Service {
         req: JoinRequest,
         remote: String,
     ) -> std::result::Result<JoinResponse, Refusal> {
-        let host_key = parse_key(&req.host_public_key, "host_public_key")?;
+        let host_key = parse_host_key(&req.host_public_key, "host_public_key")?;
         let ident = parse_key(&req.identity_public_key, "identity_public_key")?;
+        if let Some(a) = &req.address {
+            postern_core::names::parse_host_port(a)
+                .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        }
         if req.egress_addresses.len() > 16 {
             return Err(Refusal::BadRequest("at most 16 egress addresses".into()));
         }
@@ -444,7 +461,10 @@ impl Service {
                 // A gateway's host certificates for servers' names go with it.
                 c.execute("UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%'", [req.name.as_str()])?;
                 c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
-                let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref())?;
+                // A server's certificate names only the server (NAME, NAME.<cluster>): its
+                // self-declared address proves nothing, and would let it claim another host's
+                // name. A gateway's also names the address users dial.
+                let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == "gateway"))?;
                 let ttl = policy.defaults.host_cert_ttl.as_secs();
                 let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
                 let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
@@ -515,7 +535,7 @@ impl Service {
         let host_key = req
             .host_public_key
             .as_deref()
-            .map(|k| parse_key(k, "host_public_key"))
+            .map(|k| parse_host_key(k, "host_public_key"))
             .transpose()?;
         let now = now();
         let policy = self.policy();
@@ -523,9 +543,14 @@ impl Service {
         let cluster = self.cluster.clone();
         self.db
             .run(move |c| -> Result<std::result::Result<SyncResponse, Refusal>> {
-                let Some((name, labels, _kind)) = Self::node_for(c, &id)? else {
+                let Some((name, labels, kind)) = Self::node_for(c, &id)? else {
                     return Ok(Err(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
                 };
+                // The bundle is a server's: a gateway has no use for the policy slice, and its
+                // identity must not renew host certificates through this door.
+                if kind != "node" {
+                    return Ok(Err(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
+                }
                 c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
                 let mut host_certificate = None;
                 if let (Some((_after, before)), Some(key)) = (req.host_cert_window, host_key) {
@@ -535,8 +560,7 @@ impl Service {
                     let life = policy.defaults.host_cert_ttl.as_secs();
                     let due = req.renew || before.saturating_sub(now) * 3 <= life;
                     if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
-                        let addr: Option<String> = c.query_row("SELECT address FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
-                        let principals = host_principals(&name, cluster.as_str(), addr.as_deref())?;
+                        let principals = host_principals(&name, cluster.as_str(), None)?;
                         let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults.host_cert_ttl.as_secs(), now)?;
                         c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
                         audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
@@ -715,8 +739,9 @@ impl Service {
                     let logins = principals.iter().map(|p| p.parse::<Login>()).collect::<Result<Vec<_>, _>>()?;
                     let who: Username = user.as_deref().unwrap_or("admin").parse()?;
                     let locks = active_locks(c, now)?;
-                    if locks.iter().any(|l| l.target == "user" && l.name == who.as_str()) {
-                        bail!("user {who} is locked");
+                    let subject = postern_core::api::LockSubject { user: Some(who.as_str()), ..Default::default() };
+                    if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
+                        bail!("{}", l.describe());
                     }
                     let d = policy.decide_admin_signing(&who, logins, ttl)?;
                     let a = &d.approval;

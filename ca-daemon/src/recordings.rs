@@ -691,6 +691,22 @@ fn visibility(c: &Connection, policy: &Policy, me: &Username) -> Result<Visibili
     Ok(Visibility { any: true, labels })
 }
 
+/// Whether recording `id` is `me`'s own: of a session of that name that the CA authorized
+/// since `me`'s user record was made (both the CA's clock). A name removed and added again is
+/// a new user, who does not see the sessions of the one before (a role's `view_recordings`
+/// still does). The same rule is in `list_visible`'s SQL.
+fn is_own(c: &Connection, me: &Username, id: &str) -> Result<bool> {
+    Ok(c
+        .query_row(
+            "SELECT 1 FROM recordings r WHERE r.id = ?1 AND r.user = ?2 \
+             AND COALESCE(r.authorized_at, r.started_at) >= (SELECT created_at FROM users WHERE name = ?2)",
+            params![id, me.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// The recordings `me` may see, newest first: their own, and others' whose labels their
 /// `view_recordings` selects; optionally only of one user and/or one server.
 fn list_visible(
@@ -704,7 +720,8 @@ fn list_visible(
     let mut st = c.prepare(&format!(
         "SELECT {R_COLUMNS} FROM recordings r \
          WHERE (?1 IS NULL OR r.user = ?1) AND (?2 IS NULL OR r.node = ?2) \
-         AND (r.user = ?3 OR {EFFECTIVE_LABELS} IN (SELECT value FROM json_each(?4))) \
+         AND ((r.user = ?3 AND COALESCE(r.authorized_at, r.started_at) >= (SELECT created_at FROM users WHERE name = ?3)) \
+              OR {EFFECTIVE_LABELS} IN (SELECT value FROM json_each(?4))) \
          ORDER BY r.started_at DESC, r.id LIMIT ?5"
     ))?;
     let labels = serde_json::to_string(&vis.labels)?;
@@ -758,11 +775,13 @@ fn signed_in_user(c: &Connection, id: &ClientIdentity, now: u64) -> Result<Outco
     let Some(user) = user_for(c, id, now)? else {
         return Ok(Err(bad_identity()));
     };
-    let locked = crate::nodes::active_locks(c, now)?
-        .iter()
-        .any(|l| l.target == "user" && l.name == user.as_str());
-    if locked {
-        return Ok(Err(Refusal::Forbidden(format!("user {user} is locked"))));
+    let locks = crate::nodes::active_locks(c, now)?;
+    let subject = postern_core::api::LockSubject {
+        user: Some(user.as_str()),
+        ..Default::default()
+    };
+    if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
+        return Ok(Err(Refusal::Forbidden(l.describe())));
     }
     Ok(Ok(user))
 }
@@ -778,11 +797,13 @@ struct Session {
     /// The server's labels at authorization (`None` for sessions authorized before the CA
     /// kept them).
     labels: Option<String>,
+    /// When the CA first authorized it (the CA's clock).
+    first_authorized: i64,
 }
 
 fn session_row(c: &Connection, id: &str) -> Result<Option<Session>> {
     Ok(c.query_row(
-        "SELECT id, gateway, user, login, node, labels FROM gateway_sessions WHERE id = ?1",
+        "SELECT id, gateway, user, login, node, labels, first_authorized FROM gateway_sessions WHERE id = ?1",
         [id],
         |r| {
             Ok(Session {
@@ -792,6 +813,7 @@ fn session_row(c: &Connection, id: &str) -> Result<Option<Session>> {
                 login: r.get(3)?,
                 node: r.get(4)?,
                 labels: r.get(5)?,
+                first_authorized: r.get(6)?,
             })
         },
     )
@@ -924,11 +946,11 @@ fn insert_stored(
 ) -> Result<RecordingMeta> {
     let labels = snapshot_labels(c, session)?;
     let n = c.execute(
-        "INSERT OR IGNORE INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at, node_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT OR IGNORE INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at, node_labels, authorized_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             meta.id, meta.user.as_str(), meta.login.as_str(), meta.node.as_str(), meta.gateway,
             i(meta.started_at), i(meta.ended_at), meta.interrupted, i(meta.bytes), sha, i(now),
-            labels,
+            labels, session.first_authorized,
         ],
     )?;
     c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&meta.id])?;
@@ -1521,7 +1543,7 @@ impl Service {
                 let Some((meta, labels)) = stored else {
                     return Ok(Ok(Err(views_others)));
                 };
-                let role = if meta.user == me {
+                let role = if meta.user == me && is_own(c, &me, &r2)? {
                     None
                 } else {
                     match policy.recording_viewer_role(&me, &labels) {
@@ -2035,6 +2057,56 @@ roles = ["dev-viewer"]
         .unwrap();
     }
 
+    /// A name removed and added again is a new user: it saw every recording of the old one.
+    #[test]
+    fn regression_a_re_added_user_saw_the_old_users_recordings() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::db::open_connection(&d.path().join("db")).unwrap();
+        crate::db::init_schema(&c).unwrap();
+        let alice: Username = "alice".parse().unwrap();
+        let add = |created: i64| {
+            c.execute("DELETE FROM users WHERE name = 'alice'", [])
+                .unwrap();
+            c.execute(
+                "INSERT INTO users (name, created_at) VALUES ('alice', ?1)",
+                [created],
+            )
+            .unwrap();
+        };
+        add(100);
+        set_node(&c, "web1", "node", "env=dev");
+        let session = Session {
+            id: "s-old".into(),
+            gateway: "gw1".into(),
+            user: "alice".into(),
+            login: "root".into(),
+            node: "web1".into(),
+            labels: Some("env=dev".into()),
+            first_authorized: 150,
+        };
+        insert_stored(&c, &meta("s-old", "alice", 3), "x", &session, "single", 160).unwrap();
+        let none = Visibility {
+            any: false,
+            labels: vec![],
+        };
+        let seen = |c: &Connection| -> Vec<String> {
+            list_visible(c, &alice, &none, None, None, 100)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(seen(&c), ["s-old"]);
+        assert!(is_own(&c, &alice, "s-old").unwrap());
+        // `users rm alice`, later `users add alice`: someone else.
+        add(200);
+        assert!(
+            seen(&c).is_empty(),
+            "the new alice sees the old one's session"
+        );
+        assert!(!is_own(&c, &alice, "s-old").unwrap());
+    }
+
     /// Finding 5: visibility followed the server's current labels (a relabelled or replaced
     /// server showed old sessions to the wrong viewers), and play looked up labels of any kind
     /// of node while the listing looked up servers only.
@@ -2052,6 +2124,7 @@ roles = ["dev-viewer"]
             login: "root".into(),
             node: "web1".into(),
             labels: labels.map(str::to_owned),
+            first_authorized: 1,
         };
         set_node(&c, "web1", "node", "env=prod");
         // Stored with the labels the session was authorized with.

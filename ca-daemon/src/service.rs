@@ -401,9 +401,16 @@ impl IssueCtx<'_> {
             Err(deny) => return Ok(Err(deny.to_string())),
         };
         // Locks stop issuance for the user, and narrow the logins.
-        let (locked_users, locked_logins) = crate::nodes::locked_logins(conn, now)?;
-        if locked_users.contains(user.as_str()) {
-            return Ok(Err(format!("user {user} is locked")));
+        let (_, locked_logins) = crate::nodes::locked_logins(conn, now)?;
+        // The one lock rule, for the user alone: a user lock, or a lock of a kind this
+        // version does not know, stops issuance; login locks narrow the logins below.
+        let subject = postern_core::api::LockSubject {
+            user: Some(user.as_str()),
+            ..Default::default()
+        };
+        let locks = crate::nodes::active_locks(conn, now)?;
+        if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
+            return Ok(Err(l.describe()));
         }
         let Some(approval) = decision.approval.without_logins(&locked_logins) else {
             return Ok(Err(format!("every login of user {user} is locked")));

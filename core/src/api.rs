@@ -203,6 +203,57 @@ pub struct LockEntry {
     pub reason: String,
 }
 
+/// What an access is, as far as locks can name it: the Postern user, the OS login and the
+/// server. A part that is not known (`None`) matches no lock naming that part.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockSubject<'a> {
+    /// The Postern user.
+    pub user: Option<&'a str>,
+    /// The OS login.
+    pub login: Option<&'a str>,
+    /// The server.
+    pub node: Option<&'a str>,
+}
+
+impl LockEntry {
+    /// Whether this lock stops `s` at `now`: never once expired; a `user`, `login` or `node`
+    /// lock when it names that part of the access; and a lock of a kind this version does not
+    /// know always (fail closed: a newer CA may lock by something older parts cannot see).
+    /// This is the one lock rule: the CA, the shim (principals and PAM) and the gateway all
+    /// ask it.
+    pub fn applies(&self, s: &LockSubject<'_>, now: u64) -> bool {
+        if self.expires.is_some_and(|e| e <= now) {
+            return false;
+        }
+        let named = match self.target.as_str() {
+            "user" => s.user,
+            "login" => s.login,
+            "node" => s.node,
+            _ => return true,
+        };
+        named == Some(self.name.as_str())
+    }
+
+    /// What to tell the user: `user alice is locked`, with the kind and name as locked.
+    pub fn describe(&self) -> String {
+        match self.target.as_str() {
+            "user" => format!("user {} is locked", self.name),
+            "login" => format!("login {} is locked", self.name),
+            "node" => format!("server {} is locked", self.name),
+            other => format!("locked ({:.40} {:.64})", other, self.name),
+        }
+    }
+}
+
+/// The first lock in `locks` that stops `s` at `now` ([`LockEntry::applies`]).
+pub fn lock_for<'a>(
+    locks: &'a [LockEntry],
+    s: &LockSubject<'_>,
+    now: u64,
+) -> Option<&'a LockEntry> {
+    locks.iter().find(|l| l.applies(s, now))
+}
+
 /// What a joined server needs to decide logins on its own: the policy slice for its labels,
 /// the locks, the KRL and the CA keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +361,11 @@ pub struct InventoryEntry {
     pub address: String,
     /// Its labels.
     pub labels: crate::names::Labels,
+    /// The host public key the CA certified when it joined (OpenSSH line): the gateway
+    /// accepts only a host certificate for this key, so a certificate a removed or replaced
+    /// machine still holds does not pass for the server.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 /// `GET /v1/gateway/inventory` (mTLS, gateway identity): what a gateway needs to route and to

@@ -53,8 +53,27 @@ fn check(
     Ok(())
 }
 
+/// A rule on the whole value beyond its characters (a DNS label must not end with `-`).
+fn check_whole(
+    kind: &'static str,
+    s: &str,
+    rule: fn(&str) -> Option<&'static str>,
+) -> Result<(), NameError> {
+    match rule(s) {
+        None => Ok(()),
+        Some(reason) => Err(NameError {
+            kind,
+            value: s.chars().take(80).collect(),
+            reason,
+        }),
+    }
+}
+
 macro_rules! name_type {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $max:expr, $first:expr, $rest:expr) => {
+        name_type!($(#[$meta])* $name, $kind, $max, $first, $rest, |_: &str| None);
+    };
+    ($(#[$meta:meta])* $name:ident, $kind:literal, $max:expr, $first:expr, $rest:expr, $whole:expr) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -73,6 +92,7 @@ macro_rules! name_type {
             type Err = NameError;
             fn from_str(s: &str) -> Result<Self, NameError> {
                 check($kind, s, $max, $first, $rest)?;
+                check_whole($kind, s, $whole)?;
                 Ok(Self(s.to_owned()))
             }
         }
@@ -81,6 +101,7 @@ macro_rules! name_type {
             type Error = NameError;
             fn try_from(s: String) -> Result<Self, NameError> {
                 check($kind, &s, $max, $first, $rest)?;
+                check_whole($kind, &s, $whole)?;
                 Ok(Self(s))
             }
         }
@@ -155,13 +176,20 @@ name_type!(
 name_type!(
     /// A server's name in the inventory: one DNS label, lowercase, at most 63 bytes.
     NodeName, "node name", 63, lower_alnum,
-    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
+    // Every constructor checks it: a name `web-` that parsed here once joined, and then made
+    // every gateway's inventory fail.
+    |s: &str| s.ends_with('-').then_some("must not end with '-'")
 );
 
 name_type!(
     /// A cluster name: a DNS name (lowercase labels joined by dots) used as `Host *.<cluster>`.
     ClusterName, "cluster name", 253, lower_alnum,
-    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.',
+    |s: &str| {
+        (!s.split('.').all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-')))
+            .then_some("each dot-separated label must be 1 to 63 characters and not start or end with '-'")
+    }
 );
 
 impl NodeName {
@@ -190,6 +218,46 @@ pub fn parse_node_name(s: &str) -> Result<NodeName, NameError> {
         });
     }
     Ok(n)
+}
+
+/// Parses `HOST:PORT` as a server or gateway is dialled: HOST a DNS name (letters, digits,
+/// `-` and `.`, at most 253 characters), an IPv4 address or a bracketed IPv6 address, PORT
+/// 1 to 65535. Nothing else (no user@, no spaces, no second colon outside brackets) reaches
+/// the inventory or a dial.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), NameError> {
+    let err = |reason| NameError {
+        kind: "address",
+        value: s.chars().take(64).collect(),
+        reason,
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| err("must be HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0 && !port.starts_with('+') && !port.starts_with('0'))
+        .ok_or_else(|| err("the port must be 1 to 65535"))?;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| err("not an IPv6 address"))?;
+        return Ok((format!("[{ip}]"), port));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok((host.to_owned(), port));
+    }
+    let dns_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !dns_ok {
+        return Err(err(
+            "the host must be a DNS name, an IPv4 address or [IPv6]",
+        ));
+    }
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 /// Parses a source address as sshd's `PerSourcePenaltyExemptList` and the `source-address`
@@ -366,6 +434,51 @@ impl fmt::Display for Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_a_node_named_web_dash_joined_and_broke_every_inventory() {
+        // FromStr and Deserialize (what the API uses) checked only the characters.
+        assert!("web-".parse::<NodeName>().is_err());
+        assert!(serde_json::from_str::<NodeName>("\"web-\"").is_err());
+        assert!(NodeName::try_from("web-".to_owned()).is_err());
+        assert!("web-1".parse::<NodeName>().is_ok());
+        assert!("a..b".parse::<ClusterName>().is_err());
+        assert!(serde_json::from_str::<ClusterName>("\"a.-b\"").is_err());
+    }
+
+    #[test]
+    fn addresses_are_host_port_and_nothing_else() {
+        for (input, want) in [
+            ("127.0.0.1:22", Some(("127.0.0.1", 22))),
+            ("web1.example.com:2222", Some(("web1.example.com", 2222))),
+            ("WEB1:22", Some(("web1", 22))),
+            ("[::1]:22", Some(("[::1]", 22))),
+            ("[2001:db8::1]:65535", Some(("[2001:db8::1]", 65535))),
+            ("web1", None),
+            ("web1:", None),
+            ("web1:0", None),
+            ("web1:022", None),
+            ("web1:65536", None),
+            ("web1:+22", None),
+            ("::1:22", None),
+            ("[::1]", None),
+            ("[web1]:22", None),
+            ("root@web1:22", None),
+            ("web1 :22", None),
+            ("-web1:22", None),
+            ("web1-.x:22", None),
+            ("a..b:22", None),
+            ("web1:22\n", None),
+            (":22", None),
+        ] {
+            let got = parse_host_port(input).ok();
+            assert_eq!(
+                got.as_ref().map(|(h, p)| (h.as_str(), *p)),
+                want,
+                "{input:?}"
+            );
+        }
+    }
 
     #[test]
     fn source_addresses_are_ips_or_prefixes_and_nothing_else() {

@@ -115,22 +115,16 @@ impl Gateway {
         let now = now();
         if let Ok(live) = self.live.lock() {
             for l in live.values() {
-                for lock in &inv.locks {
-                    if lock.expires.is_some_and(|e| e <= now) {
-                        continue;
-                    }
-                    let hit = match lock.target.as_str() {
-                        "user" => lock.name == l.user,
-                        "login" => lock.name == l.login,
-                        "node" => lock.name == l.node,
-                        _ => false,
-                    };
-                    if hit {
-                        let _ = l.cut.send(Some(format!(
-                            "locked ({} {}): {}",
-                            lock.target, lock.name, lock.reason
-                        )));
-                    }
+                let subject = postern_core::api::LockSubject {
+                    user: Some(l.user.as_str()),
+                    login: Some(l.login.as_str()),
+                    node: Some(l.node.as_str()),
+                };
+                if let Some(lock) = postern_core::api::lock_for(&inv.locks, &subject, now) {
+                    let _ = l.cut.send(Some(format!(
+                        "locked ({} {}): {}",
+                        lock.target, lock.name, lock.reason
+                    )));
                 }
             }
         }
@@ -239,14 +233,26 @@ async fn check_user_cert(gw: &Gateway, cert: &Certificate) -> Option<(Username, 
     }
     .validate(cert, now())
     .ok()?;
+    // The gateway enforces no critical option (force-command, source-address,
+    // verify-required): a certificate that carries one would have its restriction silently
+    // dropped here, so it is refused. Postern's user CA sets none.
+    if !cert.critical_options().is_empty() {
+        let names: Vec<&str> = cert.critical_options().keys().map(|k| k.as_str()).collect();
+        tracing::info!(key_id = %v.key_id.as_str(), options = ?names, "user certificate refused: it carries critical options the gateway does not enforce");
+        return None;
+    }
     let user: Username = v.key_id.as_str().parse().ok()?;
     // A locked user is refused here too; the CA refuses authorization anyway.
     let inv = gw.inventory.read().await;
-    if inv.as_ref().is_some_and(|i| {
-        i.locks.iter().any(|l| {
-            l.target == "user" && l.name == user.as_str() && l.expires.is_none_or(|e| e > now())
-        })
-    }) {
+    let subject = postern_core::api::LockSubject {
+        user: Some(user.as_str()),
+        ..Default::default()
+    };
+    if let Some(l) = inv
+        .as_ref()
+        .and_then(|i| postern_core::api::lock_for(&i.locks, &subject, now()))
+    {
+        tracing::info!(%user, "user certificate refused: locked ({} {}): {}", l.target, l.name, l.reason);
         return None;
     }
     Some((user, v.principals.iter().map(|p| p.to_string()).collect()))
@@ -377,6 +383,7 @@ impl russh::server::Handler for Outer {
             channels: 0,
             watching: false,
             agent: Arc::new(Mutex::new(None)),
+            refused: None,
         };
         let stream = channel.into_stream();
         tokio::spawn(async move {
@@ -416,6 +423,10 @@ struct Inner {
     /// Set once the user asked for agent forwarding and the permits allow it; the upstream
     /// handler bridges the server's agent channels to the client through it.
     agent: Arc<Mutex<Option<AgentBridge>>>,
+    /// Why the server could not be reached after the user was authenticated and authorized:
+    /// told on the first session channel (an authentication failure can carry no text, and
+    /// "Permission denied" would send the user looking in the wrong place).
+    refused: Option<String>,
 }
 
 /// Where the server's agent channels go: back to the user's ssh client.
@@ -453,6 +464,17 @@ where
     }
 }
 
+impl Inner {
+    /// The user is authenticated and the CA authorized the session, but the server cannot
+    /// be used: accept the inner authentication, so that the first session channel can say
+    /// why, and forward nothing (there is no upstream and no session context).
+    fn refuse_after_auth(&mut self, why: String) -> Auth {
+        tracing::info!(user = %self.user, node = %self.node.name, reason = %why, "session refused after authentication");
+        self.refused = Some(why);
+        Auth::Accept
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(c) = &self.ctx {
@@ -478,7 +500,7 @@ impl russh::server::Handler for Inner {
         login: &str,
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
-        if self.ctx.is_some() {
+        if self.ctx.is_some() || self.refused.is_some() {
             return Ok(reject());
         }
         // The inner authentication must be by the same user as the outer one.
@@ -510,7 +532,9 @@ impl russh::server::Handler for Inner {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(%user, %login, node = %self.node.name, reason = %e.0, "authorization refused");
-                return Ok(reject());
+                // The CA's public reason (policy, lock, unknown server): the user is
+                // authenticated, so say it instead of "Permission denied".
+                return Ok(self.refuse_after_auth(format!("postern-gate: refused: {}", e.0)));
             }
         };
         let na_cert = Certificate::from_openssh(resp.certificate.trim())?;
@@ -527,9 +551,18 @@ impl russh::server::Handler for Inner {
                     .collect()
             })
             .unwrap_or_default();
+        // The host key the CA certified when the server joined, from this authorization (not
+        // the cached inventory), so that a removed or replaced server's old certificate is
+        // refused from the next session on.
+        let pinned = resp
+            .node
+            .host_key
+            .as_deref()
+            .and_then(|k| PublicKey::from_openssh(k).ok());
         let up = Upstream {
             host_cas,
             name: self.node.name.to_string(),
+            pinned,
             agent: Arc::clone(&self.agent),
         };
         let mut ccfg = russh::client::Config {
@@ -547,7 +580,10 @@ impl russh::server::Handler for Inner {
             let connect = tokio::net::TcpStream::connect(&resp.node.address);
             let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(10), connect).await else {
                 tracing::warn!(node = %self.node.name, address = %resp.node.address, "cannot reach the server");
-                return Ok(reject());
+                return Ok(self.refuse_after_auth(format!(
+                    "postern-gate: cannot reach {}'s sshd at {} (connection refused or timed out)",
+                    self.node.name, resp.node.address
+                )));
             };
             match russh::client::connect_stream(Arc::clone(&ccfg), tcp, up.clone()).await {
                 Ok(h) => break h,
@@ -562,7 +598,17 @@ impl russh::server::Handler for Inner {
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node.name, error = %e, "SSH to the server failed");
-                    return Ok(reject());
+                    let why = match e.downcast_ref::<russh::Error>() {
+                        Some(russh::Error::UnknownKey) => format!(
+                            "postern-gate: {}'s host certificate was refused (not the host key the CA certified for {}, or not a valid certificate for that name); the gateway's log says which",
+                            self.node.name, self.node.name
+                        ),
+                        _ => format!(
+                            "postern-gate: {}'s sshd closed the connection before authentication. sshd refuses new connections beyond MaxStartups and, on OpenSSH 9.8 and later, from addresses it penalises (PerSourcePenalties): check that {} ran `postern-shim sync` with this gateway's address in PerSourcePenaltyExemptList, and sshd's log there",
+                            self.node.name, self.node.name
+                        ),
+                    };
+                    return Ok(self.refuse_after_auth(why));
                 }
             }
         };
@@ -571,7 +617,10 @@ impl russh::server::Handler for Inner {
             .await?;
         if !ok.success() {
             tracing::warn!(node = %self.node.name, %login, "the server refused the node-access certificate");
-            return Ok(reject());
+            return Ok(self.refuse_after_auth(format!(
+                "postern-gate: {}'s sshd refused the gateway's login as {login} (its policy bundle, locks or KRL; `postern-shim status` and sshd's log on {} say why)",
+                self.node.name, self.node.name
+            )));
         }
         let cut = self
             .gw
@@ -595,6 +644,19 @@ impl russh::server::Handler for Inner {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(msg) = self.refused.clone() {
+            // Nothing reaches a server from here: the channel only carries the reason.
+            reply.accept().await;
+            tokio::spawn(async move {
+                let _ = channel
+                    .extended_data_bytes(1, format!("{msg}\r\n").into_bytes())
+                    .await;
+                let _ = channel.exit_status(255).await;
+                let _ = channel.eof().await;
+                let _ = channel.close().await;
+            });
+            return Ok(());
+        }
         self.watch_cut(session);
         let (Some(up), Some(ctx), None) = (self.upstream.as_ref(), self.ctx.as_ref(), self.cut())
         else {
@@ -653,6 +715,15 @@ impl russh::server::Handler for Inner {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(msg) = self.refused.clone() {
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 2,
+                    reason: msg,
+                })
+                .await;
+            return Ok(());
+        }
         self.watch_cut(session);
         if let Some(why) = self.cut() {
             reply
@@ -859,6 +930,8 @@ impl Inner {
 struct Upstream {
     host_cas: Vec<PublicKey>,
     name: String,
+    /// The server's host key as the CA certified it; `None` (a CA that does not say) refuses.
+    pinned: Option<PublicKey>,
     agent: Arc<Mutex<Option<AgentBridge>>>,
 }
 
@@ -873,17 +946,35 @@ impl russh::client::Handler for Upstream {
             tracing::warn!(server = %self.name, "server presented a plain host key, not a host certificate");
             return Ok(false);
         };
-        let ok = CertValidator {
+        let why = match (CertValidator {
             trusted: &self.host_cas,
             cert_type: CertType::Host,
-        }
+        })
         .validate(cert, now())
-        .map(|v| v.principals.iter().any(|p| p.as_str() == self.name))
-        .unwrap_or(false);
-        if !ok {
-            tracing::warn!(server = %self.name, "server's host certificate refused");
+        {
+            Err(e) => Some(e.to_string()),
+            // The CA issues a server's certificate with key id = its name; a certificate for
+            // another key id (a gateway's inner certificate, another server's) is not this
+            // server's, whatever principals it carries.
+            Ok(v) if v.key_id.as_str() != self.name => Some(format!(
+                "its key id is {:?}, not the server's name",
+                v.key_id.as_str()
+            )),
+            Ok(v) if !v.principals.iter().any(|p| p.as_str() == self.name) => {
+                Some("it does not name the server".into())
+            }
+            Ok(_) => match &self.pinned {
+                None => Some("the CA gave no host key for the server".into()),
+                Some(k) if k.key_data() != cert.public_key() => {
+                    Some("its key is not the host key the CA certified when the server joined (a removed or replaced machine?)".into())
+                }
+                Some(_) => None,
+            },
+        };
+        if let Some(why) = &why {
+            tracing::warn!(server = %self.name, reason = %why, "server's host certificate refused");
         }
-        Ok(ok)
+        Ok(why.is_none())
     }
 
     /// sshd opens an agent channel when a program on the server uses the forwarded agent:

@@ -92,19 +92,16 @@ fn decide_inner(bundle: Option<&Bundle>, args: &[&OsStr], now: u64) -> Result<Lo
     }
     let (user_part, _session) = split_key_id(valid.key_id.as_str());
     let pu: Username = user_part.parse().map_err(|e| format!("{e}"))?;
-    for lock in &bundle.locks {
-        let hit = match lock.target.as_str() {
-            "user" => lock.name == pu.as_str(),
-            "login" => lock.name == login.as_str(),
-            "node" => lock.name == bundle.node.as_str(),
-            _ => true, // an unknown lock kind fails closed
-        };
-        if hit && lock.expires.is_none_or(|e| e > now) {
-            return Err(format!(
-                "locked ({} {}): {}",
-                lock.target, lock.name, lock.reason
-            ));
-        }
+    let subject = postern_core::api::LockSubject {
+        user: Some(pu.as_str()),
+        login: Some(login.as_str()),
+        node: Some(bundle.node.as_str()),
+    };
+    if let Some(lock) = postern_core::api::lock_for(&bundle.locks, &subject, now) {
+        return Err(format!(
+            "locked ({} {}): {}",
+            lock.target, lock.name, lock.reason
+        ));
     }
     if !valid
         .principals

@@ -224,6 +224,8 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
         0o644,
     )?;
     write_atomic(&a.state.path("ca.crt"), resp.x509_ca.as_bytes(), 0o644)?;
+    // The bundle is readable by the principals command's group: the user must exist first.
+    ensure_command_user()?;
     install_bundle(&a.state, &resp.bundle)?;
     let joined = Joined {
         ca: a.ca.to_string(),
@@ -245,7 +247,6 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
         0o644,
     )?;
 
-    ensure_command_user()?;
     let files = SshdFiles {
         bin: a.sshd_bin.clone(),
         config: a.sshd_config.clone(),

@@ -50,26 +50,20 @@ pub fn run(state: &StateDir) -> Result<i32> {
                 crate::log::log(true, &format!("account: no valid bundle; refusing {login}"));
                 return Ok(1);
             };
-            for l in &bundle.locks {
-                if l.expires.is_some_and(|e| e <= now) {
-                    continue;
-                }
-                let hit = match l.target.as_str() {
-                    "login" => l.name == login,
-                    "node" => l.name == bundle.node.as_str(),
-                    "user" => user.as_deref() == Some(l.name.as_str()),
-                    _ => true,
-                };
-                if hit {
-                    crate::log::log(
-                        true,
-                        &format!(
-                            "account: refusing {login}: locked ({} {}): {}",
-                            l.target, l.name, l.reason
-                        ),
-                    );
-                    return Ok(1);
-                }
+            let subject = postern_core::api::LockSubject {
+                user: user.as_deref(),
+                login: Some(login.as_str()),
+                node: Some(bundle.node.as_str()),
+            };
+            if let Some(l) = postern_core::api::lock_for(&bundle.locks, &subject, now) {
+                crate::log::log(
+                    true,
+                    &format!(
+                        "account: refusing {login}: locked ({} {}): {}",
+                        l.target, l.name, l.reason
+                    ),
+                );
+                return Ok(1);
             }
             Ok(0)
         }

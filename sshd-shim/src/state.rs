@@ -145,6 +145,10 @@ pub fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>> {
 
 /// Writes a file atomically with the given mode.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_with(path, bytes, mode, None)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, gid: Option<u32>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
@@ -159,12 +163,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&tmp, Some(0), Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", tmp.display()))?;
+    }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
     fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The gid of a group in /etc/group (the principals command user's group, made by join).
+pub fn group_id(name: &str) -> Result<u32> {
+    let text = fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let _pw = f.next()?;
+            let gid = f.next()?.parse::<u32>().ok()?;
+            (n == name).then_some(gid)
+        })
+        .next()
+        .with_context(|| format!("no group {name} in /etc/group (run `postern-shim join` again: it creates the user)"))
+}
+
+/// [`write_atomic`] for a file owned by root and group `gid`: ownership and mode are set on
+/// the temporary file, before the rename makes it visible.
+pub fn write_atomic_owned(path: &Path, bytes: &[u8], mode: u32, gid: u32) -> Result<()> {
+    write_atomic_with(path, bytes, mode, Some(gid))
 }
 
 /// `O_NOFOLLOW` from libc: its value differs between architectures (0o400000 on x86, 0o100000

@@ -31,10 +31,14 @@ pub fn install_bundle(state: &StateDir, b: &Bundle) -> Result<()> {
     let mut cas = b.node_access_ca_keys.join("\n");
     cas.push('\n');
     write_atomic(&state.node_ca(), cas.as_bytes(), 0o644)?;
-    write_atomic(
+    // The bundle says who may log in as what and why users are locked: readable by root and
+    // by the principals command's group only, not by every account on the server.
+    let gid = crate::state::group_id(crate::sshd::COMMAND_USER)?;
+    crate::state::write_atomic_owned(
         &state.bundle(),
         serde_json::to_string_pretty(b)?.as_bytes(),
-        0o644,
+        0o640,
+        gid,
     )?;
     Ok(())
 }

@@ -986,6 +986,9 @@ impl Node {
             .args(["-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", kh.display()))
+            // The server's host certificate names the server (web1), not its address.
+            .arg("-o")
+            .arg(format!("HostKeyAlias={}", self.name))
             .arg("-i")
             .arg(key)
             .args([

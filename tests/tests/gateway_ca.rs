@@ -111,6 +111,18 @@ impl Joined {
     /// Joins through `/v1/join` with a token of `kind`. The identity key is made by openssl
     /// (curl needs it as PKCS#8 PEM); its OpenSSH line is built from the raw public key.
     fn join(ca: &Ca, kind: &str, name: &str, labels: &str, address: Option<&str>) -> Joined {
+        Joined::join_with(ca, kind, name, labels, address, &[])
+    }
+
+    /// [`Joined::join`] with egress addresses (a gateway's `--egress-address`).
+    fn join_with(
+        ca: &Ca,
+        kind: &str,
+        name: &str,
+        labels: &str,
+        address: Option<&str>,
+        egress: &[&str],
+    ) -> Joined {
         let dir = tempfile::Builder::new()
             .prefix("postern-joined")
             .tempdir()
@@ -138,6 +150,7 @@ impl Joined {
             "address": address,
             "host_public_key": host,
             "identity_public_key": identity,
+            "egress_addresses": egress,
         });
         let (status, resp) = curl(ca, "/v1/join", Some(body.to_string().as_bytes()));
         assert_eq!(status, 200, "{resp}");
@@ -253,7 +266,11 @@ fn inventory_lists_servers_with_an_address_and_only_gateways_may_read_it() {
     assert_eq!(inv["cluster"], ca.cluster);
     assert_eq!(
         inv["nodes"],
-        json!([{ "name": "web1", "address": format!("127.0.0.1:{}", node.port), "labels": { "env": "dev" } }]),
+        json!([{
+            "name": "web1", "address": format!("127.0.0.1:{}", node.port), "labels": { "env": "dev" },
+            // The host key the CA certified at join, which the gateway pins.
+            "host_key": std::fs::read_to_string(node.state().join("ssh_host_ed25519_key.pub")).unwrap().trim(),
+        }]),
         "{inv}"
     );
     let user_ca = ca.admin_json(&["ca", "export", "user"])["keys"][0].clone();
@@ -573,9 +590,10 @@ fn host_cert_names_the_server_for_the_gateways_key() {
     );
     let described = describe_cert(gw.dir.path(), v["certificate"].as_str().unwrap());
     assert!(described.contains("host certificate"), "{described}");
+    // The server's names only: not its self-declared address.
     assert_eq!(
         principals(&described),
-        ["web1", &format!("web1.{}", ca.cluster), "127.0.0.1"]
+        ["web1", &format!("web1.{}", ca.cluster)]
     );
     assert!(
         described.contains("Key ID: \"gateway:gw1/web1\""),
@@ -935,4 +953,87 @@ fn regression_a_gateway_walked_sequential_serials_to_act_as_any_user() {
     // The real certificate works.
     let (status, v) = gw.authorize("bob", &bob_cert, TEST_LOGIN, "web1", "s-walk", &public);
     assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn node_access_certificates_are_bound_to_the_gateways_egress_addresses() {
+    let ca = Ca::start(&policy());
+    let node = joined_node(&ca, "env=dev");
+    let plain = Joined::join(&ca, "gateway", "gw1", "", None);
+    let bound = Joined::join_with(
+        &ca,
+        "gateway",
+        "gw2",
+        "",
+        None,
+        &["127.0.0.1", "10.1.0.0/16"],
+    );
+    let (alice, cert) = logged_in(&ca, "alice");
+    let (_, public) = ssh_key(alice.home.path(), "gate_ephemeral");
+    let (status, v) = plain.authorize("alice", &cert, TEST_LOGIN, "web1", "s-plain", &public);
+    assert_eq!(status, 200, "{v}");
+    let described = describe_cert(alice.home.path(), v["certificate"].as_str().unwrap());
+    assert!(!described.contains("source-address"), "{described}");
+    let (status, v) = bound.authorize("alice", &cert, TEST_LOGIN, "web1", "s-bound", &public);
+    assert_eq!(status, 200, "{v}");
+    let described = describe_cert(alice.home.path(), v["certificate"].as_str().unwrap());
+    assert!(
+        described.contains("source-address 127.0.0.1,10.1.0.0/16"),
+        "{described}"
+    );
+    // The servers exempt both gateways' addresses from sshd's penalties: gw1's as seen at its
+    // join, gw2's as configured.
+    let out = node.shim("sync");
+    assert!(out.status.success(), "{}", text(&out));
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(node.state().join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(b["gateway_addresses"], json!(["10.1.0.0/16", "127.0.0.1"]));
+    // Egress addresses that are not IPs are refused at join.
+    let (status, resp) = curl(
+        &ca,
+        "/v1/join",
+        Some(
+            json!({
+                "token": ca.token("gateway", "gw3", ""), "name": "gw3",
+                "host_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbY6f2Hz4pfwbmUhtLbe/2lH+6uXkT/4I2l3wcDiAc9",
+                "identity_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbY6f2Hz4pfwbmUhtLbe/2lH+6uXkT/4I2l3wcDiAc9",
+                "egress_addresses": ["gate.example.com"],
+            })
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("invalid source address"), "{resp}");
+}
+
+#[test]
+fn regression_the_host_ca_signed_weak_host_keys_and_node_sync_took_a_gateway_identity() {
+    let ca = Ca::start(&policy());
+    let d = tempfile::tempdir().unwrap();
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(d.path().join("rsa")));
+    assert!(out.status.success(), "{}", text(&out));
+    let rsa = std::fs::read_to_string(d.path().join("rsa.pub")).unwrap();
+    let (status, resp) = curl(
+        &ca,
+        "/v1/join",
+        Some(
+            json!({
+                "token": ca.token("node", "web9", ""), "name": "web9",
+                "host_public_key": rsa.trim(),
+                "identity_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbY6f2Hz4pfwbmUhtLbe/2lH+6uXkT/4I2l3wcDiAc9",
+            })
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("must be an Ed25519 key"), "{resp}");
+    // A gateway's identity gets no server bundle (nor host-certificate renewals) from sync.
+    let gw = Joined::join(&ca, "gateway", "gw1", "", None);
+    let (status, resp) = gw.call("POST", "/v1/node/sync", Some(&json!({})));
+    assert_eq!(status, 403, "{resp}");
+    assert!(resp.contains("only a joined server may sync"), "{resp}");
 }
