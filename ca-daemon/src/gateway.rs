@@ -6,7 +6,7 @@
 use anyhow::Result;
 use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
-    InventoryEntry,
+    InventoryEntry, RevokedUserCert,
 };
 use postern_core::cert::{CertError, CertValidator, IssueParams, Signer, CLOCK_SKEW_SECS};
 use postern_core::{Deny, IssueApproval, KeyId, Labels, NodeName, Ttl};
@@ -61,6 +61,50 @@ pub(crate) fn gateway_for(
         }
         _ => Ok(None),
     }
+}
+
+/// How long after its end a revoked user certificate stays in the inventory. A gateway that
+/// could not reach the CA while the certificate was revoked and then ended still learns of the
+/// revocation, and cuts its sessions even where `disconnect_expired_cert` is off.
+const REVOKED_LISTED_AFTER_END_SECS: u64 = 24 * 3600;
+
+/// The user certificates revoked before their end, with why. Only `users rm` (which deletes
+/// the user) and `users reset` (which keeps it) revoke user certificates, so the user's row
+/// tells which of the two it was; a user removed and added again reads as reset, which cuts
+/// all the same.
+fn revoked_user_certs(c: &Connection, now: u64) -> Result<Vec<RevokedUserCert>> {
+    let mut st = c.prepare(
+        "SELECT serial, subject, EXISTS (SELECT 1 FROM users WHERE users.name = certs.subject) \
+         FROM certs WHERE kind = 'ssh-user' AND revoked = 1 AND valid_before > ?1 ORDER BY serial",
+    )?;
+    let rows = st
+        .query_map(
+            [i(now.saturating_sub(REVOKED_LISTED_AFTER_END_SECS))],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (serial, subject, user_exists) in rows {
+        // A subject that is no user name (none is written) would be no session's user.
+        let Ok(user) = subject.parse() else { continue };
+        out.push(RevokedUserCert {
+            serial: u(serial),
+            user,
+            reason: if user_exists {
+                "user reset"
+            } else {
+                "user removed"
+            }
+            .into(),
+        });
+    }
+    Ok(out)
 }
 
 fn not_a_gateway() -> Refusal {
@@ -165,6 +209,7 @@ impl Service {
                     user_ca_keys: vec![keys.public_line(CaKind::User)?],
                     host_ca_keys: vec![keys.public_line(CaKind::Host)?],
                     locks: active_locks(c, now)?,
+                    revoked_user_certs: revoked_user_certs(c, now)?,
                 }))
             })
             .await?

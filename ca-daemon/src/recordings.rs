@@ -2195,7 +2195,10 @@ roles = ["dev-viewer"]
             .map(|m| m.id)
             .collect();
         assert_eq!(seen, ["s-dev"]);
-        // Their own recordings, users always see.
+        // Their own recordings (of sessions since their user record was made), users always
+        // see.
+        c.execute("INSERT INTO users (name, created_at) VALUES ('alice', 0)", [])
+            .unwrap();
         let alice: Username = "alice".parse().unwrap();
         let vis = visibility(&c, &policy, &alice).unwrap();
         assert_eq!(

@@ -385,6 +385,23 @@ pub struct Inventory {
     pub host_ca_keys: Vec<String>,
     /// Locks in force (the gateway cuts matching live sessions).
     pub locks: Vec<LockEntry>,
+    /// User certificates revoked before their end (`users rm`, `users reset`), until a day
+    /// after it: the gateway cuts the live sessions they authenticated. Absent from a CA of an
+    /// earlier version.
+    #[serde(default)]
+    pub revoked_user_certs: Vec<RevokedUserCert>,
+}
+
+/// A revoked user certificate in the gateway's inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedUserCert {
+    /// Its serial.
+    pub serial: u64,
+    /// Its user (the key id).
+    pub user: Username,
+    /// Why, as the audit log says it: `user removed` or `user reset`.
+    pub reason: String,
 }
 
 /// `POST /v1/gateway/authorize` (mTLS, gateway identity): the CA checks policy (the user may

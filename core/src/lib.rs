@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cert;
+pub mod cut;
 pub mod krl;
 pub mod names;
 pub mod policy;

@@ -168,6 +168,37 @@ impl Audit {
         self.user_event(kind, user, Some(session), json!({ "node": node }));
     }
 
+    /// A live session cut (`gateway.session_cut`), with the reason and what the user read.
+    pub fn session_cut(
+        &self,
+        s: &postern_core::cut::LiveSession,
+        session: &str,
+        cut: &postern_core::cut::Cut,
+        message: &str,
+    ) {
+        let mut detail = json!({
+            "node": s.node.as_str(),
+            "reason": cut.audit_reason(),
+            "message": message,
+            "user_cert_serial": s.user_cert_serial,
+            "user_cert_valid_before": s.user_cert_valid_before,
+        });
+        if let postern_core::cut::Cut::Locked { id, .. } = cut {
+            detail["lock"] = json!(id);
+        }
+        let _ = self.0.send(NodeEvent {
+            kind: "gateway.session_cut".into(),
+            ts: now(),
+            login: s.login.to_string(),
+            user: Some(s.user.to_string()),
+            session: Some(session.to_owned()),
+            serial: Some(s.user_cert_serial),
+            remote: None,
+            tty: None,
+            detail: Some(detail),
+        });
+    }
+
     /// An event without a session (a refused destination).
     pub fn refused(&self, user: &str, detail: Value) {
         self.user_event("gateway.refused", user, None, detail);

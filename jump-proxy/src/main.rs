@@ -150,7 +150,16 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         );
     }
     let outer = server::server_config(vec![host_key], vec![host_cert]);
-    let gw = Arc::new(server::Gateway::new(ca.clone(), outer, spool.clone())?);
+    let disconnect_expired_cert = cfg.sessions.disconnect_expired_cert();
+    if !disconnect_expired_cert {
+        tracing::warn!("[sessions] disconnect_expired_cert = false: live sessions outlive the user certificate they were authenticated with");
+    }
+    let gw = Arc::new(server::Gateway::new(
+        ca.clone(),
+        outer,
+        spool.clone(),
+        disconnect_expired_cert,
+    )?);
     if let Err(e) = gw.refresh().await {
         tracing::warn!(error = %format!("{e:#}"), "cannot fetch the inventory yet; retrying");
     }

@@ -13,6 +13,7 @@ use postern_core::api::{
     AuthorizeRequest, HostCertRequest, Inventory, InventoryEntry, RecordingMeta,
 };
 use postern_core::cert::{generate_ed25519, CertValidator};
+use postern_core::cut::{cut_by_inventory, expired, Cut, LiveSession};
 use postern_core::policy::{Permit, RecordingMode};
 use postern_core::{Login, Username};
 use russh::server::{Auth, Msg, Session};
@@ -25,12 +26,32 @@ use crate::ca::CaClient;
 use crate::record::now;
 use crate::relay::{relay, RelayCtx};
 
-/// A live session, for locks to cut.
+/// A live session, for cuts (locks, revoked certificates, removed servers, the end of the
+/// user certificate) to end.
 struct Live {
-    user: String,
-    login: String,
-    node: String,
+    session: LiveSession,
+    /// `Some(what the user reads)` once cut; the relays, forwards, agent channels and the
+    /// connection's watcher all wait on it.
     cut: watch::Sender<Option<String>>,
+}
+
+impl Live {
+    /// Delivers a cut unless the session was cut already (the first reason is the one the
+    /// user reads and the audit log keeps), and audits it once.
+    fn deliver(&self, id: &str, cut: &Cut, audit: &crate::audit::Audit) {
+        let msg = cut.message(&self.session);
+        let first = self.cut.send_if_modified(|v| {
+            if v.is_some() {
+                return false;
+            }
+            *v = Some(msg.clone());
+            true
+        });
+        if first {
+            tracing::info!(session = %id, user = %self.session.user, node = %self.session.node, reason = %cut.audit_reason(), "cutting the live session: {msg}");
+            audit.session_cut(&self.session, id, cut, &msg);
+        }
+    }
 }
 
 /// State shared by every connection.
@@ -56,6 +77,8 @@ pub struct Gateway {
     pub uploaded: Arc<Notify>,
     /// Audit events to the CA.
     pub audit: crate::audit::Audit,
+    /// `[sessions] disconnect_expired_cert` of gate.toml.
+    disconnect_expired_cert: bool,
 }
 
 fn reject() -> Auth {
@@ -92,7 +115,12 @@ pub fn server_config(
 
 impl Gateway {
     /// Builds the gateway state.
-    pub fn new(ca: CaClient, outer: russh::server::Config, spool: PathBuf) -> Result<Gateway> {
+    pub fn new(
+        ca: CaClient,
+        outer: russh::server::Config,
+        spool: PathBuf,
+        disconnect_expired_cert: bool,
+    ) -> Result<Gateway> {
         let j = ca.joined().clone();
         Ok(Gateway {
             ca: ca.clone(),
@@ -106,30 +134,41 @@ impl Gateway {
             spool,
             uploaded: Arc::new(Notify::new()),
             audit: crate::audit::Audit::start(ca.clone()),
+            disconnect_expired_cert,
         })
     }
 
-    /// Refreshes the inventory and cuts sessions that a lock now covers.
+    /// Refreshes the inventory and cuts the live sessions it covers (`cut_by_inventory`).
+    ///
+    /// The inventory is stored before the table is read, and `register` inserts before it
+    /// reads the inventory: a session registering meanwhile is judged by one of the two.
     pub async fn refresh(&self) -> Result<()> {
-        let inv = self.ca.inventory().await?;
+        let fresh = self.ca.inventory().await?;
+        *self.inventory.write().await = Some(fresh);
+        let inv = self.inventory.read().await;
+        let Some(inv) = inv.as_ref() else {
+            return Ok(());
+        };
         let now = now();
         if let Ok(live) = self.live.lock() {
-            for l in live.values() {
-                let subject = postern_core::api::LockSubject {
-                    user: Some(l.user.as_str()),
-                    login: Some(l.login.as_str()),
-                    node: Some(l.node.as_str()),
-                };
-                if let Some(lock) = postern_core::api::lock_for(&inv.locks, &subject, now) {
-                    let _ = l.cut.send(Some(format!(
-                        "locked ({} {}): {}",
-                        lock.target, lock.name, lock.reason
-                    )));
+            for (id, l) in live.iter() {
+                if let Some(cut) =
+                    cut_by_inventory(&l.session, inv, now, self.disconnect_expired_cert)
+                {
+                    l.deliver(id, &cut, &self.audit);
                 }
             }
         }
-        *self.inventory.write().await = Some(inv);
         Ok(())
+    }
+
+    /// Cuts one live session, if it is still live.
+    fn cut_live(&self, id: &str, cut: &Cut) {
+        if let Ok(live) = self.live.lock() {
+            if let Some(l) = live.get(id) {
+                l.deliver(id, cut, &self.audit);
+            }
+        }
     }
 
     /// The user CA keys of the inventory.
@@ -195,26 +234,75 @@ impl Gateway {
         Ok(cert)
     }
 
-    fn register(
-        &self,
+    /// Makes a session live: from now on every fresh inventory judges it, and it is judged
+    /// at once by the last one, so that nothing that changed between the CA's authorization
+    /// and this moment (a lock, `users rm`, `nodes rm`) lets it run. When the expiry cut is on,
+    /// a timer ends it at its certificate's end without asking the CA.
+    async fn register(
+        self: &Arc<Self>,
         id: &str,
-        user: &str,
-        login: &str,
-        node: &str,
+        session: LiveSession,
     ) -> watch::Receiver<Option<String>> {
         let (tx, rx) = watch::channel(None);
-        if let Ok(mut l) = self.live.lock() {
-            l.insert(
-                id.to_owned(),
-                Live {
-                    user: user.into(),
-                    login: login.into(),
-                    node: node.into(),
-                    cut: tx,
-                },
-            );
+        match self.live.lock() {
+            Ok(mut l) => {
+                l.insert(
+                    id.to_owned(),
+                    Live {
+                        session: session.clone(),
+                        cut: tx,
+                    },
+                );
+            }
+            Err(_) => {
+                // A session no cut could reach must not run.
+                let _ = tx.send(Some("the gateway cannot track this session".into()));
+                return rx;
+            }
+        }
+        let first =
+            self.inventory.read().await.as_ref().and_then(|inv| {
+                cut_by_inventory(&session, inv, now(), self.disconnect_expired_cert)
+            });
+        match first {
+            Some(cut) => self.cut_live(id, &cut),
+            None if self.disconnect_expired_cert => self.expire_at_end(id, rx.clone()),
+            None => {}
         }
         rx
+    }
+
+    /// The expiry timer of one session: sleeps in steps of at most a minute (the certificate's
+    /// end is wall-clock time, the sleep is monotonic: a suspended or stepped clock is caught
+    /// up with), and ends when the session does.
+    fn expire_at_end(self: &Arc<Self>, id: &str, mut cut: watch::Receiver<Option<String>>) {
+        let gw = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let session = gw
+                    .live
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.get(&id).map(|l| l.session.clone()));
+                let Some(session) = session else { return };
+                let now = now();
+                if let Some(c) = expired(&session, now) {
+                    gw.cut_live(&id, &c);
+                    return;
+                }
+                let left = session.user_cert_valid_before.saturating_sub(now).min(60);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(left)) => {}
+                    changed = cut.changed() => {
+                        // Unregistered (the sender is gone) or cut for another reason.
+                        if changed.is_err() || cut.borrow().is_some() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     fn unregister(&self, id: &str) {
@@ -242,17 +330,25 @@ async fn check_user_cert(gw: &Gateway, cert: &Certificate) -> Option<(Username, 
         return None;
     }
     let user: Username = v.key_id.as_str().parse().ok()?;
-    // A locked user is refused here too; the CA refuses authorization anyway.
+    // A locked user, or a revoked certificate, is refused here too; the CA refuses
+    // authorization anyway.
     let inv = gw.inventory.read().await;
     let subject = postern_core::api::LockSubject {
         user: Some(user.as_str()),
         ..Default::default()
     };
-    if let Some(l) = inv
-        .as_ref()
-        .and_then(|i| postern_core::api::lock_for(&i.locks, &subject, now()))
-    {
-        tracing::info!(%user, "user certificate refused: locked ({} {}): {}", l.target, l.name, l.reason);
+    let refused = inv.as_ref().and_then(|i| {
+        postern_core::api::lock_for(&i.locks, &subject, now())
+            .map(|l| format!("locked ({} {}): {}", l.target, l.name, l.reason))
+            .or_else(|| {
+                i.revoked_user_certs
+                    .iter()
+                    .any(|r| r.serial == cert.serial())
+                    .then(|| "its certificate is revoked".to_owned())
+            })
+    });
+    if let Some(why) = refused {
+        tracing::info!(%user, "user certificate refused: {why}");
         return None;
     }
     Some((user, v.principals.iter().map(|p| p.to_string()).collect()))
@@ -622,10 +718,17 @@ impl russh::server::Handler for Inner {
                 self.node.name, self.node.name
             )));
         }
-        let cut = self
-            .gw
-            .register(&id, user.as_str(), login.as_str(), self.node.name.as_str());
-        tracing::info!(session = %id, %user, %login, node = %self.node.name, serial = self.outer_cert.serial(), "session started");
+        // The certificate this inner connection was authenticated with, the one the CA
+        // authorized: its serial is what a revocation names, its end what the expiry cut waits for.
+        let live = LiveSession {
+            user: user.clone(),
+            login: login.clone(),
+            node: self.node.name.clone(),
+            user_cert_serial: cert.serial(),
+            user_cert_valid_before: cert.valid_before(),
+        };
+        let cut = self.gw.register(&id, live).await;
+        tracing::info!(session = %id, %user, %login, node = %self.node.name, serial = cert.serial(), outer_serial = self.outer_cert.serial(), valid_before = cert.valid_before(), "session started");
         self.upstream = Some(handle);
         self.ctx = Some(SessionCtx {
             id,

@@ -301,6 +301,16 @@ pub static POSTERN_GATE: Prose = Prose {
          server and to sign a node-access certificate for exactly that login (five minutes, \
          key id USER/SESSION), logs in to the server's stock sshd with it, and bridges every \
          channel.",
+        "The gateway accepts the server's host certificate only when the host CA signed it \
+         for the host key the CA certified when that server joined, with key id and a \
+         principal equal to the server's name: a machine that was removed or replaced does not \
+         pass for the server with the certificate it kept. It refuses user certificates that \
+         carry critical options (it enforces none of them). With --egress-address at join, \
+         node-access certificates carry source-address with those addresses, and servers \
+         exempt them from sshd's PerSourcePenalties; without it, servers exempt the address \
+         the CA saw the join come from. When the CA refuses a session, or the server's sshd \
+         closes the connection before authentication or refuses the login, the user reads the \
+         reason on standard error (exit status 255) rather than \"Permission denied\".",
         "Terminal sessions are recorded as asciicast v2 files in the state directory and \
          uploaded to the CA. In the policy's strict recording mode (the default) a byte of \
          server output reaches the user only after it was written to the recording, and a \
