@@ -171,6 +171,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/gateway/inventory", get(gateway_inventory))
         .route("/v1/gateway/authorize", post(gateway_authorize))
         .route("/v1/gateway/host-cert", post(gateway_host_cert))
+        .route("/v1/gateway/public-addr", get(gateway_public_addr))
         // Recordings are the one large body: this route's own limit replaces the global one.
         .route(
             "/v1/gateway/recordings",
@@ -336,6 +337,14 @@ async fn gateway_host_cert(
     let id = gateway_identity(peer)?;
     let JsonBody(req) = body?;
     Ok(Json(svc.gateway_host_cert(id, req).await?).into_response())
+}
+
+async fn gateway_public_addr(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiError> {
+    let id = gateway_identity(peer)?;
+    Ok(Json(svc.gateway_public_addr(id).await?).into_response())
 }
 
 /// The caller is checked, and an upload slot taken, before the (large) body is read, so that

@@ -83,7 +83,7 @@ pub const MAX_RECORDING_CHUNK_BYTES: u64 = 64 << 20;
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGateway {
-    public_addr: Option<String>,
+    public_addr: Option<toml::Spanned<String>>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -108,7 +108,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The policy file.
     pub policy: PathBuf,
-    /// The gateway's `HOST:PORT` that clients use as ProxyJump.
+    /// The gateway's `HOST:PORT` that clients use as ProxyJump: the one source of the
+    /// gateway's public address. `postern login` writes it, the CA puts its host into every
+    /// gateway's host certificate, and `postern-gate serve` refuses a certificate without it.
     pub gateway_public_addr: Option<String>,
     /// `[recordings] max_bytes`: the largest recording accepted.
     pub recordings_max_bytes: u64,
@@ -176,6 +178,17 @@ impl Config {
                 )?;
             }
         }
+        // Checked here, not first by `postern login` or a failing ssh: the host must be one a
+        // host certificate can name, or every user's ssh fails with "Host key verification
+        // failed" at the gateway.
+        let gateway_public_addr = match raw.gateway.as_ref().and_then(|g| g.public_addr.as_ref()) {
+            None => None,
+            Some(v) => {
+                postern_core::names::address_principal(v.get_ref())
+                    .map_err(|e| at(v.span().start, format!("[gateway] public_addr: {e}")))?;
+                Some(v.get_ref().clone())
+            }
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let base = if base.as_os_str().is_empty() {
             Path::new(".")
@@ -196,7 +209,7 @@ impl Config {
             api_url: raw.api_url,
             data_dir: resolve(&raw.data_dir),
             policy: resolve(&raw.policy),
-            gateway_public_addr: raw.gateway.and_then(|g| g.public_addr),
+            gateway_public_addr,
             recordings_max_bytes,
             recordings_chunk_bytes,
         })
@@ -295,6 +308,29 @@ mod tests {
         assert!(e.starts_with("p:5:1: ") && e.contains("max_size"), "{e}");
         let e = Config::parse(&format!("{base}max_bytes = 1.5\n"), Path::new("p")).unwrap_err();
         assert!(e.starts_with("p:5:"), "{e}");
+    }
+
+    #[test]
+    fn gateway_public_addr_must_be_nameable_by_a_host_certificate() {
+        let base =
+            "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n[gateway]\n";
+        let c = Config::parse(
+            &format!("{base}public_addr = \"gate.example.com:3023\"\n"),
+            Path::new("p"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.gateway_public_addr.as_deref(),
+            Some("gate.example.com:3023")
+        );
+        for bad in ["[::1]:3023", "gate:0", "gate example:22", ""] {
+            let e = Config::parse(&format!("{base}public_addr = {bad:?}\n"), Path::new("p"))
+                .unwrap_err();
+            assert!(
+                e.starts_with("p:5:15: [gateway] public_addr: "),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

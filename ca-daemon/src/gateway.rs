@@ -435,6 +435,27 @@ impl Service {
     }
 }
 
+impl Service {
+    /// `GET /v1/gateway/public-addr`: the address users are told to use for the gateway
+    /// (`[gateway] public_addr`), which the gateway's host certificate must name.
+    pub async fn gateway_public_addr(
+        &self,
+        id: ClientIdentity,
+    ) -> Outcome<postern_core::api::GatewayPublicAddr> {
+        let now = now();
+        let known = self
+            .db
+            .run(move |c| Ok(gateway_for(c, &id, now)?.is_some()))
+            .await?;
+        if !known {
+            return Err(not_a_gateway());
+        }
+        Ok(postern_core::api::GatewayPublicAddr {
+            public_addr: self.gateway.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

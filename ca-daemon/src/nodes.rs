@@ -238,19 +238,17 @@ pub(crate) fn host_principals(
     address: Option<&str>,
 ) -> Result<Vec<Principal>> {
     let mut out = vec![name.as_str().parse()?, format!("{name}.{cluster}").parse()?];
-    if let Some(addr) = address {
-        let host = addr
-            .rsplit_once(':')
-            .map_or(addr, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if let Ok(p) = host.parse::<Principal>() {
-            if !out.contains(&p) {
-                out.push(p);
-            }
+    add_address_principal(&mut out, address);
+    Ok(out)
+}
+
+/// Adds the principal ssh checks at `address` (its host, lowercased), when it has one.
+fn add_address_principal(out: &mut Vec<Principal>, address: Option<&str>) {
+    if let Some(p) = address.and_then(|a| postern_core::names::address_principal(a).ok()) {
+        if !out.contains(&p) {
+            out.push(p);
         }
     }
-    Ok(out)
 }
 
 /// Why a join with a valid token must be refused, if it must: the token joins exactly the
@@ -420,6 +418,7 @@ impl Service {
         let policy = self.policy();
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
+        let public_addr = self.gateway.clone();
         self.db
             .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
                 let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
@@ -463,8 +462,13 @@ impl Service {
                 c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
                 // A server's certificate names only the server (NAME, NAME.<cluster>): its
                 // self-declared address proves nothing, and would let it claim another host's
-                // name. A gateway's also names the address users dial.
-                let principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == "gateway"))?;
+                // name. A gateway's also names the address it was joined with and the one
+                // users are told to dial: posternd.toml's `[gateway] public_addr` (what
+                // `postern login` writes as ProxyJump), whatever --address said.
+                let mut principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == "gateway"))?;
+                if kind == "gateway" {
+                    add_address_principal(&mut principals, public_addr.as_deref());
+                }
                 let ttl = policy.defaults.host_cert_ttl.as_secs();
                 let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
                 let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {

@@ -2197,8 +2197,11 @@ roles = ["dev-viewer"]
         assert_eq!(seen, ["s-dev"]);
         // Their own recordings (of sessions since their user record was made), users always
         // see.
-        c.execute("INSERT INTO users (name, created_at) VALUES ('alice', 0)", [])
-            .unwrap();
+        c.execute(
+            "INSERT INTO users (name, created_at) VALUES ('alice', 0)",
+            [],
+        )
+        .unwrap();
         let alice: Username = "alice".parse().unwrap();
         let vis = visibility(&c, &policy, &alice).unwrap();
         assert_eq!(

@@ -404,6 +404,21 @@ pub struct RevokedUserCert {
     pub reason: String,
 }
 
+/// `GET /v1/gateway/public-addr` (mTLS, gateway identity): the address users are told to use
+/// for the gateway (posternd.toml's `[gateway] public_addr`, what `postern login` writes as
+/// `ProxyJump`). The CA puts its host into every gateway's host certificate at join; the
+/// gateway checks its certificate against it at join and whenever `serve` starts. A route of
+/// its own rather than a field of [`Inventory`] or [`JoinResponse`], which gateways of earlier
+/// versions parse with `deny_unknown_fields`; and for the same reason this answer accepts
+/// fields it does not know, so that later CAs can add some.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayPublicAddr {
+    /// `HOST:PORT`, or `None` when the CA has no `[gateway] public_addr` (then `postern login`
+    /// writes no `ProxyJump`).
+    #[serde(default)]
+    pub public_addr: Option<String>,
+}
+
 /// `POST /v1/gateway/authorize` (mTLS, gateway identity): the CA checks policy (the user may
 /// use `login` on `node`'s labels, no lock applies, the user certificate is not revoked) and
 /// signs a short-lived node-access certificate for exactly that login, key id `USER/SESSION`.

@@ -169,6 +169,7 @@ mod tests {
                 name: "web1".parse().unwrap(),
                 address: "10.0.0.1:22".into(),
                 labels: "env=dev".parse().unwrap(),
+                host_key: None,
             }],
             user_ca_keys: vec![],
             host_ca_keys: vec![],
@@ -286,6 +287,7 @@ mod tests {
                         name: "web1".parse().unwrap(),
                         address: "10.0.0.1:22".into(),
                         labels: "env=dev".parse().unwrap(),
+                        host_key: None,
                     });
                 },
                 None,

@@ -290,6 +290,42 @@ pub fn parse_source_address(s: &str) -> Result<String, NameError> {
     }
 }
 
+/// The principal a host certificate must carry for stock ssh(1) to accept it at `address`
+/// (`HOST`, `HOST:PORT` or `[HOST]:PORT`): ssh lowercases the host name it connects to and
+/// compares it with the certificate's principals exactly (sshkey_cert_check_authority), and
+/// the port plays no part. So this is the host, lowercased. Refused when the port is not a
+/// port or the host cannot be a principal (an IPv6 address: principals have no `:`).
+pub fn address_principal(address: &str) -> Result<Principal, NameError> {
+    let err = |reason| NameError {
+        kind: "address",
+        value: address.chars().take(80).collect(),
+        reason,
+    };
+    let (host, port) = match address.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map(|(h, p)| (h, p.strip_prefix(':').or((!p.is_empty()).then_some(p))))
+            .ok_or_else(|| err("has a '[' without a ']'"))?,
+        None => match address.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (address, None),
+        },
+    };
+    if let Some(p) = port {
+        if !p.parse::<u16>().is_ok_and(|n| n != 0) || p.starts_with('+') {
+            return Err(err("must be HOST or HOST:PORT with a port from 1 to 65535"));
+        }
+    }
+    if host.contains(':') {
+        return Err(err(
+            "has an IPv6 host, which a host certificate cannot name: use a DNS name",
+        ));
+    }
+    host.to_ascii_lowercase().parse::<Principal>().map_err(|_| {
+        err("has a host that a host certificate cannot name (letters, digits and . _ - only)")
+    })
+}
+
 /// Parses a cluster name, also checking that every DNS label is well formed.
 pub fn parse_cluster_name(s: &str) -> Result<ClusterName, NameError> {
     let n: ClusterName = s.parse()?;
@@ -524,6 +560,36 @@ mod tests {
         "é",
         "a\0b",
     ];
+
+    #[test]
+    fn address_principal_is_the_lowercased_host_without_port() {
+        for (addr, want) in [
+            ("gate.example.com:3023", "gate.example.com"),
+            ("Gate.Example.COM", "gate.example.com"),
+            ("127.0.0.1:3023", "127.0.0.1"),
+            ("[gw.example.com]:22", "gw.example.com"),
+            ("gw", "gw"),
+        ] {
+            assert_eq!(address_principal(addr).unwrap().as_str(), want, "{addr}");
+        }
+        for bad in [
+            "",
+            ":3023",
+            "gw:",
+            "gw:0",
+            "gw:65536",
+            "gw:+22",
+            "gw:x",
+            "[::1]:3023",
+            "::1",
+            "[gw",
+            "[gw]x",
+            "gw ProxyCommand:22",
+            "-oProxyCommand=x:22",
+        ] {
+            assert!(address_principal(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn rejects_hostile_names_for_every_kind() {

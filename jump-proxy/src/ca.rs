@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
 use postern_core::api::{
-    AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
-    RecordingComplete, RecordingMeta, RecordingUploadStatus,
+    AuthorizeRequest, AuthorizeResponse, GatewayPublicAddr, HostCertRequest, HostCertResponse,
+    Inventory, RecordingComplete, RecordingMeta, RecordingUploadStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,10 @@ pub struct Joined {
     pub name: String,
     /// The cluster.
     pub cluster: String,
+    /// The address users are told to use for the gateway, as the CA said at join; `serve`
+    /// checks against it when it cannot ask the CA (see `public.rs`).
+    #[serde(default)]
+    pub public_addr: Option<String>,
 }
 
 /// A handle on the CA for the gateway.
@@ -100,6 +104,11 @@ impl CaClient {
         self.call("GET", "/v1/gateway/inventory", ())
             .await
             .map_err(|e| anyhow!(e.0))
+    }
+
+    /// `GET /v1/gateway/public-addr`.
+    pub async fn public_addr(&self) -> Result<GatewayPublicAddr, Refused> {
+        self.call("GET", "/v1/gateway/public-addr", ()).await
     }
 
     /// `POST /v1/gateway/authorize`.

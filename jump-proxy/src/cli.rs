@@ -13,9 +13,10 @@ pub fn command() -> clap::Command {
 
 const EXAMPLES: &str = "\
 Examples:
-  Join (token from `posternd tokens add --kind gateway --name gate1`), then serve:
+  Join (token from `posternd tokens add --kind gateway --name gate1`), then serve; the host
+  certificate names posternd.toml's [gateway] public_addr, which users are sent to:
     postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
-        --state-dir /var/lib/postern-gate --address gate.example.com:3023
+        --state-dir /var/lib/postern-gate
     postern-gate serve --state-dir /var/lib/postern-gate
 
   Users need nothing but the ssh_config that `postern login` writes:
@@ -55,7 +56,9 @@ pub enum Cmd {
         /// State directory.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]
         state_dir: PathBuf,
-        /// The address clients use (its host goes into the host certificate).
+        /// A further address the host certificate names (its host). Users are sent to the CA's
+        /// [gateway] public_addr, which the certificate always names; join warns when this
+        /// differs from it.
         #[arg(long, value_name = "HOST:PORT")]
         address: Option<String>,
         /// An address this gateway dials servers from (IP or IP/prefix; repeat for several).
@@ -65,7 +68,8 @@ pub enum Cmd {
         #[arg(long, value_name = "IP[/LEN]")]
         egress_address: Vec<String>,
     },
-    /// Serve SSH for `ssh -J`.
+    /// Serve SSH for `ssh -J`. Refuses to start when the host certificate does not name the
+    /// host of the CA's [gateway] public_addr (what users' ssh checks).
     Serve {
         /// State directory (from `join`).
         #[arg(long, value_name = "DIR", default_value = "/var/lib/postern-gate")]

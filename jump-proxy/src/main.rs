@@ -5,6 +5,7 @@
 mod audit;
 mod ca;
 mod observe;
+mod public;
 mod record;
 mod relay;
 mod scp;
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use postern_api_client::{Api, CaPin, CaUrl};
-use postern_core::api::{JoinRequest, JoinResponse, Secret};
+use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_core::api::{GatewayPublicAddr, JoinRequest, JoinResponse, Secret};
 use postern_core::cert::generate_ed25519;
 use ssh_key::{Certificate, LineEnding, PrivateKey};
 use tokio::sync::Semaphore;
@@ -76,7 +77,7 @@ fn join(
             &JoinRequest {
                 token: Secret::new(token),
                 name: name.clone(),
-                address,
+                address: address.clone(),
                 labels: Default::default(),
                 host_public_key: host_key.public_key().to_openssh()?,
                 identity_public_key: identity.public_key().to_openssh()?,
@@ -94,22 +95,51 @@ fn join(
         format!("{}\n", resp.host_certificate).as_bytes(),
         0o644,
     )?;
-    write(
-        &state.join("identity.key"),
-        postern_api_client::ed25519_pkcs8_pem(&identity)?.as_bytes(),
-        0o600,
-    )?;
+    let identity_pem = postern_api_client::ed25519_pkcs8_pem(&identity)?;
+    write(&state.join("identity.key"), identity_pem.as_bytes(), 0o600)?;
     write(
         &state.join("identity.crt"),
         resp.x509_certificate.as_bytes(),
         0o644,
     )?;
     write(&state.join("ca.crt"), resp.x509_ca.as_bytes(), 0o644)?;
+    // The address users are told to use has one source, the CA's configuration: ask for it
+    // with the identity just issued. A CA too old to know the route answers 404.
+    let public_addr = ClientIdentity::from_pem(
+        resp.x509_certificate.as_bytes(),
+        identity_pem.as_bytes(),
+    )
+    .and_then(|id| Api::new(&url, pin, Some(id)))
+    .map_err(|e| e.to_string())
+    .and_then(
+        |api| match api.get::<GatewayPublicAddr>("/v1/gateway/public-addr") {
+            Ok(r) => Ok(r.public_addr),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("postern-gate: warning: cannot ask the CA for the gateway's public address: {e}");
+        None
+    });
+    let host_cert = Certificate::from_openssh(resp.host_certificate.trim())
+        .context("the CA sent a host certificate that does not parse")?;
+    warn_about_address(
+        name.as_str(),
+        host_cert.valid_principals(),
+        address.as_deref(),
+        public_addr.as_deref(),
+    );
+    let users_reach = public_addr
+        .as_deref()
+        .map(|p| format!(" (users reach it at {p})"))
+        .unwrap_or_default();
     let joined = ca::Joined {
         ca: url.to_string(),
         ca_pin: pin.to_string(),
         name: name.to_string(),
         cluster: resp.cluster.to_string(),
+        public_addr,
     };
     write(
         &state.join("joined.json"),
@@ -117,11 +147,45 @@ fn join(
         0o644,
     )?;
     println!(
-        "Joined cluster {} as gateway {name}. Start it with: postern-gate serve --state-dir {}",
+        "Joined cluster {} as gateway {name}{users_reach}. Start it with: postern-gate serve --state-dir {}",
         resp.cluster,
         state.display()
     );
     Ok(())
+}
+
+/// What `join` tells the admin about the address users will use: the CA's `[gateway]
+/// public_addr` wins over `--address` (the certificate names both), a certificate that does not
+/// name it (from a CA of an earlier version) is the error `serve` will refuse to start with, and
+/// without one `postern login` sends nobody to this gateway.
+fn warn_about_address(
+    name: &str,
+    principals: &[String],
+    address: Option<&str>,
+    public_addr: Option<&str>,
+) {
+    match public_addr {
+        Some(p) => {
+            if let Some(why) = public::mismatch(principals, p) {
+                eprintln!(
+                    "postern-gate: warning: {why}; `serve` will refuse to start: {}",
+                    public::fix(name)
+                );
+            } else if let Some(a) = address.filter(|a| *a != p) {
+                eprintln!(
+                    "postern-gate: warning: --address {a} is not the address users are told to \
+                     use, {p} (posternd.toml's [gateway] public_addr, which `postern login` \
+                     writes as ProxyJump); the host certificate names both, and users go to {p}"
+                );
+            }
+        }
+        None => eprintln!(
+            "postern-gate: warning: the CA has no [gateway] public_addr, so `postern login` \
+             writes no ProxyJump and sends nobody to this gateway: set it in posternd.toml to \
+             HOST:PORT with a HOST its host certificate names ({}) and restart posternd",
+            principals.join(", ")
+        ),
+    }
 }
 
 async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
@@ -137,9 +201,28 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         .unwrap_or_else(|| "0.0.0.0:3023".into());
     let ca = ca::CaClient::load(state.clone())?;
     let host_key = PrivateKey::from_openssh(&std::fs::read_to_string(state.join("host_key"))?)?;
-    let host_cert = Certificate::from_openssh(
-        std::fs::read_to_string(state.join("host_key-cert.pub"))?.trim(),
-    )?;
+    let cert_path = state.join("host_key-cert.pub");
+    let host_cert = Certificate::from_openssh(std::fs::read_to_string(&cert_path)?.trim())?;
+    // Refuse to start rather than serve a certificate that every user's ssh refuses at the
+    // address `postern login` sent them to.
+    match public::learn(&ca).await {
+        (Some(addr), source) => {
+            if let Some(why) = public::mismatch(host_cert.valid_principals(), &addr) {
+                let said = match source {
+                    public::Source::Ca => "as the CA says now",
+                    public::Source::Join => "as the CA said at join; it cannot be asked now",
+                };
+                anyhow::bail!(
+                    "refusing to start: {why} ({said}; certificate {}). To fix it, {}",
+                    cert_path.display(),
+                    public::fix(&ca.joined().name)
+                );
+            }
+        }
+        (None, _) => tracing::warn!(
+            "the CA has no [gateway] public_addr: `postern login` writes no ProxyJump, so users' ssh does not come through this gateway"
+        ),
+    }
     let spool = state.join("recordings");
     std::fs::create_dir_all(&spool)?;
     let recovered = record::recover(&spool)?;

@@ -320,15 +320,34 @@ pub static POSTERN_GATE: Prose = Prose {
          it cannot (or when a terminal was requested), the channel is recorded like a command, \
          and so is every other subsystem. Locks cut live sessions at once. Recordings left by a crash are completed \
          and marked interrupted when `serve` starts.",
+        "The address users are told to use has one source: posternd.toml(5)'s [gateway] \
+         public_addr, which `postern login` writes as ProxyJump. The CA puts its host into the \
+         host certificate of every gateway that joins, so `join` needs no --address; an \
+         --address that differs from it is named too, with a warning that users go to \
+         public_addr. Stock ssh accepts the gateway only when its certificate names the host it \
+         connects to (otherwise: \"Host key verification failed\"), so `serve` asks the CA for \
+         public_addr when it starts (or, when the CA cannot be asked, takes what it said at \
+         join) and refuses to start when the certificate does not name its host, naming both. \
+         Re-join with a token made with --replace, or set public_addr to a name the certificate \
+         has and restart posternd(8). Without a public_addr `serve` starts with a warning, since \
+         `postern login` then sends nobody through the gateway.",
         "`serve` runs until it is stopped by a signal. Its settings come from flags, then from \
          the configuration file given with --config (postern-gate.toml(5)), then from the \
          defaults.",
     ],
     examples: &[
         Example {
-            what: "Join the cluster with a token from `posternd tokens add --kind gateway --name gate1`, \
-                   giving the address clients use:",
-            commands: &["postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1 --address gate.example.com:3023"],
+            what: "Join the cluster with a token from `posternd tokens add --kind gateway --name gate1`; \
+                   the host certificate names the CA's [gateway] public_addr:",
+            commands: &["postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1"],
+        },
+        Example {
+            what: "After public_addr changed in posternd.toml, re-join so that the certificate names it \
+                   (`serve` refuses to start until then):",
+            commands: &[
+                "posternd tokens add --kind gateway --name gate1 --replace",
+                "postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1",
+            ],
         },
         Example {
             what: "Serve, with the settings of /etc/postern/gate.toml:",
@@ -348,7 +367,8 @@ pub static POSTERN_GATE: Prose = Prose {
         (
             "1",
             "Error: the join was refused or the CA is unreachable, the state directory or the \
-             configuration file is missing or invalid, or the listen address is taken.",
+             configuration file is missing or invalid, the host certificate does not name the \
+             host of the CA's [gateway] public_addr, or the listen address is taken.",
         ),
         USAGE_ERROR,
     ],
@@ -368,7 +388,8 @@ pub static POSTERN_GATE: Prose = Prose {
             "/var/lib/postern-gate/",
             "The state directory (--state-dir): host_key and host_key-cert.pub (the gateway's \
              SSH host key and certificate), identity.key and identity.crt (its mTLS identity), \
-             ca.crt (the service CA), joined.json (CA URL, pin, name, cluster).",
+             ca.crt (the service CA), joined.json (CA URL, pin, name, cluster, and the CA's public_addr \
+             at join).",
         ),
         (
             "/var/lib/postern-gate/recordings/",

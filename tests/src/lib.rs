@@ -1280,3 +1280,116 @@ impl GateCluster {
         }
     }
 }
+
+impl Ca {
+    /// Changes `[gateway] public_addr` in posternd.toml, which [`Ca::set_gateway`] wrote (with
+    /// the daemon stopped: it reads the file at start).
+    pub fn change_gateway(&self, addr: &str) {
+        let p = self.config();
+        let old = std::fs::read_to_string(&p).unwrap();
+        let mut found = false;
+        let text: String = old
+            .lines()
+            .map(|l| {
+                if l.starts_with("public_addr = ") {
+                    found = true;
+                    format!("public_addr = \"{addr}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert!(found, "no public_addr in posternd.toml:\n{old}");
+        std::fs::write(&p, text).unwrap();
+    }
+}
+
+impl Gate {
+    /// Joins a gateway named `name` (to serve on `port`) as an admin types it: `join --ca
+    /// --ca-pin --token --name` and `extra` (`--address` or nothing). Returns the gateway, not
+    /// started, and join's output, whatever it is.
+    pub fn join_as(ca: &Ca, port: u16, name: &str, token: &str, extra: &[&str]) -> (Gate, Output) {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-gate")
+            .tempdir()
+            .unwrap();
+        let out = Gate::rejoin_dir(ca, dir.path(), name, token, extra);
+        let gate = Gate {
+            dir,
+            port,
+            child: None,
+            log: Default::default(),
+        };
+        (gate, out)
+    }
+
+    /// `postern-gate join` again into this gateway's state directory.
+    pub fn rejoin(&self, ca: &Ca, name: &str, token: &str, extra: &[&str]) -> Output {
+        Gate::rejoin_dir(ca, self.dir.path(), name, token, extra)
+    }
+
+    fn rejoin_dir(
+        ca: &Ca,
+        dir: &std::path::Path,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Output {
+        run(Command::new(bin("postern-gate"))
+            .args([
+                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", token,
+            ])
+            .args(["--name", name])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(dir))
+    }
+
+    /// The principals of the gateway's host certificate, as `ssh-keygen -L` lists them.
+    pub fn cert_principals(&self) -> Vec<String> {
+        let out = run(Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(self.dir.path().join("host_key-cert.pub")));
+        assert!(out.status.success(), "{}", text(&out));
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        listing
+            .split("Principals:")
+            .nth(1)
+            .and_then(|rest| rest.split("Critical Options:").next())
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs `postern-gate serve` expecting it to refuse to start: returns its exit status and
+    /// standard error once it exits. Panics (after stopping it) if it prints its ready line
+    /// instead, so a gateway that starts cannot pass for one that refused.
+    pub fn serve_refused(&self) -> (std::process::ExitStatus, String) {
+        let mut child = Command::new(bin("postern-gate"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--state-dir",
+            ])
+            .arg(self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = String::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            err.push_str(&line);
+            err.push('\n');
+            if line.contains("postern-gate ready") {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("postern-gate serve started instead of refusing:\n{err}");
+            }
+        }
+        (child.wait().unwrap(), err)
+    }
+}
