@@ -253,7 +253,12 @@ async fn join(
     Extension(remote): Extension<Remote>,
     JsonBody(req): JsonBody<postern_core::api::JoinRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.join(req, remote.0.ip().to_string()).await?).into_response())
+    // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; servers see a.b.c.d.
+    Ok(Json(
+        svc.join(req, remote.0.ip().to_canonical().to_string())
+            .await?,
+    )
+    .into_response())
 }
 
 async fn node_sync(

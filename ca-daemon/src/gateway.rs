@@ -268,6 +268,7 @@ impl Service {
                 let cert_problem: Option<String> = match (CertValidator { trusted: std::slice::from_ref(&user_ca), cert_type: CertType::User }).validate(&user_cert, now) {
                     Err(e) => Some(e.to_string()),
                     Ok(v) if v.key_id.as_str() != user.as_str() => Some("the certificate belongs to another user".into()),
+                    Ok(v) if !v.principals.iter().any(|p| p.as_str() == login.as_str()) => Some(format!("the certificate does not carry the login {login}")),
                     Ok(_) => {
                         let row: Option<(String, bool, String)> = c
                             .query_row(

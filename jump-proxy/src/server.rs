@@ -748,7 +748,15 @@ impl russh::server::Handler for Inner {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(msg) = self.refused.clone() {
-            // Nothing reaches a server from here: the channel only carries the reason.
+            // Nothing reaches a server from here: the channel only carries the reason (a
+            // few times at most: a client that keeps opening channels learns nothing new).
+            self.channels += 1;
+            if self.channels > 4 {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
             reply.accept().await;
             tokio::spawn(async move {
                 let _ = channel

@@ -254,7 +254,7 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
     };
     let opts = DropInOptions {
         keep_local_auth: a.keep_local_auth,
-        penalty_exempt: resp.bundle.gateway_addresses.clone(),
+        penalty_exempt: crate::sshd::exempt_addresses(&resp.bundle.gateway_addresses),
         sshd_has_penalties: false,
     };
     apply_drop_in(&files, &a.state, &a.shim_path, &opts)?;

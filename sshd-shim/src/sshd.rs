@@ -56,6 +56,9 @@ pub struct Setting {
     pub value: String,
     /// Keywords that accumulate (`HostCertificate`): ours must be among the values.
     pub accumulates: bool,
+    /// A keyword that sshd builds without some features do not know (`GSSAPIAuthentication`):
+    /// absent from `sshd -T`, it cannot be a way in either.
+    pub may_be_unknown: bool,
 }
 
 impl Setting {
@@ -64,6 +67,7 @@ impl Setting {
             keyword,
             value: value.into(),
             accumulates: false,
+            may_be_unknown: false,
         }
     }
 }
@@ -80,6 +84,7 @@ pub fn settings(state: &StateDir, shim: &Path, opts: &DropInOptions) -> Vec<Sett
             keyword: "HostCertificate",
             value: state.host_cert().display().to_string(),
             accumulates: true,
+            may_be_unknown: false,
         },
         Setting::one("TrustedUserCAKeys", state.node_ca().display().to_string()),
         Setting::one("RevokedKeys", state.krl().display().to_string()),
@@ -91,10 +96,19 @@ pub fn settings(state: &StateDir, shim: &Path, opts: &DropInOptions) -> Vec<Sett
         Setting::one("AuthorizedPrincipalsFile", "none"),
     ];
     if !opts.keep_local_auth {
+        // Every other way sshd has to let someone in: authorized_keys files and commands
+        // (sss_ssh_authorizedkeys, ec2-instance-connect), passwords, keyboard-interactive,
+        // host-based trust (shosts.equiv) and Kerberos.
         out.extend([
             Setting::one("AuthorizedKeysFile", "none"),
+            Setting::one("AuthorizedKeysCommand", "none"),
             Setting::one("PasswordAuthentication", "no"),
             Setting::one("KbdInteractiveAuthentication", "no"),
+            Setting::one("HostbasedAuthentication", "no"),
+            Setting {
+                may_be_unknown: true,
+                ..Setting::one("GSSAPIAuthentication", "no")
+            },
         ]);
     }
     if opts.sshd_has_penalties && !opts.penalty_exempt.is_empty() {
@@ -193,6 +207,8 @@ pub fn overridden(effective: &[(String, String)], wanted: &[Setting]) -> Vec<Str
             .collect();
         let ok = if w.accumulates {
             values.contains(&w.value.as_str())
+        } else if w.may_be_unknown && values.is_empty() {
+            true
         } else {
             values.len() == 1 && values[0] == w.value
         };
@@ -209,6 +225,94 @@ pub fn overridden(effective: &[(String, String)], wanted: &[Setting]) -> Vec<Str
         }
     }
     out
+}
+
+/// Lines inside `Match` blocks of `config` (and the files it includes) that set a keyword of
+/// `wanted` to another value, as "FILE:LINE: text". `sshd -T` without connection parameters
+/// does not evaluate Match blocks, and a block after the Include applies to its connections
+/// whatever the drop-in says: such a line reopens a way in for some users or addresses.
+pub fn match_overrides(config: &Path, wanted: &[Setting]) -> Vec<String> {
+    let mut out = Vec::new();
+    scan_matches(config, wanted, 0, &mut out);
+    out
+}
+
+fn scan_matches(file: &Path, wanted: &[Setting], depth: usize, out: &mut Vec<String>) {
+    let Ok(text) = fs::read_to_string(file) else {
+        return;
+    };
+    let mut in_match = false;
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let (key, rest) = l
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or((l, ""));
+        let rest = rest
+            .trim_start_matches(|c: char| c.is_whitespace() || c == '=')
+            .trim();
+        if key.eq_ignore_ascii_case("match") {
+            in_match = true;
+            continue;
+        }
+        if key.eq_ignore_ascii_case("include") && depth < 4 {
+            for pattern in rest.split_whitespace() {
+                // sshd_config(5): relative Include paths are relative to /etc/ssh.
+                let p = if pattern.starts_with('/') {
+                    PathBuf::from(pattern)
+                } else {
+                    Path::new("/etc/ssh").join(pattern)
+                };
+                for f in glob_files(&p) {
+                    scan_matches(&f, wanted, depth + 1, out);
+                }
+            }
+            continue;
+        }
+        if !in_match {
+            continue;
+        }
+        if let Some(w) = wanted.iter().find(|w| w.keyword.eq_ignore_ascii_case(key)) {
+            if !w.accumulates && !rest.eq_ignore_ascii_case(&w.value) {
+                out.push(format!("{}:{}: {l}", file.display(), n + 1));
+            }
+        }
+    }
+}
+
+/// The files a simple Include pattern names: a path, or DIR/PREFIX*SUFFIX, sorted as sshd
+/// reads them.
+fn glob_files(p: &Path) -> Vec<PathBuf> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let Some((pre, suf)) = name.split_once('*') else {
+        return vec![p.to_path_buf()];
+    };
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(pre) && n.ends_with(suf) && !n.starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The gateway addresses of a bundle as they may enter sshd_config: each parsed again (the
+/// CA validated them, but nothing from the network reaches sshd's configuration unparsed: a
+/// newline would add lines that `sshd -T` cannot tell from ours).
+pub fn exempt_addresses(from_bundle: &[String]) -> Vec<String> {
+    from_bundle
+        .iter()
+        .filter_map(|a| postern_core::names::parse_source_address(a).ok())
+        .collect()
 }
 
 /// Whether this sshd knows `PerSourcePenaltyExemptList` (OpenSSH ≥ 9.8): its `-T` prints
@@ -272,7 +376,13 @@ pub fn apply_drop_in(
             opts.sshd_has_penalties = true;
             continue;
         }
-        let bad = overridden(&effective, &settings(state, shim, &opts));
+        let wanted = settings(state, shim, &opts);
+        let mut bad = overridden(&effective, &wanted);
+        bad.extend(
+            match_overrides(&files.config, &wanted)
+                .into_iter()
+                .map(|l| format!("in a Match block, {l}")),
+        );
         if !bad.is_empty() {
             restore()?;
             bail!(
@@ -332,6 +442,10 @@ fn systemd_unit_of(pid: i32) -> Option<&'static str> {
 /// what the unit's reload does). sshd re-executes itself on SIGHUP; connections it already
 /// accepted are not affected. Returns how.
 pub fn reload(files: &SshdFiles) -> Result<String> {
+    // sshd re-executes itself on SIGHUP and exits if its configuration is broken by then.
+    if let Err(msg) = sshd_check(&files.bin, &files.config) {
+        bail!("not reloading sshd: sshd -t fails: {msg}");
+    }
     let pid = pid(files)?;
     if let Some(unit) = systemd_unit_of(pid) {
         let out = Command::new("systemctl").args(["reload", unit]).output()?;

@@ -160,7 +160,7 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     };
     let dopts = DropInOptions {
         keep_local_auth: joined.keep_local_auth,
-        penalty_exempt: resp.bundle.gateway_addresses.clone(),
+        penalty_exempt: crate::sshd::exempt_addresses(&resp.bundle.gateway_addresses),
         sshd_has_penalties: true,
     };
     let current = fs::read_to_string(files.dropin()).ok();
@@ -169,6 +169,22 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
         dropin_changed = apply_drop_in(&files, state, &js.shim, &dopts)?;
         if dropin_changed {
             msg.push_str("; sshd drop-in updated (gateway addresses)");
+        }
+    }
+    // Something edited after join (a config line, a package's drop-in sorting before ours, a
+    // Match block) can reopen a way around the gateway: check every sync, and say so loudly.
+    let mut drift = Vec::new();
+    if current.is_some() {
+        if let Ok(effective) = crate::sshd::sshd_effective(&files.bin, &files.config) {
+            let mut o = dopts.clone();
+            o.sshd_has_penalties = crate::sshd::has_penalties(&effective);
+            let wanted = crate::sshd::settings(state, &js.shim, &o);
+            drift = crate::sshd::overridden(&effective, &wanted);
+            drift.extend(
+                crate::sshd::match_overrides(&files.config, &wanted)
+                    .into_iter()
+                    .map(|l| format!("in a Match block, {l}")),
+            );
         }
     }
     // OpenSSH 9.8 and later read HostCertificate (and the drop-in) only when sshd starts or
@@ -196,6 +212,19 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
         Ok(0) => {}
         Ok(n) => msg.push_str(&format!("; {n} spooled events delivered")),
         Err(e) => msg.push_str(&format!("; spooled events not delivered: {e:#}")),
+    }
+    if !drift.is_empty() {
+        crate::log::log(
+            true,
+            &format!(
+                "sync: sshd's configuration overrides Postern's: {}",
+                drift.join("; ")
+            ),
+        );
+        bail!(
+            "{msg}\nbut sshd's effective configuration no longer is what Postern relies on (logins may bypass the gateway):\n  {}\nfix these lines, then run `postern-shim sync` again",
+            drift.join("\n  ")
+        );
     }
     Ok(msg)
 }

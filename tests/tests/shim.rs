@@ -778,7 +778,11 @@ fn regression_an_earlier_sshd_config_line_overrode_the_drop_in(distro: Distro) {
     let ca = Ca::start(&policy());
     let token = ca.token("node", "web1", "env=dev");
     let node = Node::prepare(distro, "web1", |c| {
-        format!("PasswordAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\n{c}")
+        format!(
+            "PasswordAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\n\
+             AuthorizedKeysCommand /bin/true\nAuthorizedKeysCommandUser nobody\n\
+             HostbasedAuthentication yes\n{c}"
+        )
     });
     let out = node.run_join(&ca, &token, &[]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -787,6 +791,10 @@ fn regression_an_earlier_sshd_config_line_overrode_the_drop_in(distro: Distro) {
         "sshd's effective configuration",
         "AuthorizedKeysFile: effective value \".ssh/authorized_keys\", Postern needs \"none\"",
         "PasswordAuthentication: effective value \"yes\", Postern needs \"no\"",
+        // An authorized-keys command (sss_ssh_authorizedkeys, ec2-instance-connect) and
+        // host-based trust are ways in too.
+        "AuthorizedKeysCommand: effective value \"/bin/true\", Postern needs \"none\"",
+        "HostbasedAuthentication: effective value \"yes\", Postern needs \"no\"",
     ] {
         assert!(err.contains(want), "{want:?} missing: {err}");
     }
@@ -804,4 +812,64 @@ fn regression_an_earlier_sshd_config_line_overrode_the_drop_in_debian12() {
 #[test]
 fn regression_an_earlier_sshd_config_line_overrode_the_drop_in_debian13() {
     regression_an_earlier_sshd_config_line_overrode_the_drop_in(Distro::Debian13);
+}
+
+fn regression_a_match_block_reopened_passwords_for_some_connections(distro: Distro) {
+    // `sshd -T` without connection parameters does not evaluate Match blocks: one after the
+    // Include that turns passwords back on passed join's check.
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "web1", "env=dev");
+    let node = Node::prepare(distro, "web1", |c| {
+        format!("{c}\nMatch Address 10.0.0.0/8\n    PasswordAuthentication yes\n")
+    });
+    let out = node.run_join(&ca, &token, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in a Match block, ") && err.contains(": PasswordAuthentication yes"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(node.dir.path().join("sshd_config.d"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "drop-in left behind"
+    );
+}
+
+#[test]
+fn regression_a_match_block_reopened_passwords_for_some_connections_debian12() {
+    regression_a_match_block_reopened_passwords_for_some_connections(Distro::Debian12);
+}
+
+#[test]
+fn regression_a_match_block_reopened_passwords_for_some_connections_debian13() {
+    regression_a_match_block_reopened_passwords_for_some_connections(Distro::Debian13);
+}
+
+#[test]
+fn regression_a_later_config_change_reopened_a_way_in_unnoticed() {
+    // After join, a drop-in that sorts before Postern's (a package's, cloud-init's) turned
+    // passwords back on; sync and status kept saying all was well.
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "web1", "env=dev");
+    let (node, out) = Node::join(&ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.shim("sync").status.success());
+    std::fs::write(
+        node.dir.path().join("sshd_config.d/10-cloud.conf"),
+        "PasswordAuthentication yes\n",
+    )
+    .unwrap();
+    let out = node.shim("sync");
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no longer is what Postern relies on")
+            && err.contains("PasswordAuthentication: effective value \"yes\""),
+        "{err}"
+    );
+    // The bundle was still installed: the server keeps enforcing policy and locks.
+    assert!(err.contains("bundle installed"), "{err}");
 }
