@@ -18,6 +18,8 @@ pub struct LiveSession {
     pub user_cert_serial: u64,
     /// Its `valid_before` (Unix time).
     pub user_cert_valid_before: u64,
+    /// The server's host key the session was pinned to (OpenSSH line), from its authorization.
+    pub host_key: Option<String>,
 }
 
 /// Why a live session is cut.
@@ -44,6 +46,9 @@ pub enum Cut {
     },
     /// The server is no longer in the inventory (`nodes rm`).
     ServerRemoved,
+    /// The server's name now belongs to another machine (a `--replace` join): the session
+    /// is still on the machine that was replaced.
+    ServerReplaced,
     /// The user certificate ended.
     CertificateExpired {
         /// Its `valid_before`.
@@ -58,6 +63,7 @@ impl Cut {
             Cut::Locked { .. } => "locked".into(),
             Cut::Revoked { reason, .. } => reason.clone(),
             Cut::ServerRemoved => "server removed".into(),
+            Cut::ServerReplaced => "server replaced".into(),
             Cut::CertificateExpired { .. } => "certificate expired".into(),
         }
     }
@@ -83,6 +89,10 @@ impl Cut {
                 format!("your certificate (serial {serial}) was revoked: {reason}")
             }
             Cut::ServerRemoved => format!("server {} was removed from the cluster", s.node),
+            Cut::ServerReplaced => format!(
+                "server {} was replaced by another machine; connect again",
+                s.node
+            ),
             Cut::CertificateExpired { .. } => {
                 "your certificate expired; run `postern login` and connect again".into()
             }
@@ -136,8 +146,16 @@ pub fn cut_by_inventory(
             reason: r.reason.clone(),
         });
     }
-    if !inv.nodes.iter().any(|n| n.name == s.node) {
+    let Some(entry) = inv.nodes.iter().find(|n| n.name == s.node) else {
         return Some(Cut::ServerRemoved);
+    };
+    // Host keys are compared without their comments.
+    let key = |k: &Option<String>| {
+        k.as_deref()
+            .map(|k| k.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+    };
+    if key(&entry.host_key) != key(&s.host_key) {
+        return Some(Cut::ServerReplaced);
     }
     if expiry_cut {
         return expired(s, now);
@@ -158,6 +176,7 @@ mod tests {
             node: "web1".parse().unwrap(),
             user_cert_serial: 42,
             user_cert_valid_before: 1_000,
+            host_key: Some("ssh-ed25519 AAAAold web1".into()),
         }
     }
 
@@ -169,7 +188,7 @@ mod tests {
                 name: "web1".parse().unwrap(),
                 address: "10.0.0.1:22".into(),
                 labels: "env=dev".parse().unwrap(),
-                host_key: None,
+                host_key: Some("ssh-ed25519 AAAAold postern host key of web1".into()),
             }],
             user_ca_keys: vec![],
             host_ca_keys: vec![],
@@ -212,6 +231,19 @@ mod tests {
         type Edit = fn(&mut Inventory);
         let cases: Vec<(&str, Edit, Option<Cut>)> = vec![
             ("nothing changed", |_| {}, None),
+            (
+                "the server re-joined with another host key (--replace)",
+                |i| {
+                    i.nodes[0].host_key =
+                        Some("ssh-ed25519 AAAAnew postern host key of web1".into())
+                },
+                Some(Cut::ServerReplaced),
+            ),
+            (
+                "the same key with another comment",
+                |i| i.nodes[0].host_key = Some("ssh-ed25519 AAAAold another comment".into()),
+                None,
+            ),
             (
                 "user lock",
                 |i| i.locks.push(lock("user", "alice", None)),
@@ -287,7 +319,7 @@ mod tests {
                         name: "web1".parse().unwrap(),
                         address: "10.0.0.1:22".into(),
                         labels: "env=dev".parse().unwrap(),
-                        host_key: None,
+                        host_key: Some("ssh-ed25519 AAAAold postern host key of web1".into()),
                     });
                 },
                 None,

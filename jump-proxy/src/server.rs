@@ -726,6 +726,7 @@ impl russh::server::Handler for Inner {
             node: self.node.name.clone(),
             user_cert_serial: cert.serial(),
             user_cert_valid_before: cert.valid_before(),
+            host_key: resp.node.host_key.clone(),
         };
         let cut = self.gw.register(&id, live).await;
         tracing::info!(session = %id, %user, %login, node = %self.node.name, serial = cert.serial(), outer_serial = self.outer_cert.serial(), valid_before = cert.valid_before(), "session started");

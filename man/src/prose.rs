@@ -416,15 +416,19 @@ pub static POSTERN_SHIM: Prose = Prose {
          the KRL and the first policy bundle into the state directory, and writes the sshd \
          drop-in 50-postern.conf (HostKey, HostCertificate, TrustedUserCAKeys, RevokedKeys, \
          AuthorizedPrincipalsCommand, AuthorizedPrincipalsCommandUser postern-shim, \
-         AuthorizedPrincipalsFile none, AuthorizedKeysFile none, PasswordAuthentication no, \
-         KbdInteractiveAuthentication no, MaxStartups 100:30:200, and on OpenSSH 9.8 and \
+         AuthorizedPrincipalsFile none, AuthorizedKeysFile none, AuthorizedKeysCommand none, \
+         PasswordAuthentication no, KbdInteractiveAuthentication no, HostbasedAuthentication \
+         no, GSSAPIAuthentication no, MaxStartups 100:30:200, and on OpenSSH 9.8 and \
          later PerSourcePenaltyExemptList with the gateways' addresses). It checks the result \
          with `sshd -t`, then reads `sshd -T` and requires Postern's value for each of these \
          keywords: sshd keeps the first value it reads, so a line above the Include in \
          sshd_config (or in an earlier drop-in) silently wins. When either check fails, join \
          names the keywords, removes its drop-in again and leaves sshd as it was; otherwise it \
-         reloads sshd. Match blocks are not evaluated by `sshd -T` without a connection and \
-         are not checked: do not weaken these keywords in one. With --keep-local-auth the \
+         reloads sshd. `sshd -T` without a connection does not evaluate Match blocks, so join \
+         also reads sshd_config and the files it includes and refuses a Match block that sets \
+         one of these keywords to another value. `sync` repeats both checks every time and \
+         fails (exit status 1, also logged) when a later change reopened a way in. With \
+         --keep-local-auth the \
          drop-in leaves AuthorizedKeysFile and the password keywords as sshd_config has them \
          (Debian's defaults accept ~/.ssh/authorized_keys, and passwords where the account \
          has one); such logins bypass the gateway, its recordings, locks and the KRL, so join \

@@ -167,3 +167,22 @@ fn regression_an_expired_certificate_kept_its_session() {
     assert!(err.contains("your certificate expired"), "{err}");
     assert_eq!(cut_reason(&c.ca), "certificate expired");
 }
+
+#[test]
+fn regression_a_replaced_server_kept_its_live_sessions() {
+    // After a --replace join, new sessions were refused (the pinned host key changed) but a
+    // live one stayed on the replaced, possibly stolen, machine.
+    let c = GateCluster::start(&policy());
+    let held = Held::open(&c);
+    let token = c.ca.token_with("node", "web1", "env=dev", &["--replace"]);
+    let mut new = postern_tests::Node::prepare(postern_tests::Distro::Debian12, "web1", |t| t);
+    new.port = c.node.port;
+    let out = new.run_join(&c.ca, &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = held.wait_ended(&c, Duration::from_secs(60), "a --replace join");
+    assert!(
+        err.contains("server web1 was replaced by another machine"),
+        "{err}"
+    );
+    assert_eq!(cut_reason(&c.ca), "server replaced");
+}
