@@ -404,8 +404,24 @@ impl Service {
             .iter()
             .map(|a| postern_core::names::parse_source_address(a))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?
-            .join(",");
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        // Every server exempts these from sshd's penalties and node-access certificates are
+        // bound to them: a gateway may not claim half the Internet.
+        if let Some(wide) = egress.iter().find(|a| {
+            a.split_once('/').is_some_and(|(ip, len)| {
+                let len: u8 = len.parse().unwrap_or(0);
+                if ip.contains(':') {
+                    len < 48
+                } else {
+                    len < 16
+                }
+            })
+        }) {
+            return Err(Refusal::BadRequest(format!(
+                "egress address {wide} is wider than a /16 (IPv4) or /48 (IPv6)"
+            )));
+        }
+        let egress = egress.join(",");
         let seen_from = postern_core::names::parse_source_address(&remote).ok();
         let ident_ed = ident
             .key_data()

@@ -200,7 +200,7 @@ async fn server_to_client(
             ChannelMsg::Data { ref data } | ChannelMsg::ExtendedData { ref data, .. } => {
                 // Record first; forward only what was recorded (strict mode).
                 let mut observed = Vec::new();
-                let mut refused = false;
+                let refused: bool;
                 let failure = match shared.lock() {
                     Ok(mut s) => {
                         let stderr = !matches!(m, ChannelMsg::Data { .. });
@@ -217,7 +217,12 @@ async fn server_to_client(
                         }
                         r
                     }
-                    Err(_) => None,
+                    // A panic while the state was held: nothing is known to be recorded, so
+                    // nothing is forwarded (fail closed).
+                    Err(_) => {
+                        refused = true;
+                        None
+                    }
                 };
                 for op in observed {
                     ctx.audit.observed(&ctx.meta, op);
@@ -351,7 +356,8 @@ async fn client_to_server(
                         }
                         (ops, ok)
                     }
-                    Err(_) => (Vec::new(), true),
+                    // As for server output: an unknown state forwards nothing.
+                    Err(_) => (Vec::new(), false),
                 };
                 for op in ops {
                     ctx.audit.observed(&ctx.meta, op);

@@ -151,6 +151,12 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     } else if opts.renew {
         bail!("the CA did not renew the host certificate (its host key is not the one it certified at join?)");
     }
+    // Spooled session events first: nothing below (a reload, its check) may hold them up.
+    match deliver_spool(state, &api) {
+        Ok(0) => {}
+        Ok(n) => msg.push_str(&format!("; {n} spooled events delivered")),
+        Err(e) => msg.push_str(&format!("; spooled events not delivered: {e:#}")),
+    }
     // The gateways' addresses may have changed: keep sshd's penalty exemptions current.
     let js = joined.sshd.clone().unwrap_or_default();
     let files = SshdFiles {
@@ -158,12 +164,17 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
         config: js.config,
         dropin_dir: js.dropin_dir,
     };
+    let current = fs::read_to_string(files.dropin()).ok();
+    // Whether this sshd knows penalties decides what the drop-in should say (9.2 does not).
+    let knows_penalties = current.is_some()
+        && crate::sshd::sshd_effective(&files.bin, &files.config)
+            .map(|e| crate::sshd::has_penalties(&e))
+            .unwrap_or(true);
     let dopts = DropInOptions {
         keep_local_auth: joined.keep_local_auth,
         penalty_exempt: crate::sshd::exempt_addresses(&resp.bundle.gateway_addresses),
-        sshd_has_penalties: true,
+        sshd_has_penalties: knows_penalties,
     };
-    let current = fs::read_to_string(files.dropin()).ok();
     let mut dropin_changed = false;
     if current.is_some() && current.as_deref() != Some(drop_in(state, &js.shim, &dopts).as_str()) {
         dropin_changed = apply_drop_in(&files, state, &js.shim, &dopts)?;
@@ -207,11 +218,6 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
                 return Err(e.context("the renewed files are installed but sshd was not reloaded"))
             }
         }
-    }
-    match deliver_spool(state, &api) {
-        Ok(0) => {}
-        Ok(n) => msg.push_str(&format!("; {n} spooled events delivered")),
-        Err(e) => msg.push_str(&format!("; spooled events not delivered: {e:#}")),
     }
     if !drift.is_empty() {
         crate::log::log(

@@ -1005,6 +1005,23 @@ fn node_access_certificates_are_bound_to_the_gateways_egress_addresses() {
     );
     assert_eq!(status, 400, "{resp}");
     assert!(resp.contains("invalid source address"), "{resp}");
+    // Nor may a gateway claim a whole range of the Internet (every server would exempt it).
+    let (status, resp) = curl(
+        &ca,
+        "/v1/join",
+        Some(
+            json!({
+                "token": ca.token("gateway", "gw4", ""), "name": "gw4",
+                "host_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbY6f2Hz4pfwbmUhtLbe/2lH+6uXkT/4I2l3wcDiAc9",
+                "identity_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbY6f2Hz4pfwbmUhtLbe/2lH+6uXkT/4I2l3wcDiAc9",
+                "egress_addresses": ["0.0.0.0/0"],
+            })
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("wider than a /16"), "{resp}");
 }
 
 #[test]
