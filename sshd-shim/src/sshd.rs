@@ -321,6 +321,86 @@ pub fn has_penalties(effective: &[(String, String)]) -> bool {
     effective.iter().any(|(k, _)| k == "persourcepenalties")
 }
 
+/// The `-o` options of the sshd that runs now (from `/proc/PID/cmdline` of its `PidFile`'s
+/// pid): Debian's unit passes `$SSHD_OPTS` from /etc/default/ssh, and an option there wins
+/// over every file. An sshd started with another `-f` never reads our drop-in: an error.
+/// Nothing known (sshd not running, no /proc) is no options.
+pub fn running_options(files: &SshdFiles) -> Result<Vec<String>> {
+    let Ok(pid) = pid(files) else {
+        return Ok(Vec::new());
+    };
+    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Ok(Vec::new());
+    };
+    let mut args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // sshd's listener rewrites its process title as "PROGNAME: ARGV... [listener] N of ...":
+    // the original arguments are still there, joined by spaces.
+    if let [title] = args.as_slice() {
+        if let Some((_, rest)) = title
+            .split_once(": ")
+            .filter(|_| title.contains(" [listener]"))
+        {
+            let argv = rest.split(" [listener]").next().unwrap_or(rest);
+            args = argv.split_whitespace().map(str::to_owned).collect();
+        }
+    }
+    let mut opts = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.strip_prefix('-') {
+            Some(rest) if !rest.is_empty() => (rest.as_bytes()[0], rest.get(1..).unwrap_or("")),
+            _ => continue,
+        };
+        let value = |it: &mut dyn Iterator<Item = &String>| {
+            if inline.is_empty() {
+                it.next().cloned().unwrap_or_default()
+            } else {
+                inline.to_owned()
+            }
+        };
+        match flag {
+            b'o' => opts.push(value(&mut it)),
+            b'f' => {
+                let f = value(&mut it);
+                let same = fs::canonicalize(&f).ok() == fs::canonicalize(&files.config).ok();
+                if !same {
+                    bail!(
+                        "the running sshd (pid {pid}) reads {f}, not {}: it never reads Postern's drop-in",
+                        files.config.display()
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(opts)
+}
+
+/// [`sshd_effective`] as the running sshd sees it: with its command line's `-o` options.
+pub fn effective_running(files: &SshdFiles) -> Result<Vec<(String, String)>> {
+    let opts = running_options(files)?;
+    let mut cmd = Command::new(&files.bin);
+    cmd.arg("-T").arg("-f").arg(&files.config);
+    for o in &opts {
+        cmd.arg("-o").arg(o);
+    }
+    let o = cmd
+        .output()
+        .with_context(|| format!("cannot run {} -T", files.bin.display()))?;
+    if !o.status.success() {
+        bail!(
+            "{} -T failed: {}",
+            files.bin.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(parse_effective(&String::from_utf8_lossy(&o.stdout)))
+}
+
 /// `sshd -t`: Ok or sshd's message.
 pub fn sshd_check(sshd: &Path, config: &Path) -> Result<(), String> {
     match Command::new(sshd).arg("-t").arg("-f").arg(config).output() {
@@ -364,7 +444,7 @@ pub fn apply_drop_in(
         }
         // sshd keeps the first value it reads of a keyword: a line in sshd_config before the
         // Include, or an earlier drop-in, silently wins over ours. Compare what sshd will use.
-        let effective = match sshd_effective(&files.bin, &files.config) {
+        let effective = match effective_running(files) {
             Ok(e) => e,
             Err(e) => {
                 restore()?;

@@ -186,7 +186,11 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     // Match block) can reopen a way around the gateway: check every sync, and say so loudly.
     let mut drift = Vec::new();
     if current.is_some() {
-        if let Ok(effective) = crate::sshd::sshd_effective(&files.bin, &files.config) {
+        let checked = crate::sshd::effective_running(&files);
+        if let Err(e) = &checked {
+            drift.push(format!("{e:#}"));
+        }
+        if let Ok(effective) = checked {
             let mut o = dopts.clone();
             o.sshd_has_penalties = crate::sshd::has_penalties(&effective);
             let wanted = crate::sshd::settings(state, &js.shim, &o);

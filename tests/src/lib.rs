@@ -856,6 +856,12 @@ impl Node {
     /// Starts sshd (a copy named after this node's PAM service). A Debian 13 node's sshd runs
     /// chrooted, in a mount namespace of its own with this machine's /dev and a /proc.
     pub fn start_sshd(&mut self) {
+        self.start_sshd_with(&[]);
+    }
+
+    /// [`Node::start_sshd`] with more arguments on sshd's command line (as Debian's unit adds
+    /// `$SSHD_OPTS` from /etc/default/ssh).
+    pub fn start_sshd_with(&mut self, extra: &[&str]) {
         let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
         let exe = base.join("usr/local/sbin").join(&self.service);
         install_root_owned(&base.join("usr/sbin/sshd"), &exe);
@@ -871,18 +877,20 @@ impl Node {
                     let mut c = Command::new("unshare");
                     c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
                         .arg(
-                            "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && \
-                             exec chroot \"$1\" \"$2\" -D -e -f \"$3\"",
+                            "r=$1 exe=$2 cfg=$3; shift 3; \
+                             mount --rbind /dev \"$r/dev\" && mount -t proc proc \"$r/proc\" && \
+                             exec chroot \"$r\" \"$exe\" -D -e -f \"$cfg\" \"$@\"",
                         )
                         .arg("sh")
                         .arg(r)
                         .arg(self.inner(&exe))
-                        .arg(&config);
+                        .arg(&config)
+                        .args(extra);
                     c
                 }
                 None => {
                     let mut c = Command::new(&exe);
-                    c.args(["-D", "-e", "-f"]).arg(&config);
+                    c.args(["-D", "-e", "-f"]).arg(&config).args(extra);
                     c
                 }
             };

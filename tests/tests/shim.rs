@@ -873,3 +873,21 @@ fn regression_a_later_config_change_reopened_a_way_in_unnoticed() {
     // The bundle was still installed: the server keeps enforcing policy and locks.
     assert!(err.contains("bundle installed"), "{err}");
 }
+
+#[test]
+fn regression_an_option_on_sshds_command_line_overrode_the_drop_in() {
+    // Debian's unit runs `sshd -D $SSHD_OPTS`: a `-o PasswordAuthentication=yes` from
+    // /etc/default/ssh wins over every file, and `sshd -T -f sshd_config` did not see it.
+    let ca = Ca::start(&policy());
+    let token = ca.token("node", "web1", "env=dev");
+    let (mut node, out) = Node::join(&ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    node.start_sshd_with(&["-o", "PasswordAuthentication=yes"]);
+    let out = node.shim("sync");
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PasswordAuthentication: effective value \"yes\""),
+        "{err}"
+    );
+}
