@@ -801,20 +801,13 @@ fn reportable(reporter: &str, kind: &str) -> bool {
         && kind != "gateway.authorized"
 }
 
-/// Logins of a user that are locked (used to narrow issuance).
-pub fn locked_logins(c: &Connection, now: u64) -> Result<(BTreeSet<String>, Vec<Login>)> {
-    let locks = active_locks(c, now)?;
-    let users = locks
-        .iter()
-        .filter(|l| l.target == "user")
-        .map(|l| l.name.clone())
-        .collect();
-    let logins = locks
+/// The logins that `locks` (active ones) lock: issuance leaves them out of a certificate.
+pub fn locked_logins(locks: &[LockEntry]) -> Vec<Login> {
+    locks
         .iter()
         .filter(|l| l.target == "login")
         .filter_map(|l| l.name.parse().ok())
-        .collect();
-    Ok((users, logins))
+        .collect()
 }
 
 #[cfg(test)]

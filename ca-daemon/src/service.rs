@@ -400,18 +400,17 @@ impl IssueCtx<'_> {
             Ok(d) => d,
             Err(deny) => return Ok(Err(deny.to_string())),
         };
-        // Locks stop issuance for the user, and narrow the logins.
-        let (_, locked_logins) = crate::nodes::locked_logins(conn, now)?;
         // The one lock rule, for the user alone: a user lock, or a lock of a kind this
         // version does not know, stops issuance; login locks narrow the logins below.
+        let locks = crate::nodes::active_locks(conn, now)?;
         let subject = postern_core::api::LockSubject {
             user: Some(user.as_str()),
             ..Default::default()
         };
-        let locks = crate::nodes::active_locks(conn, now)?;
         if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
             return Ok(Err(l.describe()));
         }
+        let locked_logins = crate::nodes::locked_logins(&locks);
         let Some(approval) = decision.approval.without_logins(&locked_logins) else {
             return Ok(Err(format!("every login of user {user} is locked")));
         };

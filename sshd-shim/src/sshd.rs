@@ -167,10 +167,17 @@ pub fn drop_in(state: &StateDir, shim: &Path, opts: &DropInOptions) -> String {
 /// The effective global configuration, as `sshd -T -f CONFIG` prints it: lowercase keyword,
 /// value. Keywords that accumulate appear once per value.
 pub fn sshd_effective(sshd: &Path, config: &Path) -> Result<Vec<(String, String)>> {
-    let o = Command::new(sshd)
-        .arg("-T")
-        .arg("-f")
-        .arg(config)
+    effective_with(sshd, config, &[])
+}
+
+/// `sshd -T -f CONFIG -o OPT...`, parsed.
+fn effective_with(sshd: &Path, config: &Path, opts: &[String]) -> Result<Vec<(String, String)>> {
+    let mut cmd = Command::new(sshd);
+    cmd.arg("-T").arg("-f").arg(config);
+    for o in opts {
+        cmd.arg("-o").arg(o);
+    }
+    let o = cmd
         .output()
         .with_context(|| format!("cannot run {} -T", sshd.display()))?;
     if !o.status.success() {
@@ -382,23 +389,7 @@ pub fn running_options(files: &SshdFiles) -> Result<Vec<String>> {
 
 /// [`sshd_effective`] as the running sshd sees it: with its command line's `-o` options.
 pub fn effective_running(files: &SshdFiles) -> Result<Vec<(String, String)>> {
-    let opts = running_options(files)?;
-    let mut cmd = Command::new(&files.bin);
-    cmd.arg("-T").arg("-f").arg(&files.config);
-    for o in &opts {
-        cmd.arg("-o").arg(o);
-    }
-    let o = cmd
-        .output()
-        .with_context(|| format!("cannot run {} -T", files.bin.display()))?;
-    if !o.status.success() {
-        bail!(
-            "{} -T failed: {}",
-            files.bin.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(parse_effective(&String::from_utf8_lossy(&o.stdout)))
+    effective_with(&files.bin, &files.config, &running_options(files)?)
 }
 
 /// `sshd -t`: Ok or sshd's message.

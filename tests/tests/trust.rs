@@ -109,8 +109,7 @@ fn regression_a_server_named_itself_after_its_address() {
     // principal: a node joined with --address db-prod.example:22 was certified as db-prod.
     let ca = Ca::start(&policy());
     let token = ca.token("node", "web1", "env=dev");
-    let mut node = Node::prepare(postern_tests::Distro::Debian12, "web1", |t| t);
-    let _ = &mut node;
+    let node = Node::prepare(postern_tests::Distro::Debian12, "web1", |t| t);
     let out = node.run_join(&ca, &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let cluster = &ca.cluster;
