@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     egress TEXT,
     seen_from TEXT
 );
+-- The event ids a gateway's events carry: an event sent again is audited once.
+CREATE TABLE IF NOT EXISTS gateway_event_ids (
+    gateway TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    PRIMARY KEY (gateway, event_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,

@@ -619,6 +619,11 @@ impl Service {
                     ))));
                 }
                 for e in &events {
+                    // A gateway sends its journal again after a crash between our answer
+                    // and its removal of the segment: an event id seen before is dropped.
+                    if kind == "gateway" && !first_report(c, name.as_str(), e, now)? {
+                        continue;
+                    }
                     let mut detail = serde_json::to_value(e)?;
                     if let Some(m) = detail.as_object_mut() {
                         // Who reported it: a server's events name the server, a gateway's
@@ -781,6 +786,26 @@ impl Service {
             })
             .await
     }
+}
+
+/// Whether this is the first report of a gateway's event: its `event_id` (gateways of this
+/// version put one in every event's detail) had not been seen from that gateway. Events
+/// without one (servers, older gateways) are always new.
+fn first_report(c: &Connection, gateway: &str, e: &NodeEvent, now: u64) -> Result<bool> {
+    let Some(id) = e
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("event_id"))
+        .and_then(|v| v.as_str())
+        .filter(|id| id.len() <= 64)
+    else {
+        return Ok(true);
+    };
+    let n = c.execute(
+        "INSERT OR IGNORE INTO gateway_event_ids (gateway, event_id, received) VALUES (?1, ?2, ?3)",
+        params![gateway, id, i64::try_from(now)?],
+    )?;
+    Ok(n == 1)
 }
 
 /// Whether a node of `reporter` kind may report events of `kind`. Servers report PAM session
