@@ -271,3 +271,47 @@ fn a_full_event_spool_keeps_a_best_effort_session_and_logs_the_drop() {
         "{log}"
     );
 }
+
+/// A port forward is an operation too: in strict mode it opens only once its event is on
+/// disk, so a full spool refuses it with the reason.
+#[test]
+fn a_full_event_spool_refuses_a_strict_port_forward() {
+    let mut c = GateCluster::start(&policy("strict").replace(
+        r#"permit = ["pty"]"#,
+        r#"permit = ["pty", "port-forwarding"]"#,
+    ));
+    c.gate.kill();
+    c.gate.spawn_with_config("[audit]\nspool_max_bytes = 100\n");
+    let home = c.alice.home.path();
+    let out = postern_tests::run(
+        Command::new("ssh")
+            .env("HOME", home)
+            .env_remove("SSH_AUTH_SOCK")
+            .arg("-F")
+            .arg(home.join(".ssh/config"))
+            .args(["-o", "BatchMode=yes", "-l", TEST_LOGIN, "-W"])
+            .arg(format!("127.0.0.1:{}", c.node.port))
+            .arg(format!("web1.{}", c.ca.cluster))
+            .stdin(Stdio::null()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr.contains(
+            "cannot write the audit log (the audit event spool is full ([audit] \
+             spool_max_bytes = 100)); port forward refused (strict recording)"
+        ),
+        "{}\ngate:\n{}",
+        text(&out),
+        c.gate.log()
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("SSH-2.0-"),
+        "the forward reached the server"
+    );
+    let log = plain(&c.gate.log());
+    assert!(
+        log.contains("kind=gateway.port_forward ") && log.contains("dropped_total=1"),
+        "{log}"
+    );
+}
