@@ -395,6 +395,12 @@ pub static POSTERN_GATE: Prose = Prose {
             "/var/lib/postern-gate/recordings/",
             "Recordings not yet uploaded to the CA.",
         ),
+        (
+            "/var/lib/postern-gate/events/",
+            "Audit events the CA has not acknowledged yet, on disk before the operation they \
+             describe goes through in strict recording; sent first when the gateway starts. \
+             At most [audit] spool_max_bytes; see postern-gate.toml(5).",
+        ),
     ],
     see_also: &[
         "postern-gate.toml(5)",
