@@ -317,3 +317,36 @@ fn a_node_reports_events_as_itself_with_clamped_times_and_logs_the_newest_checkp
         "{out}"
     );
 }
+
+#[test]
+fn an_installation_older_than_checkpoints_gets_its_key_and_its_events_signed_at_first_start() {
+    let mut ca = Ca::start(&policy());
+    let mut alice = Person::new("alice");
+    alice.enroll(&ca);
+    ca.stop();
+    // What a CA made before checkpoints has: no audit key, no checkpoint table.
+    std::fs::remove_file(ca.dir.path().join("ca/audit.key")).unwrap();
+    std::fs::remove_file(ca.dir.path().join("ca/audit.pub")).unwrap();
+    let db = ca.dir.path().join("posternd.db");
+    exec(&db, "DROP TABLE audit_checkpoints;");
+    let events = query(&db, "SELECT count(*) AS n FROM audit")[0]["n"]
+        .as_i64()
+        .unwrap();
+    ca.spawn();
+    assert!(
+        ca.log().contains(&format!(
+            "created the audit checkpoint key; signed the {events} events already in the audit log"
+        )),
+        "{}",
+        ca.log()
+    );
+    let md = std::fs::metadata(ca.dir.path().join("ca/audit.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o600
+    );
+    alice.login(&ca);
+    let (ok, out) = verify(&ca, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("every event signed"), "{out}");
+}
