@@ -56,7 +56,11 @@ pub enum AdminRequest {
         n: u32,
     },
     /// `audit verify`
-    AuditVerify,
+    AuditVerify {
+        /// Checkpoints emitted off the host, signature-checked by the client (checked again).
+        #[serde(default)]
+        checkpoints: Vec<postern_core::api::AuditCheckpoint>,
+    },
     /// `tokens add`
     TokensAdd {
         /// node or gateway.
@@ -417,8 +421,18 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             }
             svc.recordings_ls(user, node, limit).await
         }
-        AdminRequest::AuditVerify => {
-            let v = svc.db.run(audit::verify).await?;
+        AdminRequest::AuditVerify { checkpoints } => {
+            if checkpoints.len() > audit::MAX_OFFHOST {
+                bail!(
+                    "at most {} off-host checkpoints per verify",
+                    audit::MAX_OFFHOST
+                );
+            }
+            let key = audit::installed_public_key()?;
+            let v = svc
+                .db
+                .run(move |conn| audit::verify_with(conn, &key, &checkpoints))
+                .await?;
             Ok(serde_json::to_value(v)?)
         }
     }

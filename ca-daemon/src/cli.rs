@@ -365,9 +365,15 @@ pub enum AuditCmd {
         #[command(flatten)]
         a: AdminArgs,
     },
-    /// Check the hash chain; exit 1 and name the events when it was tampered with.
-    #[command(after_help = "Example:\n  posternd audit verify")]
+    /// Check the hash chain and every event's signed checkpoint; exit 1 and name the first bad
+    /// event when it was tampered with.
+    #[command(
+        after_help = "Examples:\n  posternd audit verify\n  posternd audit verify --checkpoints /var/log/auth.log --checkpoints web1-auth.log\n\nWithout --checkpoints, a log whose newest events were deleted together with their\ncheckpoints looks complete. Give the logs where posternd and the shims wrote their\n`postern-audit-checkpoint seq=N hash=H sig=S` lines (syslog, journalctl output) and verify\nfails when the log ends before the newest of them. Lines that do not carry this CA's audit\nkey's signature (DATA_DIR/ca/audit.pub) are counted and ignored."
+    )]
     Verify {
+        /// A log file holding checkpoint lines emitted off this host (repeatable).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Vec<std::path::PathBuf>,
         #[command(flatten)]
         a: AdminArgs,
     },

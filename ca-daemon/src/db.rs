@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS audit_head (
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+-- Every audit event's (seq, hash) signed with the audit key (DATA/ca/audit.key): added after
+-- schema 3, created in older databases by this IF NOT EXISTS (their events are signed once,
+-- when the key is created: audit::sign_existing).
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    sig TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,

@@ -2,7 +2,8 @@
 //! check that `serve` refuses to start without.
 //!
 //! Layout: `DIR/ca/` (0700) holds `user_ca`, `host_ca`, `node_ca` (OpenSSH Ed25519 keys, 0600),
-//! `service_ca.key`/`service_ca.crt` (X.509 CA), `api.key`/`api.crt` (the API's TLS pair).
+//! `service_ca.key`/`service_ca.crt` (X.509 CA), `api.key`/`api.crt` (the API's TLS pair),
+//! `audit.key`/`audit.pub` (the key that signs audit checkpoints, OpenSSH Ed25519).
 
 use std::fs;
 use std::io::Write;
@@ -134,7 +135,52 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
     let (api_pem, api_key) = ca.issue_server_cert(api_names, now)?;
     write_new(&dir.join("api.key"), api_key.as_bytes(), 0o600)?;
     write_new(&dir.join("api.crt"), api_pem.as_bytes(), 0o644)?;
+    let (private, public) = crate::audit::generate_key_pem(cluster)?;
+    write_new(&dir.join("audit.key"), private.as_bytes(), 0o600)?;
+    write_new(
+        &dir.join("audit.pub"),
+        format!("{public}\n").as_bytes(),
+        0o644,
+    )?;
     Ok(())
+}
+
+/// Loads the audit checkpoint key, after the same permission checks as the CA keys. An
+/// installation older than checkpoints has none: it is made as `audit.key.new`, `sign_existing`
+/// signs the events already logged (the one time the daemon vouches for events it did not
+/// just append), and only then is it renamed `audit.key`, so that a crash in between signs
+/// them again at the next start instead of leaving them unsigned.
+pub fn audit_key(
+    data_dir: &Path,
+    cluster: &str,
+    sign_existing: impl FnOnce(&crate::audit::AuditKey) -> Result<()>,
+) -> Result<crate::audit::AuditKey> {
+    let dir = ca_dir(data_dir);
+    check_private(&dir, true)?;
+    let (path, new) = (dir.join("audit.key"), dir.join("audit.key.new"));
+    let read = |p: &Path| -> Result<crate::audit::AuditKey> {
+        check_private(p, false)?;
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        );
+        crate::audit::key_from_openssh(&text, p)
+    };
+    if fs::symlink_metadata(&path).is_ok() {
+        return read(&path);
+    }
+    if fs::symlink_metadata(&new).is_err() {
+        let (private, _) = crate::audit::generate_key_pem(cluster)?;
+        write_new(&new, private.as_bytes(), 0o600)?;
+    }
+    let key = read(&new)?;
+    sign_existing(&key)?;
+    let public = key.public().to_openssh(cluster)?;
+    let pub_path = dir.join("audit.pub");
+    let _ = fs::remove_file(&pub_path);
+    write_new(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+    fs::rename(&new, &path).with_context(|| format!("cannot rename {}", new.display()))?;
+    fs::File::open(&dir)?.sync_all()?;
+    Ok(key)
 }
 
 fn check_private(path: &Path, want_dir: bool) -> Result<()> {

@@ -16,6 +16,8 @@ mod x509;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use clap::Parser;
 // The command line and the config file live in the library (src/lib.rs) so that man/ can
 // render and check them; `crate::config` keeps naming the config module here.
@@ -210,13 +212,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             s
         }).await,
         Cmd::Lock(LockCmd::Rm { id, a }) => admin_cmd(&a, AdminRequest::LockRm { id }, |_| format!("Lock {id} removed.")).await,
-        Cmd::Audit(AuditCmd::Verify { a }) => {
-            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify).await?;
+        Cmd::Audit(AuditCmd::Verify { checkpoints, a }) => {
+            let (offhost, ignored) = if checkpoints.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                let cfg = config::Config::load(&a.config.config)?;
+                let pub_path = keys::ca_dir(&cfg.data_dir).join("audit.pub");
+                let text = std::fs::read_to_string(&pub_path).with_context(|| format!("cannot read the audit key {}", pub_path.display()))?;
+                audit::read_offhost(&checkpoints, &audit::public_key_from_openssh(&text, &pub_path)?)?
+            };
+            let given = offhost.len();
+            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
             let problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+            if ignored > 0 {
+                eprintln!("posternd: ignored {ignored} checkpoint line(s) that do not carry this CA's audit key signature");
+            }
+            if !checkpoints.is_empty() && given == 0 {
+                eprintln!("posternd: no checkpoint signed by this CA's audit key in the files given");
+            }
             if a.json {
                 println!("{data}");
             } else if problems.is_empty() {
-                println!("audit log OK: {} events, hash chain intact", data["events"]);
+                println!("audit log OK: {} events, hash chain intact, every event signed", data["events"]);
+                match data["offhost_newest"].as_u64() {
+                    Some(n) => println!("consistent with the checkpoints emitted off the host (newest: event {n})"),
+                    None => println!("(a log whose newest events were deleted with their checkpoints is found only with --checkpoints)"),
+                }
             } else {
                 println!("audit log TAMPERED ({} events checked):", data["events"]);
                 for p in &problems {

@@ -180,7 +180,15 @@ pub static POSTERND: Prose = Prose {
          postern-gate(8) use: enrolment and login with password and TOTP, password-less \
          renewal, joining of servers and gateways with single-use tokens, policy bundles, the \
          KRL, locks, session events and recordings. Every issued certificate and every event \
-         is written to a hash-chained audit log in the same database transaction.",
+         is written to a hash-chained audit log in the same database transaction, with a \
+         checkpoint (its sequence number and hash) signed by the audit key DATA_DIR/ca/audit.key, \
+         which the database does not hold. The newest checkpoint is logged as a line \
+         `postern-audit-checkpoint seq=N hash=H sig=S` to syslog (facility auth) and to \
+         standard error whenever a newer event was signed (at most every second), and is \
+         sent to every joined server, whose postern-shim logs it to that server's syslog: \
+         `audit verify --checkpoints FILE` finds with these copies a log whose newest events \
+         were deleted. An installation older than checkpoints gets its audit key at its first \
+         start, and the events already logged are signed then.",
         "The policy file (postern-policy.toml(5)) is reloaded on SIGHUP and whenever its \
          content changes (checked every second). A policy with an error is reported with \
          file, line and column, audited, and ignored: the last good policy stays in force. \
@@ -246,7 +254,8 @@ pub static POSTERND: Prose = Prose {
             "1",
             "Error: the configuration or the policy is invalid (`check-config`), `serve` could \
              not start, an admin command could not reach the daemon or was refused, or \
-             `audit verify` found the hash chain broken.",
+             `audit verify` found the hash chain broken, an event without a valid signed \
+             checkpoint, or a log shorter than a checkpoint given with --checkpoints.",
         ),
         USAGE_ERROR,
     ],
@@ -264,8 +273,9 @@ pub static POSTERND: Prose = Prose {
         ),
         (
             "DATA_DIR/ca/",
-            "The CA keys (user_ca, host_ca, node_ca, service_ca.key) and the API's TLS key, \
-             each mode 0600 in a directory of mode 0700. DATA_DIR is the configuration's \
+            "The CA keys (user_ca, host_ca, node_ca, service_ca.key), the API's TLS key and \
+             the audit checkpoint key (audit.key, its public half audit.pub), each mode 0600 \
+             in a directory of mode 0700. DATA_DIR is the configuration's \
              data_dir, /var/lib/postern on a packaged system.",
         ),
         (
@@ -461,7 +471,10 @@ pub static POSTERN_SHIM: Prose = Prose {
         "`postern-shim sync` fetches the policy bundle, locks, KRL and node-access CA key, \
          renews the host certificate when the CA says it is due (a third of its life left) or \
          at once with --renew, keeps the drop-in's PerSourcePenaltyExemptList equal to the \
-         gateways' addresses the CA reports, and delivers spooled events. After installing a \
+         gateways' addresses the CA reports, and delivers spooled events. When the CA's \
+         newest signed audit checkpoint changed, it logs it to syslog \
+         (`postern-audit-checkpoint seq=N hash=H sig=S`): a copy off the CA's host, which \
+         `posternd audit verify --checkpoints` reads. After installing a \
          renewed host certificate or a changed drop-in it reloads sshd (systemctl reload when \
          systemd runs the sshd named by the effective PidFile, SIGHUP to that pid otherwise) \
          and checks with ssh-keyscan at the joined address that sshd serves the new \
