@@ -176,8 +176,11 @@ pub fn after_failure(failures_before: i64, now: u64) -> AfterFailure {
 /// user field) is never stored. The key is random per daemon process and never written down,
 /// so the tag cannot be reversed by guessing names offline.
 pub fn unknown_name_tag(name: &str) -> String {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    let key = KEY.get_or_init(|| random::<32>().unwrap_or_else(|_| [0x5a; 32]));
+    static KEY: OnceLock<Option<[u8; 32]>> = OnceLock::new();
+    // Without randomness there is no secret key, and a tag could be reversed: none then.
+    let Some(key) = KEY.get_or_init(|| random::<32>().ok()) else {
+        return "untagged".to_owned();
+    };
     let mut h = Sha256::new();
     h.update(key);
     h.update(name.as_bytes());
