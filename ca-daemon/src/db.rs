@@ -230,6 +230,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // When the CA authorized the recording's session (schema 3): a user's own recordings are
     // those authorized since their user record was made.
     ("recordings", "authorized_at", "INTEGER"),
+    // A user locked until `posternd users reset` after repeated login failures (schema 4);
+    // `failed_count` now counts every failure since the last success, across locks.
+    ("users", "hard_locked", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Creates the schema, and brings a database of an older version up to date (idempotent).
@@ -243,7 +246,7 @@ pub fn init_schema(conn: &Connection) -> Result<()> {
         }
     }
     conn.execute(
-        "UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2')",
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version' AND value IN ('1', '2', '3')",
         [],
     )
     .context("cannot record the schema version")?;
@@ -382,6 +385,6 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "3");
+        assert_eq!(v, "4");
     }
 }

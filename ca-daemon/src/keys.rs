@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use postern_core::cert::{generate_ed25519, KeySigner, Signer};
 use ssh_key::{LineEnding, PrivateKey};
+use zeroize::Zeroizing;
 
 use crate::x509::ServiceCa;
 
@@ -61,8 +62,8 @@ pub struct KeyStore {
     pub service: ServiceCa,
     /// The API's certificate (PEM).
     pub api_cert_pem: String,
-    /// The API's key (PEM).
-    pub api_key_pem: String,
+    /// The API's key (PEM), wiped from memory when dropped.
+    pub api_key_pem: Zeroizing<String>,
 }
 
 impl KeyStore {
@@ -120,6 +121,7 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
         .with_context(|| format!("cannot create {}", dir.display()))?;
     for kind in CaKind::ALL {
         let key = generate_ed25519(&format!("postern {} CA ({cluster})", kind.as_str()))?;
+        // `to_openssh` already returns `Zeroizing<String>`: the PEM is wiped when dropped.
         let pem = key.to_openssh(LineEnding::LF)?;
         write_new(&dir.join(kind.file()), pem.as_bytes(), 0o600)?;
         write_new(
@@ -223,14 +225,34 @@ pub fn unsafe_free_geteuid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// Reads a private key file into memory that is wiped when dropped. The buffer is sized from
+/// the file first, so that growing it leaves no copy of the key behind in freed memory.
+fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
+    use std::io::Read as _;
+    let f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    // A private key is a few hundred bytes; more is not a key of ours.
+    if len > 64 * 1024 {
+        bail!("{} is too large to be a key", path.display());
+    }
+    let mut text = Zeroizing::new(String::with_capacity(usize::try_from(len).unwrap_or(0) + 1));
+    f.take(64 * 1024 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text)
+}
+
 /// Loads every key after checking the directory's and the private files' permissions.
 pub fn load(data_dir: &Path) -> Result<KeyStore> {
     let dir = ca_dir(data_dir);
     check_private(&dir, true)?;
-    let read_private = |name: &str| -> Result<String> {
+    let read_private = |name: &str| -> Result<Zeroizing<String>> {
         let p = dir.join(name);
         check_private(&p, false)?;
-        fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        read_secret(&p)
     };
     let ssh = |kind: CaKind| -> Result<KeySigner> {
         let text = read_private(kind.file())?;

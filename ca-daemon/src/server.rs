@@ -338,7 +338,7 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
             )?;
         }
         format!(
-            "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite {token}\nthen log in:",
+            "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app) with the invite\n  {token}\npasted when asked (on the command line every local user could read it):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite-stdin\nthen log in:",
             url = cfg.api_url
         )
     };

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::Zeroize;
 
 use crate::names::{ClusterName, Login, Username};
@@ -42,6 +42,15 @@ impl Drop for Secret {
     }
 }
 
+/// The user name of a login or an enrolment, refused without repeating the value: the API
+/// answers with the error and logs it, and a password typed into the user field must appear in
+/// neither.
+fn quiet_username<'de, D: Deserializer<'de>>(d: D) -> Result<Username, D::Error> {
+    let s = zeroize::Zeroizing::new(String::deserialize(d)?);
+    s.parse::<Username>()
+        .map_err(|e| serde::de::Error::custom(format_args!("invalid user name: {}", e.reason)))
+}
+
 /// `GET /v1/ping`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +66,7 @@ pub struct PingResponse {
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The user.
+    #[serde(deserialize_with = "quiet_username")]
     pub user: Username,
     /// The invite printed by `posternd users add`.
     pub invite: Secret,
@@ -77,6 +87,7 @@ pub struct EnrollResponse {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The user.
+    #[serde(deserialize_with = "quiet_username")]
     pub user: Username,
     /// The password.
     pub password: Secret,
@@ -622,4 +633,28 @@ pub struct RecordingComplete {
     pub meta: RecordingMeta,
     /// Lowercase hex SHA-256 of the whole file.
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn regression_a_refused_user_name_is_not_repeated_in_the_error() {
+        let body = r#"{"user":"Hunter2!secret","password":"x","otp":"1","public_key":"k"}"#;
+        let e = serde_json::from_str::<LoginRequest>(body)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid user name"), "{e}");
+        assert!(!e.contains("Hunter2"), "{e}");
+        let body = r#"{"user":"Hunter2!secret","invite":"i","password":"x"}"#;
+        let e = serde_json::from_str::<EnrollRequest>(body)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("Hunter2"), "{e}");
+        let body = r#"{"user":"alice","password":"x","otp":"1","public_key":"k"}"#;
+        let ok = serde_json::from_str::<LoginRequest>(body).unwrap();
+        assert_eq!(ok.user.as_str(), "alice");
+    }
 }

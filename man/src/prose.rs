@@ -66,9 +66,9 @@ pub static POSTERN: Prose = Prose {
     examples: &[
         Example {
             what: "First time, with the invite your administrator gave you (the CA address \
-                   and pin come from them too):",
+                   and pin come from them too), pasted when asked:",
             commands: &[
-                "postern enroll --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --user alice --invite 7Q2X-...",
+                "postern enroll --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --user alice --invite-stdin",
                 "postern login",
             ],
         },
@@ -194,6 +194,21 @@ pub static POSTERND: Prose = Prose {
          file, line and column, audited, and ignored: the last good policy stays in force. \
          `serve` stops on SIGTERM or SIGINT. It refuses to start when a CA key file is not mode \
          0600 in a 0700 directory owned by its user.",
+        "Logins lock after repeated failures, and names that are not users lock the same \
+         way, so that a lock says nothing about whether a user exists. Failures count from \
+         the last successful login and are not forgotten when a lock ends: the 5th, 10th, \
+         15th, 20th and 25th failures lock the account for 15 minutes, 30 minutes, 1, 2 and 4 \
+         hours, and the 30th locks it hard, until `posternd users reset NAME`, which also \
+         sets new credentials (someone has been guessing). During a lock every attempt is \
+         refused unchecked and counts nothing, a right password and code included. An \
+         attacker who knows the password thus gets 30 guesses at the one-time code in 7 \
+         hours 45 minutes, each right with a probability of 3 in 1,000,000 (the codes of the \
+         current time step and its two neighbours are accepted): a chance of about 1 in \
+         11,000, and then none. (With a fresh start after every 15-minute lock, 480 guesses a \
+         day found the code in 1.9 years on average.) `posternd users ls` shows each user's \
+         failures and lock. A name that is not a user is never logged or audited, since it \
+         may be a password typed into the wrong field: audit events show <unknown> and a \
+         short tag that is the same for the same name until the daemon restarts.",
         "The admin commands (users, ca, certs, audit, tokens, nodes, lock, gateways, \
          recordings) ask the running daemon through its admin socket, DATA_DIR/admin.sock, \
          which they find through --config; only root and the daemon's own user may use it. \
@@ -222,7 +237,7 @@ pub static POSTERND: Prose = Prose {
                    printed once), then run the join on the server:",
             commands: &[
                 "posternd tokens add --kind node --name web1 --labels env=prod,team=web",
-                "postern-shim join --ca https://ca.prod.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam",
+                "POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca https://ca.prod.example.com:3080 --ca-pin sha256:4f1c0a... --name web1 --pam",
             ],
         },
         Example {
@@ -349,14 +364,14 @@ pub static POSTERN_GATE: Prose = Prose {
         Example {
             what: "Join the cluster with a token from `posternd tokens add --kind gateway --name gate1`; \
                    the host certificate names the CA's [gateway] public_addr:",
-            commands: &["postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1"],
+            commands: &["POSTERN_JOIN_TOKEN=TOKEN postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name gate1"],
         },
         Example {
             what: "After public_addr changed in posternd.toml, re-join so that the certificate names it \
                    (`serve` refuses to start until then):",
             commands: &[
                 "posternd tokens add --kind gateway --name gate1 --replace",
-                "postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1",
+                "POSTERN_JOIN_TOKEN=TOKEN postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name gate1",
             ],
         },
         Example {
@@ -489,8 +504,9 @@ pub static POSTERN_SHIM: Prose = Prose {
     ],
     examples: &[
         Example {
-            what: "Join this server with a token from `posternd tokens add --kind node --name web1 --labels env=prod`:",
-            commands: &["postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam"],
+            what: "Join this server with a token from `posternd tokens add --kind node --name web1 --labels env=prod` \
+                   (in the environment: on the command line every local user could read it):",
+            commands: &["POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name web1 --pam"],
         },
         Example {
             what: "Join with the token in the environment, sshd listening on port 2222:",
