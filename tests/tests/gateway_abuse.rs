@@ -17,9 +17,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 /// The attacker's address; alice connects from 127.0.0.1.
 const ATTACKER: &str = "127.0.0.9";
 /// With `SLOW`, more than the 4,096 connections the gateway served at once before it had
-/// limits (before them, these alone locked everyone out), and fewer than those and its
-/// listen queue of 1,024 could take, so that every one connects either way.
-const IDLE: usize = 4700;
+/// limits: before them, these alone locked everyone out.
+const IDLE: usize = 5000;
 /// Connections that send one byte a second and never finish their SSH banner.
 const SLOW: usize = 300;
 /// How long a watchdog waits before it calls a step hung (not a measurement: the step takes
@@ -76,7 +75,7 @@ fn attacker_connect(gate: SocketAddr) -> Option<TcpStream> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let from: SocketAddr = format!("{ATTACKER}:0").parse().unwrap();
     s.bind(&SockAddr::from(from)).unwrap();
-    s.connect_timeout(&SockAddr::from(gate), Duration::from_secs(3))
+    s.connect_timeout(&SockAddr::from(gate), Duration::from_millis(2500))
         .ok()?;
     Some(TcpStream::from(s))
 }
@@ -112,7 +111,20 @@ impl Attack {
                 }
             })
         };
-        let idle: Vec<TcpStream> = (0..idle).filter_map(|_| attacker_connect(gate)).collect();
+        // A gateway that stops accepting (every slot held) fills its listen queue, and then
+        // connects hang: three in a row that cannot be made end the attack's connecting.
+        let mut idle_conns = Vec::new();
+        let mut failed = 0;
+        while idle_conns.len() < idle && failed < 3 {
+            match attacker_connect(gate) {
+                Some(s) => {
+                    idle_conns.push(s);
+                    failed = 0;
+                }
+                None => failed += 1,
+            }
+        }
+        let idle = idle_conns;
         Attack {
             idle,
             slow,
@@ -224,11 +236,11 @@ fn thousands_of_idle_and_slow_connections_from_one_address_do_not_keep_alice_out
     let c = GateCluster::start(&policy());
     let gate: SocketAddr = format!("127.0.0.1:{}", c.gate.port).parse().unwrap();
     let attack = Attack::start(gate, IDLE, SLOW);
+    // More than the 4,096 slots the gateway had before its limits, whatever happens next.
     let made = attack.idle.len() + attack.slow.lock().unwrap().len();
-    assert_eq!(
-        made,
-        IDLE + SLOW,
-        "the attack's connections were not all made"
+    assert!(
+        made > 4096,
+        "only {made} of the attack's connections were made"
     );
     let out = wait_output(alice_ssh(&c, &["echo in"]), "alice's ssh under the attack");
     assert!(
@@ -244,7 +256,7 @@ fn thousands_of_idle_and_slow_connections_from_one_address_do_not_keep_alice_out
     assert!(open <= 128, "{open} of the attack's connections are open");
     // And the gateway says so, in a summary rather than a line per connection.
     wait_until("the gateway's summary of refusals", || {
-        refused_by(&c.gate.log(), "per_source_max_startups") >= (IDLE + SLOW - 128) as u64
+        refused_by(&c.gate.log(), "per_source_max_startups") >= (made - 128) as u64
     });
     let log = c.gate.log();
     assert!(
