@@ -56,7 +56,11 @@ pub enum AdminRequest {
         n: u32,
     },
     /// `audit verify`
-    AuditVerify,
+    AuditVerify {
+        /// Checkpoints emitted off the host, signature-checked by the client (checked again).
+        #[serde(default)]
+        checkpoints: Vec<postern_core::api::AuditCheckpoint>,
+    },
     /// `tokens add`
     TokensAdd {
         /// node or gateway.
@@ -140,6 +144,17 @@ pub struct AdminResponse {
     /// The error, when `ok` is false.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// One row of `users ls`, as read.
+struct UserLine {
+    name: String,
+    enrolled: bool,
+    last: Option<i64>,
+    locked_until: i64,
+    created: i64,
+    failures: i64,
+    hard_locked: bool,
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.
@@ -250,10 +265,18 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let rows = svc
                 .db
                 .run(|conn| {
-                    let mut st = conn.prepare("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at FROM users ORDER BY name")?;
+                    let mut st = conn.prepare("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at, failed_count, hard_locked FROM users ORDER BY name")?;
                     let rows = st
                         .query_map([], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+                            Ok(UserLine {
+                                name: r.get(0)?,
+                                enrolled: r.get(1)?,
+                                last: r.get(2)?,
+                                locked_until: r.get(3)?,
+                                created: r.get(4)?,
+                                failures: r.get(5)?,
+                                hard_locked: r.get(6)?,
+                            })
                         })?
                         .collect::<Result<Vec<_>, _>>()?;
                     Ok(rows)
@@ -261,21 +284,35 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                 .await?;
             let list: Vec<Value> = rows
                 .into_iter()
-                .map(|(name, enrolled, last, locked, created)| {
-                    let roles = name
-                        .parse::<postern_core::Username>()
-                        .ok()
-                        .and_then(|u| policy.users.get(&u).cloned())
-                        .unwrap_or_default();
-                    json!({
-                        "name": name,
-                        "enrolled": enrolled,
-                        "roles": roles,
-                        "last_login": last,
-                        "locked": locked as u64 > now,
-                        "created_at": created,
-                    })
-                })
+                .map(
+                    |UserLine {
+                         name,
+                         enrolled,
+                         last,
+                         locked_until,
+                         created,
+                         failures,
+                         hard_locked,
+                     }| {
+                        let locked_until = u64::try_from(locked_until).ok().filter(|t| *t > now);
+                        let roles = name
+                            .parse::<postern_core::Username>()
+                            .ok()
+                            .and_then(|u| policy.users.get(&u).cloned())
+                            .unwrap_or_default();
+                        json!({
+                            "name": name,
+                            "enrolled": enrolled,
+                            "roles": roles,
+                            "last_login": last,
+                            "locked": hard_locked || locked_until.is_some(),
+                            "locked_until": locked_until,
+                            "hard_locked": hard_locked,
+                            "failures": failures,
+                            "created_at": created,
+                        })
+                    },
+                )
                 .collect();
             Ok(Value::Array(list))
         }
@@ -307,21 +344,27 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let user: postern_core::Username = name.parse()?;
             let (token, hash) = auth::new_invite()?;
             let expires = now + auth::INVITE_SECS;
-            svc.db
+            let was_hard_locked = svc.db
                 .run(move |conn| {
+                    let was_hard_locked: bool = conn
+                        .query_row("SELECT hard_locked FROM users WHERE name = ?1", [user.as_str()], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(false);
                     let n = conn.execute(
-                        "UPDATE users SET password_hash = NULL, totp_secret = NULL, last_totp_step = 0, failed_count = 0, locked_until = 0, last_password_login = NULL, invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
+                        "UPDATE users SET password_hash = NULL, totp_secret = NULL, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, last_password_login = NULL, invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
                         params![user.as_str(), hash, expires as i64],
                     )?;
                     if n == 0 {
                         bail!("no user {user}");
                     }
                     let revoked = conn.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0", [user.as_str()])?;
-                    audit::append(conn, now, "user.reset", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked }))?;
-                    Ok(())
+                    audit::append(conn, now, "user.reset", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked, "was_hard_locked": was_hard_locked }))?;
+                    Ok(was_hard_locked)
                 })
                 .await?;
-            Ok(json!({ "user": name, "invite": token, "expires_at": expires }))
+            Ok(
+                json!({ "user": name, "invite": token, "expires_at": expires, "was_hard_locked": was_hard_locked }),
+            )
         }
         AdminRequest::CaExport { ca } => {
             let kind = CaKind::ALL
@@ -417,8 +460,18 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             }
             svc.recordings_ls(user, node, limit).await
         }
-        AdminRequest::AuditVerify => {
-            let v = svc.db.run(audit::verify).await?;
+        AdminRequest::AuditVerify { checkpoints } => {
+            if checkpoints.len() > audit::MAX_OFFHOST {
+                bail!(
+                    "at most {} off-host checkpoints per verify",
+                    audit::MAX_OFFHOST
+                );
+            }
+            let key = audit::installed_public_key()?;
+            let v = svc
+                .db
+                .run(move |conn| audit::verify_with(conn, &key, &checkpoints))
+                .await?;
             Ok(serde_json::to_value(v)?)
         }
     }

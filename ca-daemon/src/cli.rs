@@ -141,7 +141,7 @@ pub enum Cmd {
 pub enum GatewaysCmd {
     /// List joined gateways: name, public address, when they joined and were last seen.
     #[command(
-        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway --name gate1\n  postern-gate join --ca URL --ca-pin PIN --token TOKEN --name gate1\nRemove one with `posternd nodes rm NAME`."
+        after_help = "Examples:\n  posternd gateways ls\n  posternd gateways ls --json\n\nA gateway joins with a token of kind gateway:\n  posternd tokens add --kind gateway --name gate1\n  POSTERN_JOIN_TOKEN=TOKEN postern-gate join --ca URL --ca-pin PIN --name gate1\nRemove one with `posternd nodes rm NAME`."
     )]
     Ls {
         #[command(flatten)]
@@ -174,7 +174,7 @@ pub enum RecordingsCmd {
 pub enum TokensCmd {
     /// Create a single-use join token (printed once; only its id is stored in the clear).
     #[command(
-        after_help = "Examples:\n  posternd tokens add --kind node --name web1 --labels env=prod,team=web\n  posternd tokens add --kind node --name web1 --replace\n  posternd tokens add --kind gateway --name gate1 --ttl 10m --json\n\nOn the server:\n  postern-shim join --ca URL --ca-pin PIN --token TOKEN --name web1\n\nA token joins exactly the name it was made for. It does not replace a node or gateway that already has that name unless made with --replace, and never turns a node into a gateway or the reverse. Its labels are the node's complete label set: a join that asks for other labels is refused."
+        after_help = "Examples:\n  posternd tokens add --kind node --name web1 --labels env=prod,team=web\n  posternd tokens add --kind node --name web1 --replace\n  posternd tokens add --kind gateway --name gate1 --ttl 10m --json\n\nOn the server:\n  POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca URL --ca-pin PIN --name web1\n\nA token joins exactly the name it was made for. It does not replace a node or gateway that already has that name unless made with --replace, and never turns a node into a gateway or the reverse. Its labels are the node's complete label set: a join that asks for other labels is refused."
     )]
     Add {
         /// What may join with it.
@@ -279,8 +279,10 @@ pub enum UsersCmd {
         #[command(flatten)]
         a: AdminArgs,
     },
-    /// List users.
-    #[command(after_help = "Example:\n  posternd users ls --json")]
+    /// List users: enrolled, login failures since the last success, lock, roles.
+    #[command(
+        after_help = "Example:\n  posternd users ls --json\n\nFAILURES counts every failed login since the last successful one, across locks. LOCKED is `no`, `until TIME` (a timed lock: 15 minutes at the 5th failure, doubling at each 5 more) or `hard` (at the 30th failure: only `posternd users reset` ends it)."
+    )]
     Ls {
         #[command(flatten)]
         a: AdminArgs,
@@ -293,8 +295,11 @@ pub enum UsersCmd {
         #[command(flatten)]
         a: AdminArgs,
     },
-    /// Clear a user's password and TOTP and print a new invite.
-    #[command(after_help = "Example:\n  posternd users reset alice")]
+    /// Clear a user's password, TOTP, failures and lock (also a hard lock), revoke their
+    /// certificates, and print a new invite.
+    #[command(
+        after_help = "Example:\n  posternd users reset alice\n\nThis is how a hard lock ends: after 30 failed logins someone may know the password, so the user enrols again with the new invite."
+    )]
     Reset {
         /// The user name.
         name: String,
@@ -365,9 +370,15 @@ pub enum AuditCmd {
         #[command(flatten)]
         a: AdminArgs,
     },
-    /// Check the hash chain; exit 1 and name the events when it was tampered with.
-    #[command(after_help = "Example:\n  posternd audit verify")]
+    /// Check the hash chain and every event's signed checkpoint; exit 1 and name the first bad
+    /// event when it was tampered with.
+    #[command(
+        after_help = "Examples:\n  posternd audit verify\n  posternd audit verify --checkpoints /var/log/auth.log --checkpoints web1-auth.log\n\nWithout --checkpoints, a log whose newest events were deleted together with their\ncheckpoints looks complete. Give the logs where posternd and the shims wrote their\n`postern-audit-checkpoint seq=N hash=H sig=S` lines (syslog, journalctl output) and verify\nfails when the log ends before the newest of them. Lines that do not carry this CA's audit\nkey's signature (DATA_DIR/ca/audit.pub) are counted and ignored."
+    )]
     Verify {
+        /// A log file holding checkpoint lines emitted off this host (repeatable).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Vec<std::path::PathBuf>,
         #[command(flatten)]
         a: AdminArgs,
     },

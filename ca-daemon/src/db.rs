@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS audit_head (
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+-- Every audit event's (seq, hash) signed with the audit key (DATA/ca/audit.key): added after
+-- schema 3, created in older databases by this IF NOT EXISTS (their events are signed once,
+-- when the key is created: audit::sign_existing).
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    sig TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
@@ -84,6 +92,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     egress TEXT,
     seen_from TEXT
 );
+-- The event ids a gateway's events carry: an event sent again is audited once.
+CREATE TABLE IF NOT EXISTS gateway_event_ids (
+    gateway TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    PRIMARY KEY (gateway, event_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
@@ -215,6 +230,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // When the CA authorized the recording's session (schema 3): a user's own recordings are
     // those authorized since their user record was made.
     ("recordings", "authorized_at", "INTEGER"),
+    // A user locked until `posternd users reset` after repeated login failures (schema 4);
+    // `failed_count` now counts every failure since the last success, across locks.
+    ("users", "hard_locked", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Creates the schema, and brings a database of an older version up to date (idempotent).
@@ -228,7 +246,7 @@ pub fn init_schema(conn: &Connection) -> Result<()> {
         }
     }
     conn.execute(
-        "UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2')",
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version' AND value IN ('1', '2', '3')",
         [],
     )
     .context("cannot record the schema version")?;
@@ -367,6 +385,6 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "3");
+        assert_eq!(v, "4");
     }
 }

@@ -2,7 +2,8 @@
 //! check that `serve` refuses to start without.
 //!
 //! Layout: `DIR/ca/` (0700) holds `user_ca`, `host_ca`, `node_ca` (OpenSSH Ed25519 keys, 0600),
-//! `service_ca.key`/`service_ca.crt` (X.509 CA), `api.key`/`api.crt` (the API's TLS pair).
+//! `service_ca.key`/`service_ca.crt` (X.509 CA), `api.key`/`api.crt` (the API's TLS pair),
+//! `audit.key`/`audit.pub` (the key that signs audit checkpoints, OpenSSH Ed25519).
 
 use std::fs;
 use std::io::Write;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use postern_core::cert::{generate_ed25519, KeySigner, Signer};
 use ssh_key::{LineEnding, PrivateKey};
+use zeroize::Zeroizing;
 
 use crate::x509::ServiceCa;
 
@@ -60,8 +62,8 @@ pub struct KeyStore {
     pub service: ServiceCa,
     /// The API's certificate (PEM).
     pub api_cert_pem: String,
-    /// The API's key (PEM).
-    pub api_key_pem: String,
+    /// The API's key (PEM), wiped from memory when dropped.
+    pub api_key_pem: Zeroizing<String>,
 }
 
 impl KeyStore {
@@ -119,6 +121,7 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
         .with_context(|| format!("cannot create {}", dir.display()))?;
     for kind in CaKind::ALL {
         let key = generate_ed25519(&format!("postern {} CA ({cluster})", kind.as_str()))?;
+        // `to_openssh` already returns `Zeroizing<String>`: the PEM is wiped when dropped.
         let pem = key.to_openssh(LineEnding::LF)?;
         write_new(&dir.join(kind.file()), pem.as_bytes(), 0o600)?;
         write_new(
@@ -134,7 +137,52 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
     let (api_pem, api_key) = ca.issue_server_cert(api_names, now)?;
     write_new(&dir.join("api.key"), api_key.as_bytes(), 0o600)?;
     write_new(&dir.join("api.crt"), api_pem.as_bytes(), 0o644)?;
+    let (private, public) = crate::audit::generate_key_pem(cluster)?;
+    write_new(&dir.join("audit.key"), private.as_bytes(), 0o600)?;
+    write_new(
+        &dir.join("audit.pub"),
+        format!("{public}\n").as_bytes(),
+        0o644,
+    )?;
     Ok(())
+}
+
+/// Loads the audit checkpoint key, after the same permission checks as the CA keys. An
+/// installation older than checkpoints has none: it is made as `audit.key.new`, `sign_existing`
+/// signs the events already logged (the one time the daemon vouches for events it did not
+/// just append), and only then is it renamed `audit.key`, so that a crash in between signs
+/// them again at the next start instead of leaving them unsigned.
+pub fn audit_key(
+    data_dir: &Path,
+    cluster: &str,
+    sign_existing: impl FnOnce(&crate::audit::AuditKey) -> Result<()>,
+) -> Result<crate::audit::AuditKey> {
+    let dir = ca_dir(data_dir);
+    check_private(&dir, true)?;
+    let (path, new) = (dir.join("audit.key"), dir.join("audit.key.new"));
+    let read = |p: &Path| -> Result<crate::audit::AuditKey> {
+        check_private(p, false)?;
+        let text = zeroize::Zeroizing::new(
+            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        );
+        crate::audit::key_from_openssh(&text, p)
+    };
+    if fs::symlink_metadata(&path).is_ok() {
+        return read(&path);
+    }
+    if fs::symlink_metadata(&new).is_err() {
+        let (private, _) = crate::audit::generate_key_pem(cluster)?;
+        write_new(&new, private.as_bytes(), 0o600)?;
+    }
+    let key = read(&new)?;
+    sign_existing(&key)?;
+    let public = key.public().to_openssh(cluster)?;
+    let pub_path = dir.join("audit.pub");
+    let _ = fs::remove_file(&pub_path);
+    write_new(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+    fs::rename(&new, &path).with_context(|| format!("cannot rename {}", new.display()))?;
+    fs::File::open(&dir)?.sync_all()?;
+    Ok(key)
 }
 
 fn check_private(path: &Path, want_dir: bool) -> Result<()> {
@@ -177,14 +225,34 @@ pub fn unsafe_free_geteuid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// Reads a private key file into memory that is wiped when dropped. The buffer is sized from
+/// the file first, so that growing it leaves no copy of the key behind in freed memory.
+fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
+    use std::io::Read as _;
+    let f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    // A private key is a few hundred bytes; more is not a key of ours.
+    if len > 64 * 1024 {
+        bail!("{} is too large to be a key", path.display());
+    }
+    let mut text = Zeroizing::new(String::with_capacity(usize::try_from(len).unwrap_or(0) + 1));
+    f.take(64 * 1024 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text)
+}
+
 /// Loads every key after checking the directory's and the private files' permissions.
 pub fn load(data_dir: &Path) -> Result<KeyStore> {
     let dir = ca_dir(data_dir);
     check_private(&dir, true)?;
-    let read_private = |name: &str| -> Result<String> {
+    let read_private = |name: &str| -> Result<Zeroizing<String>> {
         let p = dir.join(name);
         check_private(&p, false)?;
-        fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        read_secret(&p)
     };
     let ssh = |kind: CaKind| -> Result<KeySigner> {
         let text = read_private(kind.file())?;

@@ -16,6 +16,8 @@ mod x509;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use clap::Parser;
 // The command line and the config file live in the library (src/lib.rs) so that man/ can
 // render and check them; `crate::config` keeps naming the config module here.
@@ -91,11 +93,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Users(c) => match c {
             UsersCmd::Add { name, a } => admin_cmd(&a, AdminRequest::UsersAdd { name }, |d| {
                 let mut s = format!(
-                    "Invite for {} (valid 24h, single use):\n  {}\n\nThe user runs:\n  postern enroll --user {} --invite {} --ca <api_url> --ca-pin <pin>",
+                    "Invite for {} (valid 24h, single use):\n  {}\n\nThe user runs (and pastes the invite when asked; on the command line it would be visible to every local user):\n  postern enroll --user {} --invite-stdin --ca <api_url> --ca-pin <pin>",
                     d["user"].as_str().unwrap_or(""),
                     d["invite"].as_str().unwrap_or(""),
                     d["user"].as_str().unwrap_or(""),
-                    d["invite"].as_str().unwrap_or("")
                 );
                 if d["has_roles"] == false {
                     s.push_str("\n\nNote: the policy gives this user no roles yet; add [users.NAME] roles = [...] before they log in.");
@@ -103,16 +104,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s
             }).await,
             UsersCmd::Ls { a } => admin_cmd(&a, AdminRequest::UsersLs, |d| {
-                let mut s = format!("{:<24} {:<9} {:<7} {}", "NAME", "ENROLLED", "LOCKED", "ROLES");
+                let mut s = format!("{:<24} {:<9} {:<9} {:<28} {}", "NAME", "ENROLLED", "FAILURES", "LOCKED", "ROLES");
                 for u in d.as_array().into_iter().flatten() {
                     let roles: Vec<&str> = u["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
-                    s.push_str(&format!("\n{:<24} {:<9} {:<7} {}", u["name"].as_str().unwrap_or(""), u["enrolled"], u["locked"], roles.join(",")));
+                    let locked = if u["hard_locked"] == true {
+                        "hard (users reset)".to_owned()
+                    } else {
+                        u["locked_until"].as_i64().map_or("no".into(), |t| format!("until {}", server::fmt_time(t)))
+                    };
+                    s.push_str(&format!("\n{:<24} {:<9} {:<9} {:<28} {}", u["name"].as_str().unwrap_or(""), u["enrolled"], u["failures"], locked, roles.join(",")));
                 }
                 s
             }).await,
             UsersCmd::Rm { name, a } => admin_cmd(&a, AdminRequest::UsersRm { name: name.clone() }, |_| format!("Removed user {name}; their certificates can no longer be renewed.")).await,
             UsersCmd::Reset { name, a } => admin_cmd(&a, AdminRequest::UsersReset { name }, |d| {
-                format!("New invite for {} (valid 24h, single use):\n  {}", d["user"].as_str().unwrap_or(""), d["invite"].as_str().unwrap_or(""))
+                let mut s = format!("New invite for {} (valid 24h, single use):\n  {}", d["user"].as_str().unwrap_or(""), d["invite"].as_str().unwrap_or(""));
+                if d["was_hard_locked"] == true {
+                    s.push_str("\n\nThe hard lock is cleared; the user enrols again with this invite (new password and TOTP secret).");
+                }
+                s
             }).await,
         },
         Cmd::Ca(CaCmd::Export { ca, a }) => admin_cmd(&a, AdminRequest::CaExport { ca }, |d| {
@@ -142,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Tokens(TokensCmd::Add { kind, name, replace, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, name, replace, labels, ttl }, |d| {
             let bin = if d["kind"] == "gateway" { "postern-gate" } else { "postern-shim" };
-            format!("{}\n\nSingle use, for {} {}{}, expires {}. On that machine:\n  {bin} join --ca <api_url> --ca-pin <pin> --token {} --name {}",
+            format!("{}\n\nSingle use, for {} {}{}, expires {}. On that machine (the token in the environment: on the command line every local user could read it):\n  POSTERN_JOIN_TOKEN={} {bin} join --ca <api_url> --ca-pin <pin> --name {}",
                 d["token"].as_str().unwrap_or(""), d["kind"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""),
                 if d["replace"] == true { " (may replace the existing one)" } else { "" },
                 server::fmt_time(d["expires_at"].as_i64().unwrap_or(0)), d["token"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""))
@@ -210,13 +220,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             s
         }).await,
         Cmd::Lock(LockCmd::Rm { id, a }) => admin_cmd(&a, AdminRequest::LockRm { id }, |_| format!("Lock {id} removed.")).await,
-        Cmd::Audit(AuditCmd::Verify { a }) => {
-            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify).await?;
+        Cmd::Audit(AuditCmd::Verify { checkpoints, a }) => {
+            let (offhost, ignored) = if checkpoints.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                let cfg = config::Config::load(&a.config.config)?;
+                let pub_path = keys::ca_dir(&cfg.data_dir).join("audit.pub");
+                let text = std::fs::read_to_string(&pub_path).with_context(|| format!("cannot read the audit key {}", pub_path.display()))?;
+                audit::read_offhost(&checkpoints, &audit::public_key_from_openssh(&text, &pub_path)?)?
+            };
+            let given = offhost.len();
+            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
             let problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+            if ignored > 0 {
+                eprintln!("posternd: ignored {ignored} checkpoint line(s) that do not carry this CA's audit key signature");
+            }
+            if !checkpoints.is_empty() && given == 0 {
+                eprintln!("posternd: no checkpoint signed by this CA's audit key in the files given");
+            }
             if a.json {
                 println!("{data}");
             } else if problems.is_empty() {
-                println!("audit log OK: {} events, hash chain intact", data["events"]);
+                println!("audit log OK: {} events, hash chain intact, every event signed", data["events"]);
+                match data["offhost_newest"].as_u64() {
+                    Some(n) => println!("consistent with the checkpoints emitted off the host (newest: event {n})"),
+                    None => println!("(a log whose newest events were deleted with their checkpoints is found only with --checkpoints)"),
+                }
             } else {
                 println!("audit log TAMPERED ({} events checked):", data["events"]);
                 for p in &problems {

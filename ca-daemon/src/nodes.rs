@@ -176,7 +176,19 @@ pub fn build_bundle(
         user_ca_keys: vec![keys.public_line(CaKind::User)?],
         host_ca_keys: vec![keys.public_line(CaKind::Host)?],
         node_access_ca_keys: vec![keys.public_line(CaKind::NodeAccess)?],
+        audit_checkpoint: None,
     })
+}
+
+/// How far before its arrival a reported event's time may lie: a server's spool or a
+/// gateway's journal delivers events late after an outage, but not by more than this.
+pub const REPORTED_TS_WINDOW: u64 = 24 * 3600;
+
+/// The time an event reported by a node or gateway is logged at: the reported time clamped to
+/// `[arrival - REPORTED_TS_WINDOW, arrival]`, so a reporter can neither date events into the
+/// future nor bury them in the past (the reported time stays in the detail).
+pub fn clamp_reported_ts(reported: u64, arrival: u64) -> u64 {
+    reported.clamp(arrival.saturating_sub(REPORTED_TS_WINDOW), arrival)
 }
 
 /// Issues a host certificate for a node's own key and records it (subject and key id: the
@@ -587,7 +599,12 @@ impl Service {
                         host_certificate = Some(cert);
                     }
                 }
-                let bundle = build_bundle(c, &keys, &policy, &cluster, &name, &labels, now)?;
+                let mut bundle = build_bundle(c, &keys, &policy, &cluster, &name, &labels, now)?;
+                // Only a shim that asked gets the checkpoint: older shims refuse unknown fields.
+                if req.audit_checkpoint {
+                    let key = audit::installed_public_key()?;
+                    bundle.audit_checkpoint = audit::newest_checkpoint(c)?.filter(|cp| key.checks(cp));
+                }
                 Ok(Ok(SyncResponse { bundle, host_certificate }))
             })
             .await?
@@ -618,7 +635,16 @@ impl Service {
                         e.kind.chars().take(40).collect::<String>()
                     ))));
                 }
+                // The actor is who reported the event, from its mTLS identity; the user it
+                // names is only its claim and stays in the detail (`user`), with the reported
+                // time (`ts`). Events are logged in the order they arrived.
+                let actor = format!("{kind}:{name}");
                 for e in &events {
+                    // A gateway sends its journal again after a crash between our answer
+                    // and its removal of the segment: an event id seen before is dropped.
+                    if kind == "gateway" && !first_report(c, name.as_str(), e, now)? {
+                        continue;
+                    }
                     let mut detail = serde_json::to_value(e)?;
                     if let Some(m) = detail.as_object_mut() {
                         // Who reported it: a server's events name the server, a gateway's
@@ -626,8 +652,7 @@ impl Service {
                         m.insert(kind.clone(), json!(name.as_str()));
                         m.insert("received".into(), json!(now));
                     }
-                    let actor = e.user.clone().unwrap_or_else(|| format!("{kind}:{name}"));
-                    audit::append(c, e.ts.min(now + 300), &e.kind, &actor, detail)?;
+                    audit::append(c, clamp_reported_ts(e.ts, now), &e.kind, &actor, detail)?;
                 }
                 Ok(Ok(events.len()))
             })
@@ -783,6 +808,26 @@ impl Service {
     }
 }
 
+/// Whether this is the first report of a gateway's event: its `event_id` (gateways of this
+/// version put one in every event's detail) had not been seen from that gateway. Events
+/// without one (servers, older gateways) are always new.
+fn first_report(c: &Connection, gateway: &str, e: &NodeEvent, now: u64) -> Result<bool> {
+    let Some(id) = e
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("event_id"))
+        .and_then(|v| v.as_str())
+        .filter(|id| id.len() <= 64)
+    else {
+        return Ok(true);
+    };
+    let n = c.execute(
+        "INSERT OR IGNORE INTO gateway_event_ids (gateway, event_id, received) VALUES (?1, ?2, ?3)",
+        params![gateway, id, i64::try_from(now)?],
+    )?;
+    Ok(n == 1)
+}
+
 /// Whether a node of `reporter` kind may report events of `kind`. Servers report PAM session
 /// events; gateways also report what they saw inside sessions (`gateway.*` such as exec,
 /// subsystem, port forwards and refused destinations, and `sftp.*` file operations), but
@@ -813,6 +858,16 @@ pub fn locked_logins(locks: &[LockEntry]) -> Vec<Login> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_times_are_clamped_to_the_window_before_arrival() {
+        let arrival = 1_000_000;
+        assert_eq!(clamp_reported_ts(arrival - 5, arrival), arrival - 5);
+        assert_eq!(clamp_reported_ts(u64::MAX, arrival), arrival);
+        assert_eq!(clamp_reported_ts(arrival + 1, arrival), arrival);
+        assert_eq!(clamp_reported_ts(0, arrival), arrival - REPORTED_TS_WINDOW);
+        assert_eq!(clamp_reported_ts(0, 10), 0);
+    }
 
     #[test]
     fn servers_report_sessions_and_gateways_also_what_they_saw() {

@@ -103,6 +103,7 @@ pub fn init(
     let policy = policy_text.unwrap_or(postern_core::policy::SAMPLE_POLICY);
     Policy::parse(policy, &policy_path.display().to_string())?;
     keys::write_new(&policy_path, policy.as_bytes(), 0o644)?;
+    open_audit_key(data_dir, cluster_name.as_str())?;
     let conn = db::open_connection(&data_dir.join("posternd.db"))?;
     db::init_schema(&conn)?;
     audit::append(
@@ -120,6 +121,25 @@ pub fn init(
         config: config_path,
         policy: policy_path,
     })
+}
+
+/// Loads the audit checkpoint key (creating it, and signing the events already logged, on the
+/// first start of an installation older than checkpoints) and installs it for `audit::append`.
+fn open_audit_key(data_dir: &Path, cluster: &str) -> Result<audit::AuditPublicKey> {
+    let key = keys::audit_key(data_dir, cluster, |key| {
+        let conn = db::open_connection(&data_dir.join("posternd.db"))?;
+        db::init_schema(&conn)?;
+        let tx = conn.unchecked_transaction()?;
+        let n = audit::sign_existing(&tx, key)?;
+        tx.commit()?;
+        tracing::info!(
+            "created the audit checkpoint key; signed the {n} events already in the audit log"
+        );
+        Ok(())
+    })?;
+    let public = key.public();
+    audit::install_key(key);
+    Ok(public)
 }
 
 /// Validates config and policy.
@@ -146,7 +166,9 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let cfg = Config::load(config)?;
     let keys = Arc::new(keys::load(&cfg.data_dir)?);
     let policy = load_policy(&cfg.policy)?;
+    let audit_key = open_audit_key(&cfg.data_dir, cfg.cluster.as_str())?;
     let db = db::Db::open(&cfg.data_dir.join("posternd.db"))?;
+    tokio::spawn(audit::run_emitter(db.clone(), audit_key));
     let svc = Arc::new(Service {
         cluster: cfg.cluster.clone(),
         gateway: cfg.gateway_public_addr.clone(),
@@ -279,6 +301,7 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
     }
     let cfg = Config::load(&config)?;
     let keys = keys::load(&cfg.data_dir)?;
+    open_audit_key(&cfg.data_dir, cfg.cluster.as_str())?;
     let pin = keys.pin();
     // Give admin a fresh invite unless it has already enrolled.
     let conn = db::open_connection(&cfg.data_dir.join("posternd.db"))?;
@@ -315,7 +338,7 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
             )?;
         }
         format!(
-            "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite {token}\nthen log in:",
+            "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app) with the invite\n  {token}\npasted when asked (on the command line every local user could read it):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite-stdin\nthen log in:",
             url = cfg.api_url
         )
     };

@@ -57,8 +57,9 @@ pub enum Refusal {
     /// Wrong user, password, code, or invite; the same for every cause.
     #[error("invalid credentials")]
     BadCredentials,
-    /// Too many failures.
-    #[error("account locked after repeated failures; try again in 15 minutes")]
+    /// Too many failures (a timed lock or a hard one: the same answer, and the same for a name
+    /// that is not a user).
+    #[error("account locked after repeated failures; try again later (after repeated locks, only an administrator can unlock it)")]
     Locked,
     /// Authenticated, but refused (policy, revoked, window over).
     #[error("{0}")]
@@ -89,13 +90,14 @@ struct UserRow {
     last_totp_step: i64,
     failed_count: i64,
     locked_until: i64,
+    hard_locked: bool,
     last_password_login: Option<i64>,
 }
 
 fn load_user(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
     Ok(conn
         .query_row(
-            "SELECT password_hash, totp_secret, last_totp_step, failed_count, locked_until, last_password_login FROM users WHERE name = ?1",
+            "SELECT password_hash, totp_secret, last_totp_step, failed_count, locked_until, last_password_login, hard_locked FROM users WHERE name = ?1",
             [name],
             |r| {
                 Ok(UserRow {
@@ -105,6 +107,7 @@ fn load_user(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
                     failed_count: r.get(3)?,
                     locked_until: r.get(4)?,
                     last_password_login: r.get(5)?,
+                    hard_locked: r.get(6)?,
                 })
             },
         )
@@ -159,6 +162,7 @@ impl Service {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
+                let known = row.is_some();
                 let valid = match row {
                     Some((Some(h), Some(exp))) => auth::same_hash(&h, &presented) && u(exp) > now,
                     _ => {
@@ -168,11 +172,17 @@ impl Service {
                     }
                 };
                 if !valid {
-                    audit::append(conn, now, "enroll.failure", user.as_str(), json!({"reason": "invalid or expired invite"}))?;
+                    // A name that is not a user may be anything the person typed: not stored.
+                    let (actor, detail) = if known {
+                        (user.as_str().to_owned(), json!({"reason": "invalid or expired invite"}))
+                    } else {
+                        (auth::UNKNOWN_ACTOR.to_owned(), json!({"reason": "invalid or expired invite", "name_tag": auth::unknown_name_tag(user.as_str())}))
+                    };
+                    audit::append(conn, now, "enroll.failure", &actor, detail)?;
                     return Ok(Err(Refusal::BadCredentials));
                 }
                 conn.execute(
-                    "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
+                    "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
                     params![user.as_str(), hash, secret],
                 )?;
                 audit::append(conn, now, "user.enrolled", user.as_str(), json!({}))?;
@@ -210,15 +220,16 @@ impl Service {
         };
         if row.is_none() {
             let locked = self.ghosts.fail(name.as_str(), now);
-            let user = name.clone();
+            // The name may be a password typed into the user field: only its keyed tag is kept.
+            let tag = auth::unknown_name_tag(name.as_str());
             self.db
                 .run(move |conn| {
                     audit::append(
                         conn,
                         now,
                         "login.failure",
-                        user.as_str(),
-                        json!({"reason": "unknown user"}),
+                        auth::UNKNOWN_ACTOR,
+                        json!({"reason": "unknown user", "name_tag": tag}),
                     )
                 })
                 .await?;
@@ -241,6 +252,12 @@ impl Service {
                 let fail = |reason: &str| -> Result<()> {
                     audit::append(conn, now, "login.failure", name.as_str(), json!({ "reason": reason }))
                 };
+                // During a lock nothing is checked or counted: a right password and code are
+                // refused like wrong ones, and the count goes on from where it was.
+                if row.hard_locked {
+                    fail("account hard-locked (`posternd users reset` clears it)")?;
+                    return Ok(Err(Refusal::Locked));
+                }
                 if u(row.locked_until) > now {
                     fail("account locked")?;
                     return Ok(Err(Refusal::Locked));
@@ -257,24 +274,35 @@ impl Service {
                     }
                 };
                 if let Some(reason) = reason {
-                    let failures = row.failed_count + 1;
-                    if failures >= auth::MAX_FAILURES {
-                        conn.execute(
-                            "UPDATE users SET failed_count = 0, locked_until = ?2 WHERE name = ?1",
-                            params![name.as_str(), i(now + auth::LOCK_SECS)],
-                        )?;
-                        audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "until": now + auth::LOCK_SECS }))?;
-                    } else {
-                        conn.execute(
-                            "UPDATE users SET failed_count = ?2 WHERE name = ?1",
-                            params![name.as_str(), failures],
-                        )?;
+                    // Failures are counted across locks; only a successful login resets them.
+                    let next = auth::after_failure(row.failed_count, now);
+                    conn.execute(
+                        "UPDATE users SET failed_count = ?2 WHERE name = ?1",
+                        params![name.as_str(), next.failures],
+                    )?;
+                    match next.lock {
+                        Some(auth::Lock::Until { nth, until }) => {
+                            conn.execute(
+                                "UPDATE users SET locked_until = ?2 WHERE name = ?1",
+                                params![name.as_str(), i(until)],
+                            )?;
+                            audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "until": until, "lock": nth, "failures": next.failures }))?;
+                        }
+                        Some(auth::Lock::Hard) => {
+                            conn.execute(
+                                "UPDATE users SET hard_locked = 1 WHERE name = ?1",
+                                [name.as_str()],
+                            )?;
+                            audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "hard": true, "lock": auth::HARD_LOCK_AT, "failures": next.failures }))?;
+                            tracing::warn!(user = %name, failures = next.failures, "user hard-locked after repeated login failures; `posternd users reset` clears it");
+                        }
+                        None => {}
                     }
                     fail(reason)?;
                     return Ok(Err(Refusal::BadCredentials));
                 }
                 conn.execute(
-                    "UPDATE users SET failed_count = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
+                    "UPDATE users SET failed_count = 0, locked_until = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
                     params![name.as_str(), i(step.unwrap_or(0)), i(now)],
                 )?;
                 let renew_until = now + policy.defaults.renew_until.as_secs();

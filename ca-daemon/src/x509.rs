@@ -7,6 +7,7 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm, PKCS_ED25519,
 };
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 /// The service CA: its certificate and key.
 pub struct ServiceCa {
@@ -21,8 +22,9 @@ fn ts(unix: u64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(i64::try_from(unix)?).context("timestamp out of range")
 }
 
-/// Generates a new service CA (ECDSA P-256), valid ten years from `now`.
-pub fn generate_ca(cluster: &str, now: u64) -> Result<(String, String)> {
+/// Generates a new service CA (ECDSA P-256), valid ten years from `now`: the certificate's
+/// PEM and the key's, which is wiped from memory when dropped.
+pub fn generate_ca(cluster: &str, now: u64) -> Result<(String, Zeroizing<String>)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(
@@ -37,7 +39,7 @@ pub fn generate_ca(cluster: &str, now: u64) -> Result<(String, String)> {
     params.not_before = ts(now.saturating_sub(3600))?;
     params.not_after = ts(now + 10 * 365 * 86_400)?;
     let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
 }
 
 impl ServiceCa {
@@ -56,7 +58,12 @@ impl ServiceCa {
     }
 
     /// Issues the API's server certificate for the given DNS names and IP addresses.
-    pub fn issue_server_cert(&self, names: &[String], now: u64) -> Result<(String, String)> {
+    /// The key's PEM is wiped from memory when dropped.
+    pub fn issue_server_cert(
+        &self,
+        names: &[String],
+        now: u64,
+    ) -> Result<(String, Zeroizing<String>)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for n in names {
@@ -75,7 +82,7 @@ impl ServiceCa {
         params.not_before = ts(now.saturating_sub(3600))?;
         params.not_after = ts(now + 2 * 365 * 86_400)?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
     }
 
     /// Issues a client identity for an Ed25519 key (the user's SSH key): CN = the subject

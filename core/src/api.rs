@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::Zeroize;
 
 use crate::names::{ClusterName, Login, Username};
@@ -42,6 +42,15 @@ impl Drop for Secret {
     }
 }
 
+/// The user name of a login or an enrolment, refused without repeating the value: the API
+/// answers with the error and logs it, and a password typed into the user field must appear in
+/// neither.
+fn quiet_username<'de, D: Deserializer<'de>>(d: D) -> Result<Username, D::Error> {
+    let s = zeroize::Zeroizing::new(String::deserialize(d)?);
+    s.parse::<Username>()
+        .map_err(|e| serde::de::Error::custom(format_args!("invalid user name: {}", e.reason)))
+}
+
 /// `GET /v1/ping`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +66,7 @@ pub struct PingResponse {
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The user.
+    #[serde(deserialize_with = "quiet_username")]
     pub user: Username,
     /// The invite printed by `posternd users add`.
     pub invite: Secret,
@@ -77,6 +87,7 @@ pub struct EnrollResponse {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The user.
+    #[serde(deserialize_with = "quiet_username")]
     pub user: Username,
     /// The password.
     pub password: Secret,
@@ -285,6 +296,73 @@ pub struct Bundle {
     /// `PerSourcePenaltyExemptList`, since every session arrives from one of them.
     #[serde(default)]
     pub gateway_addresses: Vec<String>,
+    /// The newest signed audit checkpoint, which the shim logs to the server's syslog so that
+    /// a copy of it lives off the CA's host. Sent only to shims that ask for it
+    /// (`SyncRequest::audit_checkpoint`): an older shim refuses unknown fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_checkpoint: Option<AuditCheckpoint>,
+}
+
+/// A signed audit checkpoint: the CA's audit key signed that event `seq` of its audit log has
+/// hash `hash`. Its line form (`postern-audit-checkpoint seq=N hash=HEX sig=BASE64`) is what
+/// the CA and the shims write to syslog and what `posternd audit verify --checkpoints` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    /// Sequence number of the event.
+    pub seq: u64,
+    /// Its chain hash (hex SHA-256).
+    pub hash: String,
+    /// Ed25519 signature (base64) of [`AuditCheckpoint::signed_bytes`].
+    pub sig: String,
+}
+
+impl AuditCheckpoint {
+    /// The word that starts a checkpoint's line form.
+    pub const TAG: &'static str = "postern-audit-checkpoint";
+
+    /// What the signature covers: a domain tag, the sequence number and the hash.
+    pub fn signed_bytes(seq: u64, hash: &str) -> Vec<u8> {
+        let mut m = b"postern-audit-checkpoint-v1\0".to_vec();
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(hash.as_bytes());
+        m
+    }
+
+    /// The line form.
+    pub fn line(&self) -> String {
+        format!(
+            "{} seq={} hash={} sig={}",
+            Self::TAG,
+            self.seq,
+            self.hash,
+            self.sig
+        )
+    }
+
+    /// Finds a checkpoint in one log line (syslog and journald put their own prefix before
+    /// it); `None` when the line holds none or a malformed one.
+    pub fn find_in_line(line: &str) -> Option<AuditCheckpoint> {
+        let at = line.find(Self::TAG)?;
+        let mut words = line[at + Self::TAG.len()..].split_whitespace();
+        let mut field = |name: &str| {
+            words
+                .next()
+                .and_then(|w| w.strip_prefix(name))
+                .and_then(|w| w.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let seq = field("seq")?.parse().ok()?;
+        let hash = field("hash")?;
+        let sig = field("sig")?;
+        let hex_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        let sig_ok = !sig.is_empty()
+            && sig.len() <= 100
+            && sig
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+        (hex_ok && sig_ok).then_some(AuditCheckpoint { seq, hash, sig })
+    }
 }
 
 /// `POST /v1/node/sync` (mTLS, node identity).
@@ -300,6 +378,9 @@ pub struct SyncRequest {
     /// Renew the host certificate now, whatever its age (`postern-shim sync --renew`).
     #[serde(default)]
     pub renew: bool,
+    /// The shim understands `Bundle::audit_checkpoint` and logs it.
+    #[serde(default)]
+    pub audit_checkpoint: bool,
 }
 
 /// Answer to a sync.
@@ -552,4 +633,28 @@ pub struct RecordingComplete {
     pub meta: RecordingMeta,
     /// Lowercase hex SHA-256 of the whole file.
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn regression_a_refused_user_name_is_not_repeated_in_the_error() {
+        let body = r#"{"user":"Hunter2!secret","password":"x","otp":"1","public_key":"k"}"#;
+        let e = serde_json::from_str::<LoginRequest>(body)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid user name"), "{e}");
+        assert!(!e.contains("Hunter2"), "{e}");
+        let body = r#"{"user":"Hunter2!secret","invite":"i","password":"x"}"#;
+        let e = serde_json::from_str::<EnrollRequest>(body)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("Hunter2"), "{e}");
+        let body = r#"{"user":"alice","password":"x","otp":"1","public_key":"k"}"#;
+        let ok = serde_json::from_str::<LoginRequest>(body).unwrap();
+        assert_eq!(ok.user.as_str(), "alice");
+    }
 }

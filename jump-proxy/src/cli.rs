@@ -15,8 +15,8 @@ const EXAMPLES: &str = "\
 Examples:
   Join (token from `posternd tokens add --kind gateway --name gate1`), then serve; the host
   certificate names posternd.toml's [gateway] public_addr, which users are sent to:
-    postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... --token T --name gate1 \\
-        --state-dir /var/lib/postern-gate
+    POSTERN_JOIN_TOKEN=T postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:... \\
+        --name gate1 --state-dir /var/lib/postern-gate
     postern-gate serve --state-dir /var/lib/postern-gate
 
   Users need nothing but the ssh_config that `postern login` writes:
@@ -42,7 +42,8 @@ pub enum Cmd {
         /// The CA pin (sha256:...).
         #[arg(long, value_name = "PIN")]
         ca_pin: String,
-        /// A single-use token of kind `gateway`.
+        /// A single-use token of kind `gateway`. Prefer the environment variable: on the
+        /// command line every local user can read it (ps, /proc).
         #[arg(
             long,
             value_name = "T",

@@ -22,6 +22,33 @@ pub struct GateConfig {
     /// `[limits]`: what connections that have not authenticated, and each user, may hold.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[audit]`: the journal of audit events in the state directory.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]` of `gate.toml`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The most bytes of undelivered audit events kept on disk (default 1 GiB).
+    pub spool_max_bytes: Option<u64>,
+}
+
+/// `[audit] spool_max_bytes` when gate.toml does not set it: about two million events.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
+impl AuditConfig {
+    /// `spool_max_bytes`, checked.
+    pub fn spool_max_bytes(&self) -> anyhow::Result<u64> {
+        match self.spool_max_bytes {
+            None => Ok(DEFAULT_SPOOL_MAX_BYTES),
+            Some(0) => anyhow::bail!(
+                "[audit] spool_max_bytes = 0 would refuse every audit event (and so every strict session); give the most bytes of undelivered events to keep on disk"
+            ),
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 /// `[sessions]` of `gate.toml`.
@@ -427,5 +454,26 @@ mod tests {
         .unwrap()
         .limits()
         .is_ok());
+    }
+
+    #[test]
+    fn the_audit_spool_has_a_default_maximum_and_refuses_zero() {
+        let max = |text: &str| {
+            toml::from_str::<GateConfig>(text)
+                .unwrap()
+                .audit
+                .spool_max_bytes()
+        };
+        assert_eq!(max("").unwrap(), DEFAULT_SPOOL_MAX_BYTES);
+        assert_eq!(max("[audit]\nspool_max_bytes = 4096\n").unwrap(), 4096);
+        let e = max("[audit]\nspool_max_bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spool_max_bytes = 0 would refuse every audit event"),
+            "{e}"
+        );
+        assert!(toml::from_str::<GateConfig>("[audit]\nspool_max = 1\n").is_err());
+        assert!(toml::from_str::<GateConfig>("[audit]\nspool_max_bytes = -1\n").is_err());
     }
 }

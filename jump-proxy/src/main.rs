@@ -4,6 +4,7 @@
 
 mod audit;
 mod ca;
+mod journal;
 mod limits;
 mod observe;
 mod public;
@@ -243,10 +244,18 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
     if !disconnect_expired_cert {
         tracing::warn!("[sessions] disconnect_expired_cert = false: live sessions outlive the user certificate they were authenticated with");
     }
+    // Audit events are durable in the state directory before they go to the CA; what an
+    // earlier run did not deliver is sent first.
+    let audit = audit::Audit::start(
+        ca.clone(),
+        &state.join("events"),
+        cfg.audit.spool_max_bytes()?,
+    )?;
     let gw = Arc::new(server::Gateway::new(
         ca.clone(),
         outer,
         spool.clone(),
+        audit,
         disconnect_expired_cert,
         Arc::clone(&limits),
     )?);

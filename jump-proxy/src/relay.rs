@@ -92,6 +92,29 @@ async fn abort(
 
 const REFUSED: &str = "postern: cannot record this session; refused (strict recording)\r\n";
 
+/// Appends events to the audit journal before what carries them goes on: in strict mode
+/// once they are durable, and otherwise once queued (the journal logs and counts a drop).
+/// Returns the user's message when strict mode must end the session because they could not
+/// be written.
+fn audited(ctx: &RelayCtx, events: Result<(), crate::audit::Unrecorded>) -> Option<String> {
+    let e = events.err()?;
+    if ctx.mode == RecordingMode::Strict {
+        tracing::error!(session = %ctx.meta.id, error = %e, "an audit event could not be written; the session ends (strict recording)");
+        return Some(format!(
+            "\r\npostern: cannot write the audit log ({e}); the session ends (strict recording)\r\n"
+        ));
+    }
+    tracing::warn!(session = %ctx.meta.id, error = %e, "an audit event could not be written; best-effort mode keeps the session");
+    None
+}
+
+impl RelayCtx {
+    /// Whether the relay waits for events to be durable before it forwards what carries them.
+    fn strict(&self) -> bool {
+        self.mode == RecordingMode::Strict
+    }
+}
+
 /// Feeds bytes to the channel's file-transfer observer, if it has one. When it gives up (the
 /// bytes are not rcp or SFTP, or came where the protocol sends none, such as standard error),
 /// the channel is recorded from these bytes on, like any exec: the caller records them
@@ -155,8 +178,9 @@ pub async fn relay(down: Channel<SMsg>, up: Channel<CMsg>, ctx: RelayCtx) {
         .and_then(|mut s| s.observer.take())
         .map(|mut o| o.finish())
         .unwrap_or_default();
-    for op in end {
-        ctx.audit.observed(&ctx.meta, op);
+    let done = ctx.audit.observed(&ctx.meta, end, ctx.strict()).await;
+    if let Err(e) = done {
+        tracing::error!(session = %ctx.meta.id, error = %e, "the last audit events of a channel could not be written");
     }
     let rec = shared.lock().ok().and_then(|mut s| s.rec.take());
     if let Some(r) = rec {
@@ -224,8 +248,11 @@ async fn server_to_client(
                         None
                     }
                 };
-                for op in observed {
-                    ctx.audit.observed(&ctx.meta, op);
+                // The operation's events are durable before its bytes reach the user.
+                let logged = ctx.audit.observed(&ctx.meta, observed, ctx.strict()).await;
+                if let Some(msg) = audited(&ctx, logged) {
+                    abort(&down_w, &up_w, msg, 255).await;
+                    return;
                 }
                 if refused {
                     abort(&down_w, &up_w, format!("\r\n{REFUSED}"), 255).await;
@@ -237,11 +264,15 @@ async fn server_to_client(
                         return;
                     }
                     tracing::warn!(session = %ctx.meta.id, error = %e, "recording failed; best-effort mode keeps the session");
-                    ctx.audit.event(
-                        &ctx.meta,
-                        "gateway.recording_failed",
-                        serde_json::json!({ "error": e.to_string() }),
-                    );
+                    let _ = ctx
+                        .audit
+                        .event(
+                            &ctx.meta,
+                            "gateway.recording_failed",
+                            serde_json::json!({ "error": e.to_string() }),
+                            false,
+                        )
+                        .await;
                 }
                 let sent = match m {
                     ChannelMsg::Data { data } => down_w.data_bytes(data).await,
@@ -359,8 +390,11 @@ async fn client_to_server(
                     // As for server output: an unknown state forwards nothing.
                     Err(_) => (Vec::new(), false),
                 };
-                for op in ops {
-                    ctx.audit.observed(&ctx.meta, op);
+                // The operation's events are durable before its bytes reach the server.
+                let logged = ctx.audit.observed(&ctx.meta, ops, ctx.strict()).await;
+                if let Some(msg) = audited(&ctx, logged) {
+                    abort(&down_w, &up_w, msg, 255).await;
+                    return;
                 }
                 if !ok {
                     abort(&down_w, &up_w, REFUSED.into(), 255).await;
@@ -438,8 +472,19 @@ async fn client_to_server(
                     .await;
                     return;
                 }
-                ctx.audit
-                    .event(&ctx.meta, "gateway.shell", serde_json::json!({}));
+                let logged = ctx
+                    .audit
+                    .event(
+                        &ctx.meta,
+                        "gateway.shell",
+                        serde_json::json!({}),
+                        ctx.strict(),
+                    )
+                    .await;
+                if let Some(msg) = audited(&ctx, logged) {
+                    abort(&down_w, &up_w, msg, 255).await;
+                    return;
+                }
                 if up_w.request_shell(true).await.is_ok() {
                     push("shell");
                 }
@@ -472,11 +517,11 @@ async fn client_to_server(
                     }
                 }
                 tracing::info!(session = %ctx.meta.id, user = %ctx.meta.user, login = %ctx.meta.login, node = %ctx.meta.node, command = %cmd.chars().take(200).collect::<String>(), "exec");
-                ctx.audit.event(
+                let mut events = vec![crate::audit::session_event(
                     &ctx.meta,
                     "gateway.exec",
                     serde_json::json!({ "command": cmd.chars().take(crate::scp::MAX_COMMAND).collect::<String>() }),
-                );
+                )];
                 match scp {
                     Some(Ok(c)) => {
                         if let Ok(mut s) = shared.lock() {
@@ -484,13 +529,19 @@ async fn client_to_server(
                             s.observed = cmd;
                         }
                     }
-                    Some(Err(reason)) => ctx.audit.scp_op(
+                    Some(Err(reason)) => events.push(crate::audit::scp_op(
                         &ctx.meta,
                         ScpOp::GaveUp {
                             reason: format!("unsupported scp command: {reason}"),
                         },
-                    ),
+                    )),
                     None => {}
+                }
+                // The command is in the audit log before the server runs it.
+                let logged = ctx.audit.send(events, ctx.strict()).await;
+                if let Some(msg) = audited(&ctx, logged) {
+                    abort(&down_w, &up_w, msg, 255).await;
+                    return;
                 }
                 if up_w.exec(true, command).await.is_ok() {
                     push("exec");
@@ -516,23 +567,28 @@ async fn client_to_server(
                         return;
                     }
                 }
-                ctx.audit.event(
+                let mut events = vec![crate::audit::session_event(
                     &ctx.meta,
                     "gateway.subsystem",
                     serde_json::json!({ "name": name }),
-                );
+                )];
                 if observed {
                     if let Ok(mut s) = shared.lock() {
                         s.observer = Some(Observer::Sftp(SftpObserver::default()));
                         s.observed = title;
                     }
                 } else if name == "sftp" {
-                    ctx.audit.observed(
+                    events.push(crate::audit::file_op(
                         &ctx.meta,
-                        Op::Sftp(FileOp::GaveUp {
+                        FileOp::GaveUp {
                             reason: "a pty was requested".into(),
-                        }),
-                    );
+                        },
+                    ));
+                }
+                let logged = ctx.audit.send(events, ctx.strict()).await;
+                if let Some(msg) = audited(&ctx, logged) {
+                    abort(&down_w, &up_w, msg, 255).await;
+                    return;
                 }
                 if up_w.request_subsystem(true, name).await.is_ok() {
                     push("subsystem");

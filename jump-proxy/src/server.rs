@@ -117,11 +117,12 @@ pub fn server_config(
 }
 
 impl Gateway {
-    /// Builds the gateway state.
+    /// Builds the gateway state; its audit events go to `audit` (the journal `serve` opened).
     pub fn new(
         ca: CaClient,
         outer: russh::server::Config,
         spool: PathBuf,
+        audit: crate::audit::Audit,
         disconnect_expired_cert: bool,
         limits: Arc<Limits>,
     ) -> Result<Gateway> {
@@ -137,7 +138,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             spool,
             uploaded: Arc::new(Notify::new()),
-            audit: crate::audit::Audit::start(ca.clone()),
+            audit,
             disconnect_expired_cert,
             limits,
         })
@@ -318,12 +319,12 @@ impl Gateway {
 
     /// A per-user refusal: logged, audited with the limit as reason, and the user's message
     /// returned for the channel's refusal.
-    fn refuse_for_user(&self, user: &Username, node: &str, r: UserRefusal) -> String {
+    async fn refuse_for_user(&self, user: &Username, node: &str, r: UserRefusal) -> String {
         tracing::info!(%user, node, limit = r.which.key(), value = r.limit, "refused by [limits]: {}", r.message);
         self.audit.refused(
             user.as_str(),
             serde_json::json!({ "node": node, "reason": r.which.key(), "limit": r.limit, "message": r.message }),
-        );
+        ).await;
         r.message
     }
 }
@@ -489,7 +490,7 @@ impl russh::server::Handler for Outer {
         };
         let Some(node) = self.gw.route(host, port).await else {
             tracing::warn!(peer = %self.peer, %user, host = %host.chars().take(100).collect::<String>(), port, "destination refused: not a joined server");
-            self.gw.audit.refused(user.as_str(), serde_json::json!({ "host": host.chars().take(255).collect::<String>(), "port": port, "peer": self.peer.to_string(), "reason": "not a joined server" }));
+            self.gw.audit.refused(user.as_str(), serde_json::json!({ "host": host.chars().take(255).collect::<String>(), "port": port, "peer": self.peer.to_string(), "reason": "not a joined server" })).await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -506,7 +507,7 @@ impl russh::server::Handler for Outer {
         let slot = match self.gw.limits.for_user(PerUser::Inner, user.as_str()) {
             Ok(s) => s,
             Err(r) => {
-                let msg = self.gw.refuse_for_user(&user, node.name.as_str(), r);
+                let msg = self.gw.refuse_for_user(&user, node.name.as_str(), r).await;
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 1,
@@ -866,7 +867,8 @@ impl russh::server::Handler for Inner {
             Err(r) => {
                 let msg = self
                     .gw
-                    .refuse_for_user(&self.user, self.node.name.as_str(), r);
+                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
+                    .await;
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 1,
@@ -959,13 +961,18 @@ impl russh::server::Handler for Inner {
             allowed,
         ) else {
             tracing::info!(user = %self.user, host = %host.chars().take(100).collect::<String>(), port, "port forwarding refused by permits");
-            self.gw.audit.forward(
-                self.user.as_str(),
-                self.node.name.as_str(),
-                host,
-                port,
-                false,
-            );
+            let _ = self
+                .gw
+                .audit
+                .forward(
+                    self.user.as_str(),
+                    self.node.name.as_str(),
+                    host,
+                    port,
+                    false,
+                    false,
+                )
+                .await;
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
@@ -983,7 +990,8 @@ impl russh::server::Handler for Inner {
             Err(r) => {
                 let msg = self
                     .gw
-                    .refuse_for_user(&self.user, self.node.name.as_str(), r);
+                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
+                    .await;
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 1,
@@ -998,15 +1006,38 @@ impl russh::server::Handler for Inner {
             .await
         {
             Ok(up_ch) => {
+                // In strict mode the forward is in the audit log before a byte goes through.
+                let strict = self
+                    .ctx
+                    .as_ref()
+                    .is_none_or(|c| c.mode == RecordingMode::Strict);
+                let logged = self
+                    .gw
+                    .audit
+                    .forward(
+                        self.user.as_str(),
+                        self.node.name.as_str(),
+                        host,
+                        port,
+                        true,
+                        strict,
+                    )
+                    .await;
+                if let Err(e) = logged {
+                    if strict {
+                        tracing::error!(user = %self.user, error = %e, "port forward refused: its audit event could not be written (strict recording)");
+                        let _ = up_ch.close().await;
+                        reply
+                            .reject(ChannelOpenFailure::Other {
+                                code: 1,
+                                reason: format!("cannot write the audit log ({e}); port forward refused (strict recording)"),
+                            })
+                            .await;
+                        return Ok(());
+                    }
+                }
                 reply.accept().await;
                 tracing::info!(user = %self.user, node = %self.node.name, host = %host, port, "port forward opened");
-                self.gw.audit.forward(
-                    self.user.as_str(),
-                    self.node.name.as_str(),
-                    host,
-                    port,
-                    true,
-                );
                 tokio::spawn(async move {
                     let _slot = slot;
                     bridge(channel.into_stream(), up_ch.into_stream(), cut).await;
@@ -1074,16 +1105,19 @@ impl russh::server::Handler for Inner {
             return Ok(false);
         };
         let allowed = ctx.permits.contains(&Permit::AgentForwarding);
-        self.gw.audit.agent(
-            self.user.as_str(),
-            self.node.name.as_str(),
-            &ctx.id,
-            if allowed {
-                "gateway.agent_forward"
-            } else {
-                "gateway.agent_forward_refused"
-            },
-        );
+        self.gw
+            .audit
+            .agent(
+                self.user.as_str(),
+                self.node.name.as_str(),
+                &ctx.id,
+                if allowed {
+                    "gateway.agent_forward"
+                } else {
+                    "gateway.agent_forward_refused"
+                },
+            )
+            .await;
         if !allowed {
             tracing::info!(session = %ctx.id, user = %self.user, "agent forwarding refused by permits");
             return Ok(false);
@@ -1234,7 +1268,8 @@ impl russh::client::Handler for Upstream {
                 Ok(down) => {
                     reply.accept().await;
                     b.audit
-                        .agent(&b.user, &b.node, &b.session, "gateway.agent_channel");
+                        .agent(&b.user, &b.node, &b.session, "gateway.agent_channel")
+                        .await;
                     bridge(down.into_stream(), channel.into_stream(), b.cut).await;
                 }
                 Err(e) => {

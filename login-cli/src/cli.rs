@@ -15,7 +15,7 @@ const TOP_HELP: &str = "\
 EXAMPLES:
   First time, with the invite your administrator gave you:
     postern enroll --ca https://ca.example.com:3080 --ca-pin sha256:4f1c… \\
-        --user alice --invite 7Q2X-…
+        --user alice --invite-stdin        # paste the invite when asked
     postern login
   Every day (or let a timer do it):
     postern login             # password + one-time code
@@ -42,12 +42,16 @@ EXIT STATUS:
 
 const ENROLL_HELP: &str = "\
 EXAMPLES:
-  Set your password (asked twice) and get your TOTP secret:
+  Paste the invite when asked (hidden), set your password (asked twice) and get your
+  TOTP secret:
     postern enroll --ca https://ca.example.com:3080 \\
-        --ca-pin sha256:4f1c0a…e9 --user alice --invite 7Q2X-…
-  In a script, password on standard input, JSON out:
-    printf '%s\\n' \"$PW\" | postern enroll --ca https://ca.example.com:3080 \\
-        --ca-pin sha256:4f1c0a…e9 --user alice --invite 7Q2X-… --password-stdin --json
+        --ca-pin sha256:4f1c0a…e9 --user alice --invite-stdin
+  In a script, invite and password as two lines on standard input, JSON out:
+    printf '%s\\n%s\\n' \"$INVITE\" \"$PW\" | postern enroll --ca https://ca.example.com:3080 \\
+        --ca-pin sha256:4f1c0a…e9 --user alice --invite-stdin --password-stdin --json
+
+An invite given with --invite is visible to every local user (ps, /proc) while enroll runs:
+prefer --invite-stdin.
 
 Scan the QR code (shown when the output is a terminal) or paste the otpauth:// URI into an
 authenticator app. The CA, pin and user are remembered for `postern login`.";
@@ -185,6 +189,36 @@ pub struct PlayArgs {
     pub speed: f64,
 }
 
+/// Parses a user name without repeating a refused value: a password typed into the user field
+/// by mistake must not be echoed to the terminal (or a shared screen, or a CI log).
+#[derive(Clone, Copy)]
+struct QuietUsername;
+
+impl clap::builder::TypedValueParser for QuietUsername {
+    type Value = Username;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Username, clap::Error> {
+        let refuse = |reason: &str| {
+            let arg = arg.map_or_else(|| "--user".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value for '{arg}': not a user name ({reason}); the value is not \
+                     repeated here in case it was a password\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
+        s.parse::<Username>().map_err(|e| refuse(e.reason))
+    }
+}
+
 fn parse_speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 && x <= 1000.0 => Ok(x),
@@ -203,11 +237,16 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "PIN")]
     pub ca_pin: CaPin,
     /// Your Postern user name
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = QuietUsername)]
     pub user: Username,
-    /// The one-time invite from `posternd users add`
-    #[arg(long, value_name = "TOKEN")]
-    pub invite: String,
+    /// The one-time invite from `posternd users add`; visible to every local user in `ps`
+    /// while enroll runs: prefer --invite-stdin
+    #[arg(long, value_name = "TOKEN", required_unless_present = "invite_stdin")]
+    pub invite: Option<String>,
+    /// Read the invite from standard input (one line; asked without echo on a terminal). With
+    /// --password-stdin, the invite is the first line and the password the second
+    #[arg(long, conflicts_with = "invite")]
+    pub invite_stdin: bool,
     /// Read the new password as one line from standard input instead of prompting
     #[arg(long)]
     pub password_stdin: bool,
@@ -225,7 +264,7 @@ pub struct LoginArgs {
     #[arg(long, value_name = "PIN")]
     pub ca_pin: Option<CaPin>,
     /// Your Postern user name (default: the one of the last login)
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = QuietUsername)]
     pub user: Option<Username>,
     /// Requested certificate lifetime, e.g. 8h or 1d (policy may cap it)
     #[arg(long, value_name = "DUR")]

@@ -53,7 +53,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca: a.ca,
                 ca_pin: a.ca_pin,
                 user: a.user,
-                invite: Secret::new(a.invite),
+                invite: match a.invite {
+                    Some(i) if !a.invite_stdin => commands::enroll::Invite::Given(Secret::new(i)),
+                    _ => commands::enroll::Invite::Stdin,
+                },
                 password_stdin: a.password_stdin,
                 json: a.json,
             },

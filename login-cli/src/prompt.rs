@@ -36,6 +36,38 @@ pub fn one_line<R: Read>(input: R, what: &str) -> anyhow::Result<Secret> {
     Ok(Secret::new(s.to_owned()))
 }
 
+/// Reads exactly `N` lines from `input` (the last newline optional), one secret each, named by
+/// `what` in errors.
+pub fn lines<R: Read, const N: usize>(input: R, what: [&str; N]) -> anyhow::Result<[Secret; N]> {
+    let mut buf = Zeroizing::new(Vec::new());
+    let all = what.join(" and ");
+    input
+        .take(MAX_LINE * N as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading the {all} from standard input"))?;
+    let text = std::str::from_utf8(&buf).context("standard input is not valid UTF-8")?;
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let parts: Vec<&str> = body.split('\n').collect();
+    if parts.len() != N {
+        bail!(
+            "expected {N} lines on standard input ({all}), got {}",
+            parts.len()
+        );
+    }
+    let mut out = Vec::with_capacity(N);
+    for (line, name) in parts.into_iter().zip(what) {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        out.push(one_line(line.as_bytes(), name)?);
+    }
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("expected {N} lines on standard input"))
+}
+
+/// Reads `N` secrets, one line each, from standard input.
+pub fn stdin_lines<const N: usize>(what: [&str; N]) -> anyhow::Result<[Secret; N]> {
+    lines(io::stdin().lock(), what)
+}
+
 /// Reads the secret from standard input (`--password-stdin`).
 pub fn stdin_secret(what: &str) -> anyhow::Result<Secret> {
     one_line(io::stdin().lock(), what)
@@ -111,6 +143,17 @@ mod tests {
         assert!(one_line(&b"\n"[..], "password").is_err());
         assert!(one_line(&b""[..], "password").is_err());
         assert!(one_line(&vec![b'a'; 5000][..], "password").is_err());
+    }
+
+    #[test]
+    fn lines_reads_exactly_the_lines_asked_for() {
+        let [a, b] = lines(&b"inv\npw word\n"[..], ["invite", "password"]).unwrap();
+        assert_eq!((a.expose(), b.expose()), ("inv", "pw word"));
+        let [a, b] = lines(&b"inv\r\npw"[..], ["invite", "password"]).unwrap();
+        assert_eq!((a.expose(), b.expose()), ("inv", "pw"));
+        assert!(lines(&b"inv\n"[..], ["invite", "password"]).is_err());
+        assert!(lines(&b"inv\n\n"[..], ["invite", "password"]).is_err());
+        assert!(lines(&b"a\nb\nc\n"[..], ["invite", "password"]).is_err());
     }
 
     #[test]

@@ -66,9 +66,9 @@ pub static POSTERN: Prose = Prose {
     examples: &[
         Example {
             what: "First time, with the invite your administrator gave you (the CA address \
-                   and pin come from them too):",
+                   and pin come from them too), pasted when asked:",
             commands: &[
-                "postern enroll --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --user alice --invite 7Q2X-...",
+                "postern enroll --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --user alice --invite-stdin",
                 "postern login",
             ],
         },
@@ -180,12 +180,35 @@ pub static POSTERND: Prose = Prose {
          postern-gate(8) use: enrolment and login with password and TOTP, password-less \
          renewal, joining of servers and gateways with single-use tokens, policy bundles, the \
          KRL, locks, session events and recordings. Every issued certificate and every event \
-         is written to a hash-chained audit log in the same database transaction.",
+         is written to a hash-chained audit log in the same database transaction, with a \
+         checkpoint (its sequence number and hash) signed by the audit key DATA_DIR/ca/audit.key, \
+         which the database does not hold. The newest checkpoint is logged as a line \
+         `postern-audit-checkpoint seq=N hash=H sig=S` to syslog (facility auth) and to \
+         standard error whenever a newer event was signed (at most every second), and is \
+         sent to every joined server, whose postern-shim logs it to that server's syslog: \
+         `audit verify --checkpoints FILE` finds with these copies a log whose newest events \
+         were deleted. An installation older than checkpoints gets its audit key at its first \
+         start, and the events already logged are signed then.",
         "The policy file (postern-policy.toml(5)) is reloaded on SIGHUP and whenever its \
          content changes (checked every second). A policy with an error is reported with \
          file, line and column, audited, and ignored: the last good policy stays in force. \
          `serve` stops on SIGTERM or SIGINT. It refuses to start when a CA key file is not mode \
          0600 in a 0700 directory owned by its user.",
+        "Logins lock after repeated failures, and names that are not users lock the same \
+         way, so that a lock says nothing about whether a user exists. Failures count from \
+         the last successful login and are not forgotten when a lock ends: the 5th, 10th, \
+         15th, 20th and 25th failures lock the account for 15 minutes, 30 minutes, 1, 2 and 4 \
+         hours, and the 30th locks it hard, until `posternd users reset NAME`, which also \
+         sets new credentials (someone has been guessing). During a lock every attempt is \
+         refused unchecked and counts nothing, a right password and code included. An \
+         attacker who knows the password thus gets 30 guesses at the one-time code in 7 \
+         hours 45 minutes, each right with a probability of 3 in 1,000,000 (the codes of the \
+         current time step and its two neighbours are accepted): a chance of about 1 in \
+         11,000, and then none. (With a fresh start after every 15-minute lock, 480 guesses a \
+         day found the code in 1.9 years on average.) `posternd users ls` shows each user's \
+         failures and lock. A name that is not a user is never logged or audited, since it \
+         may be a password typed into the wrong field: audit events show <unknown> and a \
+         short tag that is the same for the same name until the daemon restarts.",
         "The admin commands (users, ca, certs, audit, tokens, nodes, lock, gateways, \
          recordings) ask the running daemon through its admin socket, DATA_DIR/admin.sock, \
          which they find through --config; only root and the daemon's own user may use it. \
@@ -214,7 +237,7 @@ pub static POSTERND: Prose = Prose {
                    printed once), then run the join on the server:",
             commands: &[
                 "posternd tokens add --kind node --name web1 --labels env=prod,team=web",
-                "postern-shim join --ca https://ca.prod.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam",
+                "POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca https://ca.prod.example.com:3080 --ca-pin sha256:4f1c0a... --name web1 --pam",
             ],
         },
         Example {
@@ -246,7 +269,8 @@ pub static POSTERND: Prose = Prose {
             "1",
             "Error: the configuration or the policy is invalid (`check-config`), `serve` could \
              not start, an admin command could not reach the daemon or was refused, or \
-             `audit verify` found the hash chain broken.",
+             `audit verify` found the hash chain broken, an event without a valid signed \
+             checkpoint, or a log shorter than a checkpoint given with --checkpoints.",
         ),
         USAGE_ERROR,
     ],
@@ -264,8 +288,9 @@ pub static POSTERND: Prose = Prose {
         ),
         (
             "DATA_DIR/ca/",
-            "The CA keys (user_ca, host_ca, node_ca, service_ca.key) and the API's TLS key, \
-             each mode 0600 in a directory of mode 0700. DATA_DIR is the configuration's \
+            "The CA keys (user_ca, host_ca, node_ca, service_ca.key), the API's TLS key and \
+             the audit checkpoint key (audit.key, its public half audit.pub), each mode 0600 \
+             in a directory of mode 0700. DATA_DIR is the configuration's \
              data_dir, /var/lib/postern on a packaged system.",
         ),
         (
@@ -339,14 +364,14 @@ pub static POSTERN_GATE: Prose = Prose {
         Example {
             what: "Join the cluster with a token from `posternd tokens add --kind gateway --name gate1`; \
                    the host certificate names the CA's [gateway] public_addr:",
-            commands: &["postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1"],
+            commands: &["POSTERN_JOIN_TOKEN=TOKEN postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name gate1"],
         },
         Example {
             what: "After public_addr changed in posternd.toml, re-join so that the certificate names it \
                    (`serve` refuses to start until then):",
             commands: &[
                 "posternd tokens add --kind gateway --name gate1 --replace",
-                "postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name gate1",
+                "POSTERN_JOIN_TOKEN=TOKEN postern-gate join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name gate1",
             ],
         },
         Example {
@@ -394,6 +419,12 @@ pub static POSTERN_GATE: Prose = Prose {
         (
             "/var/lib/postern-gate/recordings/",
             "Recordings not yet uploaded to the CA.",
+        ),
+        (
+            "/var/lib/postern-gate/events/",
+            "Audit events the CA has not acknowledged yet, on disk before the operation they \
+             describe goes through in strict recording; sent first when the gateway starts. \
+             At most [audit] spool_max_bytes; see postern-gate.toml(5).",
         ),
     ],
     see_also: &[
@@ -455,7 +486,10 @@ pub static POSTERN_SHIM: Prose = Prose {
         "`postern-shim sync` fetches the policy bundle, locks, KRL and node-access CA key, \
          renews the host certificate when the CA says it is due (a third of its life left) or \
          at once with --renew, keeps the drop-in's PerSourcePenaltyExemptList equal to the \
-         gateways' addresses the CA reports, and delivers spooled events. After installing a \
+         gateways' addresses the CA reports, and delivers spooled events. When the CA's \
+         newest signed audit checkpoint changed, it logs it to syslog \
+         (`postern-audit-checkpoint seq=N hash=H sig=S`): a copy off the CA's host, which \
+         `posternd audit verify --checkpoints` reads. After installing a \
          renewed host certificate or a changed drop-in it reloads sshd (systemctl reload when \
          systemd runs the sshd named by the effective PidFile, SIGHUP to that pid otherwise) \
          and checks with ssh-keyscan at the joined address that sshd serves the new \
@@ -470,8 +504,9 @@ pub static POSTERN_SHIM: Prose = Prose {
     ],
     examples: &[
         Example {
-            what: "Join this server with a token from `posternd tokens add --kind node --name web1 --labels env=prod`:",
-            commands: &["postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --token TOKEN --name web1 --pam"],
+            what: "Join this server with a token from `posternd tokens add --kind node --name web1 --labels env=prod` \
+                   (in the environment: on the command line every local user could read it):",
+            commands: &["POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:4f1c0a... --name web1 --pam"],
         },
         Example {
             what: "Join with the token in the environment, sshd listening on port 2222:",

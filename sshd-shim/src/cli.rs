@@ -17,8 +17,9 @@ pub fn command() -> clap::Command {
 
 const EXAMPLES: &str = "\
 Examples:
-  Join this server (token from `posternd tokens add --kind node --name web1`):
-    postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:... --token TOKEN --name web1 --pam
+  Join this server (token from `posternd tokens add --kind node --name web1`, given in the
+  environment: on the command line every local user could read it):
+    POSTERN_JOIN_TOKEN=TOKEN postern-shim join --ca https://ca.example.com:3080 --ca-pin sha256:... --name web1 --pam
 
   Refresh policy, locks, KRL and the host certificate (the package's timer runs this):
     postern-shim sync
@@ -41,7 +42,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Join this server: host certificate, node-access CA, KRL, policy bundle, sshd drop-in.
     #[command(
-        after_help = "Example:\n  postern-shim join --ca https://ca:3080 --ca-pin sha256:... --token T --name web1 --labels env=prod --pam\n\nThe drop-in sets AuthorizedKeysFile none, PasswordAuthentication no and KbdInteractiveAuthentication no (unless --keep-local-auth), so that the gateway is the only way in. It is checked with `sshd -t`, then `sshd -T` must show Postern's value for every keyword Postern relies on (sshd keeps the first value it reads, so an earlier line in sshd_config wins); when either check fails the drop-in is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
+        after_help = "Example:\n  POSTERN_JOIN_TOKEN=T postern-shim join --ca https://ca:3080 --ca-pin sha256:... --name web1 --labels env=prod --pam\n\nThe drop-in sets AuthorizedKeysFile none, PasswordAuthentication no and KbdInteractiveAuthentication no (unless --keep-local-auth), so that the gateway is the only way in. It is checked with `sshd -t`, then `sshd -T` must show Postern's value for every keyword Postern relies on (sshd keeps the first value it reads, so an earlier line in sshd_config wins); when either check fails the drop-in is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
     )]
     Join {
         /// posternd's API URL.
@@ -50,7 +51,8 @@ pub enum Cmd {
         /// The CA pin printed by `posternd init` (sha256:...).
         #[arg(long, value_name = "PIN")]
         ca_pin: String,
-        /// A single-use token from `posternd tokens add --kind node`.
+        /// A single-use token from `posternd tokens add --kind node`. Prefer the environment
+        /// variable: on the command line every local user can read it (ps, /proc).
         #[arg(
             long,
             value_name = "T",

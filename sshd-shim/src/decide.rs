@@ -177,6 +177,7 @@ mod tests {
             host_ca_keys: vec![],
             node_access_ca_keys: vec![ca.public_key().to_openssh().unwrap()],
             gateway_addresses: vec![],
+            audit_checkpoint: None,
         };
         Fixture { bundle, cert }
     }

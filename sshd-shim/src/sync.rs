@@ -135,10 +135,19 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
                 host_cert_window: window,
                 host_public_key,
                 renew: opts.renew,
+                audit_checkpoint: true,
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let previous = state.load_bundle().ok().and_then(|b| b.audit_checkpoint);
     install_bundle(state, &resp.bundle)?;
+    // A copy of the CA's newest signed audit checkpoint in this server's syslog, off the CA's
+    // host: `posternd audit verify --checkpoints` finds a truncated audit log by it.
+    if let Some(cp) = &resp.bundle.audit_checkpoint {
+        if previous.as_ref() != Some(cp) {
+            crate::log::log(false, &cp.line());
+        }
+    }
     let mut msg = format!(
         "bundle installed ({} users, {} locks)",
         resp.bundle.allowed.len(),

@@ -1422,3 +1422,30 @@ impl Gate {
         (child.wait().unwrap(), err)
     }
 }
+
+// The gateway's audit event journal (tests/gateway_spool.rs): a gateway started with a
+// gate.toml, and where its undelivered events are kept.
+impl Gate {
+    /// The journal of audit events the CA has not acknowledged yet.
+    pub fn events_dir(&self) -> PathBuf {
+        self.dir.path().join("events")
+    }
+
+    /// Starts (or restarts) `postern-gate serve --config STATE/gate.toml` with `config` as
+    /// that file, and waits for its ready line.
+    pub fn spawn_with_config(&mut self, config: &str) {
+        let p = self.dir.path().join("gate.toml");
+        std::fs::write(&p, config).unwrap();
+        let mut cmd = Command::new(bin("postern-gate"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--config",
+        ])
+        .arg(&p)
+        .arg("--state-dir")
+        .arg(self.dir.path());
+        self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
+    }
+}

@@ -535,7 +535,8 @@ fn gateways_report_what_they_saw_and_servers_only_sessions() {
     assert_eq!(v["accepted"], 1);
     let ev = audit_kinds(&ca, "sftp.open");
     assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0]["actor"], "alice");
+    assert_eq!(ev[0]["actor"], "gateway:gw1");
+    assert_eq!(ev[0]["detail"]["user"], "alice");
     assert_eq!(ev[0]["detail"]["gateway"], "gw1");
     assert_eq!(ev[0]["detail"]["detail"]["extra"]["path"], "/tmp/f");
     gw.ok("POST", "/v1/node/events", Some(&events("session.close")));

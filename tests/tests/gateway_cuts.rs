@@ -106,7 +106,8 @@ fn cut_reason(ca: &Ca) -> String {
             .collect();
         if let Some(e) = cuts.first() {
             assert_eq!(cuts.len(), 1, "one session, one cut: {cuts:?}");
-            assert_eq!(e["actor"], "alice", "{e}");
+            assert_eq!(e["actor"], "gateway:gate1", "{e}");
+            assert_eq!(e["detail"]["user"], "alice", "{e}");
             assert!(e["detail"]["session"].is_string(), "{e}");
             return e["detail"]["detail"]["reason"]
                 .as_str()

@@ -354,9 +354,11 @@ fn session_events(ca: &Ca) -> Vec<(String, String)> {
         .iter()
         .filter(|e| e["kind"].as_str().unwrap().starts_with("session."))
         .map(|e| {
+            // Reported by the server (the actor); the user is the server's claim, in the detail.
+            assert!(e["actor"].as_str().unwrap().starts_with("node:"), "{e}");
             (
                 e["kind"].as_str().unwrap().to_owned(),
-                e["actor"].as_str().unwrap().to_owned(),
+                e["detail"]["user"].as_str().unwrap().to_owned(),
             )
         })
         .collect()

@@ -25,12 +25,51 @@ pub struct Args {
     pub ca_pin: CaPin,
     /// `--user`.
     pub user: Username,
-    /// `--invite`.
-    pub invite: Secret,
+    /// `--invite` or `--invite-stdin`.
+    pub invite: Invite,
     /// `--password-stdin`.
     pub password_stdin: bool,
     /// `--json`.
     pub json: bool,
+}
+
+/// Where the invite comes from.
+#[derive(Debug)]
+pub enum Invite {
+    /// `--invite TOKEN` (visible in the process list while enroll runs).
+    Given(Secret),
+    /// `--invite-stdin`: asked on the terminal without echo, or the first line of standard
+    /// input.
+    Stdin,
+}
+
+/// The invite and, with `--password-stdin`, the password: what standard input carries.
+fn secrets_from_stdin(args: &Args) -> anyhow::Result<(Secret, Option<Secret>)> {
+    let invite = match &args.invite {
+        Invite::Given(i) => i.clone(),
+        Invite::Stdin if std::io::stdin().is_terminal() => trimmed(prompt::hidden("Invite: ")?),
+        Invite::Stdin if args.password_stdin => {
+            let [invite, password] = prompt::stdin_lines(["invite", "password"])?;
+            return Ok((trimmed(invite), Some(password)));
+        }
+        Invite::Stdin => trimmed(prompt::stdin_secret("invite")?),
+    };
+    let password = if args.password_stdin {
+        Some(prompt::stdin_secret("password")?)
+    } else {
+        None
+    };
+    Ok((invite, password))
+}
+
+/// An invite without the blanks a paste may bring.
+fn trimmed(s: Secret) -> Secret {
+    let t = s.expose().trim();
+    if t.len() == s.expose().len() {
+        s
+    } else {
+        Secret::new(t.to_owned())
+    }
 }
 
 #[derive(Serialize)]
@@ -38,9 +77,9 @@ struct Output<'a> {
     otpauth_uri: &'a str,
 }
 
-fn new_password(args: &Args) -> anyhow::Result<Secret> {
-    if args.password_stdin {
-        return prompt::stdin_secret("password");
+fn new_password(args: &Args, from_stdin: Option<Secret>) -> anyhow::Result<Secret> {
+    if let Some(pw) = from_stdin {
+        return Ok(pw);
     }
     let first = prompt::hidden(&format!("New password for {}: ", args.user))?;
     if first.expose().is_empty() {
@@ -68,11 +107,15 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
     // Reach the server (and check the pin) before asking for the new password.
     let api = Api::new(&args.ca, args.ca_pin, None)?;
     api.ping().context("cannot reach the CA")?;
-    let password = new_password(&args)?;
+    let (invite, password) = secrets_from_stdin(&args)?;
+    if invite.expose().is_empty() {
+        bail!("the invite is empty");
+    }
+    let password = new_password(&args, password)?;
     let resp = api
         .enroll(&EnrollRequest {
             user: args.user.clone(),
-            invite: args.invite.clone(),
+            invite,
             password,
         })
         .map_err(|e| api_failure("enrolment", e))?;

@@ -10,7 +10,7 @@ if [ "$1" -eq 1 ]; then
         systemctl start postern-shim-sync.timer >/dev/null 2>&1 || :
     fi
     if [ ! -e /var/lib/postern-shim/joined.json ]; then
-        echo "postern-shim: join this server with: postern-shim join --ca URL --ca-pin PIN --token T --name NAME --pam (see postern-shim(8))"
+        echo "postern-shim: join this server with: POSTERN_JOIN_TOKEN=T postern-shim join --ca URL --ca-pin PIN --name NAME --pam (see postern-shim(8))"
     fi
 elif [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
