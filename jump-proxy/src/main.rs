@@ -5,6 +5,7 @@
 mod audit;
 mod ca;
 mod journal;
+mod limits;
 mod observe;
 mod public;
 mod record;
@@ -197,6 +198,11 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         .with_context(|| format!("{}", p.display()))?,
         None => GateConfig::default(),
     };
+    let named = config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the defaults".into());
+    let limits = limits::Limits::new(cfg.limits().map_err(|e| anyhow::anyhow!("{named}: {e}"))?);
     let listen = listen
         .or(cfg.listen)
         .unwrap_or_else(|| "0.0.0.0:3023".into());
@@ -251,6 +257,7 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         spool.clone(),
         audit,
         disconnect_expired_cert,
+        Arc::clone(&limits),
     )?);
     if let Err(e) = gw.refresh().await {
         tracing::warn!(error = %format!("{e:#}"), "cannot fetch the inventory yet; retrying");
@@ -275,7 +282,18 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         gw.name,
         listener.local_addr()?
     );
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(4096)));
+    let l = &limits.cfg;
+    tracing::info!(
+        max_connections = l.max_connections,
+        login_grace_time = ?l.login_grace_time,
+        max_startups = %l.max_startups,
+        per_source_max_startups = l.per_source_max_startups,
+        max_inner_connections_per_user = l.max_inner_connections_per_user,
+        max_channels_per_user = l.max_channels_per_user,
+        "limits"
+    );
+    limits.report();
+    let slots = Arc::new(Semaphore::new(l.max_connections));
     loop {
         let permit = Arc::clone(&slots).acquire_owned().await?;
         let (sock, peer) = match listener.accept().await {
@@ -286,19 +304,17 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
                 continue;
             }
         };
+        // Refused before a byte is sent, as sshd refuses beyond MaxStartups: the socket is
+        // closed, and the refusal counted for the summary in the log.
+        let Ok(startup) = limits.admit(peer.ip()) else {
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let gw = Arc::clone(&gw);
         tokio::spawn(async move {
             let _permit = permit;
-            let handler = server::Outer::new(Arc::clone(&gw), peer);
-            match russh::server::run_stream(Arc::clone(&gw.outer), sock, handler).await {
-                Ok(s) => {
-                    if let Err(e) = s.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
-            }
+            server::serve_connection(gw, sock, peer, startup).await;
         });
     }
 }

@@ -23,6 +23,7 @@ use ssh_key::{Certificate, PrivateKey, PublicKey};
 use tokio::sync::{watch, Notify, RwLock};
 
 use crate::ca::CaClient;
+use crate::limits::{Graced, Limits, PerUser, PreAuth, Startup, UserRefusal, UserSlot};
 use crate::record::now;
 use crate::relay::{relay, RelayCtx};
 
@@ -79,6 +80,8 @@ pub struct Gateway {
     pub audit: crate::audit::Audit,
     /// `[sessions] disconnect_expired_cert` of gate.toml.
     disconnect_expired_cert: bool,
+    /// `max_connections` and `[limits]` of gate.toml, and what each holds.
+    pub limits: Arc<Limits>,
 }
 
 fn reject() -> Auth {
@@ -121,6 +124,7 @@ impl Gateway {
         spool: PathBuf,
         audit: crate::audit::Audit,
         disconnect_expired_cert: bool,
+        limits: Arc<Limits>,
     ) -> Result<Gateway> {
         let j = ca.joined().clone();
         Ok(Gateway {
@@ -136,6 +140,7 @@ impl Gateway {
             uploaded: Arc::new(Notify::new()),
             audit,
             disconnect_expired_cert,
+            limits,
         })
     }
 
@@ -311,6 +316,43 @@ impl Gateway {
             l.remove(id);
         }
     }
+
+    /// A per-user refusal: logged, audited with the limit as reason, and the user's message
+    /// returned for the channel's refusal.
+    async fn refuse_for_user(&self, user: &Username, node: &str, r: UserRefusal) -> String {
+        tracing::info!(%user, node, limit = r.which.key(), value = r.limit, "refused by [limits]: {}", r.message);
+        self.audit.refused(
+            user.as_str(),
+            serde_json::json!({ "node": node, "reason": r.which.key(), "limit": r.limit, "message": r.message }),
+        ).await;
+        r.message
+    }
+}
+
+/// Serves one client connection: the SSH server over `sock`, the whole pre-authentication
+/// phase (banner, key exchange, authentication) under the login grace time, and `startup`
+/// counting it among the unauthenticated connections until it authenticates.
+pub async fn serve_connection(
+    gw: Arc<Gateway>,
+    sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+    startup: Startup,
+) {
+    let pre = PreAuth::new();
+    let stream = Graced::new(sock, gw.limits.cfg.login_grace_time, Arc::clone(&pre));
+    let handler = Outer::new(Arc::clone(&gw), peer, startup, Arc::clone(&pre));
+    match russh::server::run_stream(Arc::clone(&gw.outer), stream, handler).await {
+        Ok(s) => {
+            if let Err(e) = s.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+    }
+    if pre.expired() {
+        tracing::debug!(%peer, "connection closed: not authenticated within the login grace time");
+        gw.limits.grace_expired(Some(peer.ip()));
+    }
 }
 
 /// Validates a user certificate against the user CA keys, strictly.
@@ -362,15 +404,21 @@ pub struct Outer {
     /// Peer address.
     pub peer: SocketAddr,
     user: Option<(Username, Certificate)>,
+    /// Counts this connection among the unauthenticated ones until it authenticates.
+    startup: Option<Startup>,
+    /// Told when it authenticates, so that the login grace time no longer applies.
+    pre: Arc<PreAuth>,
 }
 
 impl Outer {
     /// A new connection.
-    pub fn new(gw: Arc<Gateway>, peer: SocketAddr) -> Outer {
+    pub fn new(gw: Arc<Gateway>, peer: SocketAddr, startup: Startup, pre: Arc<PreAuth>) -> Outer {
         Outer {
             gw,
             peer,
             user: None,
+            startup: Some(startup),
+            pre,
         }
     }
 }
@@ -395,6 +443,10 @@ impl russh::server::Handler for Outer {
             Some((user, _)) => {
                 tracing::info!(peer = %self.peer, %user, serial = cert.serial(), "outer connection authenticated");
                 self.user = Some((user, cert.clone()));
+                // Authenticated: off the grace time, and no longer among the connections
+                // that max_startups counts.
+                self.pre.authenticated();
+                self.startup = None;
                 Ok(Auth::Accept)
             }
             None => {
@@ -451,6 +503,20 @@ impl russh::server::Handler for Outer {
                 .await;
             return Ok(());
         };
+        // Before anything that costs the CA or a server: the user's connections to servers.
+        let slot = match self.gw.limits.for_user(PerUser::Inner, user.as_str()) {
+            Ok(s) => s,
+            Err(r) => {
+                let msg = self.gw.refuse_for_user(&user, node.name.as_str(), r).await;
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 1,
+                        reason: msg,
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
         let cert_for_node = match self.gw.host_cert_for(&node).await {
             Ok(c) => c,
             Err(e) => {
@@ -470,6 +536,8 @@ impl russh::server::Handler for Outer {
             vec![gw.inner_key.clone()],
             vec![cert_for_node],
         ));
+        let grace = gw.limits.cfg.login_grace_time;
+        let pre = PreAuth::new();
         let inner = Inner {
             gw,
             node,
@@ -481,8 +549,11 @@ impl russh::server::Handler for Outer {
             watching: false,
             agent: Arc::new(Mutex::new(None)),
             refused: None,
+            slot: Some(slot),
+            pre: Arc::clone(&pre),
         };
-        let stream = channel.into_stream();
+        // The inner connection's own pre-authentication phase is under the grace time too.
+        let stream = Graced::new(channel.into_stream(), grace, pre);
         tokio::spawn(async move {
             match russh::server::run_stream(cfg, stream, inner).await {
                 Ok(running) => {
@@ -524,6 +595,10 @@ struct Inner {
     /// told on the first session channel (an authentication failure can carry no text, and
     /// "Permission denied" would send the user looking in the wrong place).
     refused: Option<String>,
+    /// One of the user's connections to servers (`max_inner_connections_per_user`).
+    slot: Option<UserSlot>,
+    /// Told when the inner authentication is accepted (the login grace time).
+    pre: Arc<PreAuth>,
 }
 
 /// Where the server's agent channels go: back to the user's ssh client.
@@ -568,12 +643,16 @@ impl Inner {
     fn refuse_after_auth(&mut self, why: String) -> Auth {
         tracing::info!(user = %self.user, node = %self.node.name, reason = %why, "session refused after authentication");
         self.refused = Some(why);
+        self.pre.authenticated();
         Auth::Accept
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Given back before "session ended" is logged, so that whoever reads that line may
+        // count on the slot being free.
+        self.slot = None;
         if let Some(c) = &self.ctx {
             self.gw.unregister(&c.id);
             tracing::info!(session = %c.id, user = %self.user, node = %self.node.name, "session ended");
@@ -740,6 +819,7 @@ impl russh::server::Handler for Inner {
             record_input: resp.record_input,
             cut,
         });
+        self.pre.authenticated();
         Ok(Auth::Accept)
     }
 
@@ -778,6 +858,26 @@ impl russh::server::Handler for Inner {
                 .await;
             return Ok(());
         };
+        let slot = match self
+            .gw
+            .limits
+            .for_user(PerUser::Channels, self.user.as_str())
+        {
+            Ok(s) => s,
+            Err(r) => {
+                let msg = self
+                    .gw
+                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
+                    .await;
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 1,
+                        reason: msg,
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
         let up_ch = match up.channel_open_session().await {
             Ok(c) => c,
             Err(e) => {
@@ -814,7 +914,11 @@ impl russh::server::Handler for Inner {
             uploaded: Arc::clone(&self.gw.uploaded),
             audit: self.gw.audit.clone(),
         };
-        tokio::spawn(relay(channel, up_ch, rctx));
+        tokio::spawn(async move {
+            // The channel counts against the user's limit until its relay ends.
+            let _slot = slot;
+            relay(channel, up_ch, rctx).await
+        });
         Ok(())
     }
 
@@ -877,6 +981,26 @@ impl russh::server::Handler for Inner {
                 .await;
             return Ok(());
         };
+        let slot = match self
+            .gw
+            .limits
+            .for_user(PerUser::Channels, self.user.as_str())
+        {
+            Ok(s) => s,
+            Err(r) => {
+                let msg = self
+                    .gw
+                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
+                    .await;
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 1,
+                        reason: msg,
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
         match up
             .channel_open_direct_tcpip(host.to_owned(), port, oa.to_owned(), op)
             .await
@@ -915,6 +1039,7 @@ impl russh::server::Handler for Inner {
                 reply.accept().await;
                 tracing::info!(user = %self.user, node = %self.node.name, host = %host, port, "port forward opened");
                 tokio::spawn(async move {
+                    let _slot = slot;
                     bridge(channel.into_stream(), up_ch.into_stream(), cut).await;
                 });
             }

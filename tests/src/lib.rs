@@ -1105,6 +1105,27 @@ impl Drop for Gate {
     }
 }
 
+impl Gate {
+    /// Restarts `postern-gate serve` with `gate_toml` as its `--config` (written to
+    /// `gate.toml` in its state directory) and waits for its ready line.
+    pub fn respawn_with_config(&mut self, gate_toml: &str) {
+        self.kill();
+        let path = self.dir.path().join("gate.toml");
+        std::fs::write(&path, gate_toml).unwrap();
+        let mut cmd = Command::new(bin("postern-gate"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--config",
+        ])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(self.dir.path());
+        self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
+    }
+}
+
 impl Ca {
     /// Sets `[gateway] public_addr` in posternd.toml (before `spawn`).
     pub fn set_gateway(&self, addr: &str) {
