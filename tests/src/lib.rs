@@ -1401,3 +1401,20 @@ impl Gate {
         (child.wait().unwrap(), err)
     }
 }
+
+impl Ca {
+    /// Stops the daemon as its service manager does (SIGTERM) and waits until it has exited,
+    /// so that what it writes when stopping is in the database.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let out = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            assert!(out.status.success(), "kill -TERM: {}", text(&out));
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "posternd exited with {status} after SIGTERM:\n{}",
+                self.log()
+            );
+        }
+    }
+}
