@@ -89,7 +89,7 @@ impl Default for Limits {
         Limits {
             max_connections: 4096,
             max_anonymous_connections: 1024,
-            max_handshakes: 512,
+            max_handshakes: 4096,
             body_timeout: std::time::Duration::from_secs(10),
             handler_timeout: std::time::Duration::from_secs(30),
             upload_timeout: std::time::Duration::from_secs(600),
