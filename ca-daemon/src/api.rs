@@ -20,6 +20,7 @@ use postern_core::{NodeName, Username};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::limits::{FailureKind, Source};
 use crate::recordings::MAX_RECORDING_BYTES;
 
 use crate::service::{Refusal, Service};
@@ -37,6 +38,85 @@ pub struct ApiError {
     status: StatusCode,
     public: String,
     detail: String,
+    /// Seconds for `Retry-After` (429 and 503).
+    retry_after: Option<u64>,
+}
+
+/// The deadlines of one request, from the moment its headers arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// The whole body must have arrived by then (408 otherwise).
+    pub body_by: tokio::time::Instant,
+    /// The body deadline's length, for the message.
+    pub body: std::time::Duration,
+    /// The handler must have answered within this (503 otherwise).
+    pub handler: std::time::Duration,
+}
+
+/// The routes of the gateways' recording uploads: the one kind of request given the longer
+/// `upload_timeout`, and only on an mTLS connection (anonymous clients never get it).
+fn is_upload(path: &str) -> bool {
+    path == "/v1/gateway/recordings" || path.starts_with("/v1/gateway/recordings/")
+}
+
+/// The deadlines of a request to `path` on a connection with or without a client certificate.
+pub fn deadlines(path: &str, mtls: bool, limits: &crate::config::Limits) -> Deadlines {
+    let (body, handler) = if mtls && is_upload(path) {
+        (limits.upload_timeout, limits.upload_timeout)
+    } else {
+        (limits.body_timeout, limits.handler_timeout)
+    };
+    Deadlines {
+        body_by: tokio::time::Instant::now() + body,
+        body,
+        handler,
+    }
+}
+
+/// A 503 with `Retry-After` and our error body; `close` ends the connection after it.
+fn unavailable(public: String, detail: &str, retry: u64, close: bool) -> Response {
+    let id = request_id();
+    tracing::warn!(request_id = %id, status = 503, detail, "request refused");
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody {
+            error: public,
+            request_id: id,
+        }),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry));
+    if close {
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+/// The answer when a handler missed its deadline (the work it started may still finish).
+pub fn handler_timed_out(after: std::time::Duration) -> Response {
+    unavailable(
+        format!(
+            "the server is overloaded: the request did not finish within {} s; try again",
+            after.as_secs()
+        ),
+        "handler deadline passed",
+        1,
+        true,
+    )
+}
+
+/// The answer on a connection refused because its pool is full.
+pub fn refused_connection(why: &str) -> Response {
+    unavailable(
+        format!("the server is busy: {why}; try again"),
+        why,
+        1,
+        true,
+    )
 }
 
 fn request_id() -> String {
@@ -56,36 +136,81 @@ impl From<Refusal> for ApiError {
             Refusal::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             Refusal::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
             Refusal::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m.clone()),
+            Refusal::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
+            Refusal::TooMany { message, .. } => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
         };
         let detail = match &r {
             Refusal::Internal(e) => format!("{e:#}"),
             other => other.to_string(),
         };
+        let retry_after = match &r {
+            Refusal::Busy(_) => Some(1),
+            Refusal::TooMany { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         ApiError {
             status,
             public,
             detail,
+            retry_after,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Refusals that tell the client to come back, and when.
+        match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                return unavailable(
+                    self.public,
+                    &self.detail,
+                    self.retry_after.unwrap_or(1),
+                    false,
+                );
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry = self.retry_after.unwrap_or(60);
+                let id = request_id();
+                tracing::info!(request_id = %id, status = %self.status, detail = %self.detail, "request refused");
+                let mut r = (
+                    self.status,
+                    Json(ErrorBody {
+                        error: self.public,
+                        request_id: id,
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(retry));
+                return r;
+            }
+            _ => {}
+        }
+        let close = self.status == StatusCode::REQUEST_TIMEOUT;
         let id = request_id();
         if self.status.is_server_error() {
             tracing::error!(request_id = %id, status = %self.status, detail = %self.detail, "request failed");
         } else {
             tracing::info!(request_id = %id, status = %self.status, detail = %self.detail, "request refused");
         }
-        (
+        let mut r = (
             self.status,
             Json(ErrorBody {
                 error: self.public,
                 request_id: id,
             }),
         )
-            .into_response()
+            .into_response();
+        if close {
+            // A body that did not arrive in time: the rest of it is not waited for.
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        r
     }
 }
 
@@ -101,14 +226,57 @@ impl<T: DeserializeOwned> JsonBody<T> {
         limit: usize,
     ) -> Result<Self, ApiError> {
         let bytes = body_with_limit(req, state, limit).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError {
-                status: StatusCode::BAD_REQUEST,
-                // serde's message names the field and position, never echoes secret values.
-                public: format!("malformed request: {e}"),
-                detail: e.to_string(),
-            })
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        // serde's message names the field and position, never echoes secret values.
+        public: format!("malformed request: {e}"),
+        detail: e.to_string(),
+        retry_after: None,
+    })
+}
+
+/// A JSON body that holds a password, an invite or a code: parsed from a copy of our own that
+/// is zeroized when parsing ends, and the body's buffer is zeroized too when it is ours alone
+/// (a body that arrived in one piece shares hyper's read buffer, which hyper reuses).
+async fn secret_json<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let bytes = body_with_limit(req, &(), MAX_BODY_BYTES).await?;
+    let copy = zeroize::Zeroizing::new(bytes.to_vec());
+    if let Ok(mut own) = bytes.try_into_mut() {
+        zeroize::Zeroize::zeroize(own.as_mut());
+    }
+    parse_json(&copy)
+}
+
+/// Takes a token of `kind` for the request's source, or refuses with 429 (counted among the
+/// source's failures of that kind).
+fn rate_limit(svc: &Service, kind: FailureKind, remote: Remote) -> Result<Source, ApiError> {
+    let source = Source::of(remote.0.ip());
+    let buckets = match kind {
+        FailureKind::Login => &svc.limits.login,
+        FailureKind::Enroll => &svc.limits.enroll,
+        FailureKind::Join => &svc.limits.join,
+    };
+    match buckets.take(source, std::time::Instant::now()) {
+        Ok(()) => Ok(source),
+        Err(wait) => {
+            svc.limits
+                .failures
+                .record(source, kind, "rate limited", None, crate::service::now());
+            let secs = wait.as_secs().max(1);
+            Err(Refusal::TooMany {
+                message: format!(
+                    "too many {} requests from your address; try again in {secs} s",
+                    kind.as_str()
+                ),
+                retry_after: secs,
+            }
+            .into())
+        }
     }
 }
 
@@ -130,9 +298,31 @@ pub async fn body_with_limit<S: Send + Sync>(
             status: StatusCode::PAYLOAD_TOO_LARGE,
             public: format!("request body is larger than {limit} bytes"),
             detail: format!("content-length {declared:?}"),
+            retry_after: None,
         });
     }
-    Bytes::from_request(req, state).await.map_err(|e| {
+    // The body deadline runs from the request's headers (tls.rs sets it on every request):
+    // a body sent a byte at a time cannot hold the connection longer.
+    let deadline = req.extensions().get::<Deadlines>().copied();
+    let read = Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(d) => match tokio::time::timeout_at(d.body_by, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(ApiError {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    public: format!(
+                        "the request body did not arrive within {} s",
+                        d.body.as_secs()
+                    ),
+                    detail: "body deadline passed".into(),
+                    retry_after: None,
+                })
+            }
+        },
+        None => read.await,
+    };
+    read.map_err(|e| {
         let status = e.status();
         ApiError {
             status: if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -146,6 +336,7 @@ pub async fn body_with_limit<S: Send + Sync>(
                 "cannot read request body".into()
             },
             detail: e.to_string(),
+            retry_after: None,
         }
     })
 }
@@ -195,6 +386,7 @@ pub fn router(svc: Arc<Service>) -> Router {
                 status: StatusCode::NOT_FOUND,
                 public: "no such endpoint".into(),
                 detail: "not found".into(),
+                retry_after: None,
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -210,9 +402,12 @@ async fn ping(State(svc): State<Arc<Service>>) -> Json<PingResponse> {
 
 async fn enroll(
     State(svc): State<Arc<Service>>,
-    JsonBody(req): JsonBody<EnrollRequest>,
+    Extension(remote): Extension<Remote>,
+    req: Request,
 ) -> Result<Json<EnrollResponse>, ApiError> {
-    let uri = svc.enroll(req).await?;
+    let source = rate_limit(&svc, FailureKind::Enroll, remote)?;
+    let req: EnrollRequest = secret_json(req).await?;
+    let uri = svc.enroll(req, source).await?;
     Ok(Json(EnrollResponse {
         otpauth_uri: Secret::new(uri),
     }))
@@ -220,9 +415,13 @@ async fn enroll(
 
 async fn login(
     State(svc): State<Arc<Service>>,
-    JsonBody(req): JsonBody<LoginRequest>,
+    Extension(remote): Extension<Remote>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    Ok(Json(svc.login(req).await?).into_response())
+    // The rate first: a source over its limit costs neither its body nor argon2.
+    let source = rate_limit(&svc, FailureKind::Login, remote)?;
+    let req: LoginRequest = secret_json(req).await?;
+    Ok(Json(svc.login(req, source).await?).into_response())
 }
 
 fn identity(peer: Peer, what: &str) -> Result<crate::x509::ClientIdentity, ApiError> {
@@ -239,23 +438,27 @@ fn identity_from(peer: Peer, missing: String) -> Result<crate::x509::ClientIdent
             status: StatusCode::UNAUTHORIZED,
             public: missing,
             detail: "no client certificate".into(),
+            retry_after: None,
         });
     };
     crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
         status: StatusCode::FORBIDDEN,
         public: "unusable client certificate".into(),
         detail: format!("{e:#}"),
+        retry_after: None,
     })
 }
 
 async fn join(
     State(svc): State<Arc<Service>>,
     Extension(remote): Extension<Remote>,
-    JsonBody(req): JsonBody<postern_core::api::JoinRequest>,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    let source = rate_limit(&svc, FailureKind::Join, remote)?;
+    let req: postern_core::api::JoinRequest = secret_json(req).await?;
     // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; servers see a.b.c.d.
     Ok(Json(
-        svc.join(req, remote.0.ip().to_canonical().to_string())
+        svc.join(req, remote.0.ip().to_canonical().to_string(), source)
             .await?,
     )
     .into_response())
@@ -290,12 +493,14 @@ async fn renew(
             status: StatusCode::UNAUTHORIZED,
             public: "renewal needs the client certificate from `postern login`".into(),
             detail: "no client certificate".into(),
+            retry_after: None,
         });
     };
     let identity = crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
         status: StatusCode::FORBIDDEN,
         public: "renewal refused: unusable client certificate; run `postern login`".into(),
         detail: format!("{e:#}"),
+        retry_after: None,
     })?;
     Ok(Json(svc.renew(identity, req.ttl).await?).into_response())
 }
@@ -398,6 +603,7 @@ async fn recordings_ls(
         status: StatusCode::BAD_REQUEST,
         public: format!("malformed query: {}", e.body_text()),
         detail: e.to_string(),
+        retry_after: None,
     })?;
     Ok(Json(svc.recordings_of_user(id, q.user, q.node, q.limit).await?).into_response())
 }
@@ -428,6 +634,7 @@ fn recording_id(path: Result<Path<String>, PathRejection>) -> Result<String, Api
         status: StatusCode::BAD_REQUEST,
         public: "malformed recording id in the path".into(),
         detail: e.to_string(),
+        retry_after: None,
     })
 }
 
@@ -466,6 +673,7 @@ async fn gateway_recording_chunk(
             e.body_text()
         ),
         detail: e.to_string(),
+        retry_after: None,
     })?;
     let gateway = svc.authenticate_gateway(id).await?;
     let slot = Arc::clone(&svc.upload_slots)

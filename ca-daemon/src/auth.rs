@@ -187,8 +187,11 @@ pub fn unknown_name_tag(name: &str) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-/// The audit actor of a login or enrolment attempt for a name that is not a user.
-pub const UNKNOWN_ACTOR: &str = "<unknown>";
+/// How a name that is not a user appears in the failure summaries' `users`: `<unknown> TAG`
+/// (no user name contains `<` or a space, so it cannot be taken for one).
+pub fn unknown_name_label(name: &str) -> String {
+    format!("<unknown> {}", unknown_name_tag(name))
+}
 
 struct Ghost {
     failures: i64,

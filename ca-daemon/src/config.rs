@@ -23,6 +23,91 @@ struct RawConfig {
     gateway: Option<RawGateway>,
     #[serde(default)]
     recordings: Option<RawRecordings>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<toml::Spanned<i64>>,
+    max_anonymous_connections: Option<toml::Spanned<i64>>,
+    max_handshakes: Option<toml::Spanned<i64>>,
+    body_timeout: Option<toml::Spanned<String>>,
+    handler_timeout: Option<toml::Spanned<String>>,
+    upload_timeout: Option<toml::Spanned<String>>,
+    argon2_concurrency: Option<toml::Spanned<i64>>,
+    login_per_minute: Option<toml::Spanned<i64>>,
+    login_burst: Option<toml::Spanned<i64>>,
+    enroll_per_minute: Option<toml::Spanned<i64>>,
+    enroll_burst: Option<toml::Spanned<i64>>,
+    join_per_minute: Option<toml::Spanned<i64>>,
+    join_burst: Option<toml::Spanned<i64>>,
+}
+
+/// A per-source rate: `per_minute` requests a minute on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    /// Tokens added a minute.
+    pub per_minute: u32,
+    /// The bucket's size.
+    pub burst: u32,
+}
+
+/// `[limits]`: what one client, or all anonymous clients together, may cost the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Connections at once, of every kind (after the TLS handshake).
+    pub max_connections: usize,
+    /// Of those, connections without a verified client certificate (login, enroll, join);
+    /// the rest is kept for mTLS peers (renewal, servers, gateways).
+    pub max_anonymous_connections: usize,
+    /// TLS handshakes in progress at once (each has 10 s).
+    pub max_handshakes: usize,
+    /// Every request body must have arrived this long after its headers (408 otherwise).
+    #[serde(serialize_with = "as_secs")]
+    pub body_timeout: std::time::Duration,
+    /// Every handler must have answered this long after the request's headers (503).
+    #[serde(serialize_with = "as_secs")]
+    pub handler_timeout: std::time::Duration,
+    /// The body and handler deadline of the gateways' recording uploads (mTLS only).
+    #[serde(serialize_with = "as_secs")]
+    pub upload_timeout: std::time::Duration,
+    /// Password hashes (argon2id, 19 MiB each) computed at once.
+    pub argon2_concurrency: usize,
+    /// `POST /v1/login` per source address (IPv6: per /64).
+    pub login: Rate,
+    /// `POST /v1/enroll` per source address.
+    pub enroll: Rate,
+    /// `POST /v1/join` per source address.
+    pub join: Rate,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Limits {
+            max_connections: 4096,
+            max_anonymous_connections: 1024,
+            max_handshakes: 4096,
+            body_timeout: std::time::Duration::from_secs(10),
+            handler_timeout: std::time::Duration::from_secs(30),
+            upload_timeout: std::time::Duration::from_secs(600),
+            argon2_concurrency: 2 * cores,
+            login: Rate {
+                per_minute: 20,
+                burst: 40,
+            },
+            enroll: Rate {
+                per_minute: 10,
+                burst: 20,
+            },
+            join: Rate {
+                per_minute: 10,
+                burst: 20,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -71,6 +156,124 @@ fn parse_size(raw: &RawSize) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size"))
 }
 
+/// Durations are printed as seconds (`check-config --print`).
+fn as_secs<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// Parses `[limits]`; errors are (offset, message).
+fn parse_limits(raw: &RawLimits) -> std::result::Result<Limits, (usize, String)> {
+    let mut l = Limits::default();
+    let int = |v: &Option<toml::Spanned<i64>>, key: &str, min: i64, max: i64, into: &mut usize| {
+        if let Some(v) = v {
+            let n = *v.get_ref();
+            if n < min || n > max {
+                return Err((
+                    v.span().start,
+                    format!("[limits] {key} must be between {min} and {max}"),
+                ));
+            }
+            *into = usize::try_from(n)
+                .map_err(|_| (v.span().start, format!("[limits] {key} is out of range")))?;
+        }
+        Ok(())
+    };
+    let dur = |v: &Option<toml::Spanned<String>>, key: &str, into: &mut std::time::Duration| {
+        if let Some(v) = v {
+            let t: postern_core::Ttl =
+                v.get_ref()
+                    .parse()
+                    .map_err(|e: postern_core::ttl::TtlError| {
+                        (v.span().start, format!("[limits] {key}: {e}"))
+                    })?;
+            if t.as_secs() > 86_400 {
+                return Err((v.span().start, format!("[limits] {key} must be at most 1d")));
+            }
+            *into = t.as_duration();
+        }
+        Ok(())
+    };
+    int(
+        &raw.max_connections,
+        "max_connections",
+        2,
+        1 << 20,
+        &mut l.max_connections,
+    )?;
+    int(
+        &raw.max_anonymous_connections,
+        "max_anonymous_connections",
+        1,
+        1 << 20,
+        &mut l.max_anonymous_connections,
+    )?;
+    int(
+        &raw.max_handshakes,
+        "max_handshakes",
+        1,
+        1 << 20,
+        &mut l.max_handshakes,
+    )?;
+    int(
+        &raw.argon2_concurrency,
+        "argon2_concurrency",
+        1,
+        1024,
+        &mut l.argon2_concurrency,
+    )?;
+    if l.max_anonymous_connections >= l.max_connections {
+        let offset = raw
+            .max_anonymous_connections
+            .as_ref()
+            .or(raw.max_connections.as_ref())
+            .map_or(0, |v| v.span().start);
+        return Err((
+            offset,
+            format!(
+                "[limits] max_anonymous_connections ({}) must be less than max_connections ({}): the difference is kept for clients with a certificate",
+                l.max_anonymous_connections, l.max_connections
+            ),
+        ));
+    }
+    dur(&raw.body_timeout, "body_timeout", &mut l.body_timeout)?;
+    dur(
+        &raw.handler_timeout,
+        "handler_timeout",
+        &mut l.handler_timeout,
+    )?;
+    dur(&raw.upload_timeout, "upload_timeout", &mut l.upload_timeout)?;
+    let rate = |per: &Option<toml::Spanned<i64>>,
+                burst: &Option<toml::Spanned<i64>>,
+                name: &str,
+                into: &mut Rate| {
+        let (mut p, mut b) = (into.per_minute as usize, into.burst as usize);
+        int(per, &format!("{name}_per_minute"), 1, 1_000_000, &mut p)?;
+        int(burst, &format!("{name}_burst"), 1, 1_000_000, &mut b)?;
+        *into = Rate {
+            per_minute: u32::try_from(p).unwrap_or(u32::MAX),
+            burst: u32::try_from(b).unwrap_or(u32::MAX),
+        };
+        Ok::<(), (usize, String)>(())
+    };
+    rate(
+        &raw.login_per_minute,
+        &raw.login_burst,
+        "login",
+        &mut l.login,
+    )?;
+    rate(
+        &raw.enroll_per_minute,
+        &raw.enroll_burst,
+        "enroll",
+        &mut l.enroll,
+    )?;
+    rate(&raw.join_per_minute, &raw.join_burst, "join", &mut l.join)?;
+    Ok(l)
+}
+
 /// Default largest recording: 64 GiB.
 pub const DEFAULT_RECORDING_MAX_BYTES: u64 = 64 << 30;
 /// Default (and largest useful) upload chunk: 8 MiB.
@@ -117,6 +320,8 @@ pub struct Config {
     /// `[recordings] chunk_bytes`: the largest upload chunk accepted (gateways send chunks of
     /// this size).
     pub recordings_chunk_bytes: u64,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -178,6 +383,10 @@ impl Config {
                 )?;
             }
         }
+        let limits = match &raw.limits {
+            None => Limits::default(),
+            Some(l) => parse_limits(l).map_err(|(offset, msg)| at(offset, msg))?,
+        };
         // Checked here, not first by `postern login` or a failing ssh: the host must be one a
         // host certificate can name, or every user's ssh fails with "Host key verification
         // failed" at the gateway.
@@ -212,6 +421,7 @@ impl Config {
             gateway_public_addr,
             recordings_max_bytes,
             recordings_chunk_bytes,
+            limits,
         })
     }
 
@@ -231,7 +441,11 @@ impl Config {
              \n\
              # [recordings]\n\
              # max_bytes = \"64GiB\"      # the largest recording a gateway may upload\n\
-             # chunk_bytes = \"8MiB\"     # gateways upload in chunks of this size\n"
+             # chunk_bytes = \"8MiB\"     # gateways upload in chunks of this size\n\
+             \n\
+             # [limits]                  # see posternd.toml(5) for every key\n\
+             # max_anonymous_connections = 1024\n\
+             # login_per_minute = 20\n"
         )
     }
 
@@ -330,6 +544,65 @@ mod tests {
                 e.starts_with("p:5:15: [gateway] public_addr: "),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn limits_default_and_parse() {
+        let base = "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n";
+        let c = Config::parse(base, Path::new("p")).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_anonymous_connections, 1024);
+        assert_eq!(c.limits.body_timeout.as_secs(), 10);
+        let c = Config::parse(
+            &format!("{base}[limits]\nmax_connections = 100\nmax_anonymous_connections = 10\nbody_timeout = \"4s\"\nupload_timeout = \"1h\"\nargon2_concurrency = 3\nlogin_per_minute = 5\njoin_burst = 7\n"),
+            Path::new("p"),
+        )
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!((l.max_connections, l.max_anonymous_connections), (100, 10));
+        assert_eq!(
+            (l.body_timeout.as_secs(), l.upload_timeout.as_secs()),
+            (4, 3600)
+        );
+        assert_eq!(l.argon2_concurrency, 3);
+        assert_eq!(
+            l.login,
+            Rate {
+                per_minute: 5,
+                burst: 40
+            }
+        );
+        assert_eq!(
+            l.join,
+            Rate {
+                per_minute: 10,
+                burst: 7
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_limits_at_their_position() {
+        let base = "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n[limits]\n";
+        for (bad, why) in [
+            (
+                "max_anonymous_connections = 4096\n",
+                "must be less than max_connections (4096)",
+            ),
+            ("max_connections = 0\n", "between"),
+            (
+                "login_per_minute = 0\n",
+                "login_per_minute must be between 1",
+            ),
+            ("body_timeout = \"soon\"\n", "body_timeout"),
+            ("handler_timeout = \"2d\"\n", "at most 1d"),
+            ("argon2_concurrency = -1\n", "between"),
+            ("max_body = 1\n", "max_body"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), Path::new("p")).unwrap_err();
+            assert!(e.starts_with("p:5:"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 

@@ -7,6 +7,7 @@ mod auth;
 mod db;
 mod gateway;
 mod keys;
+mod limits;
 mod nodes;
 mod recordings;
 mod server;

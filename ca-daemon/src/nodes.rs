@@ -401,6 +401,7 @@ impl Service {
         &self,
         req: JoinRequest,
         remote: String,
+        source: crate::limits::Source,
     ) -> std::result::Result<JoinResponse, Refusal> {
         let host_key = parse_host_key(&req.host_public_key, "host_public_key")?;
         let ident = parse_key(&req.identity_public_key, "identity_public_key")?;
@@ -447,6 +448,7 @@ impl Service {
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
         let public_addr = self.gateway.clone();
+        let failures = std::sync::Arc::clone(&self.limits.failures);
         self.db
             .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
                 let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
@@ -462,8 +464,9 @@ impl Service {
                     Some(_) => None,
                 };
                 if let Some(reason) = reason {
-                    // Audited without the token.
-                    audit::append(c, now, "join.failure", &format!("{}@{remote}", req.name), json!({ "reason": reason }))?;
+                    // Counted in the source's summary (without the token), not audited one
+                    // by one: anybody can send tokens.
+                    failures.record(source, crate::limits::FailureKind::Join, reason, None, now);
                     return Ok(Err(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
                 }
                 let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };

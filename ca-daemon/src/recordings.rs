@@ -1881,6 +1881,7 @@ roles = ["dev-viewer"]
             data_dir: d.path().to_owned(),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOAD_SLOTS)),
             recordings: Store::new(max_bytes, chunk_bytes),
+            limits: Default::default(),
         };
         (d, svc)
     }

@@ -182,6 +182,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
             cfg.recordings_max_bytes,
             cfg.recordings_chunk_bytes,
         ),
+        limits: Arc::new(crate::limits::Limits::new(&cfg.limits)),
     });
     crate::recordings::prepare_dir(&cfg.data_dir)?;
     let tls_cfg = tls::server_config(&keys)?;
@@ -195,7 +196,8 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     // Abandoned partial uploads: swept now and every hour.
     tokio::spawn(crate::recordings::sweeper(Arc::clone(&svc)));
     let app = api::router(Arc::clone(&svc));
-    let server = tokio::spawn(tls::serve(listener, tls_cfg, app));
+    let server = tokio::spawn(tls::serve(listener, tls_cfg, app, cfg.limits.clone()));
+    let failures = tokio::spawn(crate::limits::flush_failures(Arc::clone(&svc)));
     tracing::info!(
         "posternd ready: cluster {} listening on https://{local} (api_url {}), CA pin {}",
         cfg.cluster,
@@ -212,6 +214,15 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         _ = term.recv() => {}
     }
     let _ = std::fs::remove_file(cfg.admin_socket());
+    // The failures of the minute in progress are written before the daemon goes.
+    failures.abort();
+    match crate::limits::write_failures(&svc, true).await {
+        Ok(n) if n > 0 => tracing::info!(summaries = n, "failed authentications written"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot write the summaries of failed authentications")
+        }
+    }
     tracing::info!("posternd stopping");
     Ok(())
 }

@@ -16,6 +16,12 @@ use crate::audit;
 use crate::auth::{self, GhostLockout};
 use crate::db::Db;
 use crate::keys::KeyStore;
+use crate::limits::{Busy, FailureKind, Source};
+
+/// The refusal when every argon2 slot stayed taken.
+fn busy() -> Refusal {
+    Refusal::Busy("the server is busy checking other passwords; try again in a second".into())
+}
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -46,6 +52,8 @@ pub struct Service {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Recording limits and the uploads in progress.
     pub recordings: crate::recordings::Store,
+    /// Abuse limits: per-source rates, argon2 slots, failure summaries.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Why an operation was refused; the API maps each to a status and public message.
@@ -76,6 +84,17 @@ pub enum Refusal {
     /// The server's disk is full; nothing was changed.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The server is at a limit (argon2 slots); try again shortly (503, `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
+    /// This source sent too many requests of a kind (429, `Retry-After`).
+    #[error("{message}")]
+    TooMany {
+        /// What the client is told.
+        message: String,
+        /// Seconds until the next request would be accepted.
+        retry_after: u64,
+    },
     /// A server-side fault; the detail is logged, not shown.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -132,7 +151,7 @@ impl Service {
     }
 
     /// Sets the password and TOTP secret of an invited user.
-    pub async fn enroll(&self, req: EnrollRequest) -> Outcome<String> {
+    pub async fn enroll(&self, req: EnrollRequest, source: Source) -> Outcome<String> {
         let pw = req.password.expose();
         if pw.chars().count() < 8 {
             return Err(Refusal::BadRequest(
@@ -145,14 +164,30 @@ impl Service {
             ));
         }
         let pw = req.password.clone();
-        let hash = tokio::task::spawn_blocking(move || auth::hash_password(pw.expose()))
+        let hash = match self
+            .limits
+            .argon2
+            .run(move || auth::hash_password(pw.expose()))
             .await
-            .map_err(|e| anyhow!(e))??;
+        {
+            Ok(h) => h??,
+            Err(Busy) => {
+                self.limits.failures.record(
+                    source,
+                    FailureKind::Enroll,
+                    "server busy",
+                    None,
+                    now(),
+                );
+                return Err(busy());
+            }
+        };
         let secret = auth::new_totp_secret()?;
         let uri = auth::otpauth_uri(&secret, req.user.as_str(), self.cluster.as_str())?;
         let user = req.user.clone();
         let presented = auth::invite_hash(req.invite.expose());
         let now = now();
+        let failures = Arc::clone(&self.limits.failures);
         self.db
             .run(move |conn| {
                 let row: Option<(Option<String>, Option<i64>)> = conn
@@ -172,13 +207,10 @@ impl Service {
                     }
                 };
                 if !valid {
-                    // A name that is not a user may be anything the person typed: not stored.
-                    let (actor, detail) = if known {
-                        (user.as_str().to_owned(), json!({"reason": "invalid or expired invite"}))
-                    } else {
-                        (auth::UNKNOWN_ACTOR.to_owned(), json!({"reason": "invalid or expired invite", "name_tag": auth::unknown_name_tag(user.as_str())}))
-                    };
-                    audit::append(conn, now, "enroll.failure", &actor, detail)?;
+                    // Counted in the source's summary, not audited one by one; a name that is
+                    // not a user may be anything the person typed: only its keyed tag is kept.
+                    let name = if known { user.as_str().to_owned() } else { auth::unknown_name_label(user.as_str()) };
+                    failures.record(source, FailureKind::Enroll, "invalid or expired invite", Some(&name), now);
                     return Ok(Err(Refusal::BadCredentials));
                 }
                 conn.execute(
@@ -193,7 +225,7 @@ impl Service {
     }
 
     /// Password + TOTP login: checks credentials and lockout, asks the policy, issues.
-    pub async fn login(&self, req: LoginRequest) -> Outcome<CertResponse> {
+    pub async fn login(&self, req: LoginRequest, source: Source) -> Outcome<CertResponse> {
         let public = parse_user_key(&req.public_key)?;
         let now = now();
         let name = req.user.clone();
@@ -203,36 +235,50 @@ impl Service {
                 .run(move |conn| load_user(conn, name.as_str()))
                 .await?
         };
-        // The expensive checks run off the async threads and take the same time whether or not
-        // the user exists.
+        // The expensive checks run off the async threads, under the argon2 limit, and take the
+        // same time whether or not the user exists (the dummy hash of unknown users too).
         let (password_ok, step) = {
             let hash = row.as_ref().and_then(|r| r.password_hash.clone());
             let secret = row.as_ref().and_then(|r| r.totp_secret.clone());
             let password = req.password.clone();
             let otp = req.otp.clone();
-            tokio::task::spawn_blocking(move || {
-                let ok = auth::verify_password(hash.as_deref(), password.expose());
-                let step = auth::match_step(secret.as_deref(), otp.expose(), now);
-                (ok, step)
-            })
-            .await
-            .map_err(|e| anyhow!(e))?
+            let checked = self
+                .limits
+                .argon2
+                .run(move || {
+                    let ok = auth::verify_password(hash.as_deref(), password.expose());
+                    let step = auth::match_step(secret.as_deref(), otp.expose(), now);
+                    (ok, step)
+                })
+                .await;
+            match checked {
+                Ok(r) => r?,
+                Err(Busy) => {
+                    let known = row.is_some().then_some(name.as_str());
+                    self.limits.failures.record(
+                        source,
+                        FailureKind::Login,
+                        "server busy",
+                        known,
+                        now,
+                    );
+                    return Err(busy());
+                }
+            }
         };
+        let failures = Arc::clone(&self.limits.failures);
         if row.is_none() {
             let locked = self.ghosts.fail(name.as_str(), now);
-            // The name may be a password typed into the user field: only its keyed tag is kept.
-            let tag = auth::unknown_name_tag(name.as_str());
-            self.db
-                .run(move |conn| {
-                    audit::append(
-                        conn,
-                        now,
-                        "login.failure",
-                        auth::UNKNOWN_ACTOR,
-                        json!({"reason": "unknown user", "name_tag": tag}),
-                    )
-                })
-                .await?;
+            // Counted in the source's summary under the name's keyed tag, never the name: an
+            // unknown name may be a password typed into the wrong field.
+            let label = auth::unknown_name_label(name.as_str());
+            failures.record(
+                source,
+                FailureKind::Login,
+                "unknown user",
+                Some(&label),
+                now,
+            );
             return Err(if locked {
                 Refusal::Locked
             } else {
@@ -249,7 +295,13 @@ impl Service {
                 let Some(row) = load_user(conn, name.as_str())? else {
                     return Ok(Err(Refusal::BadCredentials));
                 };
-                let fail = |reason: &str| -> Result<()> {
+                // Failures before the credentials are proven are counted in the source's
+                // summary; a refusal after them (policy) is audited on its own.
+                let fail = |reason: &'static str| -> Result<()> {
+                    failures.record(source, FailureKind::Login, reason, Some(name.as_str()), now);
+                    Ok(())
+                };
+                let denied = |reason: &str| -> Result<()> {
                     audit::append(conn, now, "login.failure", name.as_str(), json!({ "reason": reason }))
                 };
                 // During a lock nothing is checked or counted: a right password and code are
@@ -313,7 +365,7 @@ impl Service {
                         Ok(Ok(resp.0))
                     }
                     Err(deny) => {
-                        fail(&deny)?;
+                        denied(&deny)?;
                         Ok(Err(Refusal::Forbidden(deny)))
                     }
                 }

@@ -207,8 +207,9 @@ pub static POSTERND: Prose = Prose {
          11,000, and then none. (With a fresh start after every 15-minute lock, 480 guesses a \
          day found the code in 1.9 years on average.) `posternd users ls` shows each user's \
          failures and lock. A name that is not a user is never logged or audited, since it \
-         may be a password typed into the wrong field: audit events show <unknown> and a \
-         short tag that is the same for the same name until the daemon restarts.",
+         may be a password typed into the wrong field: the per-minute failure summaries \
+         (auth.failures events) show it as <unknown> and a short tag that is the same for \
+         the same name until the daemon restarts.",
         "The admin commands (users, ca, certs, audit, tokens, nodes, lock, gateways, \
          recordings) ask the running daemon through its admin socket, DATA_DIR/admin.sock, \
          which they find through --config; only root and the daemon's own user may use it. \

@@ -1449,3 +1449,20 @@ impl Gate {
         self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
     }
 }
+
+impl Ca {
+    /// Stops the daemon as its service manager does (SIGTERM) and waits until it has exited,
+    /// so that what it writes when stopping is in the database.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let out = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            assert!(out.status.success(), "kill -TERM: {}", text(&out));
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "posternd exited with {status} after SIGTERM:\n{}",
+                self.log()
+            );
+        }
+    }
+}

@@ -147,7 +147,7 @@ fn ssh_cert_window(line: &str) -> (i64, i64) {
 
 #[test]
 fn refuses_wrong_password_wrong_code_and_replayed_code() {
-    let ca = Ca::start(&policy(""));
+    let mut ca = Ca::start(&policy(""));
     let mut bob = Person::new("bob");
     bob.enroll(&ca);
 
@@ -184,19 +184,29 @@ fn refuses_wrong_password_wrong_code_and_replayed_code() {
         text(&out)
     );
 
-    let reasons: Vec<String> = ca
+    // Failed logins are counted per source and minute (`auth.failures`), written at the
+    // latest when the daemon stops.
+    ca.terminate();
+    ca.spawn();
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for e in ca
         .audit()
         .iter()
-        .filter(|e| e["kind"] == "login.failure")
-        .map(|e| e["detail"]["reason"].as_str().unwrap().to_owned())
-        .collect();
+        .filter(|e| e["kind"] == "auth.failures" && e["detail"]["kind"] == "login")
+    {
+        assert_eq!(e["detail"]["users"]["bob"], e["detail"]["count"], "{e:#}");
+        for (r, n) in e["detail"]["reasons"].as_object().unwrap() {
+            *reasons.entry(r.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
     assert_eq!(
         reasons,
         [
-            "wrong password",
-            "wrong one-time code",
-            "replayed one-time code"
+            ("replayed one-time code".to_owned(), 1),
+            ("wrong one-time code".to_owned(), 1),
+            ("wrong password".to_owned(), 1)
         ]
+        .into()
     );
     // Secrets never reach the daemon's log.
     assert!(!ca.log().contains(&pw), "password in log");

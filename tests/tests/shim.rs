@@ -157,7 +157,7 @@ fn login_lock_is_enforced_by_the_principals_command() {
 
 #[test]
 fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
-    let ca = Ca::start(&policy());
+    let mut ca = Ca::start(&policy());
     let expired = ca.admin_json(&[
         "tokens", "add", "--kind", "node", "--name", "web1", "--ttl", "1s",
     ])["token"]
@@ -187,20 +187,29 @@ fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
     let (_n4, out) = Node::join(&ca, "web4", malformed, &[]);
     assert!(!out.status.success());
 
+    // Failed joins are counted per source and minute (`auth.failures`), written at the
+    // latest when the daemon stops.
+    ca.terminate();
+    ca.spawn();
     let audit = serde_json::to_string(&ca.audit()).unwrap();
-    let reasons: Vec<String> = ca
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for e in ca
         .audit()
         .iter()
-        .filter(|e| e["kind"] == "join.failure")
-        .map(|e| e["detail"]["reason"].as_str().unwrap().to_owned())
-        .collect();
+        .filter(|e| e["kind"] == "auth.failures" && e["detail"]["kind"] == "join")
+    {
+        for (r, n) in e["detail"]["reasons"].as_object().unwrap() {
+            *reasons.entry(r.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
     assert_eq!(
         reasons,
         [
-            "expired token",
-            "unknown or already used token",
-            "malformed token"
+            ("expired token".to_owned(), 1),
+            ("malformed token".to_owned(), 1),
+            ("unknown or already used token".to_owned(), 1)
         ]
+        .into()
     );
     for t in [&expired, &good, &malformed.to_owned()] {
         assert!(!ca.log().contains(t.as_str()), "token in posternd's log");
