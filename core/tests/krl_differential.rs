@@ -406,3 +406,36 @@ fn ssh_keygen_lists_what_we_encoded() {
     assert!(text.contains("serial: 9"), "{text}");
     assert!(text.contains("id: mallory"), "{text}");
 }
+
+/// Found by the `krl` fuzz target: OpenSSH reads a KRL's comment and its key ids as C strings,
+/// so one NUL byte made the whole file invalid, and sshd refuses every key when its
+/// `RevokedKeys` cannot be read.
+#[test]
+fn a_nul_in_the_comment_or_a_key_id_does_not_make_the_krl_unreadable() {
+    let ca = PublicKey::read_openssh_file(fixture("ca.pub")).unwrap();
+    let mut rev = CaRevocations::default();
+    rev.key_ids.insert("x\0y".into());
+    rev.key_ids.insert("alice".into());
+    let krl = Krl {
+        version: 1,
+        generated: 1_700_000_000,
+        comment: "postern\0 krl".into(),
+        certs: [(ca.to_bytes().unwrap(), rev)].into_iter().collect(),
+        keys: BTreeSet::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.krl");
+    std::fs::write(&p, krl.encode()).unwrap();
+    // valid.cert: signed by the fixture CA, key id alice.
+    let out = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&p)
+        .arg(fixture("valid.cert"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "ssh-keygen -Q: {err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim_end().ends_with("REVOKED"), "{text}");
+}
