@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, bail, Context, Result};
 use postern_core::api::{RecordingComplete, RecordingMeta, RecordingUpload, RecordingUploadStatus};
+use postern_core::cast::{check_cast, check_head, MAX_HEADER_BYTES};
 use postern_core::{Labels, Login, NodeName, Policy, Username};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
@@ -76,9 +77,6 @@ pub const SWEEP_EVERY_SECS: u64 = 3600;
 /// room for a few recordings of the largest size at once, and a bound on the disk that a
 /// gateway abandoning uploads can take before the sweep frees it.
 pub const PARTIAL_UPLOADS_PER_GATEWAY: u64 = 4;
-
-/// The longest asciicast header line accepted (the header is a small JSON object).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 type Outcome<T> = std::result::Result<T, Refusal>;
 
@@ -218,17 +216,6 @@ fn file_of(data_dir: &Path, id: &str) -> PathBuf {
 /// The partial upload of one recording. `id` must have passed [`valid_session_id`].
 fn partial_of(data_dir: &Path, id: &str) -> PathBuf {
     partial_dir(data_dir).join(format!("{id}.part"))
-}
-
-/// Checks the first line of an asciicast: a JSON object with `"version": 2`.
-fn check_cast(cast: &str) -> std::result::Result<(), String> {
-    let header = cast.split('\n').next().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(header)
-        .map_err(|e| format!("the cast's first line is not a JSON header: {e}"))?;
-    if v.get("version").and_then(serde_json::Value::as_u64) != Some(2) {
-        return Err("the cast's header does not say \"version\": 2 (asciicast v2)".into());
-    }
-    Ok(())
 }
 
 /// Checks the metadata every upload carries.
@@ -501,17 +488,7 @@ fn finish_partial(
     let mut head = vec![0u8; usize::try_from(bytes.min(MAX_HEADER_BYTES as u64))?];
     f.read_exact_at(&mut head, 0)
         .with_context(|| format!("cannot read {}", partial.display()))?;
-    let header_ok = match head.iter().position(|b| *b == b'\n') {
-        Some(n) => std::str::from_utf8(&head[..n])
-            .map_err(|_| "the cast's first line is not UTF-8".to_owned())
-            .and_then(check_cast),
-        None if bytes <= MAX_HEADER_BYTES as u64 => std::str::from_utf8(&head)
-            .map_err(|_| "the cast's first line is not UTF-8".to_owned())
-            .and_then(check_cast),
-        None => Err(format!(
-            "the cast's first line is longer than {MAX_HEADER_BYTES} bytes"
-        )),
-    };
+    let header_ok = check_head(&head, bytes);
     let got = postern_core::sha256_hex_of(&mut f)
         .with_context(|| format!("cannot read {}", partial.display()))?;
     if got != sha256 {

@@ -80,10 +80,14 @@ impl Krl {
         put_u64(&mut out, self.generated);
         put_u64(&mut out, 0); // flags
         put_string(&mut out, b""); // reserved
-        put_string(&mut out, self.comment.as_bytes());
+                                   // OpenSSH reads the comment as a C string (sshbuf_get_cstring): a NUL in it would make
+                                   // the whole KRL invalid, and sshd then refuses every key. Found by fuzz/ (krl).
+        let comment: Vec<u8> = self.comment.bytes().filter(|b| *b != 0).collect();
+        put_string(&mut out, &comment);
 
         for (ca, rev) in &self.certs {
-            if rev.serials.iter().all(|s| *s == 0) && rev.key_ids.is_empty() {
+            if rev.serials.iter().all(|s| *s == 0) && rev.key_ids.iter().all(|id| id.contains('\0'))
+            {
                 continue;
             }
             let mut body = Vec::new();
@@ -105,12 +109,16 @@ impl Krl {
             if !list.is_empty() {
                 put_section(&mut body, CERT_SERIAL_LIST, &list);
             }
-            if !rev.key_ids.is_empty() {
-                let mut ids = Vec::new();
-                for id in &rev.key_ids {
-                    put_string(&mut ids, id.as_bytes());
+            // Key ids are C strings to OpenSSH too, in the KRL and in a certificate (which does
+            // not parse with a NUL in its key id): such an id revokes nothing that could log
+            // in, and written out it would make the whole KRL invalid. Found by fuzz/ (krl).
+            let ids: Vec<&String> = rev.key_ids.iter().filter(|id| !id.contains('\0')).collect();
+            if !ids.is_empty() {
+                let mut section = Vec::new();
+                for id in ids {
+                    put_string(&mut section, id.as_bytes());
                 }
-                put_section(&mut body, CERT_KEY_ID, &ids);
+                put_section(&mut body, CERT_KEY_ID, &section);
             }
             put_section(&mut out, SECTION_CERTIFICATES, &body);
         }
