@@ -33,6 +33,8 @@ struct RawLimits {
     max_connections: Option<toml::Spanned<i64>>,
     max_anonymous_connections: Option<toml::Spanned<i64>>,
     max_handshakes: Option<toml::Spanned<i64>>,
+    per_source_max_handshakes: Option<toml::Spanned<i64>>,
+    per_source_max_anonymous_connections: Option<toml::Spanned<i64>>,
     body_timeout: Option<toml::Spanned<String>>,
     handler_timeout: Option<toml::Spanned<String>>,
     upload_timeout: Option<toml::Spanned<String>>,
@@ -64,6 +66,11 @@ pub struct Limits {
     pub max_anonymous_connections: usize,
     /// TLS handshakes in progress at once (each has 10 s).
     pub max_handshakes: usize,
+    /// Of those, from one source address (IPv6: one /64): before its handshake ends nobody
+    /// knows whether a connection is a peer, so one source must not be able to take them all.
+    pub per_source_max_handshakes: usize,
+    /// Anonymous connections from one source address (IPv6: one /64) at once.
+    pub per_source_max_anonymous_connections: usize,
     /// Every request body must have arrived this long after its headers (408 otherwise).
     #[serde(serialize_with = "as_secs")]
     pub body_timeout: std::time::Duration,
@@ -90,6 +97,8 @@ impl Default for Limits {
             max_connections: 4096,
             max_anonymous_connections: 1024,
             max_handshakes: 4096,
+            per_source_max_handshakes: 128,
+            per_source_max_anonymous_connections: 128,
             body_timeout: std::time::Duration::from_secs(10),
             handler_timeout: std::time::Duration::from_secs(30),
             upload_timeout: std::time::Duration::from_secs(600),
@@ -216,6 +225,20 @@ fn parse_limits(raw: &RawLimits) -> std::result::Result<Limits, (usize, String)>
         1,
         1 << 20,
         &mut l.max_handshakes,
+    )?;
+    int(
+        &raw.per_source_max_handshakes,
+        "per_source_max_handshakes",
+        1,
+        1 << 20,
+        &mut l.per_source_max_handshakes,
+    )?;
+    int(
+        &raw.per_source_max_anonymous_connections,
+        "per_source_max_anonymous_connections",
+        1,
+        1 << 20,
+        &mut l.per_source_max_anonymous_connections,
     )?;
     int(
         &raw.argon2_concurrency,

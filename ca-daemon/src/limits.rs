@@ -40,6 +40,66 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// What each source holds at once (handshakes in progress, anonymous connections), at most
+/// `max` each. Only sources holding something are in the table, so it is no larger than the
+/// pool it stands beside.
+pub struct PerSource {
+    max: usize,
+    held: Mutex<HashMap<Source, usize>>,
+}
+
+/// One slot of a source in a [`PerSource`], given back when dropped.
+pub struct SourceSlot {
+    owner: Arc<PerSource>,
+    source: Source,
+}
+
+impl PerSource {
+    /// At most `max` slots per source.
+    pub fn new(max: usize) -> Arc<PerSource> {
+        Arc::new(PerSource {
+            max: max.max(1),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `source`, or `None` when it holds `max` already (or the table is unusable:
+    /// refused, never counted wrong).
+    pub fn try_take(self: &Arc<Self>, source: Source) -> Option<SourceSlot> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(source).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            owner: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// How many slots `source` holds.
+    #[cfg(test)]
+    pub fn held(&self, source: Source) -> usize {
+        self.held
+            .lock()
+            .map_or(0, |h| h.get(&source).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.owner.held.lock() {
+            if let Some(n) = held.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
@@ -422,6 +482,26 @@ mod tests {
         assert_ne!(ip("192.0.2.7"), ip("192.0.2.8"));
         assert_eq!(ip("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
         assert_eq!(ip("::ffff:192.0.2.7").to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_source_holds_at_most_its_share_and_gives_it_back() {
+        let p = PerSource::new(2);
+        let (a, b) = (ip("192.0.2.1"), ip("2001:db8::1"));
+        let one = p.try_take(a).unwrap();
+        let two = p.try_take(a).unwrap();
+        assert!(p.try_take(a).is_none(), "a third slot for one source");
+        // Another source is not affected; the same /64 is the same source.
+        let other = p.try_take(b).unwrap();
+        let _same64 = p.try_take(ip("2001:db8::ffff")).unwrap();
+        assert!(p.try_take(ip("2001:db8::2")).is_none());
+        drop(one);
+        assert_eq!(p.held(a), 1);
+        let _again = p.try_take(a).unwrap();
+        drop(two);
+        drop(other);
+        assert_eq!(p.held(b), 1);
+        assert_eq!(p.held(ip("198.51.100.1")), 0);
     }
 
     #[test]

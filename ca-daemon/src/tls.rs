@@ -20,6 +20,7 @@ use tower::ServiceExt;
 use crate::api::{Peer, Remote};
 use crate::config::Limits;
 use crate::keys::KeyStore;
+use crate::limits::{PerSource, Source};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between requests of a connection too: an idle connection is closed after this long.
@@ -93,11 +94,16 @@ impl RefusalLog {
 /// The connection pools: handshakes in progress, established connections, and among those
 /// the anonymous ones (no client certificate). Anonymous traffic can never take more than
 /// `max_anonymous_connections`, so `max_connections` minus that is always kept for mTLS
-/// peers (renewals, servers, gateways).
+/// peers (renewals, servers, gateways). Handshakes come before anyone knows a connection's
+/// class, so that pool is shared; one source address (IPv6: one /64) may hold only
+/// `per_source_max_handshakes` of it, and `per_source_max_anonymous_connections` of the
+/// anonymous pool, so that one client cannot take either from everybody else.
 struct Pools {
     handshakes: Arc<Semaphore>,
     all: Arc<Semaphore>,
     anonymous: Arc<Semaphore>,
+    source_handshakes: Arc<PerSource>,
+    source_anonymous: Arc<PerSource>,
     limits: Limits,
     refused_handshakes: RefusalLog,
     refused_anonymous: RefusalLog,
@@ -118,6 +124,8 @@ pub async fn serve(
         handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
         all: Arc::new(Semaphore::new(limits.max_connections)),
         anonymous: Arc::new(Semaphore::new(limits.max_anonymous_connections)),
+        source_handshakes: PerSource::new(limits.per_source_max_handshakes),
+        source_anonymous: PerSource::new(limits.per_source_max_anonymous_connections),
         limits,
         refused_handshakes: RefusalLog::new("new"),
         refused_anonymous: RefusalLog::new("anonymous"),
@@ -131,6 +139,18 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let source = Source::of(addr.ip());
+        let Some(source_handshake) = pools.source_handshakes.try_take(source) else {
+            pools.refused_handshakes.refused(
+                addr,
+                &format!(
+                    "{source} has {} handshakes in progress (per_source_max_handshakes)",
+                    pools.limits.per_source_max_handshakes
+                ),
+            );
+            drop(sock);
+            continue;
         };
         let Ok(handshake) = Arc::clone(&pools.handshakes).try_acquire_owned() else {
             pools.refused_handshakes.refused(
@@ -179,10 +199,10 @@ pub async fn serve(
                         Err(why)
                     }
                 }
-            } else {
+            } else if let Some(mine) = pools.source_anonymous.try_take(source) {
                 match Arc::clone(&pools.anonymous).try_acquire_owned() {
                     Ok(anon) => match Arc::clone(&pools.all).try_acquire_owned() {
-                        Ok(p) => Ok((p, Some(anon))),
+                        Ok(p) => Ok((p, Some((anon, mine)))),
                         Err(_) => {
                             let why = format!(
                                 "all {} connections are taken (max_connections)",
@@ -201,10 +221,18 @@ pub async fn serve(
                         Err(why)
                     }
                 }
+            } else {
+                let why = format!(
+                    "{source} has {} connections without a client certificate (per_source_max_anonymous_connections)",
+                    pools.limits.per_source_max_anonymous_connections
+                );
+                pools.refused_anonymous.refused(addr, &why);
+                Err(why)
             };
             let _slots = match slots {
                 Ok(s) => {
                     drop(handshake);
+                    drop(source_handshake);
                     s
                 }
                 Err(why) => {
@@ -212,6 +240,7 @@ pub async fn serve(
                     // request's headers: the client hears why instead of a reset.
                     refuse(tls, addr, why).await;
                     drop(handshake);
+                    drop(source_handshake);
                     return;
                 }
             };

@@ -62,6 +62,9 @@ pub struct Journal {
     /// The number of the next segment: never one used before in this run, so that the
     /// sender's place in a removed segment cannot be taken for a place in a new one.
     next_seq: u64,
+    /// A failed write cut off writes not yet synced: the next `sync` fails, so that nobody
+    /// waiting for them is told they are durable.
+    lost: bool,
 }
 
 /// A segment's file name.
@@ -100,6 +103,7 @@ impl Journal {
             segments,
             current: None,
             next_seq,
+            lost: false,
         })
     }
 
@@ -165,7 +169,21 @@ impl Journal {
     /// Makes every write durable (`fdatasync`). On failure the writes since the last sync are
     /// cut off as far as possible and the segment is closed, so that nothing is appended
     /// after a line that may be torn.
+    /// It fails too when an earlier failed write cut off writes that were not synced yet
+    /// (regression: they were reported durable, and a strict operation went ahead without
+    /// its event).
     pub fn sync(&mut self) -> io::Result<()> {
+        let r = self.sync_current();
+        if std::mem::take(&mut self.lost) {
+            r?;
+            return Err(io::Error::other(
+                "events written since the last sync were lost with a failed write",
+            ));
+        }
+        r
+    }
+
+    fn sync_current(&mut self) -> io::Result<()> {
         let Some(c) = self.current.as_mut() else {
             return Ok(());
         };
@@ -188,6 +206,9 @@ impl Journal {
     /// fails, a reader drops the torn tail) and closes it.
     fn abandon(&mut self) {
         if let Some(c) = self.current.take() {
+            if c.written > c.durable {
+                self.lost = true;
+            }
             let len = match c.file.set_len(c.durable) {
                 Ok(()) => c.durable,
                 Err(_) => c.written,
@@ -322,6 +343,28 @@ mod tests {
             .iter()
             .map(|(_, e)| e.session.clone().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn regression_a_failed_write_does_not_report_the_unsynced_writes_before_it_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(d.path(), u64::MAX).unwrap();
+        j.write(&[line(1)]).unwrap();
+        j.sync().unwrap();
+        // A written, not yet synced; then the disk refuses B (a read-only handle stands in
+        // for a full disk).
+        j.write(&[line(2)]).unwrap();
+        let c = j.current.as_mut().unwrap();
+        c.file = File::open(j.dir.join(file_name(c.seq))).unwrap();
+        assert!(j.write(&[line(3)]).is_err());
+        // The group's sync must not tell A's waiter that A is durable.
+        assert!(
+            j.sync().is_err(),
+            "an append cut off by a failed write was reported durable"
+        );
+        // Once reported, the journal goes on in a new segment.
+        j.write(&[line(4)]).unwrap();
+        j.sync().unwrap();
     }
 
     #[test]

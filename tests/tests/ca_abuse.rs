@@ -51,6 +51,25 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// A TLS connection to the API with the handshake done.
 fn open(ca: &Ca, cfg: &Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
     let sock = TcpStream::connect(ca.url.trim_start_matches("https://"))?;
+    handshake(sock, cfg)
+}
+
+/// The address of another client than the test's people and servers (which use 127.0.0.1).
+const ATTACKER: &str = "127.0.0.9";
+
+/// A TCP connection to the API from [`ATTACKER`].
+fn connect_from_attacker(ca: &Ca) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let to: std::net::SocketAddr = ca.url.trim_start_matches("https://").parse().unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let from: std::net::SocketAddr = format!("{ATTACKER}:0").parse().unwrap();
+    s.bind(&SockAddr::from(from))?;
+    s.connect_timeout(&SockAddr::from(to), Duration::from_secs(5))?;
+    Ok(TcpStream::from(s))
+}
+
+/// The TLS handshake on a connected socket.
+fn handshake(sock: TcpStream, cfg: &Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(Arc::clone(cfg), name).unwrap();
@@ -385,11 +404,13 @@ fn slowloris_and_a_login_flood_leave_renewal_sync_and_gateway_authorize_working(
     let mut ca = Ca::init(&policy());
     let gport = Gate::reserve_port();
     ca.set_gateway(&format!("127.0.0.1:{gport}"));
-    // Test-sized pools: 300 slowloris connections are far more than the anonymous pool. The
+    // Test-sized pools: 300 slowloris connections are far more than the anonymous pool. They
+    // come from 127.0.0.1 like the peers, so the per-source limits are out of the way here
+    // (the next test is about them). The
     // login rate is out of the way, as for a flood from many sources: a source over its rate
     // would be refused (429) before its slow body is even read.
     ca.append_config(
-        "[limits]\nmax_connections = 120\nmax_anonymous_connections = 40\nbody_timeout = \"4s\"\nlogin_per_minute = 1000000\nlogin_burst = 1000000\n",
+        "[limits]\nmax_connections = 120\nmax_anonymous_connections = 40\nbody_timeout = \"4s\"\nlogin_per_minute = 1000000\nlogin_burst = 1000000\nper_source_max_handshakes = 100000\nper_source_max_anonymous_connections = 100000\n",
     );
     ca.spawn();
     let mut gate = Gate::joined(&ca, gport);
@@ -538,4 +559,76 @@ fn slowloris_and_a_login_flood_leave_renewal_sync_and_gateway_authorize_working(
         summed >= counted && summed <= sent,
         "{summed} failures summarised, {counted} refusals answered, {sent} sent: {rows:#?}"
     );
+}
+
+#[test]
+fn one_source_cannot_take_the_shared_handshake_pool_or_the_anonymous_pool() {
+    let mut ca = Ca::init(&policy());
+    // Test-sized pools; the attacker alone opens more connections than either.
+    ca.append_config(
+        "[limits]\nmax_handshakes = 64\nper_source_max_handshakes = 16\nmax_connections = 120\nmax_anonymous_connections = 40\nper_source_max_anonymous_connections = 10\n",
+    );
+    ca.spawn();
+    let mut alice = Person::new("alice");
+    alice.enroll(&ca);
+    alice.login(&ca);
+    let wait_for_log = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ca.log().contains(what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            ca.log().contains(what),
+            "posternd never said {what:?}:\n{}",
+            ca.log()
+        );
+    };
+
+    // Connections that never send their ClientHello: more than the whole handshake pool,
+    // each held for the 10 s handshake deadline. Before a connection's handshake ends nobody
+    // knows whether it is a peer, so the pool is shared: only the per-source share keeps the
+    // renewal's handshake possible.
+    let silent: Vec<TcpStream> = (0..100)
+        .filter_map(|_| connect_from_attacker(&ca).ok())
+        .collect();
+    assert!(
+        silent.len() > 64,
+        "only {} connections were made",
+        silent.len()
+    );
+    wait_for_log("has 16 handshakes in progress (per_source_max_handshakes)");
+    let renew = run(alice.postern().arg("renew"));
+    assert!(
+        renew.status.success(),
+        "renew beside the silent connections: {}\nposternd:\n{}",
+        text(&renew),
+        ca.log()
+    );
+    drop(silent);
+
+    // Connections that finish their handshake and then send nothing: more than the anonymous
+    // pool, each held until the header deadline. Another client's password login (anonymous
+    // too) still finds a slot.
+    let cfg = anonymous_tls(&ca);
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        match connect_from_attacker(&ca).and_then(|s| handshake(s, &cfg)) {
+            Ok(s) => idle.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    wait_for_log(
+        "has 10 connections without a client certificate (per_source_max_anonymous_connections)",
+    );
+    let (password, code) = (alice.password.clone(), alice.fresh_code());
+    let out = alice.login_with(&ca, &password, &code, &[]);
+    assert!(
+        out.status.success(),
+        "a login beside {} idle anonymous connections ({refused} refused at the handshake): {}\nposternd:\n{}",
+        idle.len(),
+        text(&out),
+        ca.log()
+    );
+    drop(idle);
 }
