@@ -246,6 +246,28 @@ pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Checkpoints signed by another key mean the audit key was lost or deleted: a new key
+    // must not vouch for the history the old one signed (whoever deleted it may have edited
+    // that history). Only an installation older than checkpoints, or one whose signing with
+    // this same key was interrupted, is signed here.
+    let foreign = rows
+        .iter()
+        .filter(
+            |(seq, _, cp_hash, cp_sig)| match (cp_hash, cp_sig, u64::try_from(*seq)) {
+                (Some(h), Some(sig), Ok(seq)) => !pk.checks(&AuditCheckpoint {
+                    seq,
+                    hash: h.clone(),
+                    sig: sig.clone(),
+                }),
+                _ => false,
+            },
+        )
+        .count();
+    if foreign > 0 {
+        anyhow::bail!(
+            "the audit log holds {foreign} checkpoint(s) signed by another audit key, and DATA/ca/audit.key is missing: restore audit.key (and audit.pub) from a backup; a new key would vouch for history the lost one signed"
+        );
+    }
     let mut signed = 0;
     for (seq, hash, cp_hash, cp_sig) in rows {
         let seq = u64::try_from(seq)?;
@@ -957,6 +979,23 @@ mod tests {
         let v = verify_with(&c, &new.public(), &[]).unwrap();
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         assert_eq!(v.signed, 3);
+    }
+
+    #[test]
+    fn regression_a_deleted_audit_key_is_not_replaced_by_one_that_signs_the_old_history() {
+        let c = Connection::open_in_memory().unwrap();
+        crate::db::init_schema(&c).unwrap();
+        for i in 0..3 {
+            append_with(&c, &key(), 100 + i, "test", "tester", json!({ "i": i })).unwrap();
+        }
+        // The key was deleted (and the history perhaps edited): a new key refuses to sign.
+        let e = sign_existing(&c, &AuditKey::for_tests(4)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("signed by another audit key"),
+            "{e:#}"
+        );
+        // The key that signed them finds nothing to do.
+        assert_eq!(sign_existing(&c, &key()).unwrap(), 0);
     }
 
     #[test]

@@ -232,7 +232,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let given = offhost.len();
             let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
-            let problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+            let mut problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+            // Checkpoint files that hold no checkpoint of this key prove nothing: a replaced
+            // audit key (audit.pub rewritten) must not make them pass as "consistent".
+            if !checkpoints.is_empty() && given == 0 {
+                problems.push("none of the checkpoint files holds a checkpoint signed by this CA's audit key (DATA/ca/audit.pub): was the key replaced?".into());
+            }
             if ignored > 0 {
                 eprintln!("posternd: ignored {ignored} checkpoint line(s) that do not carry this CA's audit key signature");
             }

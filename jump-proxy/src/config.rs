@@ -77,6 +77,8 @@ pub struct LimitsConfig {
     pub max_startups: Option<MaxStartups>,
     /// sshd's `PerSourceMaxStartups`: unauthenticated connections per address (IPv6: per /64).
     pub per_source_max_startups: Option<NonZeroUsize>,
+    /// A user's concurrent authenticated connections to the gateway.
+    pub max_connections_per_user: Option<NonZeroUsize>,
     /// A user's concurrent connections to servers (direct-tcpip channels of the outer connection).
     pub max_inner_connections_per_user: Option<NonZeroUsize>,
     /// A user's concurrently open channels on their connections to servers.
@@ -96,6 +98,9 @@ pub const DEFAULT_MAX_STARTUPS: MaxStartups = MaxStartups {
 /// The default of `per_source_max_startups`: half of the default `start`, so that one address
 /// alone never makes the gateway drop anyone else's connections.
 pub const DEFAULT_PER_SOURCE_MAX_STARTUPS: usize = 128;
+/// The default of `max_connections_per_user`: a sixteenth of the default `max_connections`,
+/// so that one certificate holder cannot take the gateway from everybody else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 256;
 /// The default of `max_inner_connections_per_user`.
 pub const DEFAULT_MAX_INNER_CONNECTIONS_PER_USER: usize = 256;
 /// The default of `max_channels_per_user`.
@@ -113,6 +118,8 @@ pub struct Limits {
     pub max_startups: MaxStartups,
     /// Unauthenticated connections of one source (an IPv4 address, an IPv6 /64).
     pub per_source_max_startups: usize,
+    /// Authenticated connections to the gateway one user holds at once.
+    pub max_connections_per_user: usize,
     /// Connections to servers one user holds at once.
     pub max_inner_connections_per_user: usize,
     /// Channels one user holds open at once on their connections to servers.
@@ -147,6 +154,9 @@ impl GateConfig {
             per_source_max_startups: l
                 .per_source_max_startups
                 .map_or(DEFAULT_PER_SOURCE_MAX_STARTUPS, NonZeroUsize::get),
+            max_connections_per_user: l
+                .max_connections_per_user
+                .map_or(DEFAULT_MAX_CONNECTIONS_PER_USER, NonZeroUsize::get),
             max_inner_connections_per_user: l
                 .max_inner_connections_per_user
                 .map_or(DEFAULT_MAX_INNER_CONNECTIONS_PER_USER, NonZeroUsize::get),
@@ -371,6 +381,7 @@ mod tests {
                 login_grace_time: Duration::from_secs(30),
                 max_startups: ms(256, 30, 1024),
                 per_source_max_startups: 128,
+                max_connections_per_user: 256,
                 max_inner_connections_per_user: 256,
                 max_channels_per_user: 1024,
             }

@@ -40,6 +40,7 @@ struct Startups {
 
 #[derive(Default)]
 struct Users {
+    outer: HashMap<String, usize>,
     inner: HashMap<String, usize>,
     channels: HashMap<String, usize>,
 }
@@ -50,6 +51,7 @@ struct Refused {
     max_startups: u64,
     per_source: u64,
     login_grace_time: u64,
+    outer: u64,
     inner: u64,
     channels: u64,
     sources: HashMap<IpAddr, u64>,
@@ -67,6 +69,8 @@ pub enum Early {
 /// Which per-user limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PerUser {
+    /// `max_connections_per_user`: authenticated connections to the gateway.
+    Outer,
     /// `max_inner_connections_per_user`.
     Inner,
     /// `max_channels_per_user`.
@@ -77,6 +81,7 @@ impl PerUser {
     /// The key of gate.toml, which is also the audit reason.
     pub fn key(self) -> &'static str {
         match self {
+            PerUser::Outer => "max_connections_per_user",
             PerUser::Inner => "max_inner_connections_per_user",
             PerUser::Channels => "max_channels_per_user",
         }
@@ -150,7 +155,7 @@ impl Limits {
         };
         let r = std::mem::take(&mut *r);
         let early = r.max_startups + r.per_source + r.login_grace_time;
-        if early + r.inner + r.channels == 0 {
+        if early + r.outer + r.inner + r.channels == 0 {
             return;
         }
         let most = r
@@ -163,13 +168,15 @@ impl Limits {
             max_startups = r.max_startups,
             per_source_max_startups = r.per_source,
             login_grace_time = r.login_grace_time,
+            max_connections_per_user = r.outer,
             max_inner_connections_per_user = r.inner,
             max_channels_per_user = r.channels,
-            "[limits] refused in the last {}s: {early} connections before authentication ({} by max_startups, {} by per_source_max_startups, {} by login_grace_time){most}; {} connections to servers (max_inner_connections_per_user) and {} channels (max_channels_per_user) of authenticated users",
+            "[limits] refused in the last {}s: {early} connections before authentication ({} by max_startups, {} by per_source_max_startups, {} by login_grace_time){most}; {} authentications (max_connections_per_user), {} connections to servers (max_inner_connections_per_user) and {} channels (max_channels_per_user) of authenticated users",
             REPORT_EVERY.as_secs(),
             r.max_startups,
             r.per_source,
             r.login_grace_time,
+            r.outer,
             r.inner,
             r.channels,
         );
@@ -247,11 +254,13 @@ impl Limits {
     /// A slot for one more connection to a server (`Inner`) or channel (`Channels`) of `user`.
     pub fn for_user(self: &Arc<Self>, which: PerUser, user: &str) -> Result<UserSlot, UserRefusal> {
         let limit = match which {
+            PerUser::Outer => self.cfg.max_connections_per_user,
             PerUser::Inner => self.cfg.max_inner_connections_per_user,
             PerUser::Channels => self.cfg.max_channels_per_user,
         };
         let held = self.users.lock().ok().and_then(|mut u| {
             let table = match which {
+                PerUser::Outer => &mut u.outer,
                 PerUser::Inner => &mut u.inner,
                 PerUser::Channels => &mut u.channels,
             };
@@ -271,12 +280,14 @@ impl Limits {
             None => {
                 self.count(
                     |r| match which {
+                        PerUser::Outer => r.outer += 1,
                         PerUser::Inner => r.inner += 1,
                         PerUser::Channels => r.channels += 1,
                     },
                     None,
                 );
                 let what = match which {
+                    PerUser::Outer => "connections",
                     PerUser::Inner => "connections to servers",
                     PerUser::Channels => "channels",
                 };
@@ -329,6 +340,7 @@ impl Drop for UserSlot {
             Err(e) => e.into_inner(),
         };
         let table = match self.which {
+            PerUser::Outer => &mut u.outer,
             PerUser::Inner => &mut u.inner,
             PerUser::Channels => &mut u.channels,
         };
@@ -448,6 +460,7 @@ mod tests {
             login_grace_time: Duration::from_secs(30),
             max_startups: MaxStartups { start, rate, full },
             per_source_max_startups: per_source,
+            max_connections_per_user: 2,
             max_inner_connections_per_user: 2,
             max_channels_per_user: 3,
         })

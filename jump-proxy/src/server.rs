@@ -408,6 +408,8 @@ pub struct Outer {
     startup: Option<Startup>,
     /// Told when it authenticates, so that the login grace time no longer applies.
     pre: Arc<PreAuth>,
+    /// This connection among its user's (`max_connections_per_user`), once authenticated.
+    slot: Option<UserSlot>,
 }
 
 impl Outer {
@@ -419,6 +421,7 @@ impl Outer {
             user: None,
             startup: Some(startup),
             pre,
+            slot: None,
         }
     }
 }
@@ -441,6 +444,18 @@ impl russh::server::Handler for Outer {
     ) -> Result<Auth, Self::Error> {
         match check_user_cert(&self.gw, cert).await {
             Some((user, _)) => {
+                // One certificate holder must not hold every connection of the gateway. The
+                // refusal is an authentication failure (ssh prints "Permission denied"; the
+                // reason is in the gateway's log and the CA's audit log): accepting to explain
+                // would let the connection stay.
+                let slot = match self.gw.limits.for_user(PerUser::Outer, user.as_str()) {
+                    Ok(s) => s,
+                    Err(r) => {
+                        self.gw.refuse_for_user(&user, "", r).await;
+                        return Ok(reject());
+                    }
+                };
+                self.slot = Some(slot);
                 tracing::info!(peer = %self.peer, %user, serial = cert.serial(), "outer connection authenticated");
                 self.user = Some((user, cert.clone()));
                 // Authenticated: off the grace time, and no longer among the connections

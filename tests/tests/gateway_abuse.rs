@@ -369,6 +369,52 @@ fn a_users_connections_to_servers_are_limited_with_a_message() {
 }
 
 #[test]
+fn a_users_authenticated_connections_to_the_gateway_are_limited() {
+    // Each ssh -J is one outer connection: two held, the third fails its authentication
+    // (what one certificate holder could otherwise do to all 4,096 connections), and the
+    // gateway and the CA say why.
+    let mut c = GateCluster::start(&policy());
+    c.gate
+        .respawn_with_config("[limits]\nmax_connections_per_user = 2\n");
+    let held = hold_two(&c);
+    let key = "max_connections_per_user";
+    let message =
+        "postern-gate: refused: alice already has 2 connections open through this gateway";
+    let out = wait_output(alice_ssh(&c, &["true"]), "alice's third ssh");
+    assert!(!out.status.success(), "the third ssh was let through");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        c.gate
+            .log()
+            .lines()
+            .any(|l| l.contains("refused by [limits]") && l.contains(message)),
+        "gate:\n{}",
+        c.gate.log()
+    );
+    wait_until("the refusal in the CA's audit log", || {
+        c.ca.audit().iter().any(|e| {
+            let d = &e["detail"]["detail"];
+            e["kind"] == "gateway.refused"
+                && d["reason"] == key
+                && d["message"].as_str().is_some_and(|m| m.contains(message))
+        })
+    });
+    for mut h in held {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    wait_until("a new ssh once the held ones ended", || {
+        wait_output(alice_ssh(&c, &["true"]), "alice's ssh")
+            .status
+            .success()
+    });
+}
+
+#[test]
 fn a_users_channels_are_limited_with_a_message() {
     let mut c = GateCluster::start(&policy());
     c.gate
