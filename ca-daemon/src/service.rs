@@ -269,6 +269,19 @@ impl Service {
         let failures = Arc::clone(&self.limits.failures);
         if row.is_none() {
             let locked = self.ghosts.fail(name.as_str(), now);
+            // A real user's failure commits its count (a write transaction, fsync'd): an
+            // unknown name's commits one too, so that the answer takes as long and says
+            // nothing about whether the user exists (review finding: since failures are no
+            // longer audited one by one, only the real path wrote).
+            self.db
+                .run(move |conn| {
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('unknown_login_at', ?1)",
+                        [now.to_string()],
+                    )?;
+                    Ok(())
+                })
+                .await?;
             // Counted in the source's summary under the name's keyed tag, never the name: an
             // unknown name may be a password typed into the wrong field.
             let label = auth::unknown_name_label(name.as_str());
