@@ -652,6 +652,22 @@ where
 }
 
 impl Inner {
+    /// One more channel of the user's (`max_channels_per_user`), or the refusal's message
+    /// (logged and audited).
+    async fn channel_slot(&self) -> Result<UserSlot, String> {
+        match self
+            .gw
+            .limits
+            .for_user(PerUser::Channels, self.user.as_str())
+        {
+            Ok(s) => Ok(s),
+            Err(r) => Err(self
+                .gw
+                .refuse_for_user(&self.user, self.node.name.as_str(), r)
+                .await),
+        }
+    }
+
     /// The user is authenticated and the CA authorized the session, but the server cannot
     /// be used: accept the inner authentication, so that the first session channel can say
     /// why, and forward nothing (there is no upstream and no session context).
@@ -873,17 +889,9 @@ impl russh::server::Handler for Inner {
                 .await;
             return Ok(());
         };
-        let slot = match self
-            .gw
-            .limits
-            .for_user(PerUser::Channels, self.user.as_str())
-        {
+        let slot = match self.channel_slot().await {
             Ok(s) => s,
-            Err(r) => {
-                let msg = self
-                    .gw
-                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
-                    .await;
+            Err(msg) => {
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 1,
@@ -996,17 +1004,9 @@ impl russh::server::Handler for Inner {
                 .await;
             return Ok(());
         };
-        let slot = match self
-            .gw
-            .limits
-            .for_user(PerUser::Channels, self.user.as_str())
-        {
+        let slot = match self.channel_slot().await {
             Ok(s) => s,
-            Err(r) => {
-                let msg = self
-                    .gw
-                    .refuse_for_user(&self.user, self.node.name.as_str(), r)
-                    .await;
+            Err(msg) => {
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 1,
