@@ -47,6 +47,7 @@ fn bundle() -> Bundle {
         host_ca_keys: vec![],
         node_access_ca_keys: vec![fixture_ca().public_key().to_openssh().unwrap()],
         gateway_addresses: vec![],
+        audit_checkpoint: None,
     }
 }
 
