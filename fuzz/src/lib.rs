@@ -11,9 +11,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// `jump-proxy/src/scp.rs`: the exec command allowlist and the rcp observer.
+/// `jump-proxy/src/scp/`: the exec command allowlist and the rcp observer (a `#[path]` file is
+/// read as a `mod.rs`, so its `command`, `observer` and `wire` come from that directory).
 #[allow(dead_code)]
-#[path = "../../jump-proxy/src/scp.rs"]
+#[path = "../../jump-proxy/src/scp/mod.rs"]
 pub mod scp;
 
 /// `jump-proxy/src/sftp.rs`: the SFTP observer.
