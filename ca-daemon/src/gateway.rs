@@ -374,8 +374,8 @@ impl Service {
                     certificate: cert.to_openssh()?,
                     node: InventoryEntry { name: node.clone(), address, labels, host_key: Some(host_key) },
                     permits,
-                    recording: policy.defaults.recording,
-                    record_input: policy.defaults.record_input,
+                    recording: policy.defaults().recording,
+                    record_input: policy.defaults().record_input,
                 }))
             })
             .await?
@@ -406,7 +406,7 @@ impl Service {
                 };
                 let principals = host_principals(&req.node, cluster.as_str(), None)?;
                 let ttl = policy
-                    .defaults
+                    .defaults()
                     .host_cert_ttl
                     .as_secs()
                     .min(GATEWAY_HOST_CERT_MAX_SECS);

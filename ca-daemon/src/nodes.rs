@@ -169,7 +169,7 @@ pub fn build_bundle(
         node: node.clone(),
         labels: labels.clone(),
         generated_at: now,
-        max_bundle_age: policy.defaults.max_bundle_age,
+        max_bundle_age: policy.defaults().max_bundle_age,
         allowed: policy.slice_for_node(labels),
         locks: active_locks(conn, now)?,
         krl: base64::engine::general_purpose::STANDARD.encode(krl.encode()),
@@ -500,7 +500,7 @@ impl Service {
                 if kind == "gateway" {
                     add_address_principal(&mut principals, public_addr.as_deref());
                 }
-                let ttl = policy.defaults.host_cert_ttl.as_secs();
+                let ttl = policy.defaults().host_cert_ttl.as_secs();
                 let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
                 let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
                     kind: "x509-node", subject: req.name.as_str(), principals: "",
@@ -592,11 +592,11 @@ impl Service {
                     let stored: String = c.query_row("SELECT host_key FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
                     // Renew when a third of the certificate's life or less is left. The life is
                     // the policy's TTL, not the window: valid_after is backdated for clock skew.
-                    let life = policy.defaults.host_cert_ttl.as_secs();
+                    let life = policy.defaults().host_cert_ttl.as_secs();
                     let due = req.renew || before.saturating_sub(now) * 3 <= life;
                     if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
                         let principals = host_principals(&name, cluster.as_str(), None)?;
-                        let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults.host_cert_ttl.as_secs(), now)?;
+                        let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults().host_cert_ttl.as_secs(), now)?;
                         c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
                         audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
                         host_certificate = Some(cert);
@@ -779,7 +779,7 @@ impl Service {
                 let (cert, serial, valid_before, subject) = if kind == CaKind::Host {
                     let ps = principals.iter().map(|p| p.parse::<Principal>()).collect::<Result<Vec<_>, _>>()?;
                     let name = postern_core::names::parse_node_name(principals.first().map_or("", |s| s.split('.').next().unwrap_or("")))?;
-                    let t = ttl.map_or(policy.defaults.host_cert_ttl, |t| t.min(policy.defaults.host_cert_ttl));
+                    let t = ttl.map_or(policy.defaults().host_cert_ttl, |t| t.min(policy.defaults().host_cert_ttl));
                     let (cert, vb) = host_cert(c, &keys, &name, &ps, &key, t.as_secs(), now)?;
                     let serial = u(c.last_insert_rowid());
                     (cert, serial, vb, name.to_string())
