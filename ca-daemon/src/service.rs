@@ -102,7 +102,7 @@ pub enum Refusal {
 
 type Outcome<T> = std::result::Result<T, Refusal>;
 
-#[derive(Debug)]
+/// No `Debug`: it holds the password hash and the TOTP secret.
 struct UserRow {
     password_hash: Option<String>,
     totp_secret: Option<Vec<u8>>,

@@ -73,20 +73,18 @@ fn join(
     let url: CaUrl = ca.parse().map_err(anyhow::Error::msg)?;
     let pin: CaPin = ca_pin.parse().map_err(anyhow::Error::msg)?;
     let api = Api::new(&url, pin, None)?;
-    let resp: JoinResponse = api
-        .post(
-            "/v1/join",
-            &JoinRequest {
-                token: Secret::new(token),
-                name: name.clone(),
-                address: address.clone(),
-                labels: Default::default(),
-                host_public_key: host_key.public_key().to_openssh()?,
-                identity_public_key: identity.public_key().to_openssh()?,
-                egress_addresses: egress,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp: JoinResponse = api.post(
+        "/v1/join",
+        &JoinRequest {
+            token: Secret::new(token),
+            name: name.clone(),
+            address: address.clone(),
+            labels: Default::default(),
+            host_public_key: host_key.public_key().to_openssh()?,
+            identity_public_key: identity.public_key().to_openssh()?,
+            egress_addresses: egress,
+        },
+    )?;
     anyhow::ensure!(
         resp.kind == "gateway",
         "the token is for a {}, not a gateway",
