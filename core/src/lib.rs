@@ -4,6 +4,7 @@
 //! here is testable without a running system.
 
 pub mod api;
+pub mod atomic;
 pub mod cast;
 pub mod cert;
 pub mod cut;
