@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::PublicKey;
 
-use super::join::host_cert;
 use super::join::host_principals;
+use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
 use super::{i, parse_host_key, u};
 use crate::audit;
@@ -197,7 +197,8 @@ impl Service {
                     let due = req.renew || before.saturating_sub(now) * 3 <= life;
                     if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
                         let principals = host_principals(&name, cluster.as_str(), None)?;
-                        let (cert, expiry) = host_cert(c, &keys, &name, &principals, &key, policy.defaults().host_cert_ttl.as_secs(), now)?;
+                        let approval = policy.decide_host_cert(node_key_id(&name)?, principals, None)?;
+                        let (cert, expiry) = host_cert_as(c, &keys, &approval, &key, now)?;
                         c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
                         audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
                         host_certificate = Some(cert);

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use postern_core::api::{JoinRequest, JoinResponse};
 use postern_core::cert::{issue_host_cert, IssueParams};
-use postern_core::{KeyId, Labels, NodeName, Principal};
+use postern_core::{HostCertApproval, KeyId, Labels, NodeName, Principal};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
@@ -17,39 +17,28 @@ use crate::auth;
 use crate::keys::KeyStore;
 use crate::service::{now, Refusal, Service};
 
-/// Issues a host certificate for a node's own key and records it (subject and key id: the
-/// node's name).
-pub(super) fn host_cert(
-    conn: &Connection,
-    keys: &KeyStore,
-    name: &NodeName,
-    principals: &[Principal],
-    host_key: &PublicKey,
-    ttl: u64,
-    now: u64,
-) -> Result<(String, u64)> {
-    let key_id: KeyId = name.as_str().parse()?;
-    host_cert_as(conn, keys, &key_id, principals, host_key, ttl, now)
+/// A node's host certificate is recorded and signed with the node's name as its key id.
+pub(super) fn node_key_id(name: &NodeName) -> Result<KeyId> {
+    Ok(name.as_str().parse()?)
 }
 
-/// Issues a host certificate and records it with `key_id` as its subject. Returns the
-/// certificate line and its `valid_before`; the serial is `conn.last_insert_rowid()`.
+/// Issues the host certificate the policy approved and records it with the approval's key id
+/// as its subject. Returns the certificate line and its `valid_before`; the serial is
+/// `conn.last_insert_rowid()`.
 pub(crate) fn host_cert_as(
     conn: &Connection,
     keys: &KeyStore,
-    key_id: &KeyId,
-    principals: &[Principal],
+    approval: &HostCertApproval,
     host_key: &PublicKey,
-    ttl: u64,
     now: u64,
 ) -> Result<(String, u64)> {
-    let valid_before = now + ttl;
-    let joined: Vec<&str> = principals.iter().map(|p| p.as_str()).collect();
+    let valid_before = now + approval.ttl().as_secs();
+    let joined: Vec<&str> = approval.principals().iter().map(|p| p.as_str()).collect();
     let serial = crate::db::record_cert(
         conn,
         &crate::db::CertRow {
             kind: "ssh-host",
-            subject: key_id.as_str(),
+            subject: approval.key_id().as_str(),
             principals: &joined.join(","),
             valid_after: now.saturating_sub(60),
             valid_before,
@@ -57,14 +46,7 @@ pub(crate) fn host_cert_as(
             fingerprint: &host_key.fingerprint(HashAlg::Sha256).to_string(),
         },
     )?;
-    let cert = issue_host_cert(
-        &keys.host,
-        key_id,
-        principals,
-        host_key,
-        ttl,
-        IssueParams { serial, now },
-    )?;
+    let cert = issue_host_cert(&keys.host, approval, host_key, IssueParams { serial, now })?;
     Ok((cert.to_openssh()?, valid_before))
 }
 
@@ -257,8 +239,8 @@ impl Service {
                 if kind == "gateway" {
                     add_address_principal(&mut principals, public_addr.as_deref());
                 }
-                let ttl = policy.defaults().host_cert_ttl.as_secs();
-                let (cert, expiry) = host_cert(c, &keys, &req.name, &principals, &host_key, ttl, now)?;
+                let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
+                let (cert, expiry) = host_cert_as(c, &keys, &approval, &host_key, now)?;
                 let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
                     kind: "x509-node", subject: req.name.as_str(), principals: "",
                     valid_after: now - 60, valid_before: now + 365 * 86_400, issued_at: now,

@@ -6,7 +6,7 @@ use postern_core::{Login, Principal, Ttl, Username};
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
 
-use super::join::host_cert;
+use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
 use super::u;
 use crate::audit;
@@ -39,8 +39,8 @@ impl Service {
                 let (cert, serial, valid_before, subject) = if kind == CaKind::Host {
                     let ps = principals.iter().map(|p| p.parse::<Principal>()).collect::<Result<Vec<_>, _>>()?;
                     let name = postern_core::names::parse_node_name(principals.first().map_or("", |s| s.split('.').next().unwrap_or("")))?;
-                    let t = ttl.map_or(policy.defaults().host_cert_ttl, |t| t.min(policy.defaults().host_cert_ttl));
-                    let (cert, vb) = host_cert(c, &keys, &name, &ps, &key, t.as_secs(), now)?;
+                    let approval = policy.decide_host_cert(node_key_id(&name)?, ps, ttl)?;
+                    let (cert, vb) = host_cert_as(c, &keys, &approval, &key, now)?;
                     let serial = u(c.last_insert_rowid());
                     (cert, serial, vb, name.to_string())
                 } else {

@@ -1,10 +1,11 @@
 //! The decisions: whether a certificate may be issued, and with which logins, extensions and
-//! lifetime. Each success is an [`IssueApproval`], which only these functions build.
+//! lifetime. Each success is an approval of the CA that signs it ([`UserCertApproval`],
+//! [`NodeAccessApproval`], [`HostCertApproval`]), which only these functions build.
 
 use std::collections::BTreeSet;
 
 use super::model::{Permit, Policy};
-use crate::names::{Labels, Login, Username};
+use crate::names::{KeyId, Labels, Login, Principal, Username};
 use crate::ttl::Ttl;
 
 /// Why the policy refuses a login.
@@ -32,6 +33,12 @@ pub enum Deny {
         /// The user.
         user: Username,
     },
+    /// A host certificate with no name.
+    #[error("a host certificate for {key_id} needs at least one name")]
+    NoHostNames {
+        /// The certificate's key id.
+        key_id: KeyId,
+    },
     /// No role of the user both selects the node's labels and grants the login.
     #[error(
         "policy does not allow {user} to log in as {login} on a server with labels {labels:?}"
@@ -46,17 +53,18 @@ pub enum Deny {
     },
 }
 
-/// Proof that the policy allowed issuing this user certificate. Only
-/// [`Policy::decide_login`] builds one (its fields are private).
+/// Proof that the policy allowed issuing this user certificate (the user CA's). Only
+/// [`Policy::decide_login`] and [`Policy::decide_admin_signing`] build one (its fields are
+/// private), and [`crate::cert::issue_user_cert`] signs nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssueApproval {
+pub struct UserCertApproval {
     user: Username,
     logins: Vec<Login>,
     permits: BTreeSet<Permit>,
     ttl: Ttl,
 }
 
-impl IssueApproval {
+impl UserCertApproval {
     /// The user the certificate is for.
     pub fn user(&self) -> &Username {
         &self.user
@@ -76,28 +84,89 @@ impl IssueApproval {
 
     /// The same approval without some logins (locks narrow an approval; nothing widens one).
     /// `None` when no login is left.
-    pub fn without_logins(&self, removed: &[Login]) -> Option<IssueApproval> {
+    pub fn without_logins(&self, removed: &[Login]) -> Option<UserCertApproval> {
         let logins: Vec<Login> = self
             .logins
             .iter()
             .filter(|l| !removed.contains(l))
             .cloned()
             .collect();
-        (!logins.is_empty()).then(|| IssueApproval {
+        (!logins.is_empty()).then(|| UserCertApproval {
             logins,
             ..self.clone()
         })
     }
 }
 
-/// The decision for a login: the approval plus whether the requested TTL was capped.
+/// Proof that the policy allowed a node-access certificate (the node-access CA's): one user,
+/// exactly one login on one server, the permits of the roles that grant it there. Only
+/// [`Policy::decide_node_access`] builds one, and only
+/// [`crate::cert::issue_node_access_cert`] signs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginDecision {
+pub struct NodeAccessApproval {
+    user: Username,
+    login: Login,
+    permits: BTreeSet<Permit>,
+    ttl: Ttl,
+}
+
+impl NodeAccessApproval {
+    /// The user the gateway logs in for.
+    pub fn user(&self) -> &Username {
+        &self.user
+    }
+    /// The one login (the certificate's only principal).
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+    /// The extensions.
+    pub fn permits(&self) -> &BTreeSet<Permit> {
+        &self.permits
+    }
+    /// The granted lifetime.
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+}
+
+/// Proof that a host certificate (the host CA's) may carry these names for this long: only
+/// [`Policy::decide_host_cert`] builds one, and only [`crate::cert::issue_host_cert`] signs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCertApproval {
+    key_id: KeyId,
+    principals: Vec<Principal>,
+    ttl: Ttl,
+}
+
+impl HostCertApproval {
+    /// The certificate's key id (the host's name, or `gateway:G/NODE`).
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+    /// The host names (never empty).
+    pub fn principals(&self) -> &[Principal] {
+        &self.principals
+    }
+    /// The granted lifetime.
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+}
+
+/// A decision: the approval plus whether the requested TTL was capped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<A> {
     /// What may be signed.
-    pub approval: IssueApproval,
+    pub approval: A,
     /// `Some(requested)` when the granted TTL is shorter than requested.
     pub capped_from: Option<Ttl>,
 }
+
+/// The decision for a user certificate.
+pub type LoginDecision = Decision<UserCertApproval>;
+
+/// The decision for a node-access certificate.
+pub type NodeAccessDecision = Decision<NodeAccessApproval>;
 
 impl Policy {
     /// The decision for a certificate an admin signs by hand (`posternd certs sign`, the
@@ -115,7 +184,7 @@ impl Policy {
         let wanted = requested.unwrap_or(self.defaults.user_cert_ttl);
         let ttl = wanted.min(self.defaults.max_user_cert_ttl);
         Ok(LoginDecision {
-            approval: IssueApproval {
+            approval: UserCertApproval {
                 user: user.clone(),
                 logins: logins
                     .into_iter()
@@ -139,7 +208,7 @@ impl Policy {
         login: &Login,
         labels: &Labels,
         requested: Ttl,
-    ) -> Result<LoginDecision, Deny> {
+    ) -> Result<NodeAccessDecision, Deny> {
         let mut permits = BTreeSet::new();
         let mut cap = self.defaults.max_user_cert_ttl;
         let mut granted = false;
@@ -174,10 +243,10 @@ impl Policy {
             });
         }
         let ttl = requested.min(cap);
-        Ok(LoginDecision {
-            approval: IssueApproval {
+        Ok(NodeAccessDecision {
+            approval: NodeAccessApproval {
                 user: user.clone(),
-                logins: vec![login.clone()],
+                login: login.clone(),
                 permits,
                 ttl,
             },
@@ -228,13 +297,33 @@ impl Policy {
         // Only report capping of what the client asked for explicitly.
         let capped_from = requested.filter(|r| *r > ttl);
         Ok(LoginDecision {
-            approval: IssueApproval {
+            approval: UserCertApproval {
                 user: user.clone(),
                 logins: logins.into_iter().collect(),
                 permits,
                 ttl,
             },
             capped_from,
+        })
+    }
+
+    /// The decision for a host certificate: the names the caller worked out for the host
+    /// (at least one), for `requested` or `defaults.host_cert_ttl`, never longer than
+    /// `defaults.host_cert_ttl`.
+    pub fn decide_host_cert(
+        &self,
+        key_id: KeyId,
+        principals: Vec<Principal>,
+        requested: Option<Ttl>,
+    ) -> Result<HostCertApproval, Deny> {
+        if principals.is_empty() {
+            return Err(Deny::NoHostNames { key_id });
+        }
+        let cap = self.defaults.host_cert_ttl;
+        Ok(HostCertApproval {
+            key_id,
+            principals,
+            ttl: requested.map_or(cap, |t| t.min(cap)),
         })
     }
 }

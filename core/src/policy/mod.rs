@@ -5,8 +5,10 @@
 //! in the syntax of `nodes` naming the servers whose recorded sessions of *other* users the
 //! role's members may list and play (everyone always sees their own). Unknown keys are
 //! errors, and every error names the file, line and column. The only way to obtain an
-//! [`IssueApproval`], which certificate signing requires, is a successful decision:
-//! [`Policy::decide_login`], [`Policy::decide_node_access`] or [`Policy::decide_admin_signing`].
+//! approval, which certificate signing requires, is a successful decision: a
+//! [`UserCertApproval`] from [`Policy::decide_login`] or [`Policy::decide_admin_signing`], a
+//! [`NodeAccessApproval`] from [`Policy::decide_node_access`], a [`HostCertApproval`] from
+//! [`Policy::decide_host_cert`].
 
 mod decide;
 mod file;
@@ -14,6 +16,9 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Deny, IssueApproval, LoginDecision};
+pub use decide::{
+    Decision, Deny, HostCertApproval, LoginDecision, NodeAccessApproval, NodeAccessDecision,
+    UserCertApproval,
+};
 pub use file::{line_col, PolicyError, SAMPLE_POLICY};
 pub use model::{Defaults, LoginTemplate, NodeSelector, Permit, Policy, RecordingMode, Role};

@@ -201,7 +201,7 @@ fn node_access_grants_one_login_with_the_permits_of_matching_roles_only() {
     let d = p
         .decide_node_access(&user("bob"), &login("deploy"), &l("env=dev"), ttl)
         .unwrap();
-    assert_eq!(d.approval.logins(), [login("deploy")]);
+    assert_eq!(d.approval.login(), &login("deploy"));
     assert_eq!(
         d.approval.permits().iter().copied().collect::<Vec<_>>(),
         [Permit::Pty, Permit::PortForwarding]
