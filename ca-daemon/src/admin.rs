@@ -239,7 +239,11 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let user: postern_core::Username = name.parse()?;
             let (token, hash) = auth::new_invite()?;
             let expires = now + auth::INVITE_SECS;
-            let has_roles = svc.policy().users.get(&user).is_some_and(|r| !r.is_empty());
+            let has_roles = svc
+                .policy()
+                .users()
+                .get(&user)
+                .is_some_and(|r| !r.is_empty());
             svc.db
                 .run(move |conn| {
                     let exists: Option<i64> = conn
@@ -298,7 +302,7 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                         let roles = name
                             .parse::<postern_core::Username>()
                             .ok()
-                            .and_then(|u| policy.users.get(&u).cloned())
+                            .and_then(|u| policy.users().get(&u).cloned())
                             .unwrap_or_default();
                         json!({
                             "name": name,

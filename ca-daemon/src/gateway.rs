@@ -8,12 +8,14 @@ use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
     InventoryEntry, RevokedUserCert,
 };
-use postern_core::cert::{CertError, CertValidator, IssueParams, Signer, CLOCK_SKEW_SECS};
-use postern_core::{Deny, IssueApproval, KeyId, Labels, NodeName, Ttl};
+use postern_core::cert::{
+    issue_node_access_cert, CertValidator, IssueParams, Signer, CLOCK_SKEW_SECS,
+};
+use postern_core::{Deny, KeyId, Labels, NodeName, Ttl};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
-use ssh_key::certificate::{Builder, CertType};
-use ssh_key::{Certificate, HashAlg, PublicKey};
+use ssh_key::certificate::CertType;
+use ssh_key::{Certificate, HashAlg};
 
 use crate::audit;
 use crate::keys::CaKind;
@@ -124,43 +126,6 @@ fn server(c: &Connection, name: &NodeName) -> Result<Option<(Option<String>, Lab
         )
         .optional()?;
     row.map(|(a, l, k)| Ok((a, l.parse()?, k))).transpose()
-}
-
-/// Issues a node-access certificate exactly as the policy approved it, with a key id that
-/// names the user and the session (`USER/SESSION`, which the shim's PAM helper reports).
-fn issue_node_access_cert(
-    signer: &dyn Signer,
-    approval: &IssueApproval,
-    key_id: &KeyId,
-    subject: &PublicKey,
-    source_address: Option<&str>,
-    p: IssueParams,
-) -> std::result::Result<Certificate, CertError> {
-    let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(|e| CertError::Encoding(e.to_string()))?;
-    let mut b = Builder::new(
-        nonce.to_vec(),
-        subject.key_data().clone(),
-        p.now.saturating_sub(CLOCK_SKEW_SECS),
-        p.now.saturating_add(approval.ttl().as_secs()),
-    )
-    .map_err(enc)?;
-    b.serial(p.serial).map_err(enc)?;
-    b.cert_type(CertType::User).map_err(enc)?;
-    b.key_id(key_id.as_str()).map_err(enc)?;
-    for l in approval.logins() {
-        b.valid_principal(l.as_str()).map_err(enc)?;
-    }
-    for permit in approval.permits() {
-        b.extension(permit.extension(), "").map_err(enc)?;
-    }
-    // The gateway's configured egress addresses: sshd then accepts the certificate only from
-    // them (PROTOCOL.certkeys `source-address`), so a copy is useless elsewhere.
-    if let Some(s) = source_address {
-        b.critical_option("source-address", s).map_err(enc)?;
-    }
-    signer.sign(b)
 }
 
 impl Service {
@@ -374,8 +339,8 @@ impl Service {
                     certificate: cert.to_openssh()?,
                     node: InventoryEntry { name: node.clone(), address, labels, host_key: Some(host_key) },
                     permits,
-                    recording: policy.defaults.recording,
-                    record_input: policy.defaults.record_input,
+                    recording: policy.defaults().recording,
+                    record_input: policy.defaults().record_input,
                 }))
             })
             .await?
@@ -405,16 +370,11 @@ impl Service {
                     ))));
                 };
                 let principals = host_principals(&req.node, cluster.as_str(), None)?;
-                let ttl = policy
-                    .defaults
-                    .host_cert_ttl
-                    .as_secs()
-                    .min(GATEWAY_HOST_CERT_MAX_SECS);
                 // Recorded under the gateway's and the server's names, so that nobody mistakes
                 // it for the server's own certificate (re-joining the server does not touch it).
                 let key_id: KeyId = format!("gateway:{gateway}/{}", req.node).parse()?;
-                let (certificate, valid_before) =
-                    host_cert_as(c, &keys, &key_id, &principals, &key, ttl, now)?;
+                let approval = policy.decide_host_cert(key_id, principals, Ttl::from_secs(GATEWAY_HOST_CERT_MAX_SECS))?;
+                let (certificate, valid_before) = host_cert_as(c, &keys, &approval, &key, now)?;
                 let serial = u(c.last_insert_rowid());
                 audit::append(
                     c,
@@ -423,7 +383,7 @@ impl Service {
                     &format!("gateway:{gateway}"),
                     json!({
                         "node": req.node.as_str(), "serial": serial,
-                        "principals": principals.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                        "principals": approval.principals().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                         "valid_before": valid_before, "key": key.fingerprint(HashAlg::Sha256).to_string(),
                     }),
                 )?;

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if print {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "config": cfg, "policy": policy }))?);
             } else {
-                println!("{}: OK ({} roles, {} users in {})", cfg.file.display(), policy.roles.len(), policy.users.len(), cfg.policy.display());
+                println!("{}: OK ({} roles, {} users in {})", cfg.file.display(), policy.roles().len(), policy.users().len(), cfg.policy.display());
             }
             Ok(ExitCode::SUCCESS)
         }

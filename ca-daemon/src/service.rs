@@ -102,7 +102,7 @@ pub enum Refusal {
 
 type Outcome<T> = std::result::Result<T, Refusal>;
 
-#[derive(Debug)]
+/// No `Debug`: it holds the password hash and the TOTP secret.
 struct UserRow {
     password_hash: Option<String>,
     totp_secret: Option<Vec<u8>>,
@@ -370,7 +370,7 @@ impl Service {
                     "UPDATE users SET failed_count = 0, locked_until = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
                     params![name.as_str(), i(step.unwrap_or(0)), i(now)],
                 )?;
-                let renew_until = now + policy.defaults.renew_until.as_secs();
+                let renew_until = now + policy.defaults().renew_until.as_secs();
                 let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
                 match ctx.issue(conn, &name, &public, ttl, renew_until, now, "login")? {
                     Ok(resp) => {
@@ -425,7 +425,7 @@ impl Service {
                 let Some(last) = user.last_password_login else {
                     return refuse(conn, &subject, "no password login on record");
                 };
-                let deadline = u(last) + policy.defaults.renew_until.as_secs();
+                let deadline = u(last) + policy.defaults().renew_until.as_secs();
                 if now >= deadline {
                     return refuse(conn, &subject, "the renewal window after the last password login is over");
                 }
@@ -478,7 +478,7 @@ impl IssueCtx<'_> {
         // No certificate outlives the renewal window: a renewal just before the deadline gets
         // only what is left of it.
         let left = renew_until.saturating_sub(now);
-        let wanted = ttl.map_or(self.policy.defaults.user_cert_ttl.as_secs(), |t| {
+        let wanted = ttl.map_or(self.policy.defaults().user_cert_ttl.as_secs(), |t| {
             t.as_secs()
         });
         let ttl = if wanted > left {

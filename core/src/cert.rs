@@ -4,6 +4,39 @@
 //! backdated one minute for clock skew. `ssh_key::Certificate::validate` checks only the
 //! signature, the CA fingerprint and the validity window; [`CertValidator`] adds everything
 //! else a careful sshd checks (type, principals, critical options, CA key shape).
+//!
+//! Signing needs an approval: [`Signer::sign`] takes a [`ToBeSigned`], which only the three
+//! `issue_*` functions here make, each from the approval of its own CA (a
+//! [`UserCertApproval`], a [`NodeAccessApproval`], a [`HostCertApproval`]), and those only
+//! the policy's decisions make. Signing without one does not compile:
+//!
+//! ```compile_fail
+//! // A ToBeSigned cannot be made outside this module ...
+//! fn forge(b: ssh_key::certificate::Builder) -> postern_core::cert::ToBeSigned {
+//!     postern_core::cert::ToBeSigned(b)
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! // ... nor an approval outside the policy's decisions.
+//! fn forge(a: &postern_core::UserCertApproval) -> postern_core::UserCertApproval {
+//!     postern_core::UserCertApproval { ttl: a.ttl(), ..a.clone() }
+//! }
+//! ```
+//!
+//! ```
+//! // What does compile: an approval from a decision, signed by the issue function.
+//! use postern_core::cert::{generate_ed25519, issue_user_cert, IssueParams, KeySigner};
+//! let policy = postern_core::Policy::parse(
+//!     "[roles.dev]\nlogins = [\"{user}\"]\nnodes = { \"*\" = \"*\" }\n[users.alice]\nroles = [\"dev\"]\n",
+//!     "policy.toml",
+//! ).unwrap();
+//! let d = policy.decide_login(&"alice".parse().unwrap(), None).unwrap();
+//! let ca = KeySigner::new(generate_ed25519("ca").unwrap());
+//! let user = generate_ed25519("alice").unwrap();
+//! let cert = issue_user_cert(&ca, &d.approval, user.public_key(), IssueParams { serial: 1, now: 1_000_000 }).unwrap();
+//! assert_eq!(cert.valid_principals(), ["alice"]);
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -11,7 +44,7 @@ use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Certificate, HashAlg, PrivateKey, PublicKey};
 
 use crate::names::{KeyId, Principal};
-use crate::policy::{IssueApproval, Permit};
+use crate::policy::{HostCertApproval, NodeAccessApproval, Permit, UserCertApproval};
 
 /// Backdating of `valid_after`, so that a server whose clock is slightly behind accepts a
 /// certificate that was just issued.
@@ -96,12 +129,26 @@ fn type_name(t: CertType) -> &'static str {
     }
 }
 
+/// A certificate ready for a CA's signature. Only this module's `issue_*` functions make one,
+/// each from an approval, so that whatever holds a [`Signer`] signs only what the policy
+/// decided.
+pub struct ToBeSigned(Builder);
+
+impl ToBeSigned {
+    /// Signs with a private key: for [`Signer`] implementations (an HSM or agent backend).
+    pub fn sign_with(self, key: &PrivateKey) -> Result<Certificate, CertError> {
+        self.0
+            .sign(key)
+            .map_err(|e| CertError::Encoding(e.to_string()))
+    }
+}
+
 /// Signs certificates with a CA key. One trait so that an HSM or agent backend can come later.
 pub trait Signer: Send + Sync {
     /// The CA's public key.
     fn public_key(&self) -> &PublicKey;
-    /// Signs the builder's certificate.
-    fn sign(&self, builder: Builder) -> Result<Certificate, CertError>;
+    /// Signs a certificate that an `issue_*` function prepared from an approval.
+    fn sign(&self, tbs: ToBeSigned) -> Result<Certificate, CertError>;
 }
 
 /// A CA key held in memory.
@@ -122,10 +169,8 @@ impl Signer for KeySigner {
     fn public_key(&self) -> &PublicKey {
         &self.public
     }
-    fn sign(&self, builder: Builder) -> Result<Certificate, CertError> {
-        builder
-            .sign(&self.key)
-            .map_err(|e| CertError::Encoding(e.to_string()))
+    fn sign(&self, tbs: ToBeSigned) -> Result<Certificate, CertError> {
+        tbs.sign_with(&self.key)
     }
 }
 
@@ -155,50 +200,15 @@ pub struct IssueParams {
     pub now: u64,
 }
 
-/// Issues a user certificate exactly as the policy approved it: principals = logins,
-/// key id = the user name, extensions = the permits.
-pub fn issue_user_cert(
-    signer: &dyn Signer,
-    approval: &IssueApproval,
-    subject: &PublicKey,
-    p: IssueParams,
-) -> Result<Certificate, CertError> {
-    let valid_after = p.now.saturating_sub(CLOCK_SKEW_SECS);
-    let valid_before = p.now.saturating_add(approval.ttl().as_secs());
-    let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
-    let mut b = Builder::new(
-        nonce()?.to_vec(),
-        subject.key_data().clone(),
-        valid_after,
-        valid_before,
-    )
-    .map_err(enc)?;
-    b.serial(p.serial).map_err(enc)?;
-    b.cert_type(CertType::User).map_err(enc)?;
-    b.key_id(KeyId::from(approval.user()).as_str())
-        .map_err(enc)?;
-    for l in approval.logins() {
-        b.valid_principal(l.as_str()).map_err(enc)?;
-    }
-    for permit in approval.permits() {
-        b.extension(permit.extension(), "").map_err(enc)?;
-    }
-    signer.sign(b)
-}
-
-/// Issues a host certificate for the given principals (host names).
-pub fn issue_host_cert(
-    signer: &dyn Signer,
-    key_id: &KeyId,
-    principals: &[Principal],
+/// The fields every certificate has: a random nonce, the subject key, the validity window
+/// (backdated by [`CLOCK_SKEW_SECS`]), serial, type and key id.
+fn builder(
     subject: &PublicKey,
     ttl_secs: u64,
+    cert_type: CertType,
+    key_id: &KeyId,
     p: IssueParams,
-) -> Result<Certificate, CertError> {
-    if principals.is_empty() {
-        return Err(CertError::NoPrincipals);
-    }
-    let enc = |e: ssh_key::Error| CertError::Encoding(e.to_string());
+) -> Result<Builder, CertError> {
     let mut b = Builder::new(
         nonce()?.to_vec(),
         subject.key_data().clone(),
@@ -207,12 +217,77 @@ pub fn issue_host_cert(
     )
     .map_err(enc)?;
     b.serial(p.serial).map_err(enc)?;
-    b.cert_type(CertType::Host).map_err(enc)?;
+    b.cert_type(cert_type).map_err(enc)?;
     b.key_id(key_id.as_str()).map_err(enc)?;
-    for pr in principals {
+    Ok(b)
+}
+
+fn enc(e: ssh_key::Error) -> CertError {
+    CertError::Encoding(e.to_string())
+}
+
+/// Issues a user certificate exactly as the policy approved it: principals = logins,
+/// key id = the user name, extensions = the permits.
+pub fn issue_user_cert(
+    signer: &dyn Signer,
+    approval: &UserCertApproval,
+    subject: &PublicKey,
+    p: IssueParams,
+) -> Result<Certificate, CertError> {
+    let key_id = KeyId::from(approval.user());
+    let mut b = builder(
+        subject,
+        approval.ttl().as_secs(),
+        CertType::User,
+        &key_id,
+        p,
+    )?;
+    for l in approval.logins() {
+        b.valid_principal(l.as_str()).map_err(enc)?;
+    }
+    for permit in approval.permits() {
+        b.extension(permit.extension(), "").map_err(enc)?;
+    }
+    signer.sign(ToBeSigned(b))
+}
+
+/// Issues a node-access certificate exactly as the policy approved it: its one login as the
+/// only principal, the approved permits, and a key id that names the user and the session
+/// (`USER/SESSION`, which the shim's PAM helper reports). `source_address` (the gateway's
+/// egress addresses) becomes the `source-address` critical option: sshd then accepts the
+/// certificate only from them, so a copy is useless elsewhere.
+pub fn issue_node_access_cert(
+    signer: &dyn Signer,
+    approval: &NodeAccessApproval,
+    key_id: &KeyId,
+    subject: &PublicKey,
+    source_address: Option<&str>,
+    p: IssueParams,
+) -> Result<Certificate, CertError> {
+    let mut b = builder(subject, approval.ttl().as_secs(), CertType::User, key_id, p)?;
+    b.valid_principal(approval.login().as_str()).map_err(enc)?;
+    for permit in approval.permits() {
+        b.extension(permit.extension(), "").map_err(enc)?;
+    }
+    if let Some(s) = source_address {
+        b.critical_option("source-address", s).map_err(enc)?;
+    }
+    signer.sign(ToBeSigned(b))
+}
+
+/// Issues a host certificate with the approved names and lifetime.
+pub fn issue_host_cert(
+    signer: &dyn Signer,
+    approval: &HostCertApproval,
+    subject: &PublicKey,
+    p: IssueParams,
+) -> Result<Certificate, CertError> {
+    let ttl = approval.ttl().as_secs();
+    let mut b = builder(subject, ttl, CertType::Host, approval.key_id(), p)?;
+    for pr in approval.principals() {
         b.valid_principal(pr.as_str()).map_err(enc)?;
     }
-    signer.sign(b)
+    signer.sign(ToBeSigned(b))
 }
 
 /// A certificate that passed [`CertValidator::validate`].

@@ -4,6 +4,7 @@
 //! here is testable without a running system.
 
 pub mod api;
+pub mod atomic;
 pub mod cast;
 pub mod cert;
 pub mod cut;
@@ -13,7 +14,10 @@ pub mod policy;
 pub mod ttl;
 
 pub use names::{ClusterName, KeyId, Labels, Login, NameError, NodeName, Principal, Username};
-pub use policy::{Deny, IssueApproval, LoginDecision, Permit, Policy, PolicyError};
+pub use policy::{
+    Deny, HostCertApproval, LoginDecision, NodeAccessApproval, Permit, Policy, PolicyError,
+    UserCertApproval,
+};
 pub use ttl::Ttl;
 
 /// The `sha256:<64 hex>` pin of a DER certificate (the service CA).

@@ -33,20 +33,7 @@ use postern_gate::cli::{Cli, Cmd};
 use postern_gate::config::GateConfig;
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(postern_core::atomic::write_atomic(path, bytes, mode)?)
 }
 
 fn join(
@@ -73,20 +60,18 @@ fn join(
     let url: CaUrl = ca.parse().map_err(anyhow::Error::msg)?;
     let pin: CaPin = ca_pin.parse().map_err(anyhow::Error::msg)?;
     let api = Api::new(&url, pin, None)?;
-    let resp: JoinResponse = api
-        .post(
-            "/v1/join",
-            &JoinRequest {
-                token: Secret::new(token),
-                name: name.clone(),
-                address: address.clone(),
-                labels: Default::default(),
-                host_public_key: host_key.public_key().to_openssh()?,
-                identity_public_key: identity.public_key().to_openssh()?,
-                egress_addresses: egress,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp: JoinResponse = api.post(
+        "/v1/join",
+        &JoinRequest {
+            token: Secret::new(token),
+            name: name.clone(),
+            address: address.clone(),
+            labels: Default::default(),
+            host_public_key: host_key.public_key().to_openssh()?,
+            identity_public_key: identity.public_key().to_openssh()?,
+            egress_addresses: egress,
+        },
+    )?;
     anyhow::ensure!(
         resp.kind == "gateway",
         "the token is for a {}, not a gateway",

@@ -4,6 +4,7 @@
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use postern_api_client::{CaPin, CaUrl};
+use postern_core::api::Secret;
 use postern_core::{NodeName, Ttl, Username};
 
 /// The command line as a `clap::Command` (for the man page).
@@ -228,6 +229,11 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--invite`'s value, held as a [`Secret`] from the start so that `Debug` never shows it.
+fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s.to_owned()))
+}
+
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
     /// Base URL of the Postern CA
@@ -241,8 +247,9 @@ pub struct EnrollArgs {
     pub user: Username,
     /// The one-time invite from `posternd users add`; visible to every local user in `ps`
     /// while enroll runs: prefer --invite-stdin
-    #[arg(long, value_name = "TOKEN", required_unless_present = "invite_stdin")]
-    pub invite: Option<String>,
+    #[arg(long, value_name = "TOKEN", required_unless_present = "invite_stdin",
+          value_parser = secret_arg)]
+    pub invite: Option<Secret>,
     /// Read the invite from standard input (one line; asked without echo on a terminal). With
     /// --password-stdin, the invite is the first line and the password the second
     #[arg(long, conflicts_with = "invite")]

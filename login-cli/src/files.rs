@@ -6,8 +6,8 @@
 //! component is checked with `lstat`, new files are opened with `O_CREAT|O_EXCL|O_NOFOLLOW`,
 //! and a symlink where a file is to be replaced is an error.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Read as _, Write as _};
+use std::fs::{self, DirBuilder, OpenOptions, Permissions};
+use std::io::{self, Read as _};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -120,15 +120,6 @@ fn check_existing_dirs(layout: &Layout, dir: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 8];
-    // Uniqueness, not secrecy: create_new refuses a clash, so a clock fallback is enough.
-    if getrandom::fill(&mut b).is_err() {
-        b = crate::display::now_unix().to_le_bytes();
-    }
-    hex::encode(b)
-}
-
 /// Refuses a symlink or directory where a file is to be replaced.
 fn check_replaceable(target: &Path) -> anyhow::Result<()> {
     match fs::symlink_metadata(target) {
@@ -153,39 +144,13 @@ pub fn preflight(layout: &Layout, cluster: &ClusterName, names: &[&str]) -> anyh
     Ok(())
 }
 
-/// Atomically replaces `dir/name` with `data`: writes a new temporary file in `dir`
-/// (`O_EXCL|O_NOFOLLOW`, mode `mode`), fsyncs it, renames it over the target and fsyncs the
-/// directory. `dir` must have been checked by one of the `ensure_*` functions.
+/// Atomically replaces `dir/name` with `data` ([`postern_core::atomic`]: a random
+/// temporary name, `O_EXCL|O_NOFOLLOW`, the exact mode, fsync of file and directory).
+/// `dir` must have been checked by one of the `ensure_*` functions.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let target = dir.join(name);
     check_replaceable(&target)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", random_suffix()));
-    let result = (|| -> anyhow::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        // The mode given to open is filtered by the umask; set it exactly.
-        f.set_permissions(Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(&tmp, &target).with_context(|| format!("replacing {}", target.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // Without this the rename may be lost on a crash, leaving the old file.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    postern_core::atomic::write_atomic(&target, data, mode)?;
     Ok(())
 }
 

@@ -17,8 +17,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use postern_core::api::Secret;
-
 use crate::commands::Refused;
 use crate::profile::Layout;
 // The command line lives in the library (src/cli.rs) so that man/ can render it.
@@ -54,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca_pin: a.ca_pin,
                 user: a.user,
                 invite: match a.invite {
-                    Some(i) if !a.invite_stdin => commands::enroll::Invite::Given(Secret::new(i)),
+                    Some(i) if !a.invite_stdin => commands::enroll::Invite::Given(i),
                     _ => commands::enroll::Invite::Stdin,
                 },
                 password_stdin: a.password_stdin,

@@ -205,9 +205,7 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
         identity_public_key: identity.public_key().to_openssh()?,
         egress_addresses: Vec::new(),
     };
-    let resp: JoinResponse = api
-        .post("/v1/join", &req)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp: JoinResponse = api.post("/v1/join", &req)?;
     write_atomic(
         &a.state.host_cert(),
         format!("{}\n", resp.host_certificate).as_bytes(),

@@ -52,7 +52,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Principals { state_dir, args } => {
             watchdog("principals");
             let state = StateDir(state_dir);
-            let bundle = state.load_bundle().ok();
+            // Why the bundle could not be read goes into the denial: "no valid policy bundle"
+            // alone does not tell a missing file from one the command's user cannot read.
+            let (bundle, load_error) = match state.load_bundle() {
+                Ok(b) => (Some(b), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
             let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
             let login_arg = args
                 .first()
@@ -65,6 +70,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 decide::Decision::Deny(why) => {
+                    let why = match (&bundle, load_error) {
+                        (None, Some(e)) if why.starts_with("no valid policy bundle") => {
+                            format!("{why}: {e}")
+                        }
+                        _ => why,
+                    };
                     log::log(true, &format!("deny login {login_arg:?}: {why}"));
                     Ok(ExitCode::FAILURE)
                 }

@@ -46,9 +46,15 @@ pub fn run(state: &StateDir) -> Result<i32> {
     };
     match stage.as_str() {
         "account" => {
-            let Ok(bundle) = state.load_bundle() else {
-                crate::log::log(true, &format!("account: no valid bundle; refusing {login}"));
-                return Ok(1);
+            let bundle = match state.load_bundle() {
+                Ok(b) => b,
+                Err(e) => {
+                    crate::log::log(
+                        true,
+                        &format!("account: no valid bundle ({e:#}); refusing {login}"),
+                    );
+                    return Ok(1);
+                }
             };
             let subject = postern_core::api::LockSubject {
                 user: user.as_deref(),

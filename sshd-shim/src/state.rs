@@ -3,8 +3,7 @@
 //! truncated, so a half-written file must never be visible.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -143,36 +142,9 @@ pub fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a file atomically with the given mode.
+/// Writes a file atomically with the given mode ([`postern_core::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    write_atomic_with(path, bytes, mode, None)
-}
-
-fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, gid: Option<u32>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc_o_nofollow())
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(&tmp, Some(0), Some(gid))
-            .with_context(|| format!("cannot give {} to group {gid}", tmp.display()))?;
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(postern_core::atomic::write_atomic(path, bytes, mode)?)
 }
 
 /// The gid of a group in /etc/group (the principals command user's group, made by join).
@@ -193,13 +165,9 @@ pub fn group_id(name: &str) -> Result<u32> {
 /// [`write_atomic`] for a file owned by root and group `gid`: ownership and mode are set on
 /// the temporary file, before the rename makes it visible.
 pub fn write_atomic_owned(path: &Path, bytes: &[u8], mode: u32, gid: u32) -> Result<()> {
-    write_atomic_with(path, bytes, mode, Some(gid))
-}
-
-/// `O_NOFOLLOW` from libc: its value differs between architectures (0o400000 on x86, 0o100000
-/// on arm64), so a literal would follow symbolic links on some.
-const fn libc_o_nofollow() -> i32 {
-    libc::O_NOFOLLOW
+    Ok(postern_core::atomic::write_atomic_owned(
+        path, bytes, mode, 0, gid,
+    )?)
 }
 
 #[cfg(test)]

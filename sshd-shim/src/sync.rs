@@ -96,9 +96,7 @@ pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
         }
         let count = events.len();
         if count > 0 {
-            let _: serde_json::Value = api
-                .post("/v1/node/events", &EventsRequest { events })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let _: serde_json::Value = api.post("/v1/node/events", &EventsRequest { events })?;
         }
         for p in &files[start..i] {
             let _ = fs::remove_file(p);
@@ -128,17 +126,15 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     let host_public_key = fs::read_to_string(state.path("ssh_host_ed25519_key.pub"))
         .ok()
         .map(|s| s.trim().to_owned());
-    let resp: SyncResponse = api
-        .post(
-            "/v1/node/sync",
-            &SyncRequest {
-                host_cert_window: window,
-                host_public_key,
-                renew: opts.renew,
-                audit_checkpoint: true,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp: SyncResponse = api.post(
+        "/v1/node/sync",
+        &SyncRequest {
+            host_cert_window: window,
+            host_public_key,
+            renew: opts.renew,
+            audit_checkpoint: true,
+        },
+    )?;
     let previous = state.load_bundle().ok().and_then(|b| b.audit_checkpoint);
     install_bundle(state, &resp.bundle)?;
     // A copy of the CA's newest signed audit checkpoint in this server's syslog, off the CA's

@@ -323,6 +323,7 @@ fn principals_command_survives_hostile_arguments_and_denies_bad_bundles() {
         "{}",
         text(&out)
     );
+    assert_denial_names(&out, "is corrupt");
     // A stale bundle denies.
     let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
     v["generated_at"] = serde_json::json!(postern_tests::now() - 2 * 86_400);
@@ -335,7 +336,24 @@ fn principals_command_survives_hostile_arguments_and_denies_bad_bundles() {
     );
     // A missing bundle denies.
     std::fs::remove_file(&bundle).unwrap();
-    assert!(!principals(&node, &good).status.success());
+    let out = principals(&node, &good);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_denial_names(&out, "cannot read");
+}
+
+/// The shim logs to syslog, and to stderr when syslog is unreachable (no /dev/log, as on the
+/// test machines): there its denial names why the bundle could not be used
+/// (regression: "no valid policy bundle" alone, seen once in a flaky Debian 13 story, did not
+/// tell a missing bundle from an unreadable or corrupt one).
+fn assert_denial_names(out: &std::process::Output, why: &str) {
+    if std::path::Path::new("/dev/log").exists() {
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no valid policy bundle") && err.contains(why),
+        "the denial does not say why ({why}): {err}"
+    );
 }
 
 /// (key id, serial) of a certificate line, read by ssh-keygen -L.

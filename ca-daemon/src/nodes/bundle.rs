@@ -1,0 +1,217 @@
+//! What a node fetches on every sync: its bundle (policy slice, locks, KRL, CA keys) and, when
+//! due, a renewed host certificate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use base64::Engine;
+use postern_core::api::{Bundle, SyncResponse};
+use postern_core::cert::Signer;
+use postern_core::krl::{CaRevocations, Krl};
+use postern_core::{Labels, NodeName, Policy};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use ssh_key::PublicKey;
+
+use super::join::host_principals;
+use super::join::{host_cert_as, node_key_id};
+use super::locks::active_locks;
+use super::{i, parse_host_key, u};
+use crate::audit;
+use crate::keys::{CaKind, KeyStore};
+use crate::service::{now, Refusal, Service};
+
+/// The KRL from the database: revoked certificates, and every live certificate of a locked
+/// user (under the user and node-access CAs, by serial and by key id). Lifting the lock lifts
+/// the revocation at the next build.
+pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
+    let blob = |k: CaKind| keys.ssh(k).public_key().to_bytes();
+    let mut certs: BTreeMap<Vec<u8>, CaRevocations> = BTreeMap::new();
+    let kind_ca = |kind: &str| match kind {
+        "ssh-user" => Some(CaKind::User),
+        "ssh-host" => Some(CaKind::Host),
+        "ssh-node-access" => Some(CaKind::NodeAccess),
+        _ => None,
+    };
+    let locks = active_locks(conn, now)?;
+    let locked_users: BTreeSet<&str> = locks
+        .iter()
+        .filter(|l| l.target == "user")
+        .map(|l| l.name.as_str())
+        .collect();
+    let mut st = conn.prepare(
+        "SELECT serial, kind, subject, revoked FROM certs WHERE valid_before > ?1 AND kind LIKE 'ssh-%'",
+    )?;
+    let mut rows = st.query([i(now)])?;
+    while let Some(r) = rows.next()? {
+        let serial: i64 = r.get(0)?;
+        let kind: String = r.get(1)?;
+        let subject: String = r.get(2)?;
+        let revoked: bool = r.get(3)?;
+        let Some(ca) = kind_ca(&kind) else { continue };
+        let by_lock = ca != CaKind::Host && locked_users.contains(subject.as_str());
+        if revoked || by_lock {
+            certs
+                .entry(blob(ca)?)
+                .or_default()
+                .serials
+                .insert(u(serial));
+        }
+    }
+    for user in &locked_users {
+        for ca in [CaKind::User, CaKind::NodeAccess] {
+            certs
+                .entry(blob(ca)?)
+                .or_default()
+                .key_ids
+                .insert((*user).to_owned());
+        }
+    }
+    Ok(Krl {
+        version: now,
+        generated: now,
+        comment: "postern".into(),
+        certs,
+        keys: BTreeSet::new(),
+    })
+}
+
+/// The addresses gateways dial servers from: each gateway's configured egress addresses, or
+/// the address the CA saw it join from.
+pub fn gateway_addresses(conn: &Connection) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT egress, seen_from FROM nodes WHERE kind = 'gateway'")?;
+    let mut rows = st.query([])?;
+    let mut out = BTreeSet::new();
+    while let Some(r) = rows.next()? {
+        let egress: Option<String> = r.get(0)?;
+        let seen: Option<String> = r.get(1)?;
+        let list = egress
+            .filter(|e| !e.is_empty())
+            .or(seen)
+            .unwrap_or_default();
+        for a in list.split(',').filter(|a| !a.is_empty()) {
+            // Stored validated; parsed again so that nothing else reaches sshd_config.
+            if let Ok(a) = postern_core::names::parse_source_address(a) {
+                out.insert(a);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The bundle for one node.
+pub fn build_bundle(
+    conn: &Connection,
+    keys: &KeyStore,
+    policy: &Policy,
+    cluster: &postern_core::ClusterName,
+    node: &NodeName,
+    labels: &Labels,
+    now: u64,
+) -> Result<Bundle> {
+    let krl = build_krl(conn, keys, now)?;
+    Ok(Bundle {
+        gateway_addresses: gateway_addresses(conn)?,
+        cluster: cluster.clone(),
+        node: node.clone(),
+        labels: labels.clone(),
+        generated_at: now,
+        max_bundle_age: policy.defaults().max_bundle_age,
+        allowed: policy.slice_for_node(labels),
+        locks: active_locks(conn, now)?,
+        krl: base64::engine::general_purpose::STANDARD.encode(krl.encode()),
+        user_ca_keys: vec![keys.public_line(CaKind::User)?],
+        host_ca_keys: vec![keys.public_line(CaKind::Host)?],
+        node_access_ca_keys: vec![keys.public_line(CaKind::NodeAccess)?],
+        audit_checkpoint: None,
+    })
+}
+
+impl Service {
+    /// Checks a node's mTLS identity; returns its name, labels and kind (`node`/`gateway`).
+    pub(crate) fn node_for(
+        c: &Connection,
+        id: &crate::x509::ClientIdentity,
+    ) -> Result<Option<(NodeName, Labels, String)>> {
+        let Some((kind, name)) = id.subject.split_once(':') else {
+            return Ok(None);
+        };
+        let row: Option<(String, i64, String)> = c
+            .query_row(
+                "SELECT labels, identity_serial, kind FROM nodes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let revoked: Option<bool> = c
+            .query_row(
+                "SELECT revoked FROM certs WHERE serial = ?1 AND kind = 'x509-node'",
+                [i(id.serial)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match (row, revoked) {
+            (Some((labels, serial, k)), Some(false)) if u(serial) == id.serial && k == kind => {
+                Ok(Some((
+                    postern_core::names::parse_node_name(name)?,
+                    labels.parse()?,
+                    k,
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `POST /v1/node/sync`.
+    pub async fn node_sync(
+        &self,
+        id: crate::x509::ClientIdentity,
+        req: postern_core::api::SyncRequest,
+    ) -> std::result::Result<SyncResponse, Refusal> {
+        let host_key = req
+            .host_public_key
+            .as_deref()
+            .map(|k| parse_host_key(k, "host_public_key"))
+            .transpose()?;
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        self.db
+            .run(move |c| -> Result<std::result::Result<SyncResponse, Refusal>> {
+                let Some((name, labels, kind)) = Self::node_for(c, &id)? else {
+                    return Ok(Err(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
+                };
+                // The bundle is a server's: a gateway has no use for the policy slice, and its
+                // identity must not renew host certificates through this door.
+                if kind != "node" {
+                    return Ok(Err(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
+                }
+                c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
+                let mut host_certificate = None;
+                if let (Some((_after, before)), Some(key)) = (req.host_cert_window, host_key) {
+                    let stored: String = c.query_row("SELECT host_key FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
+                    // Renew when a third of the certificate's life or less is left. The life is
+                    // the policy's TTL, not the window: valid_after is backdated for clock skew.
+                    let life = policy.defaults().host_cert_ttl.as_secs();
+                    let due = req.renew || before.saturating_sub(now) * 3 <= life;
+                    if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
+                        let principals = host_principals(&name, cluster.as_str(), None)?;
+                        let approval = policy.decide_host_cert(node_key_id(&name)?, principals, None)?;
+                        let (cert, expiry) = host_cert_as(c, &keys, &approval, &key, now)?;
+                        c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
+                        audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
+                        host_certificate = Some(cert);
+                    }
+                }
+                let mut bundle = build_bundle(c, &keys, &policy, &cluster, &name, &labels, now)?;
+                // Only a shim that asked gets the checkpoint: older shims refuse unknown fields.
+                if req.audit_checkpoint {
+                    let key = audit::installed_public_key()?;
+                    bundle.audit_checkpoint = audit::newest_checkpoint(c)?.filter(|cp| key.checks(cp));
+                }
+                Ok(Ok(SyncResponse { bundle, host_certificate }))
+            })
+            .await?
+    }
+}

@@ -1,0 +1,268 @@
+//! Joining: a token, a name and keys become a node with its host certificate, its X.509
+//! identity and its audit events, in one transaction.
+
+use anyhow::Result;
+use postern_core::api::{JoinRequest, JoinResponse};
+use postern_core::cert::{issue_host_cert, IssueParams};
+use postern_core::{HostCertApproval, KeyId, Labels, NodeName, Principal};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use ssh_key::{HashAlg, PublicKey};
+
+use super::bundle::build_bundle;
+use super::tokens::token_well_formed;
+use super::{i, parse_host_key, parse_key, u};
+use crate::audit;
+use crate::auth;
+use crate::keys::KeyStore;
+use crate::service::{now, Refusal, Service};
+
+/// A node's host certificate is recorded and signed with the node's name as its key id.
+pub(super) fn node_key_id(name: &NodeName) -> Result<KeyId> {
+    Ok(name.as_str().parse()?)
+}
+
+/// Issues the host certificate the policy approved and records it with the approval's key id
+/// as its subject. Returns the certificate line and its `valid_before`; the serial is
+/// `conn.last_insert_rowid()`.
+pub(crate) fn host_cert_as(
+    conn: &Connection,
+    keys: &KeyStore,
+    approval: &HostCertApproval,
+    host_key: &PublicKey,
+    now: u64,
+) -> Result<(String, u64)> {
+    let valid_before = now + approval.ttl().as_secs();
+    let joined: Vec<&str> = approval.principals().iter().map(|p| p.as_str()).collect();
+    let serial = crate::db::record_cert(
+        conn,
+        &crate::db::CertRow {
+            kind: "ssh-host",
+            subject: approval.key_id().as_str(),
+            principals: &joined.join(","),
+            valid_after: now.saturating_sub(60),
+            valid_before,
+            issued_at: now,
+            fingerprint: &host_key.fingerprint(HashAlg::Sha256).to_string(),
+        },
+    )?;
+    let cert = issue_host_cert(&keys.host, approval, host_key, IssueParams { serial, now })?;
+    Ok((cert.to_openssh()?, valid_before))
+}
+
+/// The names a node's host certificate carries: NAME, NAME.<cluster>, and the host part of
+/// its address when that is a valid principal.
+pub(crate) fn host_principals(
+    name: &NodeName,
+    cluster: &str,
+    address: Option<&str>,
+) -> Result<Vec<Principal>> {
+    let mut out = vec![name.as_str().parse()?, format!("{name}.{cluster}").parse()?];
+    add_address_principal(&mut out, address);
+    Ok(out)
+}
+
+/// Adds the principal ssh checks at `address` (its host, lowercased), when it has one.
+pub(super) fn add_address_principal(out: &mut Vec<Principal>, address: Option<&str>) {
+    if let Some(p) = address.and_then(|a| postern_core::names::address_principal(a).ok()) {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+}
+
+/// Why a join with a valid token must be refused, if it must: the token joins exactly the
+/// name it was made for, replaces an existing holder of that name only when made with
+/// `--replace`, never turns a node into a gateway or the reverse, and sets the complete label
+/// set (a node that asks for labels the token does not give is refused rather than silently
+/// relabelled). `existing` is the kind of whatever already has the name.
+pub(crate) fn join_refusal(
+    token_kind: &str,
+    token_name: Option<&str>,
+    replace: bool,
+    token_labels: &Labels,
+    req: &JoinRequest,
+    existing: Option<&str>,
+    cluster: &str,
+) -> Option<String> {
+    let name = req.name.as_str();
+    let Some(token_name) = token_name else {
+        return Some(
+            "this token was made before tokens were bound to a name; make a new one with `posternd tokens add --name`"
+                .into(),
+        );
+    };
+    if token_name != name {
+        return Some(format!(
+            "this token is for the name {token_name:?}, not {name:?}"
+        ));
+    }
+    // Users reach servers as NAME.<cluster>: no node may be named like the cluster itself.
+    if cluster.split('.').next() == Some(name) {
+        return Some(format!("the name {name:?} is the cluster's own"));
+    }
+    match existing {
+        Some(k) if k != token_kind => {
+            return Some(format!(
+                "the name {name:?} belongs to a {k}, and a {token_kind} never replaces a {k}"
+            ))
+        }
+        Some(_) if !replace => {
+            return Some(format!(
+                "a {token_kind} named {name:?} is already joined; replacing it needs a token made with `posternd tokens add --kind {token_kind} --name {name} --replace`"
+            ))
+        }
+        _ => {}
+    }
+    let asked: Vec<String> = req
+        .labels
+        .iter()
+        .filter(|(k, v)| token_labels.get(k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !asked.is_empty() {
+        return Some(format!(
+            "the token sets this node's labels ({}); it does not give {}",
+            if token_labels.is_empty() {
+                "none".to_owned()
+            } else {
+                token_labels.to_string()
+            },
+            asked.join(",")
+        ));
+    }
+    None
+}
+
+impl Service {
+    /// `POST /v1/join`.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        remote: String,
+        source: crate::limits::Source,
+    ) -> std::result::Result<JoinResponse, Refusal> {
+        let host_key = parse_host_key(&req.host_public_key, "host_public_key")?;
+        let ident = parse_key(&req.identity_public_key, "identity_public_key")?;
+        if let Some(a) = &req.address {
+            postern_core::names::parse_host_port(a)
+                .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        }
+        if req.egress_addresses.len() > 16 {
+            return Err(Refusal::BadRequest("at most 16 egress addresses".into()));
+        }
+        let egress = req
+            .egress_addresses
+            .iter()
+            .map(|a| postern_core::names::parse_source_address(a))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        // Every server exempts these from sshd's penalties and node-access certificates are
+        // bound to them: a gateway may not claim half the Internet.
+        if let Some(wide) = egress.iter().find(|a| {
+            a.split_once('/').is_some_and(|(ip, len)| {
+                let len: u8 = len.parse().unwrap_or(0);
+                if ip.contains(':') {
+                    len < 48
+                } else {
+                    len < 16
+                }
+            })
+        }) {
+            return Err(Refusal::BadRequest(format!(
+                "egress address {wide} is wider than a /16 (IPv4) or /48 (IPv6)"
+            )));
+        }
+        let egress = egress.join(",");
+        let seen_from = postern_core::names::parse_source_address(&remote).ok();
+        let ident_ed = ident
+            .key_data()
+            .ed25519()
+            .map(|k| k.0)
+            .ok_or_else(|| Refusal::BadRequest("identity_public_key must be Ed25519".into()))?;
+        let well_formed = token_well_formed(req.token.expose());
+        let hash = auth::invite_hash(req.token.expose());
+        let now = now();
+        let policy = self.policy();
+        let keys = std::sync::Arc::clone(&self.keys);
+        let cluster = self.cluster.clone();
+        let public_addr = self.gateway.clone();
+        let failures = std::sync::Arc::clone(&self.limits.failures);
+        self.db
+            .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
+                let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
+                    c.query_row("SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                        .optional()?
+                } else {
+                    None
+                };
+                let reason = match &row {
+                    None if !well_formed => Some("malformed token"),
+                    None => Some("unknown or already used token"),
+                    Some((_, _, exp, _, _)) if u(*exp) <= now => Some("expired token"),
+                    Some(_) => None,
+                };
+                if let Some(reason) = reason {
+                    // Counted in the source's summary (without the token), not audited one
+                    // by one: anybody can send tokens.
+                    failures.record(source, crate::limits::FailureKind::Join, reason, None, now);
+                    return Ok(Err(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
+                }
+                let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
+                let tl: Labels = token_labels.parse()?;
+                let existing: Option<String> = c
+                    .query_row("SELECT kind FROM nodes WHERE name = ?1", [req.name.as_str()], |r| r.get(0))
+                    .optional()?;
+                if let Some(refusal) = join_refusal(&kind, token_name.as_deref(), replace, &tl, &req, existing.as_deref(), cluster.as_str()) {
+                    // A refused token stays unused: it was not spent on the wrong name. The
+                    // attempt is audited (without the token).
+                    audit::append(c, now, "join.refused", &format!("{}@{remote}", req.name), json!({
+                        "reason": refusal, "token_name": token_name, "token_kind": kind, "existing": existing,
+                    }))?;
+                    return Ok(Err(Refusal::Forbidden(format!("join refused: {refusal}"))));
+                }
+                c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
+                // The token's labels are the node's complete label set (join_refusal checked
+                // that the node asked for none of its own).
+                let labels = tl;
+                // A re-join replaces the node: its old certificates stop working.
+                c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node')", [req.name.as_str()])?;
+                // A gateway's host certificates for servers' names go with it.
+                c.execute("UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%'", [req.name.as_str()])?;
+                c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
+                // A server's certificate names only the server (NAME, NAME.<cluster>): its
+                // self-declared address proves nothing, and would let it claim another host's
+                // name. A gateway's also names the address it was joined with and the one
+                // users are told to dial: posternd.toml's `[gateway] public_addr` (what
+                // `postern login` writes as ProxyJump), whatever --address said.
+                let mut principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == "gateway"))?;
+                if kind == "gateway" {
+                    add_address_principal(&mut principals, public_addr.as_deref());
+                }
+                let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
+                let (cert, expiry) = host_cert_as(c, &keys, &approval, &host_key, now)?;
+                let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
+                    kind: "x509-node", subject: req.name.as_str(), principals: "",
+                    valid_after: now - 60, valid_before: now + 365 * 86_400, issued_at: now,
+                    fingerprint: &ident.fingerprint(HashAlg::Sha256).to_string(),
+                })?;
+                let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
+                c.execute(
+                    "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![req.name.as_str(), kind, req.address, labels.to_string(), i(now), host_key.to_openssh()?, i(expiry), i(ident_serial), (kind == "gateway").then_some(&egress), (kind == "gateway").then_some(&seen_from)],
+                )?;
+                audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
+                let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
+                Ok(Ok(JoinResponse {
+                    cluster: cluster.clone(),
+                    kind,
+                    labels,
+                    host_certificate: cert,
+                    x509_certificate: x509,
+                    x509_ca: keys.service.cert_pem.clone(),
+                    bundle,
+                }))
+            })
+            .await?
+    }
+}

@@ -1,0 +1,96 @@
+//! Locks: `lock add`, `lock ls`, `lock rm`, and the active locks and locked logins that
+//! issuing, bundles and the KRL read.
+
+use anyhow::{bail, Result};
+use postern_core::api::LockEntry;
+use postern_core::{Login, Ttl, Username};
+use rusqlite::{params, Connection};
+use serde_json::json;
+
+use super::{i, u};
+use crate::audit;
+use crate::service::{now, Service};
+
+/// Active locks at `now`.
+pub fn active_locks(conn: &Connection, now: u64) -> Result<Vec<LockEntry>> {
+    let mut st = conn.prepare(
+        "SELECT id, target, name, expires, reason FROM locks WHERE expires IS NULL OR expires > ?1 ORDER BY id",
+    )?;
+    let rows = st.query_map([i(now)], |r| {
+        Ok(LockEntry {
+            id: r.get(0)?,
+            target: r.get(1)?,
+            name: r.get(2)?,
+            expires: r.get::<_, Option<i64>>(3)?.map(u),
+            reason: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The logins that `locks` (active ones) lock: issuance leaves them out of a certificate.
+pub fn locked_logins(locks: &[LockEntry]) -> Vec<Login> {
+    locks
+        .iter()
+        .filter(|l| l.target == "login")
+        .filter_map(|l| l.name.parse().ok())
+        .collect()
+}
+
+impl Service {
+    /// `lock add`.
+    pub async fn lock_add(
+        &self,
+        target: &str,
+        name: String,
+        ttl: Option<Ttl>,
+        reason: String,
+        actor: String,
+    ) -> Result<serde_json::Value> {
+        match target {
+            "user" => drop(name.parse::<Username>()?),
+            "login" => drop(name.parse::<Login>()?),
+            "node" => drop(postern_core::names::parse_node_name(&name)?),
+            _ => bail!("lock target must be user, login or node"),
+        }
+        if reason.trim().is_empty() || reason.len() > 512 {
+            bail!("--reason must be 1 to 512 characters");
+        }
+        let now = now();
+        let expires = ttl.map(|t| now + t.as_secs());
+        let target = target.to_owned();
+        self.db
+            .run(move |c| {
+                c.execute(
+                    "INSERT INTO locks (target, name, reason, created_at, expires, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![target, name, reason, i(now), expires.map(i), actor],
+                )?;
+                let id = c.last_insert_rowid();
+                audit::append(c, now, "lock.added", &actor, json!({ "id": id, "target": target, "name": name, "reason": reason, "expires": expires }))?;
+                Ok(json!({ "id": id, "target": target, "name": name, "expires": expires }))
+            })
+            .await
+    }
+
+    /// `lock ls`.
+    pub async fn lock_ls(&self) -> Result<serde_json::Value> {
+        let now = now();
+        let locks = self.db.run(move |c| active_locks(c, now)).await?;
+        Ok(serde_json::to_value(locks)?)
+    }
+
+    /// `lock rm ID`.
+    pub async fn lock_rm(&self, id: i64, actor: String) -> Result<serde_json::Value> {
+        let now = now();
+        self.db
+            .run(move |c| {
+                let n = c.execute("DELETE FROM locks WHERE id = ?1", [id])?;
+                if n == 0 {
+                    bail!("no lock {id}");
+                }
+                audit::append(c, now, "lock.removed", &actor, json!({ "id": id }))?;
+                Ok(json!({ "id": id, "removed": true }))
+            })
+            .await
+    }
+}
