@@ -1,0 +1,78 @@
+//! Who is asking: the Postern user behind the X.509 identity of `postern login` (unlocked), or
+//! the joined gateway behind an upload's mTLS identity.
+
+use anyhow::Result;
+use postern_core::{NodeName, Username};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{i, u, Outcome};
+use crate::gateway::gateway_for;
+use crate::service::{now, Refusal, Service};
+use crate::x509::ClientIdentity;
+
+/// The Postern user behind an X.509 identity from `postern login`: a known, unrevoked,
+/// unexpired `x509-client` certificate whose subject is an existing user.
+fn user_for(c: &Connection, id: &ClientIdentity, now: u64) -> Result<Option<Username>> {
+    let row: Option<(String, bool, i64)> = c
+        .query_row(
+            "SELECT subject, revoked, valid_before FROM certs WHERE serial = ?1 AND kind = 'x509-client'",
+            [i(id.serial)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((subject, false, before)) = row else {
+        return Ok(None);
+    };
+    if subject != id.subject || now >= u(before) {
+        return Ok(None);
+    }
+    let Ok(user) = subject.parse::<Username>() else {
+        return Ok(None);
+    };
+    let exists: Option<i64> = c
+        .query_row(
+            "SELECT 1 FROM users WHERE name = ?1",
+            [user.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(exists.map(|_| user))
+}
+
+fn bad_identity() -> Refusal {
+    Refusal::Forbidden(
+        "this device's identity is not valid (expired, revoked or unknown); run `postern login`"
+            .into(),
+    )
+}
+
+/// Checks a user's identity and that no lock stops them.
+pub(super) fn signed_in_user(
+    c: &Connection,
+    id: &ClientIdentity,
+    now: u64,
+) -> Result<Outcome<Username>> {
+    let Some(user) = user_for(c, id, now)? else {
+        return Ok(Err(bad_identity()));
+    };
+    let locks = crate::nodes::active_locks(c, now)?;
+    let subject = postern_core::api::LockSubject {
+        user: Some(user.as_str()),
+        ..Default::default()
+    };
+    if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
+        return Ok(Err(Refusal::Forbidden(l.describe())));
+    }
+    Ok(Ok(user))
+}
+
+impl Service {
+    /// The gateway behind an mTLS identity, checked before an upload's body is read.
+    pub async fn authenticate_gateway(&self, id: ClientIdentity) -> Outcome<NodeName> {
+        let now = now();
+        self.db
+            .run(move |c| gateway_for(c, &id, now))
+            .await?
+            .ok_or_else(|| Refusal::Forbidden("only a joined gateway may upload recordings".into()))
+    }
+}

@@ -1,0 +1,142 @@
+//! The users' routes: their listing of the recordings they may see, the streamed download
+//! (audited as `recording.viewed`), and the admin socket's `recordings ls`.
+
+use anyhow::{Context, Result};
+use postern_core::api::RecordingMeta;
+use postern_core::{NodeName, Username};
+use serde_json::json;
+
+use super::files::file_of;
+use super::identity::signed_in_user;
+use super::sql::{list, load_for_viewing};
+use super::visibility::{is_own, list_visible, visibility};
+use super::{Outcome, DEFAULT_LIST};
+use crate::audit;
+use crate::gateway::valid_session_id;
+use crate::service::{now, Refusal, Service};
+use crate::x509::ClientIdentity;
+
+impl Service {
+    /// `GET /v1/recordings`: the recordings the caller may see: their own, and other users'
+    /// that a role's `view_recordings` selects by the recording's labels. Asking for another
+    /// user's without any `view_recordings` is refused rather than answered with an empty list.
+    pub async fn recordings_of_user(
+        &self,
+        id: ClientIdentity,
+        user: Option<Username>,
+        node: Option<NodeName>,
+        limit: Option<u32>,
+    ) -> Outcome<Vec<RecordingMeta>> {
+        let now = now();
+        let policy = self.policy();
+        self.db
+            .run(move |c| -> Result<Outcome<Vec<RecordingMeta>>> {
+                let me = match signed_in_user(c, &id, now)? {
+                    Ok(u) => u,
+                    Err(r) => return Ok(Err(r)),
+                };
+                let vis = visibility(c, &policy, &me)?;
+                if let Some(other) = user.as_ref().filter(|u| **u != me) {
+                    if !vis.any {
+                        return Ok(Err(Refusal::Forbidden(format!(
+                            "{me} may list only their own recordings, not {other}'s: no role of {me} has view_recordings in the policy"
+                        ))));
+                    }
+                }
+                let rows = list_visible(
+                    c,
+                    &me,
+                    &vis,
+                    user.as_ref().map(Username::as_str),
+                    node.as_ref().map(NodeName::as_str),
+                    limit.unwrap_or(DEFAULT_LIST),
+                )?;
+                Ok(Ok(rows))
+            })
+            .await?
+    }
+
+    /// `GET /v1/recordings/ID`: one recording the caller may see, as an open file and its
+    /// length (the API streams it). Playing another user's recording is audited with the role
+    /// that allowed it.
+    pub async fn recording_cast(
+        &self,
+        id: ClientIdentity,
+        rid: String,
+    ) -> Outcome<(tokio::fs::File, u64)> {
+        let now = now();
+        let policy = self.policy();
+        let valid = valid_session_id(&rid);
+        let r2 = rid.clone();
+        let visible = self
+            .db
+            .run(move |c| -> Result<Outcome<std::result::Result<(), bool>>> {
+                let me = match signed_in_user(c, &id, now)? {
+                    Ok(u) => u,
+                    Err(r) => return Ok(Err(r)),
+                };
+                let views_others = policy.views_others_recordings(&me);
+                let stored = if valid {
+                    load_for_viewing(c, &r2)?
+                } else {
+                    None
+                };
+                let Some((meta, labels)) = stored else {
+                    return Ok(Ok(Err(views_others)));
+                };
+                let role = if meta.user == me && is_own(c, &me, &r2)? {
+                    None
+                } else {
+                    match policy.recording_viewer_role(&me, &labels) {
+                        Some(role) => Some(role.to_owned()),
+                        None => return Ok(Ok(Err(views_others))),
+                    }
+                };
+                audit::append(
+                    c,
+                    now,
+                    "recording.viewed",
+                    me.as_str(),
+                    json!({
+                        "id": r2, "user": meta.user.as_str(), "node": meta.node.as_str(),
+                        "role": role,
+                    }),
+                )?;
+                Ok(Ok(Ok(())))
+            })
+            .await??;
+        if let Err(views_others) = visible {
+            // The same answer whether it does not exist or is not the caller's to see.
+            let shown: String = rid.chars().take(64).collect();
+            return Err(Refusal::NotFound(if views_others {
+                format!("no recording {shown} that you may see")
+            } else {
+                format!("no recording {shown} of yours")
+            }));
+        }
+        let path = file_of(&self.data_dir, &rid);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file
+            .metadata()
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        Ok((file, len))
+    }
+
+    /// `recordings ls` (admin).
+    pub async fn recordings_ls(
+        &self,
+        user: Option<String>,
+        node: Option<String>,
+        limit: u32,
+    ) -> Result<serde_json::Value> {
+        let rows = self
+            .db
+            .run(move |c| list(c, user.as_deref(), node.as_deref(), limit))
+            .await?;
+        Ok(serde_json::to_value(rows)?)
+    }
+}
