@@ -118,7 +118,7 @@ impl russh::client::Handler for Upstream {
 mod tests {
     use super::*;
     use postern_core::cert::{generate_ed25519, issue_host_cert, IssueParams, KeySigner};
-    use postern_core::{KeyId, Principal};
+    use postern_core::{KeyId, Policy, Principal, Ttl};
     use ssh_key::PrivateKey;
 
     const NOW: u64 = 1_700_000_000;
@@ -130,12 +130,20 @@ mod tests {
         names: &[&str],
     ) -> Certificate {
         let principals: Vec<Principal> = names.iter().map(|n| n.parse().unwrap()).collect();
+        // An approval comes only from a policy decision (the default policy: host
+        // certificates for up to 30 days).
+        let approval = Policy::parse("", "policy.toml")
+            .unwrap()
+            .decide_host_cert(
+                key_id.parse::<KeyId>().unwrap(),
+                principals,
+                Ttl::from_secs(3600),
+            )
+            .unwrap();
         issue_host_cert(
             &KeySigner::new(ca.clone()),
-            &key_id.parse::<KeyId>().unwrap(),
-            &principals,
+            &approval,
             subject,
-            3600,
             IssueParams {
                 serial: 7,
                 now: NOW,
