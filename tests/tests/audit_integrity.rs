@@ -26,7 +26,11 @@ roles = ["dev"]
 
 /// Rows of a query, through the stock sqlite3 shell.
 fn query(db: &Path, sql: &str) -> Vec<Value> {
-    let out = run(Command::new("sqlite3").arg("-json").arg(db).arg(sql));
+    let out = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg("-json")
+        .arg(db)
+        .arg(sql));
     assert!(out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
     if s.trim().is_empty() {
@@ -36,7 +40,10 @@ fn query(db: &Path, sql: &str) -> Vec<Value> {
 }
 
 fn exec(db: &Path, sql: &str) {
-    let out = run(Command::new("sqlite3").arg(db).arg(sql));
+    let out = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(db)
+        .arg(sql));
     assert!(out.status.success(), "{sql}: {}", text(&out));
 }
 

@@ -46,9 +46,12 @@ fn user_row(ca: &Ca, name: &str) -> Value {
 /// test moves the lock's end into the past in the CA's own database.
 fn let_lock_expire(ca: &Ca, name: &str) {
     let db = ca.dir.path().join("posternd.db");
-    let out = run(Command::new("sqlite3").arg(&db).arg(format!(
-        "UPDATE users SET locked_until = 1 WHERE name = '{name}';"
-    )));
+    let out = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(&db)
+        .arg(format!(
+            "UPDATE users SET locked_until = 1 WHERE name = '{name}';"
+        )));
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -378,7 +381,10 @@ fn a_password_typed_as_the_user_name_is_never_logged_audited_or_echoed() {
     assert!(!log.contains(typed), "{log}");
     assert!(!log.contains("Tr0ub4dor"), "{log}");
     let db = ca.dir.path().join("posternd.db");
-    let dump = run(Command::new("sqlite3").arg(&db).arg(".dump"));
+    let dump = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(&db)
+        .arg(".dump"));
     assert!(dump.status.success(), "{}", text(&dump));
     assert!(!String::from_utf8_lossy(&dump.stdout).contains(typed));
 }

@@ -456,6 +456,7 @@ fn audit_verify_finds_a_tampered_event() {
     assert!(out.status.success(), "{}", text(&out));
     let db = ca.dir.path().join("posternd.db");
     let out = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(&db)
         .arg("UPDATE audit SET detail = '{\"user\":\"mallory\"}' WHERE seq = 2;"));
     assert!(out.status.success(), "{}", text(&out));

@@ -306,6 +306,7 @@ fn named_paths(doc: &str) -> Vec<(usize, String)> {
                 .any(|part| part.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
                 || candidate.starts_with('/')
                 || candidate.starts_with("target/")
+                || GENERATED.iter().any(|g| candidate.starts_with(g))
                 || candidate.starts_with('.')
                 || candidate.starts_with("v1/")
                 || first.contains('.') && candidate.contains('/');
@@ -316,6 +317,9 @@ fn named_paths(doc: &str) -> Vec<(usize, String)> {
     }
     out
 }
+
+/// What scripts make and git ignores: named in ARCHITECTURE.md, absent from a clean checkout.
+const GENERATED: &[&str] = &["fuzz/artifacts"];
 
 /// Every file and directory of the checkout (relative paths), outside target directories.
 fn checkout_paths(dir: &Path, root: &Path, out: &mut Vec<String>) {

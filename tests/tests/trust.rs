@@ -164,6 +164,7 @@ fn regression_an_unknown_lock_kind_was_ignored_by_the_ca_and_the_gateway() {
         .node
         .signed_key(&c.ca, "node-access", "alice", &[TEST_LOGIN]);
     let out = run(Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(c.ca.dir.path().join("posternd.db"))
         .arg("INSERT INTO locks (target, name, reason, created_at, created_by) VALUES ('role', 'ops', 'a newer kind', strftime('%s','now'), 'test')"));
     assert!(out.status.success(), "{}", text(&out));
