@@ -1100,6 +1100,21 @@ impl Gate {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// What it logged, once `done` holds for it (or after 30 s, so that the caller's
+    /// assertion shows what was there). The log arrives through a pipe that a thread of the
+    /// test reads: a line the gateway wrote before the client saw its effect can still be in
+    /// flight when the client exits.
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Gate {
