@@ -3,6 +3,7 @@
 //! certificates it presents on the inner connection. Every call needs the mTLS identity of a
 //! joined gateway (kind `gateway`); a server's identity is refused.
 
+use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, HostCertRequest, HostCertResponse, Inventory,
@@ -135,9 +136,9 @@ impl Service {
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
         self.db
-            .run(move |c| -> Result<Outcome<Inventory>> {
+            .run(move |c| -> Result<Committed<Inventory>> {
                 if gateway_for(c, &id, now)?.is_none() {
-                    return Ok(Err(not_a_gateway()));
+                    return Ok(Committed::Refused(not_a_gateway()));
                 }
                 let mut st = c.prepare(
                     "SELECT name, address, labels, host_key FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
@@ -167,7 +168,7 @@ impl Service {
                         host_key: Some(host_key),
                     });
                 }
-                Ok(Ok(Inventory {
+                Ok(Committed::Done(Inventory {
                     cluster,
                     generated_at: now,
                     nodes,
@@ -178,6 +179,7 @@ impl Service {
                 }))
             })
             .await?
+            .into_result()
     }
 
     /// `POST /v1/gateway/authorize`: checks the user certificate, locks, the server and the
@@ -212,19 +214,19 @@ impl Service {
         let policy = self.policy();
         let keys = std::sync::Arc::clone(&self.keys);
         self.db
-            .run(move |c| -> Result<Outcome<AuthorizeResponse>> {
+            .run(move |c| -> Result<Committed<AuthorizeResponse>> {
                 let Some(gateway) = gateway_for(c, &id, now)? else {
                     audit::append(c, now, "gateway.refused", &id.subject, json!({ "reason": "not a joined gateway", "user": req.user.as_str(), "node": req.node.as_str() }))?;
-                    return Ok(Err(not_a_gateway()));
+                    return Ok(Committed::Refused(not_a_gateway()));
                 };
                 let (user, login, node) = (&req.user, &req.login, &req.node);
                 // `public` is what the user reads; `detail` only goes to the audit log.
-                let refuse = |public: String, detail: &str| -> Result<Outcome<AuthorizeResponse>> {
+                let refuse = |public: String, detail: &str| -> Result<Committed<AuthorizeResponse>> {
                     audit::append(c, now, "gateway.refused", user.as_str(), json!({
                         "gateway": gateway.as_str(), "session": req.session_id, "login": login.as_str(),
                         "node": node.as_str(), "user_cert_serial": user_cert.serial(), "reason": detail,
                     }))?;
-                    Ok(Err(Refusal::Forbidden(public)))
+                    Ok(Committed::Refused(Refusal::Forbidden(public)))
                 };
 
                 // The certificate itself, validated as the gateway did, then its record: the
@@ -335,7 +337,7 @@ impl Service {
                     "key_id": key_id.as_str(), "permits": permits.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "valid_before": valid_before, "key": fp,
                 }))?;
-                Ok(Ok(AuthorizeResponse {
+                Ok(Committed::Done(AuthorizeResponse {
                     certificate: cert.to_openssh()?,
                     node: InventoryEntry { name: node.clone(), address, labels, host_key: Some(host_key) },
                     permits,
@@ -344,6 +346,7 @@ impl Service {
                 }))
             })
             .await?
+            .into_result()
     }
 
     /// `POST /v1/gateway/host-cert`: a host certificate for a joined server's names, for the
@@ -359,12 +362,12 @@ impl Service {
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
         self.db
-            .run(move |c| -> Result<Outcome<HostCertResponse>> {
+            .run(move |c| -> Result<Committed<HostCertResponse>> {
                 let Some(gateway) = gateway_for(c, &id, now)? else {
-                    return Ok(Err(not_a_gateway()));
+                    return Ok(Committed::Refused(not_a_gateway()));
                 };
                 let Some(_) = server(c, &req.node)? else {
-                    return Ok(Err(Refusal::NotFound(format!(
+                    return Ok(Committed::Refused(Refusal::NotFound(format!(
                         "no server named {} has joined the cluster",
                         req.node
                     ))));
@@ -387,12 +390,13 @@ impl Service {
                         "valid_before": valid_before, "key": key.fingerprint(HashAlg::Sha256).to_string(),
                     }),
                 )?;
-                Ok(Ok(HostCertResponse {
+                Ok(Committed::Done(HostCertResponse {
                     certificate,
                     valid_before,
                 }))
             })
             .await?
+            .into_result()
     }
 }
 

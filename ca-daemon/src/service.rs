@@ -1,6 +1,7 @@
 //! The daemon's operations (enrol, login, renew, admin), independent of HTTP and of the
 //! admin socket: each is one database transaction that also writes its audit events.
 
+use crate::committed::Committed;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -211,16 +212,16 @@ impl Service {
                     // not a user may be anything the person typed: only its keyed tag is kept.
                     let name = if known { user.as_str().to_owned() } else { auth::unknown_name_label(user.as_str()) };
                     failures.record(source, FailureKind::Enroll, "invalid or expired invite", Some(&name), now);
-                    return Ok(Err(Refusal::BadCredentials));
+                    return Ok(Committed::Refused(Refusal::BadCredentials));
                 }
                 conn.execute(
                     "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
                     params![user.as_str(), hash, secret],
                 )?;
                 audit::append(conn, now, "user.enrolled", user.as_str(), json!({}))?;
-                Ok(Ok(()))
+                Ok(Committed::Done(()))
             })
-            .await??;
+            .await?.into_result()?;
         Ok(uri)
     }
 
@@ -304,9 +305,9 @@ impl Service {
         let gateway = self.gateway.clone();
         let ttl = req.ttl;
         self.db
-            .run(move |conn| -> Result<Outcome<CertResponse>> {
+            .run(move |conn| -> Result<Committed<CertResponse>> {
                 let Some(row) = load_user(conn, name.as_str())? else {
-                    return Ok(Err(Refusal::BadCredentials));
+                    return Ok(Committed::Refused(Refusal::BadCredentials));
                 };
                 // Failures before the credentials are proven are counted in the source's
                 // summary; a refusal after them (policy) is audited on its own.
@@ -321,11 +322,11 @@ impl Service {
                 // refused like wrong ones, and the count goes on from where it was.
                 if row.hard_locked {
                     fail("account hard-locked (`posternd users reset` clears it)")?;
-                    return Ok(Err(Refusal::Locked));
+                    return Ok(Committed::Refused(Refusal::Locked));
                 }
                 if u(row.locked_until) > now {
                     fail("account locked")?;
-                    return Ok(Err(Refusal::Locked));
+                    return Ok(Committed::Refused(Refusal::Locked));
                 }
                 let reason = if row.password_hash.is_none() {
                     Some("not enrolled")
@@ -364,7 +365,7 @@ impl Service {
                         None => {}
                     }
                     fail(reason)?;
-                    return Ok(Err(Refusal::BadCredentials));
+                    return Ok(Committed::Refused(Refusal::BadCredentials));
                 }
                 conn.execute(
                     "UPDATE users SET failed_count = 0, locked_until = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
@@ -375,15 +376,16 @@ impl Service {
                 match ctx.issue(conn, &name, &public, ttl, renew_until, now, "login")? {
                     Ok(resp) => {
                         audit::append(conn, now, "login.success", name.as_str(), json!({ "serial": resp.1 }))?;
-                        Ok(Ok(resp.0))
+                        Ok(Committed::Done(resp.0))
                     }
                     Err(deny) => {
                         denied(&deny)?;
-                        Ok(Err(Refusal::Forbidden(deny)))
+                        Ok(Committed::Refused(Refusal::Forbidden(deny)))
                     }
                 }
             })
             .await?
+            .into_result()
     }
 
     /// Renewal by proof of possession: the caller's client certificate was verified by TLS.
@@ -398,7 +400,7 @@ impl Service {
         let cluster = self.cluster.clone();
         let gateway = self.gateway.clone();
         self.db
-            .run(move |conn| -> Result<Outcome<CertResponse>> {
+            .run(move |conn| -> Result<Committed<CertResponse>> {
                 let row: Option<(String, i64)> = conn
                     .query_row(
                         "SELECT subject, revoked FROM certs WHERE serial = ?1 AND kind = 'x509-client'",
@@ -406,9 +408,9 @@ impl Service {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                let refuse = |conn: &Connection, who: &str, reason: &str| -> Result<Outcome<CertResponse>> {
+                let refuse = |conn: &Connection, who: &str, reason: &str| -> Result<Committed<CertResponse>> {
                     audit::append(conn, now, "renew.failure", who, json!({ "reason": reason, "x509_serial": identity.serial }))?;
-                    Ok(Err(Refusal::Forbidden(format!("renewal refused: {reason}; run `postern login` to sign in again"))))
+                    Ok(Committed::Refused(Refusal::Forbidden(format!("renewal refused: {reason}; run `postern login` to sign in again"))))
                 };
                 let Some((subject, revoked)) = row.filter(|(s, _)| *s == identity.subject) else {
                     return refuse(conn, &identity.subject, "unknown identity");
@@ -432,11 +434,12 @@ impl Service {
                 let public = PublicKey::from(ssh_key::public::Ed25519PublicKey(identity.ed25519));
                 let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
                 match ctx.issue(conn, &name, &public, ttl, deadline, now, "renew")? {
-                    Ok((resp, _)) => Ok(Ok(resp)),
+                    Ok((resp, _)) => Ok(Committed::Done(resp)),
                     Err(deny) => refuse(conn, &subject, &deny),
                 }
             })
             .await?
+            .into_result()
     }
 }
 

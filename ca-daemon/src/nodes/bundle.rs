@@ -1,6 +1,7 @@
 //! What a node fetches on every sync: its bundle (policy slice, locks, KRL, CA keys) and, when
 //! due, a renewed host certificate.
 
+use crate::committed::Committed;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
@@ -178,14 +179,14 @@ impl Service {
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
         self.db
-            .run(move |c| -> Result<std::result::Result<SyncResponse, Refusal>> {
+            .run(move |c| -> Result<Committed<SyncResponse>> {
                 let Some((name, labels, kind)) = Self::node_for(c, &id)? else {
-                    return Ok(Err(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
+                    return Ok(Committed::Refused(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
                 };
                 // The bundle is a server's: a gateway has no use for the policy slice, and its
                 // identity must not renew host certificates through this door.
                 if kind != "node" {
-                    return Ok(Err(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
+                    return Ok(Committed::Refused(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
                 }
                 c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
                 let mut host_certificate = None;
@@ -210,8 +211,9 @@ impl Service {
                     let key = audit::installed_public_key()?;
                     bundle.audit_checkpoint = audit::newest_checkpoint(c)?.filter(|cp| key.checks(cp));
                 }
-                Ok(Ok(SyncResponse { bundle, host_certificate }))
+                Ok(Committed::Done(SyncResponse { bundle, host_certificate }))
             })
             .await?
+            .into_result()
     }
 }

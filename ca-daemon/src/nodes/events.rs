@@ -1,6 +1,7 @@
 //! Events that servers and gateways report: what each may report, the times they are logged
 //! at, and a gateway's duplicates dropped.
 
+use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::NodeEvent;
 use rusqlite::{params, Connection};
@@ -34,14 +35,14 @@ impl Service {
         }
         let now = now();
         self.db
-            .run(move |c| -> Result<std::result::Result<usize, Refusal>> {
+            .run(move |c| -> Result<Committed<usize>> {
                 let Some((name, _, kind)) = Self::node_for(c, &id)? else {
-                    return Ok(Err(Refusal::Forbidden(
+                    return Ok(Committed::Refused(Refusal::Forbidden(
                         "this node's identity is not valid".into(),
                     )));
                 };
                 if let Some(e) = events.iter().find(|e| !reportable(&kind, &e.kind)) {
-                    return Ok(Err(Refusal::BadRequest(format!(
+                    return Ok(Committed::Refused(Refusal::BadRequest(format!(
                         "unknown event kind {:?}",
                         e.kind.chars().take(40).collect::<String>()
                     ))));
@@ -65,9 +66,10 @@ impl Service {
                     }
                     audit::append(c, clamp_reported_ts(e.ts, now), &e.kind, &actor, detail)?;
                 }
-                Ok(Ok(events.len()))
+                Ok(Committed::Done(events.len()))
             })
             .await?
+            .into_result()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Joining: a token, a name and keys become a node with its host certificate, its X.509
 //! identity and its audit events, in one transaction.
 
+use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::{JoinRequest, JoinResponse};
 use postern_core::cert::{issue_host_cert, IssueParams};
@@ -189,7 +190,7 @@ impl Service {
         let public_addr = self.gateway.clone();
         let failures = std::sync::Arc::clone(&self.limits.failures);
         self.db
-            .run(move |c| -> Result<std::result::Result<JoinResponse, Refusal>> {
+            .run(move |c| -> Result<Committed<JoinResponse>> {
                 let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
                     c.query_row("SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                         .optional()?
@@ -206,7 +207,7 @@ impl Service {
                     // Counted in the source's summary (without the token), not audited one
                     // by one: anybody can send tokens.
                     failures.record(source, crate::limits::FailureKind::Join, reason, None, now);
-                    return Ok(Err(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
+                    return Ok(Committed::Refused(Refusal::Forbidden("join refused: invalid, expired or already used token".into())));
                 }
                 let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
                 let tl: Labels = token_labels.parse()?;
@@ -219,7 +220,7 @@ impl Service {
                     audit::append(c, now, "join.refused", &format!("{}@{remote}", req.name), json!({
                         "reason": refusal, "token_name": token_name, "token_kind": kind, "existing": existing,
                     }))?;
-                    return Ok(Err(Refusal::Forbidden(format!("join refused: {refusal}"))));
+                    return Ok(Committed::Refused(Refusal::Forbidden(format!("join refused: {refusal}"))));
                 }
                 c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
                 // The token's labels are the node's complete label set (join_refusal checked
@@ -253,7 +254,7 @@ impl Service {
                 )?;
                 audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
                 let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
-                Ok(Ok(JoinResponse {
+                Ok(Committed::Done(JoinResponse {
                     cluster: cluster.clone(),
                     kind,
                     labels,
@@ -264,5 +265,6 @@ impl Service {
                 }))
             })
             .await?
+            .into_result()
     }
 }

@@ -1,6 +1,7 @@
 //! Who is asking: the Postern user behind the X.509 identity of `postern login` (unlocked), or
 //! the joined gateway behind an upload's mTLS identity.
 
+use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::{NodeName, Username};
 use rusqlite::{Connection, OptionalExtension};
@@ -51,9 +52,9 @@ pub(super) fn signed_in_user(
     c: &Connection,
     id: &ClientIdentity,
     now: u64,
-) -> Result<Outcome<Username>> {
+) -> Result<Committed<Username>> {
     let Some(user) = user_for(c, id, now)? else {
-        return Ok(Err(bad_identity()));
+        return Ok(Committed::Refused(bad_identity()));
     };
     let locks = crate::nodes::active_locks(c, now)?;
     let subject = postern_core::api::LockSubject {
@@ -61,9 +62,9 @@ pub(super) fn signed_in_user(
         ..Default::default()
     };
     if let Some(l) = postern_core::api::lock_for(&locks, &subject, now) {
-        return Ok(Err(Refusal::Forbidden(l.describe())));
+        return Ok(Committed::Refused(Refusal::Forbidden(l.describe())));
     }
-    Ok(Ok(user))
+    Ok(Committed::Done(user))
 }
 
 impl Service {

@@ -2,12 +2,13 @@
 //! belongs to session `<id>`, the upload must be the session's gateway's, and the recording
 //! must carry the session's user, login and server.
 
+use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::RecordingMeta;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::sql::load;
-use super::{u, Outcome};
+use super::u;
 use crate::service::Refusal;
 
 /// A session the CA authorized (`gateway_sessions`).
@@ -87,19 +88,19 @@ pub(super) fn upload_state(
     c: &Connection,
     id: &str,
     gateway: &str,
-) -> Result<Outcome<UploadState>> {
+) -> Result<Committed<UploadState>> {
     if let Some((meta, sha256)) = load(c, id)? {
         if meta.gateway != gateway {
-            return Ok(Err(Refusal::Conflict(format!(
+            return Ok(Committed::Refused(Refusal::Conflict(format!(
                 "recording {id} was stored by another gateway"
             ))));
         }
-        return Ok(Ok(UploadState::Complete { meta, sha256 }));
+        return Ok(Committed::Done(UploadState::Complete { meta, sha256 }));
     }
     match authorized_session(c, id)? {
-        None => return Ok(Err(unauthorized(id))),
+        None => return Ok(Committed::Refused(unauthorized(id))),
         Some(s) if s.gateway != gateway => {
-            return Ok(Err(Refusal::Forbidden(format!(
+            return Ok(Committed::Refused(Refusal::Forbidden(format!(
                 "session {} was authorized for another gateway",
                 s.id
             ))))
@@ -113,9 +114,9 @@ pub(super) fn upload_state(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    Ok(Ok(match upload {
+    Ok(Committed::Done(match upload {
         Some((g, _)) if g != gateway => {
-            return Ok(Err(Refusal::Conflict(format!(
+            return Ok(Committed::Refused(Refusal::Conflict(format!(
                 "recording {id} is being uploaded by another gateway"
             ))))
         }
@@ -132,21 +133,21 @@ pub(super) fn session_matches(
     c: &Connection,
     m: &RecordingMeta,
     gateway: &str,
-) -> Result<Outcome<Session>> {
+) -> Result<Committed<Session>> {
     let Some(s) = authorized_session(c, &m.id)? else {
-        return Ok(Err(unauthorized(&m.id)));
+        return Ok(Committed::Refused(unauthorized(&m.id)));
     };
     let same = s.gateway == gateway
         && s.user == m.user.as_str()
         && s.login == m.login.as_str()
         && s.node == m.node.as_str();
     if !same {
-        return Ok(Err(Refusal::Forbidden(format!(
+        return Ok(Committed::Refused(Refusal::Forbidden(format!(
             "recording {} does not match session {} that the CA authorized (user, login, server and gateway must be the session's)",
             m.id, s.id
         ))));
     }
-    Ok(Ok(s))
+    Ok(Committed::Done(s))
 }
 
 /// The labels a recording of session `s` is judged by from now on: the server's at

@@ -1,6 +1,7 @@
 //! The single-request upload of gateways before resumable uploads (`POST
 //! /v1/gateway/recordings`, at most [`MAX_RECORDING_BYTES`]).
 
+use crate::committed::Committed;
 use std::fs;
 use std::path::PathBuf;
 
@@ -33,20 +34,21 @@ async fn store_single(
     let m2 = meta.clone();
     let session = db
         .run(
-            move |c| -> Result<Outcome<std::result::Result<Session, RecordingMeta>>> {
+            move |c| -> Result<Committed<std::result::Result<Session, RecordingMeta>>> {
                 if let Some((stored, _)) = load(c, &m2.id)? {
                     if stored.gateway != m2.gateway {
-                        return Ok(Err(Refusal::Conflict(format!(
+                        return Ok(Committed::Refused(Refusal::Conflict(format!(
                             "recording {} was stored by another gateway",
                             m2.id
                         ))));
                     }
-                    return Ok(Ok(Err(stored)));
+                    return Ok(Committed::Done(Err(stored)));
                 }
                 Ok(session_matches(c, &m2, &m2.gateway)?.map(Ok))
             },
         )
-        .await??;
+        .await?
+        .into_result()?;
     let session = match session {
         Ok(s) => s,
         Err(stored) => return Ok(stored),

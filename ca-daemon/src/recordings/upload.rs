@@ -1,6 +1,7 @@
 //! The resumable upload protocol (`GET /v1/gateway/recordings/ID`, `PUT .../chunks?offset=N`,
 //! `POST .../complete`): where an upload stands, chunks at the durable length, completion.
 
+use crate::committed::Committed;
 use std::fs;
 use std::path::PathBuf;
 
@@ -33,19 +34,19 @@ async fn append_chunk(
 ) -> Outcome<u64> {
     let (i2, gw) = (id.clone(), gateway.clone());
     let (state, others) = db
-        .run(move |c| -> Result<Outcome<(UploadState, u64)>> {
+        .run(move |c| -> Result<Committed<(UploadState, u64)>> {
             let state = match upload_state(c, &i2, &gw)? {
-                Ok(s) => s,
-                Err(r) => return Ok(Err(r)),
+                Committed::Done(s) => s,
+                Committed::Refused(r) => return Ok(Committed::Refused(r)),
             };
             let others: i64 = c.query_row(
                 "SELECT COALESCE(SUM(received), 0) FROM recording_uploads WHERE gateway = ?1 AND id != ?2",
                 params![gw, i2],
                 |r| r.get(0),
             )?;
-            Ok(Ok((state, u(others))))
+            Ok(Committed::Done((state, u(others))))
         })
-        .await??;
+        .await?.into_result()?;
     let (fresh, recorded) = match state {
         UploadState::Complete { .. } => {
             return Err(Refusal::Conflict(format!(
@@ -94,18 +95,19 @@ async fn complete_upload(
     let m2 = meta.clone();
     let state = db
         .run(
-            move |c| -> Result<Outcome<(UploadState, Option<Session>)>> {
+            move |c| -> Result<Committed<(UploadState, Option<Session>)>> {
                 let state = match upload_state(c, &m2.id, &m2.gateway)? {
-                    Ok(s) => s,
-                    Err(r) => return Ok(Err(r)),
+                    Committed::Done(s) => s,
+                    Committed::Refused(r) => return Ok(Committed::Refused(r)),
                 };
                 if matches!(state, UploadState::Complete { .. }) {
-                    return Ok(Ok((state, None)));
+                    return Ok(Committed::Done((state, None)));
                 }
                 Ok(session_matches(c, &m2, &m2.gateway)?.map(|s| (state, Some(s))))
             },
         )
-        .await??;
+        .await?
+        .into_result()?;
     let (recorded, session) = match state {
         (
             UploadState::Complete {
@@ -165,7 +167,11 @@ impl Service {
             return Err(bad_id());
         }
         let (i2, gw) = (id.clone(), gateway.to_string());
-        let state = self.db.run(move |c| upload_state(c, &i2, &gw)).await??;
+        let state = self
+            .db
+            .run(move |c| upload_state(c, &i2, &gw))
+            .await?
+            .into_result()?;
         let received = match state {
             UploadState::Complete { meta, .. } => {
                 return Ok(self.recordings.status(&id, meta.bytes, true));

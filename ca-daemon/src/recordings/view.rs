@@ -1,6 +1,7 @@
 //! The users' routes: their listing of the recordings they may see, the streamed download
 //! (audited as `recording.viewed`), and the admin socket's `recordings ls`.
 
+use crate::committed::Committed;
 use anyhow::{Context, Result};
 use postern_core::api::RecordingMeta;
 use postern_core::{NodeName, Username};
@@ -30,15 +31,15 @@ impl Service {
         let now = now();
         let policy = self.policy();
         self.db
-            .run(move |c| -> Result<Outcome<Vec<RecordingMeta>>> {
+            .run(move |c| -> Result<Committed<Vec<RecordingMeta>>> {
                 let me = match signed_in_user(c, &id, now)? {
-                    Ok(u) => u,
-                    Err(r) => return Ok(Err(r)),
+                    Committed::Done(u) => u,
+                    Committed::Refused(r) => return Ok(Committed::Refused(r)),
                 };
                 let vis = visibility(c, &policy, &me)?;
                 if let Some(other) = user.as_ref().filter(|u| **u != me) {
                     if !vis.any {
-                        return Ok(Err(Refusal::Forbidden(format!(
+                        return Ok(Committed::Refused(Refusal::Forbidden(format!(
                             "{me} may list only their own recordings, not {other}'s: no role of {me} has view_recordings in the policy"
                         ))));
                     }
@@ -51,9 +52,10 @@ impl Service {
                     node.as_ref().map(NodeName::as_str),
                     limit.unwrap_or(DEFAULT_LIST),
                 )?;
-                Ok(Ok(rows))
+                Ok(Committed::Done(rows))
             })
             .await?
+            .into_result()
     }
 
     /// `GET /v1/recordings/ID`: one recording the caller may see, as an open file and its
@@ -70,41 +72,44 @@ impl Service {
         let r2 = rid.clone();
         let visible = self
             .db
-            .run(move |c| -> Result<Outcome<std::result::Result<(), bool>>> {
-                let me = match signed_in_user(c, &id, now)? {
-                    Ok(u) => u,
-                    Err(r) => return Ok(Err(r)),
-                };
-                let views_others = policy.views_others_recordings(&me);
-                let stored = if valid {
-                    load_for_viewing(c, &r2)?
-                } else {
-                    None
-                };
-                let Some((meta, labels)) = stored else {
-                    return Ok(Ok(Err(views_others)));
-                };
-                let role = if meta.user == me && is_own(c, &me, &r2)? {
-                    None
-                } else {
-                    match policy.recording_viewer_role(&me, &labels) {
-                        Some(role) => Some(role.to_owned()),
-                        None => return Ok(Ok(Err(views_others))),
-                    }
-                };
-                audit::append(
-                    c,
-                    now,
-                    "recording.viewed",
-                    me.as_str(),
-                    json!({
-                        "id": r2, "user": meta.user.as_str(), "node": meta.node.as_str(),
-                        "role": role,
-                    }),
-                )?;
-                Ok(Ok(Ok(())))
-            })
-            .await??;
+            .run(
+                move |c| -> Result<Committed<std::result::Result<(), bool>>> {
+                    let me = match signed_in_user(c, &id, now)? {
+                        Committed::Done(u) => u,
+                        Committed::Refused(r) => return Ok(Committed::Refused(r)),
+                    };
+                    let views_others = policy.views_others_recordings(&me);
+                    let stored = if valid {
+                        load_for_viewing(c, &r2)?
+                    } else {
+                        None
+                    };
+                    let Some((meta, labels)) = stored else {
+                        return Ok(Committed::Done(Err(views_others)));
+                    };
+                    let role = if meta.user == me && is_own(c, &me, &r2)? {
+                        None
+                    } else {
+                        match policy.recording_viewer_role(&me, &labels) {
+                            Some(role) => Some(role.to_owned()),
+                            None => return Ok(Committed::Done(Err(views_others))),
+                        }
+                    };
+                    audit::append(
+                        c,
+                        now,
+                        "recording.viewed",
+                        me.as_str(),
+                        json!({
+                            "id": r2, "user": meta.user.as_str(), "node": meta.node.as_str(),
+                            "role": role,
+                        }),
+                    )?;
+                    Ok(Committed::Done(Ok(())))
+                },
+            )
+            .await?
+            .into_result()?;
         if let Err(views_others) = visible {
             // The same answer whether it does not exist or is not the caller's to see.
             let shown: String = rid.chars().take(64).collect();
