@@ -42,9 +42,7 @@ fn u(v: i64) -> u64 {
 /// Whether `s` is a session id as the gateway chooses them: `[a-z0-9-]{1,64}`. It names a
 /// recording file, so nothing else is allowed.
 pub fn valid_session_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    s.parse::<postern_core::RecordingId>().is_ok()
 }
 
 /// The gateway behind an mTLS identity, refreshing its "last seen" time; `None` for anything
@@ -97,7 +95,7 @@ fn revoked_user_certs(c: &Connection, now: u64) -> Result<Vec<RevokedUserCert>> 
         // A subject that is no user name (none is written) would be no session's user.
         let Ok(user) = subject.parse() else { continue };
         out.push(RevokedUserCert {
-            serial: u(serial),
+            serial: u(serial).into(),
             user,
             reason: if user_exists {
                 "user reset"
@@ -190,11 +188,6 @@ impl Service {
         id: ClientIdentity,
         req: AuthorizeRequest,
     ) -> Outcome<AuthorizeResponse> {
-        if !valid_session_id(&req.session_id) {
-            return Err(Refusal::BadRequest(
-                "session_id must be 1 to 64 characters of a-z, 0-9 and -".into(),
-            ));
-        }
         let key = parse_key(&req.public_key, "public_key")?;
         if req.user_certificate.len() > 16 * 1024 {
             return Err(Refusal::BadRequest("user_certificate is too long".into()));
@@ -295,7 +288,7 @@ impl Service {
                 let earlier: Option<(String, String, String, String)> = c
                     .query_row(
                         "SELECT gateway, user, login, node FROM gateway_sessions WHERE id = ?1",
-                        [&req.session_id],
+                        [req.session_id.as_str()],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )
                     .optional()?;
@@ -305,7 +298,7 @@ impl Service {
                             // The server's labels now: what `view_recordings` judges the
                             // session's recordings by, whatever the server becomes later.
                             "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![req.session_id, gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now), labels.to_string()],
+                            params![req.session_id.as_str(), gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now), labels.to_string()],
                         )?;
                     }
                     Some(e) if e == (gateway.to_string(), user.to_string(), login.to_string(), node.to_string()) => {}

@@ -3,7 +3,6 @@
 
 use crate::committed::Committed;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use postern_core::api::{CertResponse, EnrollRequest, LoginRequest};
@@ -24,13 +23,7 @@ fn busy() -> Refusal {
     Refusal::Busy("the server is busy checking other passwords; try again in a second".into())
 }
 
-/// Unix seconds now.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use postern_core::clock::now;
 
 /// Shared state of the running daemon.
 pub struct Service {

@@ -5,6 +5,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::ids::LockTarget;
 use zeroize::Zeroize;
 
 use crate::names::{ClusterName, Login, Username};
@@ -183,8 +185,8 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     /// The cluster.
     pub cluster: ClusterName,
-    /// `node` or `gateway`.
-    pub kind: String,
+    /// What joined.
+    pub kind: crate::ids::NodeKind,
     /// Effective labels.
     pub labels: crate::names::Labels,
     /// The host certificate (one line).
@@ -203,8 +205,8 @@ pub struct JoinResponse {
 pub struct LockEntry {
     /// Lock id.
     pub id: i64,
-    /// `user`, `login` or `node`.
-    pub target: String,
+    /// What it locks (a kind this version does not know is kept, and covers everything).
+    pub target: crate::ids::LockTarget,
     /// The locked name.
     pub name: String,
     /// Unix time it ends (`None` = until removed).
@@ -236,22 +238,22 @@ impl LockEntry {
         if self.expires.is_some_and(|e| e <= now) {
             return false;
         }
-        let named = match self.target.as_str() {
-            "user" => s.user,
-            "login" => s.login,
-            "node" => s.node,
-            _ => return true,
+        let named = match self.target {
+            LockTarget::User => s.user,
+            LockTarget::Login => s.login,
+            LockTarget::Node => s.node,
+            LockTarget::Other(_) => return true,
         };
         named == Some(self.name.as_str())
     }
 
     /// What to tell the user: `user alice is locked`, with the kind and name as locked.
     pub fn describe(&self) -> String {
-        match self.target.as_str() {
-            "user" => format!("user {} is locked", self.name),
-            "login" => format!("login {} is locked", self.name),
-            "node" => format!("server {} is locked", self.name),
-            other => format!("locked ({:.40} {:.64})", other, self.name),
+        match &self.target {
+            LockTarget::User => format!("user {} is locked", self.name),
+            LockTarget::Login => format!("login {} is locked", self.name),
+            LockTarget::Node => format!("server {} is locked", self.name),
+            LockTarget::Other(other) => format!("locked ({:.40} {:.64})", other, self.name),
         }
     }
 }
@@ -412,7 +414,7 @@ pub struct NodeEvent {
     pub session: Option<String>,
     /// Certificate serial, when known.
     #[serde(default)]
-    pub serial: Option<u64>,
+    pub serial: Option<crate::ids::Serial>,
     /// Remote address as PAM saw it.
     #[serde(default)]
     pub remote: Option<String>,
@@ -478,7 +480,7 @@ pub struct Inventory {
 #[serde(deny_unknown_fields)]
 pub struct RevokedUserCert {
     /// Its serial.
-    pub serial: u64,
+    pub serial: crate::ids::Serial,
     /// Its user (the key id).
     pub user: Username,
     /// Why, as the audit log says it: `user removed` or `user reset`.
@@ -517,8 +519,8 @@ pub struct AuthorizeRequest {
     pub login: Login,
     /// The server.
     pub node: crate::names::NodeName,
-    /// Session id chosen by the gateway (`[a-z0-9-]{1,64}`).
-    pub session_id: String,
+    /// Session id chosen by the gateway.
+    pub session_id: crate::ids::SessionId,
     /// The gateway's ephemeral public key to certify (OpenSSH line).
     pub public_key: String,
 }
@@ -564,8 +566,8 @@ pub struct HostCertResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingMeta {
-    /// Session id (also the recording's id).
-    pub id: String,
+    /// The recording's id (its session's, or `<session>-N` for a further channel).
+    pub id: crate::ids::RecordingId,
     /// Postern user.
     pub user: Username,
     /// OS login.
@@ -611,8 +613,8 @@ pub struct RecordingUpload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingUploadStatus {
-    /// The recording (session) id.
-    pub id: String,
+    /// The recording's id.
+    pub id: crate::ids::RecordingId,
     /// Bytes the CA holds durably: the next chunk starts here.
     pub received: u64,
     /// Whether the recording is complete and stored (then nothing more is accepted for it).

@@ -3,6 +3,7 @@
 //! user certificate a session was authenticated with.
 
 use crate::api::Inventory;
+use crate::ids::{LockTarget, Serial};
 use crate::names::{Login, NodeName, Username};
 
 /// What the gateway remembers of a live session to judge cuts, from its registration.
@@ -15,7 +16,7 @@ pub struct LiveSession {
     /// The server.
     pub node: NodeName,
     /// Serial of the user certificate the inner connection was authenticated with.
-    pub user_cert_serial: u64,
+    pub user_cert_serial: Serial,
     /// Its `valid_before` (Unix time).
     pub user_cert_valid_before: u64,
     /// The server's host key the session was pinned to (OpenSSH line), from its authorization.
@@ -31,7 +32,7 @@ pub enum Cut {
         /// The lock's id.
         id: i64,
         /// What it locks.
-        target: String,
+        target: LockTarget,
         /// The locked name.
         name: String,
         /// The admin's reason.
@@ -40,7 +41,7 @@ pub enum Cut {
     /// The user certificate was revoked (`reason` as the CA says it, e.g. `user removed`).
     Revoked {
         /// Its serial.
-        serial: u64,
+        serial: Serial,
         /// Why.
         reason: String,
     },
@@ -174,7 +175,7 @@ mod tests {
             user: "alice".parse().unwrap(),
             login: "deploy".parse().unwrap(),
             node: "web1".parse().unwrap(),
-            user_cert_serial: 42,
+            user_cert_serial: Serial::new(42),
             user_cert_valid_before: 1_000,
             host_key: Some("ssh-ed25519 AAAAold web1".into()),
         }
@@ -200,7 +201,7 @@ mod tests {
     fn lock(target: &str, name: &str, expires: Option<u64>) -> LockEntry {
         LockEntry {
             id: 7,
-            target: target.into(),
+            target: LockTarget::parse(target),
             name: name.into(),
             expires,
             reason: "incident".into(),
@@ -209,7 +210,7 @@ mod tests {
 
     fn revoked(serial: u64, user: &str, reason: &str) -> RevokedUserCert {
         RevokedUserCert {
-            serial,
+            serial: Serial::new(serial),
             user: user.parse().unwrap(),
             reason: reason.into(),
         }
@@ -220,12 +221,12 @@ mod tests {
         let now = 600;
         let locked = |target: &str, name: &str| Cut::Locked {
             id: 7,
-            target: target.into(),
+            target: LockTarget::parse(target),
             name: name.into(),
             reason: "incident".into(),
         };
         let revoked_cut = |reason: &str| Cut::Revoked {
-            serial: 42,
+            serial: Serial::new(42),
             reason: reason.into(),
         };
         type Edit = fn(&mut Inventory);
@@ -368,7 +369,7 @@ mod tests {
             (
                 Cut::Locked {
                     id: 1,
-                    target: "user".into(),
+                    target: LockTarget::User,
                     name: "alice".into(),
                     reason: "incident 7".into(),
                 },
@@ -377,7 +378,7 @@ mod tests {
             ),
             (
                 Cut::Revoked {
-                    serial: 42,
+                    serial: Serial::new(42),
                     reason: "user removed".into(),
                 },
                 "user removed",
@@ -385,7 +386,7 @@ mod tests {
             ),
             (
                 Cut::Revoked {
-                    serial: 42,
+                    serial: Serial::new(42),
                     reason: "user reset".into(),
                 },
                 "user reset",
@@ -393,7 +394,7 @@ mod tests {
             ),
             (
                 Cut::Revoked {
-                    serial: 42,
+                    serial: Serial::new(42),
                     reason: "compromised".into(),
                 },
                 "compromised",

@@ -1,18 +1,23 @@
 //! Postern's domain: names, policy, certificate issuing and strict validation, API wire types.
 //!
-//! This crate does no network, database or clock access: time is an argument, so every rule
-//! here is testable without a running system.
+//! This crate does no network or database access, and its rules take time as an argument
+//! (`clock` is the one place the binaries read the clock from), so every rule here is
+//! testable without a running system.
 
 pub mod api;
 pub mod atomic;
+pub mod batch;
 pub mod cast;
 pub mod cert;
+pub mod clock;
 pub mod cut;
+pub mod ids;
 pub mod krl;
 pub mod names;
 pub mod policy;
 pub mod ttl;
 
+pub use ids::{CertKind, LockTarget, NodeKind, RecordingId, Serial, SessionId};
 pub use names::{ClusterName, KeyId, Labels, Login, NameError, NodeName, Principal, Username};
 pub use policy::{
     Deny, HostCertApproval, LoginDecision, NodeAccessApproval, Permit, Policy, PolicyError,

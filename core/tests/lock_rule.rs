@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use postern_core::api::{lock_for, LockEntry, LockSubject};
+use postern_core::LockTarget;
 
 fn lock(target: &str, name: &str, expires: Option<u64>) -> LockEntry {
     LockEntry {
@@ -71,7 +72,7 @@ fn lock_for_finds_the_first_lock_in_force() {
         login: Some("root"),
         node: Some("web1"),
     };
-    assert_eq!(lock_for(&locks, &s, NOW).unwrap().target, "login");
+    assert_eq!(lock_for(&locks, &s, NOW).unwrap().target, LockTarget::Login);
     assert_eq!(
         lock_for(&locks, &s, NOW).unwrap().describe(),
         "login root is locked"

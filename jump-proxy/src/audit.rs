@@ -28,9 +28,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::ca::CaClient;
 use crate::journal::{self, AppendError, Journal};
 use crate::observe::Op;
-use crate::record::now;
 use crate::scp::{ScpOp, ScpPath};
 use crate::sftp::FileOp;
+use postern_core::batch::{EventBatch, Offer};
+use postern_core::clock::now;
+use postern_core::SessionId;
 
 /// Appends waiting for the writer, at most; senders wait beyond (back-pressure).
 const QUEUE: usize = 1024;
@@ -206,8 +208,8 @@ impl Audit {
     }
 
     /// Agent forwarding of a session: requested (allowed or refused) or a channel used.
-    pub async fn agent(&self, user: &str, node: &str, session: &str, kind: &str) {
-        let ev = user_event(kind, user, Some(session), json!({ "node": node }));
+    pub async fn agent(&self, user: &str, node: &str, session: &SessionId, kind: &str) {
+        let ev = user_event(kind, user, Some(session.as_str()), json!({ "node": node }));
         let _ = self.send(vec![ev], false).await;
     }
 
@@ -217,7 +219,7 @@ impl Audit {
     pub fn session_cut(
         &self,
         s: &postern_core::cut::LiveSession,
-        session: &str,
+        session: &SessionId,
         cut: &postern_core::cut::Cut,
         message: &str,
     ) {
@@ -236,7 +238,7 @@ impl Audit {
             ts: now(),
             login: s.login.to_string(),
             user: Some(s.user.to_string()),
-            session: Some(session.to_owned()),
+            session: Some(session.to_string()),
             serial: Some(s.user_cert_serial),
             remote: None,
             tty: None,
@@ -262,7 +264,7 @@ pub fn session_event(m: &RecordingMeta, kind: &str, detail: Value) -> NodeEvent 
         ts: now(),
         login: m.login.to_string(),
         user: Some(m.user.to_string()),
-        session: Some(m.id.clone()),
+        session: Some(m.id.to_string()),
         serial: None,
         remote: None,
         tty: None,
@@ -379,23 +381,19 @@ pub fn scp_op(m: &RecordingMeta, op: ScpOp) -> NodeEvent {
     session_event(m, kind, detail)
 }
 
-/// The longest run of events from the front whose request fits the CA's body limit.
-pub fn size_batch<'a>(pending: impl IntoIterator<Item = &'a NodeEvent>) -> Vec<NodeEvent> {
-    // Room for `{"events":[...]}` and commas.
-    let budget = postern_core::api::MAX_BODY_BYTES - 64;
-    let mut used = 0;
+/// The events from the front of the queue one request carries (`postern_core::batch`);
+/// `None` when the first is larger than any request can be.
+fn next_batch<'a>(pending: impl IntoIterator<Item = &'a NodeEvent>) -> Option<Vec<NodeEvent>> {
+    let mut batch = EventBatch::new();
     let mut out = Vec::new();
     for ev in pending {
-        let len = serde_json::to_vec(ev)
-            .map(|v| v.len() + 1)
-            .unwrap_or(usize::MAX);
-        if used + len > budget {
-            break;
+        match batch.offer(ev) {
+            Offer::Taken => out.push(ev.clone()),
+            Offer::Full => break,
+            Offer::TooLarge => return None,
         }
-        used += len;
-        out.push(ev.clone());
     }
-    out
+    Some(out)
 }
 
 /// Logs an event that could not be recorded, with the running count.
@@ -607,16 +605,15 @@ async fn sender(ca: CaClient, journal: Arc<Mutex<Journal>>, wake: Arc<Notify>) {
             }
             continue;
         }
-        let batch = size_batch(cur.queue.iter().map(|(_, e)| e));
-        let n = batch.len();
-        if n == 0 {
+        let Some(batch) = next_batch(cur.queue.iter().map(|(_, e)| e)) else {
             // One event alone is larger than the CA takes: log it here and move on.
             if let Some((end, ev)) = cur.queue.pop_front() {
                 tracing::error!(kind = %ev.kind, user = ?ev.user, detail = ?ev.detail, "audit event too large for the CA; logged here only");
                 cur.acked = end;
             }
             continue;
-        }
+        };
+        let n = batch.len();
         match ca.events(EventsRequest { events: batch }).await {
             Ok(()) => {
                 if let Some((end, _)) = cur.queue.drain(..n).next_back() {
@@ -659,7 +656,7 @@ mod tests {
             detail: Some(json!({ "path": "/srv/".repeat(20) })),
         };
         let pending: VecDeque<NodeEvent> = (0..500).map(ev).collect();
-        let batch = size_batch(&pending);
+        let batch = next_batch(&pending).unwrap();
         assert!(!batch.is_empty() && batch.len() < 500);
         let body = serde_json::to_vec(&EventsRequest { events: batch }).unwrap();
         assert!(
@@ -667,13 +664,18 @@ mod tests {
             "{}",
             body.len()
         );
+        let huge = NodeEvent {
+            detail: Some(json!({ "path": "/".repeat(postern_core::api::MAX_BODY_BYTES) })),
+            ..ev(0)
+        };
+        assert!(next_batch([&huge, &ev(1)]).is_none());
     }
 
     #[test]
     fn every_event_gets_an_id_of_its_own() {
         let ids = Ids::new();
         let meta = RecordingMeta {
-            id: "s-1".into(),
+            id: "s-1".parse().unwrap(),
             user: "alice".parse().unwrap(),
             login: "deploy".parse().unwrap(),
             node: "web1".parse().unwrap(),

@@ -13,6 +13,7 @@ use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, GatewayPublicAddr, HostCertRequest, HostCertResponse,
     Inventory, RecordingComplete, RecordingMeta, RecordingUploadStatus,
 };
+use postern_core::{ClusterName, NodeName, RecordingId};
 use serde::{Deserialize, Serialize};
 
 /// What `join` remembers.
@@ -24,9 +25,9 @@ pub struct Joined {
     /// Pin.
     pub ca_pin: String,
     /// The gateway's name.
-    pub name: String,
+    pub name: NodeName,
     /// The cluster.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The address users are told to use for the gateway, as the CA said at join; `serve`
     /// checks against it when it cannot ask the CA (see `public.rs`).
     #[serde(default)]
@@ -147,7 +148,7 @@ fn refused(e: postern_api_client::ApiError) -> Refused {
 
 impl UploadSession {
     /// `GET /v1/gateway/recordings/ID`: where the upload stands.
-    pub fn status(&self, id: &str) -> Result<RecordingUploadStatus, Refused> {
+    pub fn status(&self, id: &RecordingId) -> Result<RecordingUploadStatus, Refused> {
         self.api
             .get(&format!("/v1/gateway/recordings/{id}"))
             .map_err(refused)
@@ -156,7 +157,7 @@ impl UploadSession {
     /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: one chunk.
     pub fn chunk(
         &self,
-        id: &str,
+        id: &RecordingId,
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<RecordingUploadStatus, Refused> {
@@ -171,7 +172,11 @@ impl UploadSession {
     /// `POST /v1/gateway/recordings/ID/complete`: makes the recording visible. The CA reads
     /// the whole file to check its SHA-256 first: the wait grows with the size (a minute,
     /// plus a second per 20 MB).
-    pub fn complete(&self, id: &str, req: &RecordingComplete) -> Result<RecordingMeta, Refused> {
+    pub fn complete(
+        &self,
+        id: &RecordingId,
+        req: &RecordingComplete,
+    ) -> Result<RecordingMeta, Refused> {
         let wait = Duration::from_secs(60 + req.meta.bytes / 20_000_000);
         self.api
             .post_with_timeout(&format!("/v1/gateway/recordings/{id}/complete"), req, wait)

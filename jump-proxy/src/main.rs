@@ -73,7 +73,7 @@ fn join(
         },
     )?;
     anyhow::ensure!(
-        resp.kind == "gateway",
+        resp.kind == postern_core::NodeKind::Gateway,
         "the token is for a {}, not a gateway",
         resp.kind
     );
@@ -124,8 +124,8 @@ fn join(
     let joined = ca::Joined {
         ca: url.to_string(),
         ca_pin: pin.to_string(),
-        name: name.to_string(),
-        cluster: resp.cluster.to_string(),
+        name: name.clone(),
+        cluster: resp.cluster.clone(),
         public_addr,
     };
     write(
@@ -207,7 +207,7 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
                 anyhow::bail!(
                     "refusing to start: {why} ({said}; certificate {}). To fix it, {}",
                     cert_path.display(),
-                    public::fix(&ca.joined().name)
+                    public::fix(ca.joined().name.as_str())
                 );
             }
         }

@@ -8,15 +8,18 @@
 //! stored it; whatever fails (CA down, refusal, the gateway killed) is retried, resuming where
 //! the CA stopped.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use postern_core::api::{RecordingComplete, RecordingMeta};
+use postern_core::cast::{Header, PosternHeader};
+use postern_core::clock::{self, now};
 use serde_json::json;
 
 use crate::ca::{CaClient, Refused, UploadSession};
@@ -31,14 +34,6 @@ const SCAN_EVERY: Duration = Duration::from_secs(5);
 const MAX_RETRY_UNAVAILABLE: Duration = Duration::from_secs(60);
 /// The longest wait before retrying a recording the CA refused (it may be fixed by an admin).
 const MAX_RETRY_REFUSED: Duration = Duration::from_secs(600);
-
-/// Unix seconds now.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// An open recording.
 pub struct Recorder {
@@ -67,16 +62,29 @@ impl Recorder {
             .create_new(true)
             .open(&cast)
             .with_context(|| format!("cannot create {}", cast.display()))?;
-        let header = json!({
-            "version": 2,
-            "width": width.max(1),
-            "height": height.max(1),
-            "timestamp": meta.started_at,
-            "title": format!("{}@{} as {} ({})", meta.user, meta.node, meta.login, meta.id),
-            "env": { "TERM": term, "SHELL": "/bin/sh" },
-            "command": command,
-            "postern": { "session": meta.id, "user": meta.user, "login": meta.login, "node": meta.node, "gateway": meta.gateway },
-        });
+        let header = Header {
+            command: command.map(str::to_owned),
+            env: Some(BTreeMap::from([
+                ("SHELL".to_owned(), "/bin/sh".to_owned()),
+                ("TERM".to_owned(), term.to_owned()),
+            ])),
+            height: Some(height.max(1)),
+            postern: Some(PosternHeader {
+                gateway: meta.gateway.clone(),
+                login: meta.login.clone(),
+                node: meta.node.clone(),
+                session: meta.id.clone(),
+                user: meta.user.clone(),
+            }),
+            timestamp: Some(meta.started_at),
+            title: Some(format!(
+                "{}@{} as {} ({})",
+                meta.user, meta.node, meta.login, meta.id
+            )),
+            version: 2,
+            width: Some(width.max(1)),
+        }
+        .to_line();
         writeln!(file, "{header}")?;
         file.sync_data()?;
         let m = spool.join(format!("{}.meta.json", meta.id));
@@ -171,11 +179,7 @@ pub fn recover(spool: &Path) -> Result<usize> {
         let md = fs::metadata(&cast)?;
         meta.interrupted = true;
         meta.bytes = md.len();
-        meta.ended_at = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(now(), |d| d.as_secs());
+        meta.ended_at = md.modified().ok().and_then(clock::unix).unwrap_or_else(now);
         fs::write(&done, serde_json::to_vec(&meta)?)?;
         n += 1;
     }
@@ -418,7 +422,7 @@ mod tests {
 
     fn meta(id: &str) -> RecordingMeta {
         RecordingMeta {
-            id: id.into(),
+            id: id.parse().unwrap(),
             user: "alice".parse().unwrap(),
             login: "deploy".parse().unwrap(),
             node: "web1".parse().unwrap(),

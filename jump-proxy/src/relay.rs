@@ -339,7 +339,7 @@ async fn server_to_client(
 
 fn open_recorder(ctx: &RelayCtx, s: &mut Shared, cmd: Option<&str>) -> bool {
     let mut meta = ctx.meta.clone();
-    meta.started_at = crate::record::now();
+    meta.started_at = postern_core::clock::now();
     match Recorder::create(&ctx.spool, meta, s.size.0, s.size.1, &s.term, cmd) {
         Ok(r) => {
             s.rec = Some(r);

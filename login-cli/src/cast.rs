@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use postern_core::cast::{Header, HeaderError};
+
 /// The longest pause played back, whatever the recording says: an idle minute is not worth
 /// watching.
 pub const MAX_IDLE: Duration = Duration::from_secs(2);
@@ -23,21 +25,21 @@ pub struct Output {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cast {
     /// The header.
-    pub header: serde_json::Value,
+    pub header: Header,
     /// Output events in file order.
     pub output: Vec<Output>,
     /// Lines that were not events (a recording cut short may end in half a line).
     pub skipped_lines: usize,
 }
 
-/// Parses the header line of an asciicast v2 text.
-pub fn parse_header(line: &str) -> anyhow::Result<serde_json::Value> {
-    let header: serde_json::Value = serde_json::from_str(line)
-        .map_err(|e| anyhow::anyhow!("the recording's first line is not a JSON header: {e}"))?;
-    if header.get("version").and_then(serde_json::Value::as_u64) != Some(2) {
-        anyhow::bail!("the recording is not asciicast version 2");
-    }
-    Ok(header)
+/// Parses the header line of an asciicast v2 text (`postern_core::cast::Header`).
+pub fn parse_header(line: &str) -> anyhow::Result<Header> {
+    Header::parse(line).map_err(|e| match e {
+        HeaderError::NotJson(e) => {
+            anyhow::anyhow!("the recording's first line is not a JSON header: {e}")
+        }
+        HeaderError::NotVersion2 => anyhow::anyhow!("the recording is not asciicast version 2"),
+    })
 }
 
 /// What one line after the header is.
@@ -112,7 +114,7 @@ mod tests {
     #[test]
     fn keeps_output_skips_input_and_counts_a_cut_last_line() {
         let c = parse(SAMPLE).unwrap();
-        assert_eq!(c.header["width"], 80);
+        assert_eq!(c.header.width, Some(80));
         let data: Vec<&str> = c.output.iter().map(|o| o.data.as_str()).collect();
         assert_eq!(data, ["$ ", "ls\r\n", "a  b\r\n"]);
         assert_eq!(c.skipped_lines, 1);

@@ -1,19 +1,7 @@
 //! How times and server-supplied text are shown to the user.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
-
-/// The current Unix time in seconds.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        // A clock before 1970 is broken; treating it as the epoch makes every certificate
-        // look valid for longer than it is only in the display, never on the server.
-        .unwrap_or(0)
-}
 
 /// `2025-03-01 14:05 +01:00` in the local time zone (UTC when the zone is unknown).
 pub fn local_time(unix: u64) -> String {

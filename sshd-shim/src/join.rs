@@ -228,8 +228,8 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
     let joined = Joined {
         ca: a.ca.to_string(),
         ca_pin: a.pin.to_string(),
-        name: a.name.to_string(),
-        cluster: resp.cluster.to_string(),
+        name: a.name.clone(),
+        cluster: resp.cluster.clone(),
         address: a.address,
         keep_local_auth: a.keep_local_auth,
         sshd: Some(crate::state::JoinedSshd {

@@ -10,7 +10,9 @@ mod state;
 mod sync;
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use postern_core::clock::now;
 
 use clap::Parser;
 use postern_core::api::Secret;
@@ -18,13 +20,6 @@ use postern_core::api::Secret;
 use postern_shim::cli::{Cli, Cmd};
 
 use crate::state::StateDir;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// sshd has no timeout for its helpers: whatever happens, answer within two seconds (an
 /// answer with no output and exit 1 is a refusal).

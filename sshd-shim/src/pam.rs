@@ -3,7 +3,6 @@
 //! now. It never holds up a login for more than two seconds (the caller's watchdog).
 
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use base64::Engine;
@@ -30,10 +29,7 @@ pub fn auth_cert() -> Option<Certificate> {
 
 /// Runs one PAM stage; the exit code tells pam_exec the result.
 pub fn run(state: &StateDir) -> Result<i32> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = postern_core::clock::now();
     let stage = env("PAM_TYPE").unwrap_or_default();
     let login = env("PAM_USER").unwrap_or_default();
     let cert = auth_cert();
@@ -85,7 +81,7 @@ pub fn run(state: &StateDir) -> Result<i32> {
                 login,
                 user,
                 session,
-                serial: cert.as_ref().map(|c| c.serial()),
+                serial: cert.as_ref().map(|c| postern_core::Serial::new(c.serial())),
                 remote: env("PAM_RHOST"),
                 tty: env("PAM_TTY"),
                 detail: None,

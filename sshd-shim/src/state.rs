@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use postern_core::api::Bundle;
+use postern_core::{ClusterName, NodeName};
 use serde::{Deserialize, Serialize};
 
 /// Default state directory (DESIGN.md); defined with the flags that default to it.
@@ -22,9 +23,9 @@ pub struct Joined {
     /// The service CA pin.
     pub ca_pin: String,
     /// This node's name.
-    pub name: String,
+    pub name: NodeName,
     /// The cluster.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Address given at join.
     #[serde(default)]
     pub address: Option<String>,

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
 use postern_core::api::{Bundle, EventsRequest, NodeEvent, SyncRequest, SyncResponse};
+use postern_core::batch::{EventBatch, Offer};
 use ssh_key::Certificate;
 
 use crate::sshd::{apply_drop_in, drop_in, DropInOptions, SshdFiles};
@@ -64,12 +65,11 @@ pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
         .collect();
     files.sort();
     let mut n = 0;
-    let budget = postern_core::api::MAX_BODY_BYTES - 64;
     let mut i = 0;
     while i < files.len() {
-        // Take files while the request stays within the CA's body limit.
+        // Take files while the request stays within what the CA takes (`postern_core::batch`).
         let mut events = Vec::new();
-        let mut used = 0;
+        let mut batch = EventBatch::new();
         let start = i;
         while i < files.len() {
             let p = &files[i];
@@ -77,16 +77,22 @@ pub fn deliver_spool(state: &StateDir, api: &Api) -> Result<usize> {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<NodeEvent>(&b).ok())
             {
-                Some(e) => {
-                    let len = serde_json::to_vec(&e)
-                        .map(|v| v.len() + 1)
-                        .unwrap_or(usize::MAX);
-                    if used + len > budget && !events.is_empty() {
-                        break;
+                Some(e) => match batch.offer(&e) {
+                    Offer::Taken => events.push(e),
+                    Offer::Full => break,
+                    Offer::TooLarge => {
+                        // The CA would refuse it however it is sent: keep it here, aside.
+                        crate::log::log(
+                            true,
+                            &format!(
+                                "sync: event {} is larger than the CA takes; kept as {}",
+                                p.display(),
+                                p.with_extension("toolarge").display()
+                            ),
+                        );
+                        let _ = fs::rename(p, p.with_extension("toolarge"));
                     }
-                    used += len;
-                    events.push(e);
-                }
+                },
                 None => {
                     // A corrupt spool file would block delivery forever: set it aside.
                     let _ = fs::rename(p, p.with_extension("corrupt"));

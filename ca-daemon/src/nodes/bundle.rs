@@ -37,7 +37,7 @@ pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
     let locks = active_locks(conn, now)?;
     let locked_users: BTreeSet<&str> = locks
         .iter()
-        .filter(|l| l.target == "user")
+        .filter(|l| l.target == postern_core::LockTarget::User)
         .map(|l| l.name.as_str())
         .collect();
     let mut st = conn.prepare(

@@ -28,7 +28,7 @@ impl Service {
         id: crate::x509::ClientIdentity,
         events: Vec<NodeEvent>,
     ) -> std::result::Result<usize, Refusal> {
-        if events.len() > 1000 {
+        if events.len() > postern_core::batch::MAX_EVENTS_PER_REQUEST {
             return Err(Refusal::BadRequest(
                 "at most 1000 events per request".into(),
             ));

@@ -256,7 +256,7 @@ impl Service {
                 let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
                 Ok(Committed::Done(JoinResponse {
                     cluster: cluster.clone(),
-                    kind,
+                    kind: kind.parse()?,
                     labels,
                     host_certificate: cert,
                     x509_certificate: x509,

@@ -19,7 +19,7 @@ pub fn active_locks(conn: &Connection, now: u64) -> Result<Vec<LockEntry>> {
     let rows = st.query_map([i(now)], |r| {
         Ok(LockEntry {
             id: r.get(0)?,
-            target: r.get(1)?,
+            target: postern_core::LockTarget::parse(&r.get::<_, String>(1)?),
             name: r.get(2)?,
             expires: r.get::<_, Option<i64>>(3)?.map(u),
             reason: r.get(4)?,
@@ -32,7 +32,7 @@ pub fn active_locks(conn: &Connection, now: u64) -> Result<Vec<LockEntry>> {
 pub fn locked_logins(locks: &[LockEntry]) -> Vec<Login> {
     locks
         .iter()
-        .filter(|l| l.target == "login")
+        .filter(|l| l.target == postern_core::LockTarget::Login)
         .filter_map(|l| l.name.parse().ok())
         .collect()
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::anyhow;
 use postern_core::api::RecordingUploadStatus;
+use postern_core::RecordingId;
 
 use super::{Outcome, PARTIAL_UPLOADS_PER_GATEWAY};
 use crate::service::Refusal;
@@ -53,9 +54,14 @@ impl Store {
         })
     }
 
-    pub(super) fn status(&self, id: &str, received: u64, complete: bool) -> RecordingUploadStatus {
+    pub(super) fn status(
+        &self,
+        id: &RecordingId,
+        received: u64,
+        complete: bool,
+    ) -> RecordingUploadStatus {
         RecordingUploadStatus {
-            id: id.to_owned(),
+            id: id.clone(),
             received,
             complete,
             chunk_bytes: self.chunk_bytes,

@@ -84,7 +84,7 @@ pub(super) async fn slot(svc: &Service) -> OwnedSemaphorePermit {
 
 pub(super) fn meta(id: &str, user: &str, bytes: usize) -> RecordingMeta {
     RecordingMeta {
-        id: id.to_owned(),
+        id: id.parse().unwrap(),
         user: user.parse().unwrap(),
         login: "root".parse().unwrap(),
         node: gw("web1"),

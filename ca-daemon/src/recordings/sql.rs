@@ -44,7 +44,7 @@ pub(super) struct RecordingMetaRow {
 impl RecordingMetaRow {
     pub(super) fn into_meta(self) -> Result<RecordingMeta> {
         Ok(RecordingMeta {
-            id: self.id,
+            id: self.id.parse()?,
             user: self.user.parse::<Username>()?,
             login: self.login.parse::<Login>()?,
             node: postern_core::names::parse_node_name(&self.node)?,
@@ -133,12 +133,15 @@ pub(super) fn insert_stored(
     let n = c.execute(
         "INSERT OR IGNORE INTO recordings (id, user, login, node, gateway, started_at, ended_at, interrupted, bytes, sha256, stored_at, node_labels, authorized_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
-            meta.id, meta.user.as_str(), meta.login.as_str(), meta.node.as_str(), meta.gateway,
+            meta.id.as_str(), meta.user.as_str(), meta.login.as_str(), meta.node.as_str(), meta.gateway,
             i(meta.started_at), i(meta.ended_at), meta.interrupted, i(meta.bytes), sha, i(now),
             labels, session.first_authorized,
         ],
     )?;
-    c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&meta.id])?;
+    c.execute(
+        "DELETE FROM recording_uploads WHERE id = ?1",
+        [meta.id.as_str()],
+    )?;
     if n == 0 {
         return load(c, &meta.id)?
             .map(|(m, _)| m)

@@ -101,8 +101,8 @@ pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> 
                 let modified = md
                     .modified()
                     .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(u64::MAX, |t| t.as_secs());
+                    .and_then(postern_core::clock::unix)
+                    .unwrap_or(u64::MAX);
                 if !md.is_file() || modified >= cutoff {
                     continue;
                 }

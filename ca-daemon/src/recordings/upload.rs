@@ -21,6 +21,7 @@ use super::{blocking, i, u, Outcome, PARTIAL_UPLOADS_PER_GATEWAY, STALE_UPLOAD_S
 use crate::db::Db;
 use crate::gateway::valid_session_id;
 use crate::service::{now, Refusal, Service};
+use postern_core::RecordingId;
 
 /// One chunk, under its claim: see [`Service::recording_chunk`]. Answers the durable length.
 async fn append_chunk(
@@ -143,7 +144,7 @@ async fn complete_upload(
         Finished::Refused(r) => return Err(r),
         Finished::Discarded(r) => {
             db.run(move |c| {
-                c.execute("DELETE FROM recording_uploads WHERE id = ?1", [&id])?;
+                c.execute("DELETE FROM recording_uploads WHERE id = ?1", [id.as_str()])?;
                 Ok(())
             })
             .await?;
@@ -163,9 +164,9 @@ impl Service {
         gateway: NodeName,
         id: String,
     ) -> Outcome<RecordingUploadStatus> {
-        if !valid_session_id(&id) {
+        let Ok(rid) = id.parse::<RecordingId>() else {
             return Err(bad_id());
-        }
+        };
         let (i2, gw) = (id.clone(), gateway.to_string());
         let state = self
             .db
@@ -174,7 +175,7 @@ impl Service {
             .into_result()?;
         let received = match state {
             UploadState::Complete { meta, .. } => {
-                return Ok(self.recordings.status(&id, meta.bytes, true));
+                return Ok(self.recordings.status(&rid, meta.bytes, true));
             }
             UploadState::Absent => 0,
             UploadState::Partial { received } => {
@@ -187,7 +188,7 @@ impl Service {
                 received.min(len)
             }
         };
-        Ok(self.recordings.status(&id, received, false))
+        Ok(self.recordings.status(&rid, received, false))
     }
 
     /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: appends a chunk to a partial upload
@@ -201,9 +202,9 @@ impl Service {
         bytes: axum::body::Bytes,
         slot: OwnedSemaphorePermit,
     ) -> Outcome<RecordingUploadStatus> {
-        if !valid_session_id(&id) {
+        let Ok(rid) = id.parse::<RecordingId>() else {
             return Err(bad_id());
-        }
+        };
         let store = &self.recordings;
         if bytes.is_empty() {
             return Err(Refusal::BadRequest("a chunk must not be empty".into()));
@@ -228,7 +229,7 @@ impl Service {
             append_chunk(db, data_dir, cap, gw, i2, offset, bytes).await
         })
         .await?;
-        Ok(store.status(&id, received, false))
+        Ok(store.status(&rid, received, false))
     }
 
     /// `POST /v1/gateway/recordings/ID/complete`: checks the size and SHA-256 of a partial
@@ -244,7 +245,7 @@ impl Service {
             return Err(bad_id());
         }
         let RecordingComplete { mut meta, sha256 } = req;
-        if meta.id != id {
+        if meta.id.as_str() != id {
             return Err(Refusal::BadRequest(format!(
                 "meta.id {:?} is not the recording {id} of the path",
                 meta.id.chars().take(80).collect::<String>()

@@ -146,7 +146,7 @@ mod tests {
             list_visible(c, &alice, &none, None, None, 100)
                 .unwrap()
                 .into_iter()
-                .map(|m| m.id)
+                .map(|m| m.id.to_string())
                 .collect()
         };
         assert_eq!(seen(&c), ["s-old"]);
@@ -192,7 +192,7 @@ mod tests {
         )
         .unwrap();
         // A session authorized before the CA kept labels: the server's labels at store time.
-        m.id = "s-prod2".into();
+        m.id = "s-prod2".parse().unwrap();
         insert_stored(&c, &m, "x", &session("s-prod2", None), "single", 1).unwrap();
         // A row stored by an older posternd, without a snapshot.
         insert_row(&c, "s-legacy", "alice", "web1", None);
@@ -206,7 +206,7 @@ mod tests {
         let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
             .unwrap()
             .into_iter()
-            .map(|m| m.id)
+            .map(|m| m.id.to_string())
             .collect();
         assert_eq!(
             seen,
@@ -237,7 +237,7 @@ mod tests {
 
         // The other way round: a dev session stays visible to dev viewers when the server
         // becomes prod or leaves.
-        m.id = "s-dev".into();
+        m.id = "s-dev".parse().unwrap();
         insert_stored(&c, &m, "x", &session("s-dev", Some("env=dev")), "single", 1).unwrap();
         c.execute("DELETE FROM nodes WHERE name = 'web1'", [])
             .unwrap();
@@ -245,7 +245,7 @@ mod tests {
         let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
             .unwrap()
             .into_iter()
-            .map(|m| m.id)
+            .map(|m| m.id.to_string())
             .collect();
         assert_eq!(seen, ["s-dev"]);
         // Their own recordings (of sessions since their user record was made), users always

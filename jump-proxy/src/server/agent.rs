@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use postern_core::{NodeName, SessionId, Username};
 use russh::{Channel, ChannelOpenFailure};
 use tokio::sync::watch;
 
@@ -15,9 +16,9 @@ use super::live::bridge;
 pub(super) struct AgentBridge {
     pub(super) down: russh::server::Handle,
     pub(super) audit: crate::audit::Audit,
-    pub(super) session: String,
-    pub(super) user: String,
-    pub(super) node: String,
+    pub(super) session: SessionId,
+    pub(super) user: Username,
+    pub(super) node: NodeName,
     pub(super) cut: watch::Receiver<Option<String>>,
 }
 
@@ -44,7 +45,12 @@ pub(super) async fn open_agent_channel(
             Ok(down) => {
                 reply.accept().await;
                 b.audit
-                    .agent(&b.user, &b.node, &b.session, "gateway.agent_channel")
+                    .agent(
+                        b.user.as_str(),
+                        b.node.as_str(),
+                        &b.session,
+                        "gateway.agent_channel",
+                    )
                     .await;
                 bridge(down.into_stream(), channel.into_stream(), b.cut).await;
             }

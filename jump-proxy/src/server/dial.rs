@@ -6,29 +6,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_core::api::{AuthorizeRequest, AuthorizeResponse, InventoryEntry};
-use postern_core::cert::generate_ed25519;
-use postern_core::{Login, Username};
+use postern_core::api::{AuthorizeResponse, InventoryEntry};
+use postern_core::{Login, SessionId, Username};
 use ssh_key::Certificate;
 
 use super::agent::AgentBridge;
+use super::authorize::{authorize, AuthorizedTarget};
 use super::upstream::Upstream;
 use super::{ca_keys, Gateway};
 
 /// A session the CA authorized, logged in on the server.
 pub(super) struct Dialed {
     /// The session id the CA authorized.
-    pub(super) id: String,
+    pub(super) id: SessionId,
     /// The connection to the server's sshd, authenticated as the login.
     pub(super) upstream: russh::client::Handle<Upstream>,
     /// The CA's answer: permits, recording mode, the server with its certified host key.
     pub(super) authorized: AuthorizeResponse,
-}
-
-fn session_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    format!("s-{}", hex::encode(b))
 }
 
 /// Asks the CA to authorize `user` (authenticated by `cert`) as `login` on `node`, connects to
@@ -45,29 +39,21 @@ pub(super) async fn dial(
     cert: &Certificate,
     agent: &Arc<Mutex<Option<AgentBridge>>>,
 ) -> Result<Result<Dialed, String>> {
-    let id = session_id();
-    let key = generate_ed25519("postern-gate session key")?;
-    let resp = match gw
-        .ca
-        .authorize(AuthorizeRequest {
-            user: user.clone(),
-            user_certificate: cert.to_openssh()?,
-            login: login.clone(),
-            node: node.name.clone(),
-            session_id: id.clone(),
-            public_key: key.public_key().to_openssh()?,
-        })
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(%user, %login, node = %node.name, reason = %e.0, "authorization refused");
-            // The CA's public reason (policy, lock, unknown server): the user is
-            // authenticated, so say it instead of "Permission denied".
-            return Ok(Err(format!("postern-gate: refused: {}", e.0)));
-        }
+    let target = match authorize(gw, node, user, login, cert).await? {
+        Ok(t) => t,
+        Err(why) => return Ok(Err(why)),
     };
-    let na_cert = Certificate::from_openssh(resp.certificate.trim())?;
+    connect_authorized(gw, target, agent).await
+}
+
+/// Connects to the server an authorization names, at the address and with the host key
+/// that authorization gives, and logs in as its login with its certificate: the only way
+/// the gateway reaches a server.
+async fn connect_authorized(
+    gw: &Gateway,
+    target: AuthorizedTarget,
+    agent: &Arc<Mutex<Option<AgentBridge>>>,
+) -> Result<Result<Dialed, String>> {
     let host_cas = gw
         .inventory
         .read()
@@ -75,27 +61,27 @@ pub(super) async fn dial(
         .as_ref()
         .map(|i| ca_keys(&i.host_ca_keys))
         .unwrap_or_default();
-    // The host key the CA certified when the server joined, from this authorization (not
-    // the cached inventory), so that a removed or replaced server's old certificate is
-    // refused from the next session on.
-    let pinned = resp
-        .node
-        .host_key
-        .as_deref()
-        .and_then(|k| ssh_key::PublicKey::from_openssh(k).ok());
-    let up = Upstream::new(host_cas, node.name.to_string(), pinned, Arc::clone(agent));
-    let mut handle = match connect(node, &resp.node.address, up).await {
+    let node = &target.response().node;
+    let up = Upstream::new(
+        host_cas,
+        node.name.to_string(),
+        target.pinned_host_key(),
+        Arc::clone(agent),
+    );
+    let mut handle = match connect(node, &node.address, up).await {
         Ok(h) => h,
         Err(why) => return Ok(Err(why)),
     };
+    let login = target.login().clone();
+    let name = node.name.clone();
+    let (id, key, na_cert, resp) = target.into_parts();
     let ok = handle
         .authenticate_openssh_cert(login.as_str(), Arc::new(key), na_cert)
         .await?;
     if !ok.success() {
-        tracing::warn!(node = %node.name, %login, "the server refused the node-access certificate");
+        tracing::warn!(node = %name, %login, "the server refused the node-access certificate");
         return Ok(Err(format!(
-            "postern-gate: {}'s sshd refused the gateway's login as {login} (its policy bundle, locks or KRL; `postern-shim status` and sshd's log on {} say why)",
-            node.name, node.name
+            "postern-gate: {name}'s sshd refused the gateway's login as {login} (its policy bundle, locks or KRL; `postern-shim status` and sshd's log on {name} say why)"
         )));
     }
     Ok(Ok(Dialed {
@@ -173,23 +159,6 @@ fn ssh_refusal(name: &str, e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_ids_are_random_and_of_one_form() {
-        let (a, b) = (session_id(), session_id());
-        assert_ne!(a, b);
-        for id in [a, b] {
-            let hex = id.strip_prefix("s-").unwrap();
-            assert_eq!(hex.len(), 16, "{id}");
-            assert!(
-                hex.bytes()
-                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
-                "{id}"
-            );
-            // It is a key id's second part (`USER/SESSION`) and a recording id.
-            assert!(format!("alice/{id}").parse::<postern_core::KeyId>().is_ok());
-        }
-    }
 
     #[test]
     fn only_a_dropped_handshake_is_retried() {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use postern_core::api::{InventoryEntry, RecordingMeta};
 use postern_core::cut::LiveSession;
 use postern_core::policy::{Permit, RecordingMode};
-use postern_core::{Login, Username};
+use postern_core::{Login, RecordingId, SessionId, Username};
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use ssh_key::Certificate;
@@ -20,11 +20,11 @@ use super::outer::check_user_cert;
 use super::upstream::Upstream;
 use super::{reject, Gateway};
 use crate::limits::{PerUser, PreAuth, UserSlot};
-use crate::record::now;
 use crate::relay::{relay, RelayCtx};
+use postern_core::clock::now;
 
 struct SessionCtx {
-    id: String,
+    id: SessionId,
     login: Login,
     permits: Vec<Permit>,
     mode: RecordingMode,
@@ -54,16 +54,6 @@ pub(super) struct Inner {
     slot: Option<UserSlot>,
     /// Told when the inner authentication is accepted (the login grace time).
     pre: Arc<PreAuth>,
-}
-
-/// The recording id of the `n`th session channel of session `session`: the session's id for
-/// the first, `<id>-2`, `<id>-3`, ... after it (the CA takes these as the session's too).
-fn recording_id(session: &str, n: usize) -> String {
-    if n == 1 {
-        session.to_owned()
-    } else {
-        format!("{session}-{n}")
-    }
 }
 
 impl Inner {
@@ -178,7 +168,7 @@ impl russh::server::Handler for Inner {
             user: user.clone(),
             login: login.clone(),
             node: self.node.name.clone(),
-            user_cert_serial: cert.serial(),
+            user_cert_serial: cert.serial().into(),
             user_cert_valid_before: cert.valid_before(),
             host_key: resp.node.host_key.clone(),
         };
@@ -244,6 +234,12 @@ impl russh::server::Handler for Inner {
                 return Ok(());
             }
         };
+        // The first session channel is recorded under the session's id, `<id>-2`, `<id>-3`,
+        // ... after it (the CA takes these as the session's too).
+        let Ok(id) = RecordingId::of_channel(&ctx.id, self.channels + 1) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
         let up_ch = match up.channel_open_session().await {
             Ok(c) => c,
             Err(e) => {
@@ -254,7 +250,6 @@ impl russh::server::Handler for Inner {
         };
         reply.accept().await;
         self.channels += 1;
-        let id = recording_id(&ctx.id, self.channels);
         let rctx = RelayCtx {
             permits: ctx.permits.clone(),
             mode: ctx.mode,
@@ -267,7 +262,7 @@ impl russh::server::Handler for Inner {
                 user: self.user.clone(),
                 login: ctx.login.clone(),
                 node: self.node.name.clone(),
-                gateway: self.gw.name.clone(),
+                gateway: self.gw.name.to_string(),
                 started_at: now(),
                 ended_at: 0,
                 interrupted: false,
@@ -482,8 +477,8 @@ impl russh::server::Handler for Inner {
                 down: session.handle(),
                 audit: self.gw.audit.clone(),
                 session: ctx.id.clone(),
-                user: self.user.to_string(),
-                node: self.node.name.to_string(),
+                user: self.user.clone(),
+                node: self.node.name.clone(),
                 cut: ctx.cut.clone(),
             });
         }
@@ -531,14 +526,10 @@ mod tests {
 
     #[test]
     fn further_session_channels_are_recorded_under_the_sessions_id() {
-        assert_eq!(recording_id("s-0123456789abcdef", 1), "s-0123456789abcdef");
-        assert_eq!(
-            recording_id("s-0123456789abcdef", 2),
-            "s-0123456789abcdef-2"
-        );
-        assert_eq!(
-            recording_id("s-0123456789abcdef", 11),
-            "s-0123456789abcdef-11"
-        );
+        let s: SessionId = "s-0123456789abcdef".parse().unwrap();
+        let id = |n| RecordingId::of_channel(&s, n).unwrap().to_string();
+        assert_eq!(id(1), "s-0123456789abcdef");
+        assert_eq!(id(2), "s-0123456789abcdef-2");
+        assert_eq!(id(11), "s-0123456789abcdef-11");
     }
 }

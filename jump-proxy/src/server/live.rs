@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_core::cut::{cut_by_inventory, expired, Cut, LiveSession};
+use postern_core::SessionId;
 use tokio::sync::watch;
 
 use super::Gateway;
-use crate::record::now;
+use postern_core::clock::now;
 
 /// A live session, for cuts (locks, revoked certificates, removed servers, the end of the
 /// user certificate) to end.
@@ -24,7 +25,7 @@ pub(super) struct Live {
 impl Live {
     /// Delivers a cut unless the session was cut already (the first reason is the one the
     /// user reads and the audit log keeps), and audits it once.
-    fn deliver(&self, id: &str, cut: &Cut, audit: &crate::audit::Audit) {
+    fn deliver(&self, id: &SessionId, cut: &Cut, audit: &crate::audit::Audit) {
         let msg = cut.message(&self.session);
         let first = self.cut.send_if_modified(|v| {
             if v.is_some() {
@@ -66,7 +67,7 @@ impl Gateway {
     }
 
     /// Cuts one live session, if it is still live.
-    fn cut_live(&self, id: &str, cut: &Cut) {
+    fn cut_live(&self, id: &SessionId, cut: &Cut) {
         if let Ok(live) = self.live.lock() {
             if let Some(l) = live.get(id) {
                 l.deliver(id, cut, &self.audit);
@@ -80,14 +81,14 @@ impl Gateway {
     /// a timer ends it at its certificate's end without asking the CA.
     pub(super) async fn register(
         self: &Arc<Self>,
-        id: &str,
+        id: &SessionId,
         session: LiveSession,
     ) -> watch::Receiver<Option<String>> {
         let (tx, rx) = watch::channel(None);
         match self.live.lock() {
             Ok(mut l) => {
                 l.insert(
-                    id.to_owned(),
+                    id.clone(),
                     Live {
                         session: session.clone(),
                         cut: tx,
@@ -115,9 +116,9 @@ impl Gateway {
     /// The expiry timer of one session: sleeps in steps of at most a minute (the certificate's
     /// end is wall-clock time, the sleep is monotonic: a suspended or stepped clock is caught
     /// up with), and ends when the session does.
-    fn expire_at_end(self: &Arc<Self>, id: &str, mut cut: watch::Receiver<Option<String>>) {
+    fn expire_at_end(self: &Arc<Self>, id: &SessionId, mut cut: watch::Receiver<Option<String>>) {
         let gw = Arc::clone(self);
-        let id = id.to_owned();
+        let id = id.clone();
         tokio::spawn(async move {
             loop {
                 let session = gw
@@ -146,7 +147,7 @@ impl Gateway {
     }
 
     /// The session ended: no cut reaches it any more.
-    pub(super) fn unregister(&self, id: &str) {
+    pub(super) fn unregister(&self, id: &SessionId) {
         if let Ok(mut l) = self.live.lock() {
             l.remove(id);
         }
@@ -189,7 +190,7 @@ where
 pub(super) fn disconnect_when_cut(
     mut cut: watch::Receiver<Option<String>>,
     handle: russh::server::Handle,
-    id: String,
+    id: SessionId,
 ) {
     tokio::spawn(async move {
         let why = loop {

@@ -3,12 +3,14 @@
 //! real session, terminated here) bridged to a client connection to the server's sshd.
 //!
 //! One file per step: `outer` (the user certificate, routing a channel to a joined server),
-//! `inner` (the user's session there), `dial` (the CA's authorization, the connection to the
-//! server's sshd and the login there), `upstream` (the gateway as that sshd's client), `live`
+//! `inner` (the user's session there), `authorize` (the CA's authorization: the only maker
+//! of the `AuthorizedTarget` that dialing needs), `dial` (the connection to the server's sshd
+//! and the login there), `upstream` (the gateway as that sshd's client), `live`
 //! (live sessions and their cuts) and `agent` (agent channels back to the user). Here: the
 //! state they share.
 
 mod agent;
+mod authorize;
 mod dial;
 mod inner;
 mod live;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use anyhow::Result;
 use postern_core::api::Inventory;
 use postern_core::cert::generate_ed25519;
-use postern_core::Username;
+use postern_core::{ClusterName, NodeName, SessionId, Username};
 use russh::server::Auth;
 use ssh_key::{Certificate, PrivateKey, PublicKey};
 use tokio::sync::{Notify, RwLock};
@@ -38,9 +40,9 @@ pub struct Gateway {
     /// The CA.
     pub ca: CaClient,
     /// Cluster name.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The gateway's name.
-    pub name: String,
+    pub name: NodeName,
     /// The last inventory.
     pub inventory: RwLock<Option<Inventory>>,
     /// The outer server's config.
@@ -49,7 +51,7 @@ pub struct Gateway {
     pub inner_key: PrivateKey,
     /// Host certificates for the inner connection, per server name.
     host_certs: Mutex<HashMap<String, (Certificate, u64)>>,
-    live: Mutex<HashMap<String, live::Live>>,
+    live: Mutex<HashMap<SessionId, live::Live>>,
     /// Recording spool.
     pub spool: PathBuf,
     /// Wakes the uploader.

@@ -16,7 +16,7 @@ use ssh_key::Certificate;
 use super::inner::Inner;
 use super::{ca_keys, reject, server_config, Gateway};
 use crate::limits::{Graced, PerUser, PreAuth, Startup, UserSlot};
-use crate::record::now;
+use postern_core::clock::now;
 
 /// Serves one client connection: the SSH server over `sock`, the whole pre-authentication
 /// phase (banner, key exchange, authentication) under the login grace time, and `startup`
@@ -99,7 +99,7 @@ fn judge_user_cert(
             .or_else(|| {
                 i.revoked_user_certs
                     .iter()
-                    .any(|r| r.serial == cert.serial())
+                    .any(|r| r.serial.get() == cert.serial())
                     .then(|| "its certificate is revoked".to_owned())
             })
     });
@@ -157,7 +157,7 @@ impl Gateway {
     /// Resolves `NAME.<cluster>`, `NAME`, or a joined server's address.
     pub async fn route(&self, host: &str, port: u32) -> Option<InventoryEntry> {
         let inv = self.inventory.read().await;
-        route_in(inv.as_ref()?, &self.cluster, host, port).cloned()
+        route_in(inv.as_ref()?, self.cluster.as_str(), host, port).cloned()
     }
 
     /// The inner connection's host certificate for `node`'s names: the cached one while it

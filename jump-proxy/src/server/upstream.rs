@@ -10,7 +10,7 @@ use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, PublicKey};
 
 use super::agent::{open_agent_channel, AgentBridge};
-use crate::record::now;
+use postern_core::clock::now;
 
 /// The gateway as a client of a server's sshd: accepts only a host certificate from the host
 /// CA naming the server.

@@ -5,11 +5,11 @@ use anyhow::{bail, Context as _};
 use postern_core::api::LoginRequest;
 use postern_core::{Ttl, Username};
 
-use crate::display::now_unix;
 use crate::files::{self, IncludeOutcome};
 use crate::profile::{self, Current, Layout};
 use crate::prompt;
 use postern_api_client::{Api, CaPin, CaUrl};
+use postern_core::clock::now as now_unix;
 
 use super::{agent, api_failure, store};
 

@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use postern_core::{ClusterName, Login, Permit, Username};
 
-use crate::display::{now_unix, short_duration, when};
+use crate::display::{short_duration, when};
 use postern_api_client::ApiError;
+use postern_core::clock::now as now_unix;
 
 /// The server (or the renewal window) refused: bad credentials, policy, lock. `main` turns
 /// this into exit code 3, distinct from operational errors.
@@ -152,7 +153,7 @@ pub fn read_login_file(
 /// Loads the current login; refused once its renewal window (`what` names it) has ended.
 pub fn signed_in(layout: &crate::profile::Layout, what: &str) -> anyhow::Result<SignedIn> {
     let (_, prof) = crate::profile::current_profile(layout)?;
-    if crate::display::now_unix() >= prof.renew_until {
+    if now_unix() >= prof.renew_until {
         return Err(Refused(format!(
             "the {what} of the last login ended at {}; run `postern login` to sign in again",
             crate::display::local_time(prof.renew_until)

@@ -91,7 +91,7 @@ pub fn ls(layout: &Layout, args: LsArgs) -> anyhow::Result<()> {
     for r in &rows {
         println!(
             "{:<28} {:<16} {:<16} {:<16} {:<24} {:>9} {:>10}{}",
-            sanitize(&r.id),
+            sanitize(r.id.as_str()),
             r.user.as_str(),
             r.node.as_str(),
             r.login.as_str(),

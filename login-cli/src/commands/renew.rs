@@ -7,9 +7,9 @@ use ssh_key::PrivateKey;
 use postern_core::api::RenewRequest;
 use postern_core::Ttl;
 
-use crate::display::now_unix;
 use crate::profile::{self, Layout};
 use postern_api_client::{Api, ApiError};
+use postern_core::clock::now as now_unix;
 
 use super::{agent, read_login_file, signed_in, store, Refused, SignedIn};
 

@@ -4,9 +4,10 @@ use serde::Serialize;
 
 use postern_core::{ClusterName, Login, Permit, Username};
 
-use crate::display::{now_unix, when};
+use crate::display::when;
 use crate::files;
 use crate::profile::{self, Layout};
+use postern_core::clock::now as now_unix;
 
 /// The `--json` form.
 #[derive(Debug, Serialize)]
