@@ -82,6 +82,11 @@ impl Ca {
         self.log.lock().unwrap().clone()
     }
 
+    /// What the daemon logged, once `done` holds for it (see [`crate::log_when`]).
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        crate::util::log_when(|| self.log(), done)
+    }
+
     /// Runs an admin subcommand with `--json` and returns its output.
     pub fn admin(&self, args: &[&str]) -> Output {
         run(Command::new(bin("posternd"))

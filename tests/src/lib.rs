@@ -21,7 +21,7 @@ mod util;
 
 pub use ca::{curl, Ca};
 pub use gateway::{pkcs8_v1, Gate, GateCluster};
-pub use node::{installed_shim, installed_shim_in, Node};
+pub use node::{installed_shim, installed_shim_in, shim_logs_to_stderr, Node};
 pub use person::{base32_decode, Person};
 pub use sshd::{
     distribution_sshd_config, distribution_sshd_config_from, ensure_bash_login, ensure_test_login,

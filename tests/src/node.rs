@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -273,6 +273,56 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// sshd's log once `done` holds for it (see [`crate::log_when`]).
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        crate::util::log_when(|| self.log(), done)
+    }
+
+    /// Asserts that sshd refused `login` with the certificate of `key` because postern-shim's
+    /// principals command denied it: sshd logged the command's failure for that certificate's
+    /// serial and a failed publickey for it, and the shim's denial says `why` (where the
+    /// shim's log reaches sshd's: [`shim_logs_to_stderr`]). A dead sshd, a wrong port or a
+    /// refusal by the KRL cannot pass it.
+    pub fn assert_shim_denied(&self, key: &Path, login: &str, why: &str) {
+        let cert = CertSeen::of(key);
+        let log = self.log_when(|l| cert.failed_publickey(l, login));
+        assert!(
+            cert.failed_publickey(&log, login),
+            "sshd logged no failed publickey for {login} with {}:\n{log}",
+            cert.id
+        );
+        assert!(
+            cert.principals_command_failed(&log, login),
+            "sshd did not log the principals command's refusal of {login} for {}:\n{log}",
+            cert.id
+        );
+        if shim_logs_to_stderr() {
+            let denial = format!("postern-shim: deny login {login:?}: {why}");
+            assert!(log.contains(&denial), "no {denial:?} in sshd's log:\n{log}");
+        }
+    }
+
+    /// Asserts that sshd refused `login` with the certificate of `key` before asking the
+    /// principals command, as it refuses a certificate whose CA is not its
+    /// `TrustedUserCAKeys`: a failed publickey for that certificate, naming its signing CA,
+    /// and no principals command run for it.
+    pub fn assert_refused_before_the_shim(&self, key: &Path, login: &str) {
+        let cert = CertSeen::of(key);
+        let log = self.log_when(|l| cert.failed_publickey(l, login));
+        assert!(
+            cert.failed_publickey(&log, login),
+            "sshd logged no failed publickey for {login} with {} (CA {}):\n{log}",
+            cert.id,
+            cert.ca
+        );
+        assert!(
+            !log.lines()
+                .any(|l| l.starts_with("AuthorizedPrincipalsCommand ") && cert.in_command(l)),
+            "sshd asked the principals command about {}:\n{log}",
+            cert.id
+        );
+    }
+
     /// `postern-shim SUBCOMMAND --state-dir <state>`, on the node's system.
     pub fn shim(&self, sub: &str) -> Output {
         self.shim_args(&[sub])
@@ -367,5 +417,77 @@ impl Drop for Node {
         let base = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
         let _ = std::fs::remove_file(self.pam_file());
         let _ = std::fs::remove_file(base.join("usr/local/sbin").join(&self.service));
+    }
+}
+
+/// Whether postern-shim's log lines reach its standard error, and so, for the principals
+/// command, sshd's log: the shim logs to syslog, and to stderr only when syslog is unreachable
+/// (no /dev/log, as on the test machines) or stderr is a terminal.
+pub fn shim_logs_to_stderr() -> bool {
+    !Path::new("/dev/log").exists()
+}
+
+/// A certificate as sshd's log names it (read from `KEY-cert.pub` by `ssh-keygen -L`).
+struct CertSeen {
+    /// `ID alice (serial 42)`, as sshd's `Failed publickey` line has it.
+    id: String,
+    /// The serial alone.
+    serial: String,
+    /// `ED25519 SHA256:...`, the signing CA, as that line has it.
+    ca: String,
+}
+
+impl CertSeen {
+    fn of(key: &Path) -> CertSeen {
+        let out = run(Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(format!("{}-cert.pub", key.display())));
+        assert!(out.status.success(), "{}", text(&out));
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |name: &str| {
+            listing
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name:?} in {listing}"))
+                .trim()
+                .to_owned()
+        };
+        let key_id = field("Key ID:").trim_matches('"').to_owned();
+        let serial = field("Serial:");
+        // "Signing CA: ED25519 SHA256:... (using ssh-ed25519)"
+        let ca = field("Signing CA:")
+            .split(" (using")
+            .next()
+            .unwrap()
+            .to_owned();
+        CertSeen {
+            id: format!("ID {key_id} (serial {serial})"),
+            serial,
+            ca,
+        }
+    }
+
+    /// Whether `log` has sshd's `Failed publickey for LOGIN` line for this certificate.
+    fn failed_publickey(&self, log: &str, login: &str) -> bool {
+        let failed = format!("Failed publickey for {login} from 127.0.0.1 ");
+        log.lines().any(|l| {
+            l.contains(&failed) && l.contains(&self.id) && l.contains(&format!("CA {}", self.ca))
+        })
+    }
+
+    /// Whether an `AuthorizedPrincipalsCommand` line is about this certificate (its arguments
+    /// end with `%i %s`: the key id and the serial).
+    fn in_command(&self, line: &str) -> bool {
+        line.contains(&format!(" {} ", self.serial)) || line.ends_with(&format!(" {}", self.serial))
+    }
+
+    /// Whether sshd logged that the principals command failed for `login` with this
+    /// certificate (`AuthorizedPrincipalsCommand ... LOGIN ... SERIAL failed, status 1`).
+    fn principals_command_failed(&self, log: &str, login: &str) -> bool {
+        log.lines().any(|l| {
+            l.starts_with("AuthorizedPrincipalsCommand ")
+                && l.contains(&format!(" {login} "))
+                && l.ends_with(&format!(" {} failed, status 1", self.serial))
+        })
     }
 }

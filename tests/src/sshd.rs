@@ -145,6 +145,11 @@ impl Sshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// sshd's log once `done` holds for it (see [`crate::log_when`]).
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        crate::util::log_when(|| self.log(), done)
+    }
+
     /// Stock `ssh` as `login` to `NAME.<cluster>` (so that the `Host *.<cluster>` block that
     /// `postern login` wrote applies), pointed at this server with `HostName`.
     pub fn ssh(&self, person: &Person, ca: &Ca, login: &str, remote: &str) -> Output {
