@@ -425,6 +425,15 @@ fn port_forwarding_follows_permits() {
         "",
         "alice forwarded without the permit"
     );
+    let refused = |l: &str| {
+        l.lines()
+            .any(|l| l.contains("port forwarding refused by permits") && l.contains("alice"))
+    };
+    let log = c.gate.log_when(refused);
+    assert!(
+        refused(&log),
+        "the gateway did not refuse by permits:\n{log}"
+    );
     let mut bob = Person::new("bob");
     bob.enroll(&c.ca);
     bob.login(&c.ca);
@@ -520,6 +529,10 @@ fn user_certificate_used_directly_against_the_server_is_refused() {
         "a user-CA certificate logged in to the server directly: {}",
         text(&out)
     );
+    // web1's sshd trusts only the node-access CA: it refuses the user CA's certificate
+    // itself, before asking the shim.
+    c.node
+        .assert_refused_before_the_shim(&dir.join("id_ed25519"), TEST_LOGIN);
 }
 
 #[test]

@@ -382,6 +382,7 @@ fn authorize_signs_a_node_access_certificate_that_the_server_accepts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), TEST_LOGIN);
     let out = node.ssh(&key, "root", "true");
     assert!(!out.status.success(), "root accepted: {}", text(&out));
+    node.assert_shim_denied(&key, "root", "certificate does not carry login root");
 
     // Recorded and audited under the user.
     let certs = ca.admin_json(&["certs", "ls"]);
@@ -876,6 +877,12 @@ fn recordings_are_stored_once_and_their_users_list_and_play_them() {
     ca.admin_json(&["lock", "add", "--user", "alice", "--reason", "x"]);
     let out = run(alice.postern().args(["play", "s-rec-1"]));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("playing the recording refused: user alice is locked"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A user certificate for `user` with `serial` and the key of `dir/id_ed25519`-like key made

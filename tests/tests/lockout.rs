@@ -279,6 +279,11 @@ fn enroll_reads_the_invite_from_standard_input() {
         "x\ny\n",
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        text(&out)
+    );
     let out = run(dave.postern().args([
         "enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", "dave",
     ]));
@@ -316,6 +321,11 @@ fn a_password_typed_as_the_user_name_is_never_logged_audited_or_echoed() {
     for _ in 0..6 {
         let out = ghost.login_with(&ca, "pw", "123456", &[]);
         assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            stderr(&out).contains("invalid credentials") || stderr(&out).contains("locked"),
+            "{}",
+            text(&out)
+        );
         assert!(!text(&out).contains(typed), "{}", text(&out));
     }
     // An enrolment under that name too.
@@ -329,6 +339,11 @@ fn a_password_typed_as_the_user_name_is_never_logged_audited_or_echoed() {
         "0123456789abcdef\npassword-long\n",
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("enrolment refused: invalid credentials"),
+        "{}",
+        text(&out)
+    );
     // A password that is not a valid user name: refused by the CLI before sending, without
     // repeating it, and by the CA's API alike.
     let typed_bad = "Tr0ub4dor&3!xyz";

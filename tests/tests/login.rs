@@ -108,6 +108,9 @@ fn login_writes_certificate_that_stock_ssh_uses_against_stock_sshd() {
     // A login the certificate does not carry is refused by sshd.
     let out = sshd.ssh(&alice, &ca, "root", "true");
     assert!(!out.status.success(), "{}", text(&out));
+    let why = "Certificate invalid: name is not a listed principal";
+    let log = sshd.log_when(|l| l.contains(why));
+    assert!(log.contains(why), "{log}");
 
     // The audit log has the login and the issued certificate.
     let kinds: Vec<String> = ca
@@ -489,4 +492,9 @@ fn admin_socket_refuses_other_users() {
         .args(["users", "ls", "--config"])
         .arg(ca.config()));
     assert!(!out.status.success(), "{}", text(&out));
+    // Refused by the daemon for who the caller is, not by a file the account cannot read
+    // (the client sees the connection closed, before or after it wrote its request).
+    let refused = "admin socket: refused a caller that is neither root nor the daemon's user";
+    let log = ca.log_when(|l| l.contains(refused));
+    assert!(log.contains(refused), "{log}");
 }

@@ -100,6 +100,16 @@ fn join_login_lock_and_krl(distro: Distro) {
     assert!(out.status.success(), "{}", text(&out));
     let out = c.alice.ssh_via_gate(&c.ca, "web1", TEST_LOGIN, &["true"]);
     assert!(!out.status.success(), "{}", text(&out));
+    // By the gateway from its inventory (the user certificate refused), or, before its next
+    // inventory, by the CA's authorization.
+    let refused = "user certificate refused: locked (user alice): stolen laptop";
+    let by_ca = String::from_utf8_lossy(&out.stderr).contains("user alice is locked");
+    let log = c.gate.log_when(|l| by_ca || l.contains(refused));
+    assert!(
+        by_ca || log.contains(refused),
+        "{}\ngate:\n{log}",
+        text(&out)
+    );
     let key = c
         .node
         .signed_key(&c.ca, "node-access", "bob", &[TEST_LOGIN]);

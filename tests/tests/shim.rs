@@ -62,6 +62,11 @@ fn node_access_cert_logs_in_only_where_policy_allows_and_user_certs_are_refused(
         "root login accepted on env=dev: {}",
         text(&out)
     );
+    node.assert_shim_denied(
+        &key,
+        "root",
+        "user alice may not log in as root on this server (labels env=dev)",
+    );
 
     // A certificate from the user CA is not trusted by servers.
     let user_key = node.signed_key(&ca, "user", "alice", &[TEST_LOGIN]);
@@ -71,6 +76,8 @@ fn node_access_cert_logs_in_only_where_policy_allows_and_user_certs_are_refused(
         "user-CA certificate accepted: {}",
         text(&out)
     );
+    // sshd trusts only the node-access CA: it refuses this one before the shim is asked.
+    node.assert_refused_before_the_shim(&user_key, TEST_LOGIN);
 
     let nodes = ca.admin_json(&["nodes", "ls"]);
     assert_eq!(nodes[0]["name"], "web1");
@@ -124,6 +131,11 @@ fn lock_refuses_after_sync_and_krl_refuses_in_sshd_itself() {
         &format!("{}.pub", key.display()),
     ]);
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("user alice is locked"),
+        "{}",
+        text(&out)
+    );
 
     let id = lock["id"].to_string();
     assert!(ca.admin(&["lock", "rm", &id]).status.success());
@@ -153,6 +165,11 @@ fn login_lock_is_enforced_by_the_principals_command() {
     assert!(node.shim("sync").status.success());
     let out = node.ssh(&key, TEST_LOGIN, "true");
     assert!(!out.status.success(), "{}", text(&out));
+    node.assert_shim_denied(
+        &key,
+        TEST_LOGIN,
+        &format!("locked (login {TEST_LOGIN}): maintenance"),
+    );
 }
 
 #[test]
@@ -168,7 +185,8 @@ fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
     let (_n1, out) = Node::join(&ca, "web1", &expired, &[]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("token"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("join refused: invalid, expired or already used token"),
         "{}",
         text(&out)
     );
@@ -182,10 +200,22 @@ fn expired_reused_and_malformed_tokens_are_refused_and_logged_nowhere() {
         "a used token joined again: {}",
         text(&out)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("join refused: invalid, expired or already used token"),
+        "{}",
+        text(&out)
+    );
 
     let malformed = "zz$(reboot)'\"";
     let (_n4, out) = Node::join(&ca, "web4", malformed, &[]);
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("join refused: invalid, expired or already used token"),
+        "{}",
+        text(&out)
+    );
 
     // Failed joins are counted per source and minute (`auth.failures`), written at the
     // latest when the daemon stops.
@@ -304,6 +334,13 @@ fn principals_command_survives_hostile_arguments_and_denies_bad_bundles() {
             let out = principals(&node, &a);
             assert!(!out.status.success(), "accepted with {h:?} at {pos}");
             assert!(out.stdout.is_empty(), "printed something for {h:?}");
+            // Denied by the decision, not by a crash or a missing binary.
+            assert!(
+                !postern_tests::shim_logs_to_stderr()
+                    || String::from_utf8_lossy(&out.stderr).contains("postern-shim: deny login "),
+                "{h:?} at {pos}: {}",
+                text(&out)
+            );
             assert!(
                 !String::from_utf8_lossy(&out.stderr).contains("panicked"),
                 "{}",
@@ -332,6 +369,12 @@ fn principals_command_survives_hostile_arguments_and_denies_bad_bundles() {
     assert!(
         !out.status.success() && out.stdout.is_empty(),
         "{}",
+        text(&out)
+    );
+    assert!(
+        !postern_tests::shim_logs_to_stderr()
+            || String::from_utf8_lossy(&out.stderr).contains("s old, older than max_bundle_age"),
+        "the denial does not say the bundle is stale: {}",
         text(&out)
     );
     // A missing bundle denies.
@@ -510,7 +553,9 @@ fn removed_node_can_no_longer_sync_and_status_says_what_it_has() {
     let out = node.shim("sync");
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("join"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "this node's identity is not valid (removed or re-joined); run `postern-shim join` again"
+        ),
         "{}",
         text(&out)
     );
@@ -597,6 +642,12 @@ fn regression_any_join_token_took_over_any_name() {
     assert!(out.status.success(), "{}", text(&out));
     let out = db_prod.shim("sync");
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("this node's identity is not valid (removed or re-joined)"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

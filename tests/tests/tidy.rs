@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The crates whose `src/` the rules cover (tests/ and fuzz/ are test code).
+/// The crates whose `src/` the rules cover: fuzz/ and the stories in tests/tests/ are test code,
+/// but the end-to-end harness (tests/src/) is held to the same size as the rest.
 const CRATES: &[&str] = &[
     "core",
     "api-client",
@@ -16,6 +17,7 @@ const CRATES: &[&str] = &[
     "jump-proxy",
     "man",
     "bench",
+    "tests",
 ];
 
 /// About this many lines of code per file, not counting its unit-test module.

@@ -204,7 +204,10 @@ fn regression_an_unknown_lock_kind_was_ignored_by_the_ca_and_the_gateway() {
     assert!(stderr(&out).contains("locked (role ops)"), "{}", text(&out));
     // ...and the server refuses by the same rule a certificate signed before.
     assert!(c.node.shim("sync").status.success());
-    assert!(!c.node.ssh(&key, TEST_LOGIN, "true").status.success());
+    let out = c.node.ssh(&key, TEST_LOGIN, "true");
+    assert!(!out.status.success(), "{}", text(&out));
+    c.node
+        .assert_shim_denied(&key, TEST_LOGIN, "locked (role ops): a newer kind");
 }
 
 #[test]

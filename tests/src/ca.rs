@@ -1,0 +1,233 @@
+//! The `posternd` under test: a CA with its own data directory on a free loopback port, its
+//! admin commands, its log and audit, and plain `curl` against its API.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::util::{bin, free_port, run, spawn_until_ready, split_status, text};
+
+/// A running `posternd` with its own data directory.
+pub struct Ca {
+    /// The data directory (holds posternd.toml, policy.toml, ca/, the database).
+    pub dir: TempDir,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The `sha256:` pin.
+    pub pin: String,
+    /// The cluster's name.
+    pub cluster: String,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Ca {
+    /// Initialises a CA with the given policy and starts it.
+    pub fn start(policy: &str) -> Ca {
+        let mut ca = Ca::init(policy);
+        ca.spawn();
+        ca
+    }
+
+    /// Initialises a CA without starting it.
+    pub fn init(policy: &str) -> Ca {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-ca")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let out = run(Command::new(bin("posternd"))
+            .args(["init", "--cluster", "test.postern", "--json", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path()));
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        Ca {
+            url: v["api_url"].as_str().unwrap().to_owned(),
+            pin: v["ca_pin"].as_str().unwrap().to_owned(),
+            cluster: v["cluster"].as_str().unwrap().to_owned(),
+            dir,
+            child: None,
+            log: Default::default(),
+        }
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("posternd.toml")
+    }
+
+    /// Starts `posternd serve` and waits for its ready line.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(bin("posternd"));
+        cmd.arg("serve").arg("--config").arg(self.config());
+        self.child = Some(spawn_until_ready(cmd, "posternd ready", &self.log));
+    }
+
+    /// Stops the daemon (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// What the daemon logged, once `done` holds for it (see [`crate::log_when`]).
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        crate::util::log_when(|| self.log(), done)
+    }
+
+    /// Runs an admin subcommand with `--json` and returns its output.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("posternd"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config()))
+    }
+
+    /// Runs an admin subcommand with `--json`; panics unless it succeeds.
+    pub fn admin_json(&self, args: &[&str]) -> Value {
+        let out = run(Command::new(bin("posternd"))
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(self.config()));
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Adds a user and returns the invite.
+    pub fn invite(&self, user: &str) -> String {
+        self.admin_json(&["users", "add", user])["invite"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Replaces the policy file.
+    pub fn set_policy(&self, policy: &str) {
+        let p = self.dir.path().join("policy.toml");
+        let tmp = self.dir.path().join("policy.toml.tmp");
+        std::fs::write(&tmp, policy).unwrap();
+        std::fs::rename(tmp, p).unwrap();
+    }
+
+    /// The audit events, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        self.admin_json(&["audit", "tail", "-n", "1000"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// A join token for `name`.
+    pub fn token(&self, kind: &str, name: &str, labels: &str) -> String {
+        self.token_with(kind, name, labels, &[])
+    }
+
+    /// A join token for `name` with further `tokens add` flags (`--replace`).
+    pub fn token_with(&self, kind: &str, name: &str, labels: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "tokens", "add", "--kind", kind, "--name", name, "--labels", labels,
+        ];
+        args.extend_from_slice(extra);
+        self.admin_json(&args)["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets `[gateway] public_addr` in posternd.toml (before `spawn`).
+    pub fn set_gateway(&self, addr: &str) {
+        let p = self.config();
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "# [gateway]\n# public_addr = \"gate.example.com:3023\"\n",
+            "",
+        );
+        std::fs::write(&p, format!("{text}\n[gateway]\npublic_addr = \"{addr}\"\n")).unwrap();
+    }
+
+    /// Appends text (a TOML table such as `[recordings]`) to posternd.toml (before `spawn`).
+    pub fn append_config(&self, text: &str) {
+        let p = self.config();
+        let old = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{old}\n{text}\n")).unwrap();
+    }
+
+    /// Changes `[gateway] public_addr` in posternd.toml, which [`Ca::set_gateway`] wrote (with
+    /// the daemon stopped: it reads the file at start).
+    pub fn change_gateway(&self, addr: &str) {
+        let p = self.config();
+        let old = std::fs::read_to_string(&p).unwrap();
+        let mut found = false;
+        let text: String = old
+            .lines()
+            .map(|l| {
+                if l.starts_with("public_addr = ") {
+                    found = true;
+                    format!("public_addr = \"{addr}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert!(found, "no public_addr in posternd.toml:\n{old}");
+        std::fs::write(&p, text).unwrap();
+    }
+
+    /// Stops the daemon as its service manager does (SIGTERM) and waits until it has exited,
+    /// so that what it writes when stopping is in the database.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let out = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            assert!(out.status.success(), "kill -TERM: {}", text(&out));
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "posternd exited with {status} after SIGTERM:\n{}",
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `curl` against the API: returns (HTTP status, body). TLS is not verified here: these
+/// tests are about the server's parsing, the CLI tests cover the pinning.
+pub fn curl(ca: &Ca, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sk",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+    ]);
+    if let Some(b) = body {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b).unwrap();
+        // Wait for the server's answer to `Expect: 100-continue` before sending a body: a server
+        // that refuses an oversized body (413) closes the connection, and a client still
+        // sending would see a reset instead of the answer.
+        cmd.args(["-H", "Expect: 100-continue", "--expect100-timeout", "30"]);
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", f.path().display()));
+        let out = run(cmd.arg(format!("{}{path}", ca.url)));
+        return split_status(&out);
+    }
+    split_status(&run(cmd.arg(format!("{}{path}", ca.url))))
+}

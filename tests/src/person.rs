@@ -1,0 +1,155 @@
+//! A person on a laptop: their own `$HOME`, enrolling, `postern login` with TOTP codes, and
+//! stock ssh through the gateway with the ssh_config `postern login` wrote.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::ca::Ca;
+use crate::util::{bin, now, run, run_with_input, text};
+
+/// A person with their own `$HOME`, using the `postern` CLI.
+pub struct Person {
+    /// Their home directory.
+    pub home: TempDir,
+    /// Their Postern user name.
+    pub user: String,
+    /// Their password.
+    pub password: String,
+    /// Their TOTP secret (raw bytes), after enrolment.
+    pub totp_secret: Vec<u8>,
+    last_step: u64,
+}
+
+impl Person {
+    /// A new person.
+    pub fn new(user: &str) -> Person {
+        Person {
+            home: tempfile::Builder::new()
+                .prefix("postern-home")
+                .tempdir()
+                .unwrap(),
+            user: user.to_owned(),
+            password: format!("pw-{user}-correct horse"),
+            totp_secret: Vec::new(),
+            last_step: 0,
+        }
+    }
+
+    /// A `postern` command with this person's `$HOME`.
+    pub fn postern(&self) -> Command {
+        let mut c = Command::new(bin("postern"));
+        c.env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Enrols with an invite from the CA; remembers the TOTP secret.
+    pub fn enroll(&mut self, ca: &Ca) {
+        let invite = ca.invite(&self.user);
+        let out = run_with_input(
+            self.postern()
+                .args([
+                    "enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user,
+                ])
+                .args(["--invite", &invite, "--password-stdin", "--json"]),
+            &format!("{}\n", self.password),
+        );
+        assert!(out.status.success(), "enroll: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let uri = v["otpauth_uri"].as_str().unwrap();
+        let secret = uri
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap();
+        self.totp_secret = base32_decode(secret);
+    }
+
+    /// The TOTP code for a time step.
+    pub fn code_at_step(&self, step: u64) -> String {
+        let t = totp_rs::TOTP::new_unchecked(
+            totp_rs::Algorithm::SHA1,
+            6,
+            1,
+            30,
+            self.totp_secret.clone(),
+            None,
+            String::new(),
+        );
+        t.generate(step * 30)
+    }
+
+    /// A code not used before (the current step, or the next one when that was used).
+    pub fn fresh_code(&mut self) -> String {
+        let step = (now() / 30).max(self.last_step + 1);
+        assert!(
+            step <= now() / 30 + 1,
+            "out of fresh TOTP steps; the test logs in too often"
+        );
+        self.last_step = step;
+        self.code_at_step(step)
+    }
+
+    /// `postern login` with the password on stdin and extra arguments.
+    pub fn login_with(&mut self, ca: &Ca, password: &str, otp: &str, extra: &[&str]) -> Output {
+        run_with_input(
+            self.postern()
+                .args([
+                    "login", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user,
+                ])
+                .args(["--password-stdin", "--otp", otp])
+                .args(extra),
+            &format!("{password}\n"),
+        )
+    }
+
+    /// A successful login; panics otherwise.
+    pub fn login(&mut self, ca: &Ca) -> Output {
+        let code = self.fresh_code();
+        let pw = self.password.clone();
+        let out = self.login_with(ca, &pw, &code, &[]);
+        assert!(out.status.success(), "login: {}", text(&out));
+        out
+    }
+
+    /// The cluster folder under `~/.ssh/postern`.
+    pub fn cluster_dir(&self, ca: &Ca) -> PathBuf {
+        self.home.path().join(".ssh/postern").join(&ca.cluster)
+    }
+
+    /// Stock ssh to `NAME.<cluster>` with the ssh_config `postern login` wrote (ProxyJump).
+    pub fn ssh_via_gate(&self, ca: &Ca, node: &str, login: &str, args: &[&str]) -> Output {
+        run(Command::new("ssh")
+            .env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .arg("-F")
+            .arg(self.home.path().join(".ssh/config"))
+            .args(["-o", "BatchMode=yes", "-l", login])
+            .arg(format!("{node}.{}", ca.cluster))
+            .args(args))
+    }
+}
+
+/// RFC 4648 base32 (no padding), as in otpauth URIs.
+pub fn base32_decode(s: &str) -> Vec<u8> {
+    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHA
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap_or_else(|| panic!("not base32: {s}")) as u64;
+        bits = (bits << 5) | v;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
