@@ -1,4 +1,5 @@
-//! `mangen`: writes the command pages (man/*.1, man/*.8) rendered from the clap definitions.
+//! `mangen`: writes the command pages (man/*.1, man/*.8): their templates in man/templates/
+//! filled from the clap definitions.
 //! `scripts/man` runs it; with `--check` it only reports stale pages (exit 1).
 
 use std::process::ExitCode;
@@ -16,7 +17,13 @@ fn main() -> ExitCode {
     let mut stale = 0;
     for page in postern_man::command_pages() {
         let path = dir.join(page.file);
-        let fresh = postern_man::render::render(&page);
+        let fresh = match postern_man::render::render(&page) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("mangen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if std::fs::read_to_string(&path).ok().as_deref() == Some(fresh.as_str()) {
             continue;
         }

@@ -1,67 +1,152 @@
-//! Renders a command page: clap_mangen for the name, synopsis, description and options of the
-//! command and of every subcommand, down to the leaves (`posternd tokens add`), and the prose
-//! of [`crate::prose`] for what clap does not know.
+//! Renders a command page: its roff template (`man/templates/PAGE.in`, the prose) with the
+//! placeholders filled from the clap definition by clap_mangen: the synopsis, description and
+//! options of the command, and of every subcommand down to the leaves (`posternd tokens add`).
 //!
-//! The output is a pure function of the clap definition and the prose: no date, no
+//! The output is a pure function of the clap definition and the template: no date, no
 //! environment, so that a committed page can be compared byte for byte with a fresh one.
 
 use std::io;
 
 use clap_mangen::Man;
-use roff::{bold, italic, roman, Inline, Roff};
+use roff::{bold, roman, Inline, Roff};
 
-use crate::prose::{Example, Prose};
 use crate::CommandPage;
 
 /// Widest line of a preformatted block: an 80-column terminal minus the section indent (7)
 /// and the block's own indent (4), with a column to spare.
 const BLOCK_WIDTH: usize = 68;
 
+/// What a template may not hold; each names the template's page and line.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A character outside ASCII (roff escapes such as `\[u2026]` stand for them).
+    #[error("templates/{page}.in:{line}: not ASCII (write a roff escape such as \\[u2026])")]
+    NotAscii {
+        /// The page's file name.
+        page: &'static str,
+        /// The line, from 1.
+        line: usize,
+    },
+    /// `!!NAME!!` that is not one of [`PLACEHOLDERS`], or a section placeholder that does not
+    /// stand alone on its line.
+    #[error("templates/{page}.in:{line}: unknown or misplaced placeholder in {text:?}")]
+    Unknown {
+        /// The page's file name.
+        page: &'static str,
+        /// The line, from 1.
+        line: usize,
+        /// The line's text.
+        text: String,
+    },
+    /// A placeholder the template lacks or repeats: each appears exactly once.
+    #[error("templates/{page}.in: !!{placeholder}!! appears {count} times, not once")]
+    Count {
+        /// The page's file name.
+        page: &'static str,
+        /// The placeholder's name.
+        placeholder: &'static str,
+        /// How often it appears.
+        count: usize,
+    },
+}
+
+/// The placeholders of a command page's template. `VERSION` stands anywhere in a line (the
+/// `.TH` line); the others alone on their line, under the section heading they fill:
+/// `SYNOPSIS`, `DESCRIPTION` (the command's about text) and `OPTIONS` are clap_mangen's
+/// sections of the command, `COMMANDS` one `.SS` per leaf subcommand with its description,
+/// synopsis, options and its help's examples.
+pub const PLACEHOLDERS: [&str; 5] = ["VERSION", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS"];
+
 /// Renders a command page as roff source.
-pub fn render(page: &CommandPage) -> String {
+pub fn render(page: &CommandPage) -> Result<String, TemplateError> {
     let mut cmd = page.command.clone();
     cmd.build();
-    let name = cmd.get_name().to_owned();
     let version = cmd.get_version().unwrap_or_default().to_owned();
-    let prose = page.prose;
     let man = Man::new(cmd.clone());
-
-    let mut out = preamble();
-    // Written by hand: `Roff::control` drops an empty argument, and the date is left empty on
-    // purpose (a date would make every regeneration differ).
-    out.push_str(&format!(
-        ".TH {} {} \"\" \"Postern {version}\" \"Postern Manual\"\n",
-        name.to_uppercase().replace('-', "\\-"),
-        page.section
-    ));
-
-    let mut r = Roff::new();
-    r.control("SH", ["NAME"]);
-    r.text([roman(format!("{name} - {}", prose.name))]);
-    out.push_str(&body(&r));
-
-    out.push_str(&clap_section(|w| man.render_synopsis_section(w), false));
-    out.push_str(&clap_section(|w| man.render_description_section(w), false));
-    let mut r = Roff::new();
-    for para in prose.description {
-        r.control("PP", []);
-        r.text(inline(para));
-    }
-    out.push_str(&body(&r));
-    out.push_str(&clap_section(|w| man.render_options_section(w), false));
-
-    let mut r = Roff::new();
-    r.control("SH", ["COMMANDS"]);
-    r.text([roman(
-        "Every command also takes -h (--help): print its help and exit.",
-    )]);
-    out.push_str(&body(&r));
+    let mut commands = String::new();
     for sub in visible_subcommands(&cmd) {
-        render_command(&mut out, sub.clone());
+        render_command(&mut commands, sub.clone());
     }
+    let sections = [
+        ("SYNOPSIS", clap_section(|w| man.render_synopsis_section(w))),
+        (
+            "DESCRIPTION",
+            clap_section(|w| man.render_description_section(w)),
+        ),
+        ("OPTIONS", clap_section(|w| man.render_options_section(w))),
+        ("COMMANDS", commands),
+    ];
+    // The preamble defines the `\*(Aq` string that clap_mangen's (and the templates')
+    // apostrophes use.
+    let mut out = preamble();
+    out.push_str(&fill(page.file, page.template, &version, &sections)?);
+    Ok(out)
+}
 
-    out.push_str(&body(&prose_sections(prose)));
-    ascii(&out)
+/// The template with its comment lines (`.\"`) dropped, `!!VERSION!!` replaced, and each
+/// section placeholder replaced by its roff (made ASCII: it comes from clap's help texts).
+fn fill(
+    page: &'static str,
+    template: &str,
+    version: &str,
+    sections: &[(&'static str, String)],
+) -> Result<String, TemplateError> {
+    // Comment lines are the template's own: they are neither copied nor filled.
+    let lines: Vec<(usize, &str)> = template
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.starts_with(".\\\""))
+        .collect();
+    for placeholder in PLACEHOLDERS {
+        let wanted = format!("!!{placeholder}!!");
+        let count = lines.iter().map(|(_, l)| l.matches(&wanted).count()).sum();
+        if count != 1 {
+            return Err(TemplateError::Count {
+                page,
+                placeholder,
+                count,
+            });
+        }
+    }
+    let mut out = String::with_capacity(template.len() * 4);
+    for (line_no, line) in lines {
+        if !line.is_ascii() {
+            return Err(TemplateError::NotAscii {
+                page,
+                line: line_no,
+            });
+        }
+        if let Some((_, roff)) = sections
+            .iter()
+            .find(|(name, _)| line == format!("!!{name}!!"))
+        {
+            out.push_str(&ascii(roff));
+            continue;
+        }
+        let line = line.replace("!!VERSION!!", version);
+        if has_placeholder(&line) {
+            return Err(TemplateError::Unknown {
+                page,
+                line: line_no,
+                text: line,
+            });
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Whether a line still holds `!!NAME!!` (capitals and underscores) after filling.
+fn has_placeholder(line: &str) -> bool {
+    let parts: Vec<&str> = line.split("!!").collect();
+    parts.len() >= 3 && parts[1..parts.len() - 1].iter().any(|p| is_name(p))
+}
+
+/// Whether `s` looks like a placeholder's name (`!!NAME!!`): capitals and underscores.
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c == '_')
 }
 
 /// Non-ASCII characters as groff escapes (`…` → `\[u2026]`): the page then reads the same
@@ -111,59 +196,16 @@ fn render_command(out: &mut String, mut cmd: clap::Command) {
     // An unescaped `-` in a heading may be typeset as a hyphen, which cannot be pasted.
     r.control("SS", [path.replace('-', "\\-").as_str()]);
     out.push_str(&body(&r));
-    out.push_str(&clap_section(|w| man.render_description_section(w), true));
+    out.push_str(&clap_section(|w| man.render_description_section(w)));
     let mut r = Roff::new();
     r.control("PP", []);
     out.push_str(&body(&r));
-    out.push_str(&clap_section(|w| man.render_synopsis_section(w), true));
+    out.push_str(&clap_section(|w| man.render_synopsis_section(w)));
     if cmd.get_arguments().any(|a| !a.is_hide_set()) {
-        out.push_str(&clap_section(|w| man.render_options_section(w), true));
+        out.push_str(&clap_section(|w| man.render_options_section(w)));
     }
     if let Some(help) = cmd.get_after_long_help().or_else(|| cmd.get_after_help()) {
         out.push_str(&body(&help_text(&help.to_string())));
-    }
-}
-
-/// The sections after COMMANDS.
-fn prose_sections(prose: &Prose) -> Roff {
-    let mut r = Roff::new();
-    r.control("SH", ["EXAMPLES"]);
-    for Example { what, commands } in prose.examples {
-        r.control("PP", []);
-        r.text(inline(what));
-        block(&mut r, commands.iter().map(|c| c.to_string()).collect());
-    }
-    r.control("SH", ["EXIT STATUS"]);
-    tagged(&mut r, prose.exit_status, bold);
-    if !prose.environment.is_empty() {
-        r.control("SH", ["ENVIRONMENT"]);
-        tagged(&mut r, prose.environment, bold);
-    }
-    r.control("SH", ["FILES"]);
-    tagged(&mut r, prose.files, italic);
-    r.control("SH", ["SEE ALSO"]);
-    let mut refs = Vec::new();
-    for (i, page) in prose.see_also.iter().enumerate() {
-        let (name, section) = page
-            .strip_suffix(')')
-            .and_then(|p| p.rsplit_once('('))
-            .unwrap_or((page, ""));
-        refs.push(bold(name));
-        refs.push(roman(format!("({section})")));
-        if i + 1 < prose.see_also.len() {
-            refs.push(roman(", "));
-        }
-    }
-    r.text(refs);
-    r
-}
-
-/// A `.TP` list: tag in `font`, then the description.
-fn tagged(r: &mut Roff, items: &[(&str, &str)], font: fn(String) -> Inline) {
-    for (tag, text) in items {
-        r.control("TP", []);
-        r.text([font(tag.to_string())]);
-        r.text(inline(text));
     }
 }
 
@@ -342,21 +384,15 @@ fn strip_preamble(s: &str) -> String {
     s.strip_prefix(&preamble()).unwrap_or(s).to_owned()
 }
 
-/// One clap_mangen section, without the preamble and, when `drop_heading`, without its `.SH`
-/// line (a subcommand's sections go under its `.SS`).
-fn clap_section(
-    render: impl Fn(&mut dyn io::Write) -> io::Result<()>,
-    drop_heading: bool,
-) -> String {
+/// One clap_mangen section without the preamble and its `.SH` line: the template (or, for a
+/// subcommand, its `.SS`) has the heading.
+fn clap_section(render: impl Fn(&mut dyn io::Write) -> io::Result<()>) -> String {
     let mut buf = Vec::new();
     // Writing to a Vec cannot fail, and clap_mangen emits UTF-8 for UTF-8 input.
     if render(&mut buf).is_err() {
         return String::new();
     }
     let text = code_spans(&strip_preamble(&String::from_utf8_lossy(&buf)));
-    if !drop_heading {
-        return text;
-    }
     match text.split_once('\n') {
         Some((first, rest)) if first.starts_with(".SH") => rest.to_owned(),
         _ => text,
@@ -410,6 +446,70 @@ mod tests {
             wrap_command("  postern status", 68),
             vec!["  postern status"]
         );
+    }
+
+    fn filled(template: &str) -> Result<String, TemplateError> {
+        let sections = [
+            ("SYNOPSIS", "syn\n".to_owned()),
+            ("DESCRIPTION", "d\u{e9}sc\n".to_owned()),
+            ("OPTIONS", "opt\n".to_owned()),
+            ("COMMANDS", "cmd\n".to_owned()),
+        ];
+        fill("t.8", template, "1.2.3", &sections)
+    }
+
+    const GOOD: &str = ".\\\" a comment of the template\n.TH T 8 \"\" \"Postern !!VERSION!!\"\n\
+                        .SH SYNOPSIS\n!!SYNOPSIS!!\n.SH DESCRIPTION\n!!DESCRIPTION!!\n\
+                        Prose.\n.SH OPTIONS\n!!OPTIONS!!\n!!COMMANDS!!\n";
+
+    #[test]
+    fn fills_placeholders_and_drops_template_comments() {
+        assert_eq!(
+            filled(GOOD).unwrap(),
+            ".TH T 8 \"\" \"Postern 1.2.3\"\n.SH SYNOPSIS\nsyn\n.SH DESCRIPTION\n\
+             d\\[u00E9]sc\nProse.\n.SH OPTIONS\nopt\ncmd\n"
+        );
+    }
+
+    #[test]
+    fn refuses_a_missing_repeated_unknown_or_misplaced_placeholder_and_non_ascii() {
+        let missing = GOOD.replace("!!OPTIONS!!\n", "");
+        assert!(matches!(
+            filled(&missing),
+            Err(TemplateError::Count {
+                placeholder: "OPTIONS",
+                count: 0,
+                ..
+            })
+        ));
+        let twice = format!("{GOOD}!!COMMANDS!!\n");
+        assert!(matches!(
+            filled(&twice),
+            Err(TemplateError::Count {
+                placeholder: "COMMANDS",
+                count: 2,
+                ..
+            })
+        ));
+        let unknown = format!("{GOOD}See !!EXAMPLES!! here.\n");
+        assert!(matches!(
+            filled(&unknown),
+            Err(TemplateError::Unknown { line: 11, .. })
+        ));
+        let inline = GOOD.replace("Prose.", "Prose !!DESCRIPTION!!");
+        assert!(matches!(filled(&inline), Err(TemplateError::Count { .. })));
+        let misplaced = GOOD.replace("!!SYNOPSIS!!", "Usage: !!SYNOPSIS!!");
+        assert!(matches!(
+            filled(&misplaced),
+            Err(TemplateError::Unknown { line: 4, .. })
+        ));
+        let accented = GOOD.replace("Prose.", "Pros\u{e9}.");
+        assert!(matches!(
+            filled(&accented),
+            Err(TemplateError::NotAscii { line: 7, .. })
+        ));
+        // Two exclamation marks in prose are not a placeholder.
+        assert!(filled(&GOOD.replace("Prose.", "Really!! Yes!!")).is_ok());
     }
 
     #[test]

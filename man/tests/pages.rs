@@ -1,6 +1,7 @@
-//! The command pages in `man/` are exactly what the binaries' clap definitions render, every
-//! page has the sections a reader looks for, and every example of a Postern command in the
-//! pages and in the `--help` texts parses with that command's clap definition.
+//! The command pages in `man/` are exactly what their templates and the binaries' clap
+//! definitions render, every template belongs to a page, every page has the sections a reader
+//! looks for, and every example of a Postern command in the pages and in the `--help` texts
+//! parses with that command's clap definition.
 
 #[cfg(test)] // clippy: helpers of tests may panic like the tests themselves
 mod common;
@@ -17,7 +18,7 @@ use common::{all_pages, blocks, page, unroff};
 fn committed_pages_match_the_clap_definitions() {
     let mut stale = Vec::new();
     for p in command_pages() {
-        let fresh = render(&p);
+        let fresh = render(&p).unwrap();
         let path = man_dir().join(p.file);
         match std::fs::read_to_string(&path) {
             Ok(committed) if committed == fresh => {}
@@ -40,16 +41,40 @@ fn committed_pages_match_the_clap_definitions() {
     }
     assert!(
         stale.is_empty(),
-        "{}\n\nThe man pages are generated from the clap definitions: run scripts/man and \
-         commit the pages it writes.",
+        "{}\n\nThe man pages are generated from man/templates/ and the clap definitions: run \
+         scripts/man and commit the pages it writes.",
         stale.join("\n")
     );
 }
 
 #[test]
+fn every_template_is_a_page_and_names_it() {
+    let pages = command_pages();
+    for p in &pages {
+        // `posternd.8` → `.TH POSTERND 8 `: the heading of the page the template renders.
+        let (name, section) = p.file.rsplit_once('.').unwrap();
+        let th = format!(".TH {} {section} ", name.to_uppercase().replace('-', "\\-"));
+        let first = p.template.lines().find(|l| !l.starts_with(".\\\""));
+        assert!(
+            first.is_some_and(|l| l.starts_with(&th)),
+            "templates/{}.in does not start with {th:?}: {first:?}",
+            p.file
+        );
+    }
+    // No template that no page uses (an edit there would change nothing).
+    for entry in std::fs::read_dir(man_dir().join("templates")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            pages.iter().any(|p| format!("{}.in", p.file) == name),
+            "man/templates/{name} belongs to no page"
+        );
+    }
+}
+
+#[test]
 fn rendering_is_deterministic() {
     for p in command_pages() {
-        assert_eq!(render(&p), render(&p), "{}", p.file);
+        assert_eq!(render(&p).unwrap(), render(&p).unwrap(), "{}", p.file);
     }
 }
 
@@ -84,7 +109,7 @@ fn headings(text: &str) -> Vec<String> {
 #[test]
 fn command_pages_have_every_section_and_every_subcommand() {
     for p in command_pages() {
-        let text = render(&p);
+        let text = render(&p).unwrap();
         let have = headings(&text);
         for section in [
             "NAME",
