@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -18,6 +17,7 @@ use crate::audit;
 use crate::auth;
 use crate::keys::CaKind;
 use crate::service::{now, Service};
+use crate::store::{self, users::UserLine};
 
 /// One admin request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,17 +146,6 @@ pub struct AdminResponse {
     pub error: Option<String>,
 }
 
-/// One row of `users ls`, as read.
-struct UserLine {
-    name: String,
-    enrolled: bool,
-    last: Option<i64>,
-    locked_until: i64,
-    created: i64,
-    failures: i64,
-    hard_locked: bool,
-}
-
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -246,16 +235,10 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                 .is_some_and(|r| !r.is_empty());
             svc.db
                 .run(move |conn| {
-                    let exists: Option<i64> = conn
-                        .query_row("SELECT 1 FROM users WHERE name = ?1", [user.as_str()], |r| r.get(0))
-                        .optional()?;
-                    if exists.is_some() {
+                    if store::users::exists(conn, user.as_str())? {
                         bail!("user {user} already exists (use `posternd users reset {user}` for a new invite)");
                     }
-                    conn.execute(
-                        "INSERT INTO users (name, invite_hash, invite_expires, created_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![user.as_str(), hash, expires as i64, now as i64],
-                    )?;
+                    store::users::add_invited(conn, user.as_str(), &hash, expires, now)?;
                     audit::append(conn, now, "user.added", &actor, json!({ "user": user.as_str() }))?;
                     Ok(())
                 })
@@ -266,26 +249,7 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
         }
         AdminRequest::UsersLs => {
             let policy = svc.policy();
-            let rows = svc
-                .db
-                .run(|conn| {
-                    let mut st = conn.prepare("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at, failed_count, hard_locked FROM users ORDER BY name")?;
-                    let rows = st
-                        .query_map([], |r| {
-                            Ok(UserLine {
-                                name: r.get(0)?,
-                                enrolled: r.get(1)?,
-                                last: r.get(2)?,
-                                locked_until: r.get(3)?,
-                                created: r.get(4)?,
-                                failures: r.get(5)?,
-                                hard_locked: r.get(6)?,
-                            })
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(rows)
-                })
-                .await?;
+            let rows = svc.db.run(store::users::list).await?;
             let list: Vec<Value> = rows
                 .into_iter()
                 .map(
@@ -324,14 +288,10 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let user: postern_core::Username = name.parse()?;
             svc.db
                 .run(move |conn| {
-                    let n = conn.execute("DELETE FROM users WHERE name = ?1", [user.as_str()])?;
-                    if n == 0 {
+                    if !store::users::remove(conn, &user)? {
                         bail!("no user {user}");
                     }
-                    let revoked = conn.execute(
-                        "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0",
-                        [user.as_str()],
-                    )?;
+                    let revoked = store::certs::revoke_subject(conn, user.as_str())?;
                     audit::append(
                         conn,
                         now,
@@ -350,18 +310,11 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             let expires = now + auth::INVITE_SECS;
             let was_hard_locked = svc.db
                 .run(move |conn| {
-                    let was_hard_locked: bool = conn
-                        .query_row("SELECT hard_locked FROM users WHERE name = ?1", [user.as_str()], |r| r.get(0))
-                        .optional()?
-                        .unwrap_or(false);
-                    let n = conn.execute(
-                        "UPDATE users SET password_hash = NULL, totp_secret = NULL, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, last_password_login = NULL, invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
-                        params![user.as_str(), hash, expires as i64],
-                    )?;
-                    if n == 0 {
+                    let was_hard_locked = store::users::hard_locked(conn, user.as_str())?.unwrap_or(false);
+                    if !store::users::reset(conn, &user, &hash, expires)? {
                         bail!("no user {user}");
                     }
-                    let revoked = conn.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0", [user.as_str()])?;
+                    let revoked = store::certs::revoke_subject(conn, user.as_str())?;
                     audit::append(conn, now, "user.reset", &actor, json!({ "user": user.as_str(), "revoked_certs": revoked, "was_hard_locked": was_hard_locked }))?;
                     Ok(was_hard_locked)
                 })
@@ -380,26 +333,9 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
         AdminRequest::CertsLs { limit } => {
             let rows = svc
                 .db
-                .run(move |conn| {
-                    let mut st = conn.prepare("SELECT serial, kind, subject, principals, valid_after, valid_before, issued_at, revoked FROM certs ORDER BY serial DESC LIMIT ?1")?;
-                    let rows = st
-                        .query_map([limit], |r| {
-                            Ok(json!({
-                                "serial": r.get::<_, i64>(0)?,
-                                "kind": r.get::<_, String>(1)?,
-                                "subject": r.get::<_, String>(2)?,
-                                "principals": r.get::<_, String>(3)?,
-                                "valid_after": r.get::<_, i64>(4)?,
-                                "valid_before": r.get::<_, i64>(5)?,
-                                "issued_at": r.get::<_, i64>(6)?,
-                                "revoked": r.get::<_, bool>(7)?,
-                            }))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(rows)
-                })
+                .run(move |conn| store::certs::list(conn, limit))
                 .await?;
-            Ok(Value::Array(rows))
+            Ok(serde_json::to_value(rows)?)
         }
         AdminRequest::AuditTail { n } => {
             let events = svc.db.run(move |conn| audit::tail(conn, n)).await?;

@@ -20,10 +20,12 @@ use anyhow::{anyhow, Context, Result};
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use postern_core::api::AuditCheckpoint;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+pub use crate::store::audit::Event;
+use crate::store::{self, Tx};
 
 /// The hash of the (absent) event before the first.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -186,66 +188,50 @@ fn event_hash(prev: &str, seq: i64, ts: i64, kind: &str, actor: &str, detail: &s
 }
 
 /// Appends one event and its signed checkpoint; must run inside the caller's transaction.
-pub fn append(conn: &Connection, ts: u64, kind: &str, actor: &str, detail: Value) -> Result<()> {
+pub fn append(conn: &Tx<'_>, ts: u64, kind: &str, actor: &str, detail: Value) -> Result<()> {
     let key = installed_key()?;
     append_with(conn, &key, ts, kind, actor, detail)
 }
 
 fn append_with(
-    conn: &Connection,
+    tx: &Tx<'_>,
     key: &AuditKey,
     ts: u64,
     kind: &str,
     actor: &str,
     detail: Value,
 ) -> Result<()> {
-    let head: Option<(i64, String)> = conn
-        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_owned()));
+    let (prev_seq, prev_hash) = store::audit::head(tx)?.unwrap_or((0, GENESIS.to_owned()));
     let seq = prev_seq + 1;
     let ts = i64::try_from(ts)?;
     let detail = detail.to_string();
     let hash = event_hash(&prev_hash, seq, ts, kind, actor, &detail);
-    conn.execute(
-        "INSERT INTO audit (seq, ts, kind, actor, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![seq, ts, kind, actor, detail, prev_hash, hash],
-    )?;
-    conn.execute(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        params![seq, hash],
-    )?;
     let cp = key.sign(u64::try_from(seq)?, &hash);
-    // A plain INSERT: a checkpoint row already there for a new event means the database was
-    // written behind the daemon's back, and the append fails rather than hide it.
-    conn.execute(
-        "INSERT INTO audit_checkpoints (seq, hash, sig) VALUES (?1, ?2, ?3)",
-        params![seq, cp.hash, cp.sig],
-    )
-    .with_context(|| format!("cannot record the checkpoint of audit event {seq}"))?;
+    store::audit::insert_event(
+        tx,
+        &store::audit::StoredEvent {
+            seq,
+            ts,
+            kind: kind.to_owned(),
+            actor: actor.to_owned(),
+            detail,
+            prev_hash,
+            hash,
+            cp_hash: None,
+            cp_sig: None,
+        },
+    )?;
+    store::audit::insert_checkpoint(tx, seq, &cp.hash, &cp.sig)
+        .with_context(|| format!("cannot record the checkpoint of audit event {seq}"))?;
     Ok(())
 }
 
 /// Signs every event that has no valid checkpoint under `key`. Run only when the audit key is
 /// created (first start of an installation older than checkpoints): that is the one moment
 /// the daemon vouches for events it did not just append. Returns how many it signed.
-pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
+pub fn sign_existing(tx: &Tx<'_>, key: &AuditKey) -> Result<u64> {
     let pk = key.public();
-    let mut st = conn.prepare(
-        "SELECT a.seq, a.hash, c.hash, c.sig FROM audit a LEFT JOIN audit_checkpoints c ON c.seq = a.seq ORDER BY a.seq",
-    )?;
-    let rows = st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = store::audit::hashes_with_checkpoints(tx)?;
     // Checkpoints signed by another key mean the audit key was lost or deleted: a new key
     // must not vouch for the history the old one signed (whoever deleted it may have edited
     // that history). Only an installation older than checkpoints, or one whose signing with
@@ -253,7 +239,12 @@ pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
     let foreign = rows
         .iter()
         .filter(
-            |(seq, _, cp_hash, cp_sig)| match (cp_hash, cp_sig, u64::try_from(*seq)) {
+            |store::audit::HashRow {
+                 seq,
+                 cp_hash,
+                 cp_sig,
+                 ..
+             }| match (cp_hash, cp_sig, u64::try_from(*seq)) {
                 (Some(h), Some(sig), Ok(seq)) => !pk.checks(&AuditCheckpoint {
                     seq,
                     hash: h.clone(),
@@ -269,7 +260,13 @@ pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
         );
     }
     let mut signed = 0;
-    for (seq, hash, cp_hash, cp_sig) in rows {
+    for store::audit::HashRow {
+        seq,
+        hash,
+        cp_hash,
+        cp_sig,
+    } in rows
+    {
         let seq = u64::try_from(seq)?;
         let valid = match (cp_hash, cp_sig) {
             (Some(h), Some(sig)) => h == hash && pk.checks(&AuditCheckpoint { seq, hash: h, sig }),
@@ -277,10 +274,7 @@ pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
         };
         if !valid {
             let cp = key.sign(seq, &hash);
-            conn.execute(
-                "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, sig) VALUES (?1, ?2, ?3)",
-                params![i64::try_from(seq)?, cp.hash, cp.sig],
-            )?;
+            store::audit::replace_checkpoint(tx, i64::try_from(seq)?, &cp.hash, &cp.sig)?;
             signed += 1;
         }
     }
@@ -288,55 +282,13 @@ pub fn sign_existing(conn: &Connection, key: &AuditKey) -> Result<u64> {
 }
 
 /// The checkpoint of the newest event, as the database holds it (unchecked).
-pub fn newest_checkpoint(conn: &Connection) -> Result<Option<AuditCheckpoint>> {
-    let row: Option<(i64, String, String)> = conn
-        .query_row(
-            "SELECT seq, hash, sig FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    row.map(|(seq, hash, sig)| {
-        Ok(AuditCheckpoint {
-            seq: u64::try_from(seq)?,
-            hash,
-            sig,
-        })
-    })
-    .transpose()
-}
-
-/// One event as shown by `audit tail`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    /// Sequence number, from 1.
-    pub seq: i64,
-    /// Unix time.
-    pub ts: i64,
-    /// Event kind (`login.success`, `cert.issued`, ...).
-    pub kind: String,
-    /// Who caused it.
-    pub actor: String,
-    /// Details.
-    pub detail: Value,
+pub fn newest_checkpoint(tx: &Tx<'_>) -> Result<Option<AuditCheckpoint>> {
+    store::audit::newest_checkpoint(tx)
 }
 
 /// The last `n` events, oldest first.
-pub fn tail(conn: &Connection, n: u32) -> Result<Vec<Event>> {
-    let mut st = conn.prepare(
-        "SELECT seq, ts, kind, actor, detail FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq",
-    )?;
-    let rows = st.query_map([n], |r| {
-        let detail: String = r.get(4)?;
-        Ok(Event {
-            seq: r.get(0)?,
-            ts: r.get(1)?,
-            kind: r.get(2)?,
-            actor: r.get(3)?,
-            detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn tail(tx: &Tx<'_>, n: u32) -> Result<Vec<Event>> {
+    store::audit::tail(tx, n)
 }
 
 /// The outcome of `audit verify`.
@@ -382,14 +334,10 @@ fn checkpoint_problem(
 /// Walks the whole chain: sequence, links, hashes, every event's signed checkpoint, the head,
 /// checkpoints beyond the last event, and the checkpoints emitted off the host (`offhost`).
 pub fn verify_with(
-    conn: &Connection,
+    tx: &Tx<'_>,
     key: &AuditPublicKey,
     offhost: &[AuditCheckpoint],
 ) -> Result<Verification> {
-    let mut st = conn.prepare(
-        "SELECT a.seq, a.ts, a.kind, a.actor, a.detail, a.prev_hash, a.hash, c.hash, c.sig FROM audit a LEFT JOIN audit_checkpoints c ON c.seq = a.seq ORDER BY a.seq",
-    )?;
-    let mut rows = st.query([])?;
     let mut problems = Vec::new();
     let mut expected_seq = 1i64;
     let mut prev_hash = GENESIS.to_owned();
@@ -399,15 +347,19 @@ pub fn verify_with(
     // rewrite that recomputed the chain makes every later event fail too.
     let mut first_unsigned: Option<i64> = None;
     let mut later_unsigned = (0u64, 0i64);
-    while let Some(r) = rows.next()? {
+    store::audit::for_each_event(tx, |e| {
         events += 1;
-        let seq: i64 = r.get(0)?;
-        let ts: i64 = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let actor: String = r.get(3)?;
-        let detail: String = r.get(4)?;
-        let stored_prev: String = r.get(5)?;
-        let hash: String = r.get(6)?;
+        let store::audit::StoredEvent {
+            seq,
+            ts,
+            kind,
+            actor,
+            detail,
+            prev_hash: stored_prev,
+            hash,
+            cp_hash,
+            cp_sig,
+        } = e;
         if seq != expected_seq {
             if seq > expected_seq {
                 problems.push(format!(
@@ -429,7 +381,7 @@ pub fn verify_with(
                 "event {seq} was edited (its hash does not match its content)"
             ));
         }
-        match checkpoint_problem(key, seq, &hash, r.get(7)?, r.get(8)?)? {
+        match checkpoint_problem(key, seq, &hash, cp_hash, cp_sig)? {
             None => signed += 1,
             Some(why) if first_unsigned.is_none() => {
                 first_unsigned = Some(seq);
@@ -439,9 +391,8 @@ pub fn verify_with(
         }
         expected_seq = seq + 1;
         prev_hash = hash;
-    }
-    drop(rows);
-    drop(st);
+        Ok(())
+    })?;
     if let (Some(first), (n @ 1.., last)) = (first_unsigned, later_unsigned) {
         problems.push(format!(
             "{n} later event{} after event {first} (up to event {last}) fail their signed checkpoints too",
@@ -449,12 +400,7 @@ pub fn verify_with(
         ));
     }
     let last_seq = expected_seq - 1;
-    let head: Option<(i64, String)> = conn
-        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    if let Some((hseq, hhash)) = head {
+    if let Some((hseq, hhash)) = store::audit::head(tx)? {
         if hseq >= expected_seq {
             problems.push(format!(
                 "events {expected_seq} to {hseq} deleted from the end of the log"
@@ -463,8 +409,8 @@ pub fn verify_with(
             problems.push(format!("event {hseq} was replaced (head hash differs)"));
         }
     }
-    problems.extend(beyond_the_end(conn, key, last_seq)?);
-    let (offhost_newest, found) = against_offhost(conn, key, offhost, last_seq)?;
+    problems.extend(beyond_the_end(tx, key, last_seq)?);
+    let (offhost_newest, found) = against_offhost(tx, key, offhost, last_seq)?;
     problems.extend(found);
     Ok(Verification {
         events,
@@ -475,27 +421,12 @@ pub fn verify_with(
 }
 
 /// Checkpoint rows of events that are gone from the end of the log.
-fn beyond_the_end(conn: &Connection, key: &AuditPublicKey, last_seq: i64) -> Result<Vec<String>> {
-    let mut st = conn.prepare("SELECT seq, hash, sig FROM audit_checkpoints WHERE seq > ?1")?;
-    let beyond = st
-        .query_map([last_seq], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+fn beyond_the_end(tx: &Tx<'_>, key: &AuditPublicKey, last_seq: i64) -> Result<Vec<String>> {
     let mut newest_signed = None;
     let mut forged = 0;
-    for (seq, hash, sig) in beyond {
-        let cp = AuditCheckpoint {
-            seq: u64::try_from(seq)?,
-            hash,
-            sig,
-        };
+    for cp in store::audit::checkpoints_after(tx, last_seq)? {
         if key.checks(&cp) {
-            newest_signed = newest_signed.max(Some(seq));
+            newest_signed = newest_signed.max(Some(cp.seq));
         } else {
             forged += 1;
         }
@@ -518,7 +449,7 @@ fn beyond_the_end(conn: &Connection, key: &AuditPublicKey, last_seq: i64) -> Res
 /// The log against the checkpoints emitted off the host: the newest one that carries the
 /// audit key's signature, and the problems found.
 fn against_offhost(
-    conn: &Connection,
+    tx: &Tx<'_>,
     key: &AuditPublicKey,
     offhost: &[AuditCheckpoint],
     last_seq: i64,
@@ -536,12 +467,7 @@ fn against_offhost(
         if seq > last_seq {
             continue;
         }
-        let stored: Option<(String, String)> = conn
-            .query_row("SELECT hash, kind FROM audit WHERE seq = ?1", [seq], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((hash, kind)) = stored {
+        if let Some((hash, kind)) = store::audit::hash_and_kind(tx, seq)? {
             if hash != cp.hash {
                 problems.push(format!(
                     "event {seq} ({kind}) differs from its checkpoint emitted off the host: rewritten"
@@ -711,6 +637,7 @@ pub fn to_syslog(path: Option<&Path>, line: &str) -> std::result::Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::{params, Connection};
     use serde_json::json;
 
     fn key() -> AuditKey {
@@ -721,13 +648,21 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         crate::db::init_schema(&c).unwrap();
         for i in 0..5 {
-            append_with(&c, &key(), 100 + i, "test", "tester", json!({ "i": i })).unwrap();
+            append_with(
+                &Tx::sqlite(&c),
+                &key(),
+                100 + i,
+                "test",
+                "tester",
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         c
     }
 
     fn check(c: &Connection) -> Verification {
-        verify_with(c, &key().public(), &[]).unwrap()
+        verify_with(&Tx::sqlite(c), &key().public(), &[]).unwrap()
     }
 
     /// The attack: edit event `seq`'s detail and recompute every hash after it and the head,
@@ -784,7 +719,7 @@ mod tests {
         assert_eq!(v.signed, 5);
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         let newest = checkpoint(&c, 5);
-        let v = verify_with(&c, &key().public(), &[newest]).unwrap();
+        let v = verify_with(&Tx::sqlite(&c), &key().public(), &[newest]).unwrap();
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         assert_eq!(v.offhost_newest, Some(5));
     }
@@ -911,7 +846,7 @@ mod tests {
             .unwrap();
         // The limit: what is left is a valid, shorter log.
         assert!(check(&c).problems.is_empty());
-        let v = verify_with(&c, &key().public(), &[emitted]).unwrap();
+        let v = verify_with(&Tx::sqlite(&c), &key().public(), &[emitted]).unwrap();
         assert_eq!(
             v.problems,
             ["the log ends at event 3 but a checkpoint emitted off the host names event 5: events 4 to 5 were deleted from the end"]
@@ -922,14 +857,14 @@ mod tests {
     fn rejects_an_offhost_checkpoint_of_another_key_or_of_a_rewritten_event() {
         let c = db();
         let foreign = AuditKey::for_tests(2).sign(9, &checkpoint(&c, 5).hash);
-        let v = verify_with(&c, &key().public(), &[foreign]).unwrap();
+        let v = verify_with(&Tx::sqlite(&c), &key().public(), &[foreign]).unwrap();
         assert_eq!(
             v.problems,
             ["1 off-host checkpoint(s) do not carry the audit key's signature (first: seq=9)"]
         );
         let emitted = checkpoint(&c, 4);
         rewrite_and_rehash(&c, 2, "{\"i\":99}");
-        let v = verify_with(&c, &key().public(), &[emitted]).unwrap();
+        let v = verify_with(&Tx::sqlite(&c), &key().public(), &[emitted]).unwrap();
         assert_eq!(
             v.problems[0],
             "event 2 (test) was rewritten: its hash is not the one the audit key signed for it"
@@ -968,15 +903,28 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         crate::db::init_schema(&c).unwrap();
         for i in 0..3 {
-            append_with(&c, &key(), 100 + i, "test", "tester", json!({ "i": i })).unwrap();
+            append_with(
+                &Tx::sqlite(&c),
+                &key(),
+                100 + i,
+                "test",
+                "tester",
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         // An installation older than checkpoints had none.
         c.execute("DELETE FROM audit_checkpoints", []).unwrap();
         let new = AuditKey::for_tests(3);
-        assert_eq!(verify_with(&c, &new.public(), &[]).unwrap().signed, 0);
-        assert_eq!(sign_existing(&c, &new).unwrap(), 3);
-        assert_eq!(sign_existing(&c, &new).unwrap(), 0);
-        let v = verify_with(&c, &new.public(), &[]).unwrap();
+        assert_eq!(
+            verify_with(&Tx::sqlite(&c), &new.public(), &[])
+                .unwrap()
+                .signed,
+            0
+        );
+        assert_eq!(sign_existing(&Tx::sqlite(&c), &new).unwrap(), 3);
+        assert_eq!(sign_existing(&Tx::sqlite(&c), &new).unwrap(), 0);
+        let v = verify_with(&Tx::sqlite(&c), &new.public(), &[]).unwrap();
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         assert_eq!(v.signed, 3);
     }
@@ -986,16 +934,24 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         crate::db::init_schema(&c).unwrap();
         for i in 0..3 {
-            append_with(&c, &key(), 100 + i, "test", "tester", json!({ "i": i })).unwrap();
+            append_with(
+                &Tx::sqlite(&c),
+                &key(),
+                100 + i,
+                "test",
+                "tester",
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         // The key was deleted (and the history perhaps edited): a new key refuses to sign.
-        let e = sign_existing(&c, &AuditKey::for_tests(4)).unwrap_err();
+        let e = sign_existing(&Tx::sqlite(&c), &AuditKey::for_tests(4)).unwrap_err();
         assert!(
             format!("{e:#}").contains("signed by another audit key"),
             "{e:#}"
         );
         // The key that signed them finds nothing to do.
-        assert_eq!(sign_existing(&c, &key()).unwrap(), 0);
+        assert_eq!(sign_existing(&Tx::sqlite(&c), &key()).unwrap(), 0);
     }
 
     #[test]
@@ -1006,7 +962,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let e = append_with(&c, &key(), 200, "test", "tester", json!({})).unwrap_err();
+        let e = append_with(&Tx::sqlite(&c), &key(), 200, "test", "tester", json!({})).unwrap_err();
         assert!(
             format!("{e:#}").contains("cannot record the checkpoint of audit event 6"),
             "{e:#}"
@@ -1058,8 +1014,8 @@ mod tests {
         // `append` refuses without one.
         let c = Connection::open_in_memory().unwrap();
         crate::db::init_schema(&c).unwrap();
-        append(&c, 1, "test", "tester", json!({})).unwrap();
-        let v = verify_with(&c, &installed_public_key().unwrap(), &[]).unwrap();
+        append(&Tx::sqlite(&c), 1, "test", "tester", json!({})).unwrap();
+        let v = verify_with(&Tx::sqlite(&c), &installed_public_key().unwrap(), &[]).unwrap();
         assert!(v.problems.is_empty(), "{:?}", v.problems);
     }
 }

@@ -53,22 +53,25 @@ mod tests {
     use anyhow::{anyhow, Result};
 
     async fn rows(db: &Db) -> i64 {
-        db.run(|c| Ok(c.query_row("SELECT COUNT(*) FROM probe", [], |r| r.get(0))?))
-            .await
-            .unwrap()
+        db.run(|c| {
+            Ok(c.conn()
+                .query_row("SELECT COUNT(*) FROM probe", [], |r| r.get(0))?)
+        })
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
     async fn a_refusal_commits_its_audit_row_and_an_error_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
-        db.run(|c| Ok(c.execute_batch("CREATE TABLE probe (x INTEGER)")?))
+        db.run(|c| Ok(c.conn().execute_batch("CREATE TABLE probe (x INTEGER)")?))
             .await
             .unwrap();
 
         let refused = db
             .run(|c| -> Result<Committed<()>> {
-                c.execute("INSERT INTO probe VALUES (1)", [])?;
+                c.conn().execute("INSERT INTO probe VALUES (1)", [])?;
                 Ok(Committed::Refused(Refusal::Forbidden("no".into())))
             })
             .await
@@ -78,7 +81,7 @@ mod tests {
 
         let failed = db
             .run(|c| -> Result<Committed<()>> {
-                c.execute("INSERT INTO probe VALUES (2)", [])?;
+                c.conn().execute("INSERT INTO probe VALUES (2)", [])?;
                 Err(anyhow!("disk on fire"))
             })
             .await;
@@ -87,7 +90,7 @@ mod tests {
 
         let done = db
             .run(|c| -> Result<Committed<i64>> {
-                c.execute("INSERT INTO probe VALUES (3)", [])?;
+                c.conn().execute("INSERT INTO probe VALUES (3)", [])?;
                 Ok(Committed::Done(7))
             })
             .await

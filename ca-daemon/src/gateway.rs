@@ -13,7 +13,6 @@ use postern_core::cert::{
     issue_node_access_cert, CertValidator, IssueParams, Signer, CLOCK_SKEW_SECS,
 };
 use postern_core::{Deny, KeyId, Labels, NodeName, Ttl};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg};
@@ -22,6 +21,7 @@ use crate::audit;
 use crate::keys::CaKind;
 use crate::nodes::{active_locks, host_cert_as, host_principals, parse_key};
 use crate::service::{now, Refusal, Service};
+use crate::store::{self, nodes::GatewaySession, Tx};
 use crate::x509::ClientIdentity;
 
 /// Lifetime of a node-access certificate in seconds: long enough to log in, useless soon after.
@@ -35,9 +35,6 @@ type Outcome<T> = std::result::Result<T, Refusal>;
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
-fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 /// Whether `s` is a session id as the gateway chooses them: `[a-z0-9-]{1,64}`. It names a
 /// recording file, so nothing else is allowed.
@@ -47,17 +44,10 @@ pub fn valid_session_id(s: &str) -> bool {
 
 /// The gateway behind an mTLS identity, refreshing its "last seen" time; `None` for anything
 /// that is not a currently joined gateway (servers included).
-pub(crate) fn gateway_for(
-    c: &Connection,
-    id: &ClientIdentity,
-    now: u64,
-) -> Result<Option<NodeName>> {
+pub(crate) fn gateway_for(c: &Tx<'_>, id: &ClientIdentity, now: u64) -> Result<Option<NodeName>> {
     match Service::node_for(c, id)? {
         Some((name, _, kind)) if kind == "gateway" => {
-            c.execute(
-                "UPDATE nodes SET last_sync = ?2 WHERE name = ?1",
-                params![name.as_str(), i(now)],
-            )?;
+            store::nodes::touch(c, name.as_str(), now)?;
             Ok(Some(name))
         }
         _ => Ok(None),
@@ -73,29 +63,20 @@ const REVOKED_LISTED_AFTER_END_SECS: u64 = 24 * 3600;
 /// the user) and `users reset` (which keeps it) revoke user certificates, so the user's row
 /// tells which of the two it was; a user removed and added again reads as reset, which cuts
 /// all the same.
-fn revoked_user_certs(c: &Connection, now: u64) -> Result<Vec<RevokedUserCert>> {
-    let mut st = c.prepare(
-        "SELECT serial, subject, EXISTS (SELECT 1 FROM users WHERE users.name = certs.subject) \
-         FROM certs WHERE kind = 'ssh-user' AND revoked = 1 AND valid_before > ?1 ORDER BY serial",
-    )?;
-    let rows = st
-        .query_map(
-            [i(now.saturating_sub(REVOKED_LISTED_AFTER_END_SECS))],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                ))
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
+fn revoked_user_certs(c: &Tx<'_>, now: u64) -> Result<Vec<RevokedUserCert>> {
+    let rows =
+        store::certs::revoked_user_certs(c, now.saturating_sub(REVOKED_LISTED_AFTER_END_SECS))?;
     let mut out = Vec::with_capacity(rows.len());
-    for (serial, subject, user_exists) in rows {
+    for store::certs::RevokedUser {
+        serial,
+        subject,
+        user_exists,
+    } in rows
+    {
         // A subject that is no user name (none is written) would be no session's user.
         let Ok(user) = subject.parse() else { continue };
         out.push(RevokedUserCert {
-            serial: u(serial).into(),
+            serial: serial.into(),
             user,
             reason: if user_exists {
                 "user reset"
@@ -116,15 +97,10 @@ fn not_a_gateway() -> Refusal {
 }
 
 /// A joined server of kind `node`: its address, labels and the host key the CA certified.
-fn server(c: &Connection, name: &NodeName) -> Result<Option<(Option<String>, Labels, String)>> {
-    let row: Option<(Option<String>, String, String)> = c
-        .query_row(
-            "SELECT address, labels, host_key FROM nodes WHERE name = ?1 AND kind = 'node'",
-            [name.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    row.map(|(a, l, k)| Ok((a, l.parse()?, k))).transpose()
+fn server(c: &Tx<'_>, name: &NodeName) -> Result<Option<(Option<String>, Labels, String)>> {
+    store::nodes::server(c, name.as_str())?
+        .map(|s| Ok((s.address, s.labels.parse()?, s.host_key)))
+        .transpose()
 }
 
 impl Service {
@@ -138,21 +114,10 @@ impl Service {
                 if gateway_for(c, &id, now)?.is_none() {
                     return Ok(Committed::Refused(not_a_gateway()));
                 }
-                let mut st = c.prepare(
-                    "SELECT name, address, labels, host_key FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
-                )?;
-                let rows = st
-                    .query_map([], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = store::nodes::routable_servers(c)?;
                 let mut nodes = Vec::with_capacity(rows.len());
-                for (name, address, labels, host_key) in rows {
+                for store::nodes::Server { name, address, labels, host_key } in rows {
+                    let address = address.unwrap_or_default();
                     // One bad row (written by an older version) must not make the whole
                     // inventory fail for every gateway: it is left out and logged.
                     let Ok(name) = postern_core::names::parse_node_name(&name) else {
@@ -230,13 +195,7 @@ impl Service {
                     Ok(v) if v.key_id.as_str() != user.as_str() => Some("the certificate belongs to another user".into()),
                     Ok(v) if !v.principals.iter().any(|p| p.as_str() == login.as_str()) => Some(format!("the certificate does not carry the login {login}")),
                     Ok(_) => {
-                        let row: Option<(String, bool, String)> = c
-                            .query_row(
-                                "SELECT subject, revoked, key_fingerprint FROM certs WHERE serial = ?1 AND kind = 'ssh-user'",
-                                [i(serial)],
-                                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                            )
-                            .optional()?;
+                        let row = store::certs::by_serial(c, "ssh-user", serial)?.map(|c| (c.subject, c.revoked, c.fingerprint));
                         let fp = user_cert.public_key().fingerprint(HashAlg::Sha256).to_string();
                         match row {
                             None => Some("unknown serial".into()),
@@ -285,21 +244,16 @@ impl Service {
 
                 // A session id names one session (and its recording): the same gateway may ask
                 // again for the same session, nobody may reuse it for another.
-                let earlier: Option<(String, String, String, String)> = c
-                    .query_row(
-                        "SELECT gateway, user, login, node FROM gateway_sessions WHERE id = ?1",
-                        [req.session_id.as_str()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
+                let earlier = store::nodes::session(c, &req.session_id)?.map(|s| (s.gateway, s.user, s.login, s.node));
                 match earlier {
                     None => {
-                        c.execute(
-                            // The server's labels now: what `view_recordings` judges the
-                            // session's recordings by, whatever the server becomes later.
-                            "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![req.session_id.as_str(), gateway.as_str(), user.as_str(), login.as_str(), node.as_str(), i(now), labels.to_string()],
-                        )?;
+                        // The server's labels now: what `view_recordings` judges the
+                        // session's recordings by, whatever the server becomes later.
+                        store::nodes::add_session(c, &GatewaySession {
+                            id: req.session_id.to_string(), gateway: gateway.to_string(), user: user.to_string(),
+                            login: login.to_string(), node: node.to_string(), labels: Some(labels.to_string()),
+                            first_authorized: i(now),
+                        })?;
                     }
                     Some(e) if e == (gateway.to_string(), user.to_string(), login.to_string(), node.to_string()) => {}
                     Some(_) => {
@@ -313,15 +267,11 @@ impl Service {
                 let fp = key.fingerprint(HashAlg::Sha256).to_string();
                 let valid_after = now.saturating_sub(CLOCK_SKEW_SECS);
                 let valid_before = now + approval.ttl().as_secs();
-                let serial = crate::db::record_cert(c, &crate::db::CertRow {
+                let serial = store::certs::record(c, &store::certs::CertRow {
                     kind: "ssh-node-access", subject: user.as_str(), principals: login.as_str(),
                     valid_after, valid_before, issued_at: now, fingerprint: &fp,
                 })?;
-                let egress: Option<String> = c
-                    .query_row("SELECT egress FROM nodes WHERE name = ?1 AND kind = 'gateway'", [gateway.as_str()], |r| r.get(0))
-                    .optional()?
-                    .flatten()
-                    .filter(|e: &String| !e.is_empty());
+                let egress = store::nodes::gateway_egress(c, gateway.as_str())?.filter(|e| !e.is_empty());
                 let cert = issue_node_access_cert(&keys.node, approval, &key_id, &key, egress.as_deref(), IssueParams { serial, now })?;
                 let permits: Vec<_> = approval.permits().iter().copied().collect();
                 audit::append(c, now, "gateway.authorized", user.as_str(), json!({
@@ -370,8 +320,7 @@ impl Service {
                 // it for the server's own certificate (re-joining the server does not touch it).
                 let key_id: KeyId = format!("gateway:{gateway}/{}", req.node).parse()?;
                 let approval = policy.decide_host_cert(key_id, principals, Ttl::from_secs(GATEWAY_HOST_CERT_MAX_SECS))?;
-                let (certificate, valid_before) = host_cert_as(c, &keys, &approval, &key, now)?;
-                let serial = u(c.last_insert_rowid());
+                let (certificate, valid_before, serial) = host_cert_as(c, &keys, &approval, &key, now)?;
                 audit::append(
                     c,
                     now,

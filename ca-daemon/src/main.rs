@@ -13,6 +13,7 @@ mod nodes;
 mod recordings;
 mod server;
 mod service;
+mod store;
 mod tls;
 mod x509;
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use postern_core::Policy;
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -15,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::service::{now, Service};
+use crate::store::{self, Tx};
 use crate::{admin, api, audit, auth, db, keys, tls};
 
 /// What `init` created.
@@ -107,7 +107,7 @@ pub fn init(
     let conn = db::open_connection(&data_dir.join("posternd.db"))?;
     db::init_schema(&conn)?;
     audit::append(
-        &conn,
+        &Tx::sqlite(&conn),
         now(),
         "ca.created",
         "posternd init",
@@ -130,7 +130,7 @@ fn open_audit_key(data_dir: &Path, cluster: &str) -> Result<audit::AuditPublicKe
         let conn = db::open_connection(&data_dir.join("posternd.db"))?;
         db::init_schema(&conn)?;
         let tx = conn.unchecked_transaction()?;
-        let n = audit::sign_existing(&tx, key)?;
+        let n = audit::sign_existing(&Tx::sqlite(&tx), key)?;
         tx.commit()?;
         tracing::info!(
             "created the audit checkpoint key; signed the {n} events already in the audit log"
@@ -317,36 +317,25 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
     // Give admin a fresh invite unless it has already enrolled.
     let conn = db::open_connection(&cfg.data_dir.join("posternd.db"))?;
     db::init_schema(&conn)?;
-    let enrolled: Option<bool> = conn
-        .query_row(
-            "SELECT password_hash IS NOT NULL FROM users WHERE name = 'admin'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let tx = Tx::sqlite(&conn);
+    let enrolled = store::users::enrolled(&tx, "admin")?;
     let now = now();
     let next = if enrolled == Some(true) {
         "User admin is enrolled already. Log in with:".to_owned()
     } else {
         let (token, hash) = auth::new_invite()?;
-        let expires = (now + auth::INVITE_SECS) as i64;
+        let expires = now + auth::INVITE_SECS;
         if enrolled.is_none() {
-            conn.execute(
-                "INSERT INTO users (name, invite_hash, invite_expires, created_at) VALUES ('admin', ?1, ?2, ?3)",
-                params![hash, expires, now as i64],
-            )?;
+            store::users::add_invited(&tx, "admin", &hash, expires, now)?;
             audit::append(
-                &conn,
+                &tx,
                 now,
                 "user.added",
                 "posternd quickstart",
                 json!({ "user": "admin" }),
             )?;
         } else {
-            conn.execute(
-                "UPDATE users SET invite_hash = ?1, invite_expires = ?2 WHERE name = 'admin'",
-                params![hash, expires],
-            )?;
+            store::users::set_invite(&tx, "admin", &hash, expires)?;
         }
         format!(
             "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app) with the invite\n  {token}\npasted when asked (on the command line every local user could read it):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite-stdin\nthen log in:",

@@ -8,7 +8,6 @@ use anyhow::{anyhow, Result};
 use postern_core::api::{CertResponse, EnrollRequest, LoginRequest};
 use postern_core::cert::{issue_user_cert, IssueParams, Signer};
 use postern_core::{ClusterName, Policy, Ttl, Username};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
 
@@ -17,6 +16,7 @@ use crate::auth::{self, GhostLockout};
 use crate::db::Db;
 use crate::keys::KeyStore;
 use crate::limits::{Busy, FailureKind, Source};
+use crate::store::{self, Tx};
 
 /// The refusal when every argon2 slot stayed taken.
 fn busy() -> Refusal {
@@ -96,37 +96,6 @@ pub enum Refusal {
 
 type Outcome<T> = std::result::Result<T, Refusal>;
 
-/// No `Debug`: it holds the password hash and the TOTP secret.
-struct UserRow {
-    password_hash: Option<String>,
-    totp_secret: Option<Vec<u8>>,
-    last_totp_step: i64,
-    failed_count: i64,
-    locked_until: i64,
-    hard_locked: bool,
-    last_password_login: Option<i64>,
-}
-
-fn load_user(conn: &Connection, name: &str) -> Result<Option<UserRow>> {
-    Ok(conn
-        .query_row(
-            "SELECT password_hash, totp_secret, last_totp_step, failed_count, locked_until, last_password_login, hard_locked FROM users WHERE name = ?1",
-            [name],
-            |r| {
-                Ok(UserRow {
-                    password_hash: r.get(0)?,
-                    totp_secret: r.get(1)?,
-                    last_totp_step: r.get(2)?,
-                    failed_count: r.get(3)?,
-                    locked_until: r.get(4)?,
-                    last_password_login: r.get(5)?,
-                    hard_locked: r.get(6)?,
-                })
-            },
-        )
-        .optional()?)
-}
-
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -184,13 +153,7 @@ impl Service {
         let failures = Arc::clone(&self.limits.failures);
         self.db
             .run(move |conn| {
-                let row: Option<(Option<String>, Option<i64>)> = conn
-                    .query_row(
-                        "SELECT invite_hash, invite_expires FROM users WHERE name = ?1",
-                        [user.as_str()],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
+                let row = store::users::invite(conn, &user)?.map(|r| (r.hash, r.expires));
                 let known = row.is_some();
                 let valid = match row {
                     Some((Some(h), Some(exp))) => auth::same_hash(&h, &presented) && u(exp) > now,
@@ -203,18 +166,26 @@ impl Service {
                 if !valid {
                     // Counted in the source's summary, not audited one by one; a name that is
                     // not a user may be anything the person typed: only its keyed tag is kept.
-                    let name = if known { user.as_str().to_owned() } else { auth::unknown_name_label(user.as_str()) };
-                    failures.record(source, FailureKind::Enroll, "invalid or expired invite", Some(&name), now);
+                    let name = if known {
+                        user.as_str().to_owned()
+                    } else {
+                        auth::unknown_name_label(user.as_str())
+                    };
+                    failures.record(
+                        source,
+                        FailureKind::Enroll,
+                        "invalid or expired invite",
+                        Some(&name),
+                        now,
+                    );
                     return Ok(Committed::Refused(Refusal::BadCredentials));
                 }
-                conn.execute(
-                    "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
-                    params![user.as_str(), hash, secret],
-                )?;
+                store::users::enroll(conn, &user, &hash, &secret)?;
                 audit::append(conn, now, "user.enrolled", user.as_str(), json!({}))?;
                 Ok(Committed::Done(()))
             })
-            .await?.into_result()?;
+            .await?
+            .into_result()?;
         Ok(uri)
     }
 
@@ -226,7 +197,7 @@ impl Service {
         let row = {
             let name = name.clone();
             self.db
-                .run(move |conn| load_user(conn, name.as_str()))
+                .run(move |conn| store::users::get(conn, name.as_str()))
                 .await?
         };
         // The expensive checks run off the async threads, under the argon2 limit, and take the
@@ -268,13 +239,7 @@ impl Service {
             // nothing about whether the user exists (review finding: since failures are no
             // longer audited one by one, only the real path wrote).
             self.db
-                .run(move |conn| {
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('unknown_login_at', ?1)",
-                        [now.to_string()],
-                    )?;
-                    Ok(())
-                })
+                .run(move |conn| store::users::note_unknown_login(conn, now))
                 .await?;
             // Counted in the source's summary under the name's keyed tag, never the name: an
             // unknown name may be a password typed into the wrong field.
@@ -299,7 +264,7 @@ impl Service {
         let ttl = req.ttl;
         self.db
             .run(move |conn| -> Result<Committed<CertResponse>> {
-                let Some(row) = load_user(conn, name.as_str())? else {
+                let Some(row) = store::users::get(conn, name.as_str())? else {
                     return Ok(Committed::Refused(Refusal::BadCredentials));
                 };
                 // Failures before the credentials are proven are counted in the source's
@@ -335,23 +300,14 @@ impl Service {
                 if let Some(reason) = reason {
                     // Failures are counted across locks; only a successful login resets them.
                     let next = auth::after_failure(row.failed_count, now);
-                    conn.execute(
-                        "UPDATE users SET failed_count = ?2 WHERE name = ?1",
-                        params![name.as_str(), next.failures],
-                    )?;
+                    store::users::set_failures(conn, &name, next.failures)?;
                     match next.lock {
                         Some(auth::Lock::Until { nth, until }) => {
-                            conn.execute(
-                                "UPDATE users SET locked_until = ?2 WHERE name = ?1",
-                                params![name.as_str(), i(until)],
-                            )?;
+                            store::users::lock_until(conn, &name, until)?;
                             audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "until": until, "lock": nth, "failures": next.failures }))?;
                         }
                         Some(auth::Lock::Hard) => {
-                            conn.execute(
-                                "UPDATE users SET hard_locked = 1 WHERE name = ?1",
-                                [name.as_str()],
-                            )?;
+                            store::users::hard_lock(conn, &name)?;
                             audit::append(conn, now, "user.locked_out", name.as_str(), json!({ "hard": true, "lock": auth::HARD_LOCK_AT, "failures": next.failures }))?;
                             tracing::warn!(user = %name, failures = next.failures, "user hard-locked after repeated login failures; `posternd users reset` clears it");
                         }
@@ -360,10 +316,7 @@ impl Service {
                     fail(reason)?;
                     return Ok(Committed::Refused(Refusal::BadCredentials));
                 }
-                conn.execute(
-                    "UPDATE users SET failed_count = 0, locked_until = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
-                    params![name.as_str(), i(step.unwrap_or(0)), i(now)],
-                )?;
+                store::users::login_succeeded(conn, &name, step.unwrap_or(0), now)?;
                 let renew_until = now + policy.defaults().renew_until.as_secs();
                 let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
                 match ctx.issue(conn, &name, &public, ttl, renew_until, now, "login")? {
@@ -394,27 +347,31 @@ impl Service {
         let gateway = self.gateway.clone();
         self.db
             .run(move |conn| -> Result<Committed<CertResponse>> {
-                let row: Option<(String, i64)> = conn
-                    .query_row(
-                        "SELECT subject, revoked FROM certs WHERE serial = ?1 AND kind = 'x509-client'",
-                        [i(identity.serial)],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                let refuse = |conn: &Connection, who: &str, reason: &str| -> Result<Committed<CertResponse>> {
-                    audit::append(conn, now, "renew.failure", who, json!({ "reason": reason, "x509_serial": identity.serial }))?;
-                    Ok(Committed::Refused(Refusal::Forbidden(format!("renewal refused: {reason}; run `postern login` to sign in again"))))
-                };
+                let row = store::certs::by_serial(conn, "x509-client", identity.serial)?
+                    .map(|c| (c.subject, c.revoked));
+                let refuse =
+                    |conn: &Tx<'_>, who: &str, reason: &str| -> Result<Committed<CertResponse>> {
+                        audit::append(
+                            conn,
+                            now,
+                            "renew.failure",
+                            who,
+                            json!({ "reason": reason, "x509_serial": identity.serial }),
+                        )?;
+                        Ok(Committed::Refused(Refusal::Forbidden(format!(
+                            "renewal refused: {reason}; run `postern login` to sign in again"
+                        ))))
+                    };
                 let Some((subject, revoked)) = row.filter(|(s, _)| *s == identity.subject) else {
                     return refuse(conn, &identity.subject, "unknown identity");
                 };
-                if revoked != 0 {
+                if revoked {
                     return refuse(conn, &subject, "this identity was revoked");
                 }
                 let Ok(name) = subject.parse::<Username>() else {
                     return refuse(conn, &subject, "unknown identity");
                 };
-                let Some(user) = load_user(conn, name.as_str())? else {
+                let Some(user) = store::users::get(conn, name.as_str())? else {
                     return refuse(conn, &subject, "the user no longer exists");
                 };
                 let Some(last) = user.last_password_login else {
@@ -422,10 +379,19 @@ impl Service {
                 };
                 let deadline = u(last) + policy.defaults().renew_until.as_secs();
                 if now >= deadline {
-                    return refuse(conn, &subject, "the renewal window after the last password login is over");
+                    return refuse(
+                        conn,
+                        &subject,
+                        "the renewal window after the last password login is over",
+                    );
                 }
                 let public = PublicKey::from(ssh_key::public::Ed25519PublicKey(identity.ed25519));
-                let ctx = IssueCtx { keys: &keys, policy: &policy, cluster: &cluster, gateway: &gateway };
+                let ctx = IssueCtx {
+                    keys: &keys,
+                    policy: &policy,
+                    cluster: &cluster,
+                    gateway: &gateway,
+                };
                 match ctx.issue(conn, &name, &public, ttl, deadline, now, "renew")? {
                     Ok((resp, _)) => Ok(Committed::Done(resp)),
                     Err(deny) => refuse(conn, &subject, &deny),
@@ -463,7 +429,7 @@ impl IssueCtx<'_> {
     #[allow(clippy::too_many_arguments)]
     fn issue(
         &self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         user: &Username,
         public: &PublicKey,
         ttl: Option<Ttl>,
@@ -513,9 +479,9 @@ impl IssueCtx<'_> {
         let fp = public.fingerprint(HashAlg::Sha256).to_string();
         let valid_after = now.saturating_sub(postern_core::cert::CLOCK_SKEW_SECS);
         let valid_before = now + a.ttl().as_secs();
-        let serial = crate::db::record_cert(
+        let serial = store::certs::record(
             conn,
-            &crate::db::CertRow {
+            &store::certs::CertRow {
                 kind: "ssh-user",
                 subject: user.as_str(),
                 principals: &principals,
@@ -526,9 +492,9 @@ impl IssueCtx<'_> {
             },
         )?;
         let cert = issue_user_cert(&self.keys.user, a, public, IssueParams { serial, now })?;
-        let x509_serial = crate::db::record_cert(
+        let x509_serial = store::certs::record(
             conn,
-            &crate::db::CertRow {
+            &store::certs::CertRow {
                 kind: "x509-client",
                 subject: user.as_str(),
                 principals: "",

@@ -10,22 +10,22 @@ use postern_core::api::{Bundle, SyncResponse};
 use postern_core::cert::Signer;
 use postern_core::krl::{CaRevocations, Krl};
 use postern_core::{Labels, NodeName, Policy};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::PublicKey;
 
 use super::join::host_principals;
 use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
-use super::{i, parse_host_key, u};
+use super::parse_host_key;
 use crate::audit;
 use crate::keys::{CaKind, KeyStore};
 use crate::service::{now, Refusal, Service};
+use crate::store::{self, Tx};
 
 /// The KRL from the database: revoked certificates, and every live certificate of a locked
 /// user (under the user and node-access CAs, by serial and by key id). Lifting the lock lifts
 /// the revocation at the next build.
-pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
+pub fn build_krl(conn: &Tx<'_>, keys: &KeyStore, now: u64) -> Result<Krl> {
     let blob = |k: CaKind| keys.ssh(k).public_key().to_bytes();
     let mut certs: BTreeMap<Vec<u8>, CaRevocations> = BTreeMap::new();
     let kind_ca = |kind: &str| match kind {
@@ -40,23 +40,17 @@ pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
         .filter(|l| l.target == postern_core::LockTarget::User)
         .map(|l| l.name.as_str())
         .collect();
-    let mut st = conn.prepare(
-        "SELECT serial, kind, subject, revoked FROM certs WHERE valid_before > ?1 AND kind LIKE 'ssh-%'",
-    )?;
-    let mut rows = st.query([i(now)])?;
-    while let Some(r) = rows.next()? {
-        let serial: i64 = r.get(0)?;
-        let kind: String = r.get(1)?;
-        let subject: String = r.get(2)?;
-        let revoked: bool = r.get(3)?;
+    for store::certs::LiveSsh {
+        serial,
+        kind,
+        subject,
+        revoked,
+    } in store::certs::live_ssh(conn, now)?
+    {
         let Some(ca) = kind_ca(&kind) else { continue };
         let by_lock = ca != CaKind::Host && locked_users.contains(subject.as_str());
         if revoked || by_lock {
-            certs
-                .entry(blob(ca)?)
-                .or_default()
-                .serials
-                .insert(u(serial));
+            certs.entry(blob(ca)?).or_default().serials.insert(serial);
         }
     }
     for user in &locked_users {
@@ -79,13 +73,13 @@ pub fn build_krl(conn: &Connection, keys: &KeyStore, now: u64) -> Result<Krl> {
 
 /// The addresses gateways dial servers from: each gateway's configured egress addresses, or
 /// the address the CA saw it join from.
-pub fn gateway_addresses(conn: &Connection) -> Result<Vec<String>> {
-    let mut st = conn.prepare("SELECT egress, seen_from FROM nodes WHERE kind = 'gateway'")?;
-    let mut rows = st.query([])?;
+pub fn gateway_addresses(conn: &Tx<'_>) -> Result<Vec<String>> {
     let mut out = BTreeSet::new();
-    while let Some(r) = rows.next()? {
-        let egress: Option<String> = r.get(0)?;
-        let seen: Option<String> = r.get(1)?;
+    for store::nodes::GatewayAddresses {
+        egress,
+        seen_from: seen,
+    } in store::nodes::gateway_addresses(conn)?
+    {
         let list = egress
             .filter(|e| !e.is_empty())
             .or(seen)
@@ -102,7 +96,7 @@ pub fn gateway_addresses(conn: &Connection) -> Result<Vec<String>> {
 
 /// The bundle for one node.
 pub fn build_bundle(
-    conn: &Connection,
+    conn: &Tx<'_>,
     keys: &KeyStore,
     policy: &Policy,
     cluster: &postern_core::ClusterName,
@@ -131,34 +125,27 @@ pub fn build_bundle(
 impl Service {
     /// Checks a node's mTLS identity; returns its name, labels and kind (`node`/`gateway`).
     pub(crate) fn node_for(
-        c: &Connection,
+        c: &Tx<'_>,
         id: &crate::x509::ClientIdentity,
     ) -> Result<Option<(NodeName, Labels, String)>> {
         let Some((kind, name)) = id.subject.split_once(':') else {
             return Ok(None);
         };
-        let row: Option<(String, i64, String)> = c
-            .query_row(
-                "SELECT labels, identity_serial, kind FROM nodes WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let revoked: Option<bool> = c
-            .query_row(
-                "SELECT revoked FROM certs WHERE serial = ?1 AND kind = 'x509-node'",
-                [i(id.serial)],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let row = store::nodes::identity(c, name)?;
+        let revoked = store::certs::by_serial(c, "x509-node", id.serial)?.map(|c| c.revoked);
         match (row, revoked) {
-            (Some((labels, serial, k)), Some(false)) if u(serial) == id.serial && k == kind => {
-                Ok(Some((
-                    postern_core::names::parse_node_name(name)?,
-                    labels.parse()?,
-                    k,
-                )))
-            }
+            (
+                Some(store::nodes::NodeIdentity {
+                    labels,
+                    identity_serial: serial,
+                    kind: k,
+                }),
+                Some(false),
+            ) if serial == id.serial && k == kind => Ok(Some((
+                postern_core::names::parse_node_name(name)?,
+                labels.parse()?,
+                k,
+            ))),
             _ => Ok(None),
         }
     }
@@ -188,10 +175,10 @@ impl Service {
                 if kind != "node" {
                     return Ok(Committed::Refused(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
                 }
-                c.execute("UPDATE nodes SET last_sync = ?2 WHERE name = ?1", params![name.as_str(), i(now)])?;
+                store::nodes::touch(c, name.as_str(), now)?;
                 let mut host_certificate = None;
                 if let (Some((_after, before)), Some(key)) = (req.host_cert_window, host_key) {
-                    let stored: String = c.query_row("SELECT host_key FROM nodes WHERE name = ?1", [name.as_str()], |r| r.get(0))?;
+                    let stored = store::nodes::host_key(c, name.as_str())?;
                     // Renew when a third of the certificate's life or less is left. The life is
                     // the policy's TTL, not the window: valid_after is backdated for clock skew.
                     let life = policy.defaults().host_cert_ttl.as_secs();
@@ -199,8 +186,8 @@ impl Service {
                     if due && PublicKey::from_openssh(&stored).ok().as_ref() == Some(&key) {
                         let principals = host_principals(&name, cluster.as_str(), None)?;
                         let approval = policy.decide_host_cert(node_key_id(&name)?, principals, None)?;
-                        let (cert, expiry) = host_cert_as(c, &keys, &approval, &key, now)?;
-                        c.execute("UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1", params![name.as_str(), i(expiry)])?;
+                        let (cert, expiry, _) = host_cert_as(c, &keys, &approval, &key, now)?;
+                        store::nodes::set_host_cert_expiry(c, name.as_str(), expiry)?;
                         audit::append(c, now, "host_cert.renewed", &format!("node:{name}"), json!({ "valid_before": expiry }))?;
                         host_certificate = Some(cert);
                     }

@@ -2,9 +2,9 @@
 //! at, and a gateway's duplicates dropped.
 
 use crate::committed::Committed;
+use crate::store::Tx;
 use anyhow::Result;
 use postern_core::api::NodeEvent;
-use rusqlite::{params, Connection};
 use serde_json::json;
 
 use crate::audit;
@@ -76,7 +76,7 @@ impl Service {
 /// Whether this is the first report of a gateway's event: its `event_id` (gateways of this
 /// version put one in every event's detail) had not been seen from that gateway. Events
 /// without one (servers, older gateways) are always new.
-pub(super) fn first_report(c: &Connection, gateway: &str, e: &NodeEvent, now: u64) -> Result<bool> {
+pub(super) fn first_report(c: &Tx<'_>, gateway: &str, e: &NodeEvent, now: u64) -> Result<bool> {
     let Some(id) = e
         .detail
         .as_ref()
@@ -86,11 +86,7 @@ pub(super) fn first_report(c: &Connection, gateway: &str, e: &NodeEvent, now: u6
     else {
         return Ok(true);
     };
-    let n = c.execute(
-        "INSERT OR IGNORE INTO gateway_event_ids (gateway, event_id, received) VALUES (?1, ?2, ?3)",
-        params![gateway, id, i64::try_from(now)?],
-    )?;
-    Ok(n == 1)
+    crate::store::audit::first_report(c, gateway, id, now)
 }
 
 /// Whether a node of `reporter` kind may report events of `kind`. Servers report PAM session

@@ -6,17 +6,17 @@ use anyhow::Result;
 use postern_core::api::{JoinRequest, JoinResponse};
 use postern_core::cert::{issue_host_cert, IssueParams};
 use postern_core::{HostCertApproval, KeyId, Labels, NodeName, Principal};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
 
 use super::bundle::build_bundle;
 use super::tokens::token_well_formed;
-use super::{i, parse_host_key, parse_key, u};
+use super::{parse_host_key, parse_key, u};
 use crate::audit;
 use crate::auth;
 use crate::keys::KeyStore;
 use crate::service::{now, Refusal, Service};
+use crate::store::{self, Tx};
 
 /// A node's host certificate is recorded and signed with the node's name as its key id.
 pub(super) fn node_key_id(name: &NodeName) -> Result<KeyId> {
@@ -24,20 +24,19 @@ pub(super) fn node_key_id(name: &NodeName) -> Result<KeyId> {
 }
 
 /// Issues the host certificate the policy approved and records it with the approval's key id
-/// as its subject. Returns the certificate line and its `valid_before`; the serial is
-/// `conn.last_insert_rowid()`.
+/// as its subject. Returns the certificate line, its `valid_before` and its serial.
 pub(crate) fn host_cert_as(
-    conn: &Connection,
+    conn: &Tx<'_>,
     keys: &KeyStore,
     approval: &HostCertApproval,
     host_key: &PublicKey,
     now: u64,
-) -> Result<(String, u64)> {
+) -> Result<(String, u64, u64)> {
     let valid_before = now + approval.ttl().as_secs();
     let joined: Vec<&str> = approval.principals().iter().map(|p| p.as_str()).collect();
-    let serial = crate::db::record_cert(
+    let serial = store::certs::record(
         conn,
-        &crate::db::CertRow {
+        &store::certs::CertRow {
             kind: "ssh-host",
             subject: approval.key_id().as_str(),
             principals: &joined.join(","),
@@ -48,7 +47,7 @@ pub(crate) fn host_cert_as(
         },
     )?;
     let cert = issue_host_cert(&keys.host, approval, host_key, IssueParams { serial, now })?;
-    Ok((cert.to_openssh()?, valid_before))
+    Ok((cert.to_openssh()?, valid_before, serial))
 }
 
 /// The names a node's host certificate carries: NAME, NAME.<cluster>, and the host part of
@@ -191,9 +190,8 @@ impl Service {
         let failures = std::sync::Arc::clone(&self.limits.failures);
         self.db
             .run(move |c| -> Result<Committed<JoinResponse>> {
-                let row: Option<(String, String, i64, Option<String>, bool)> = if well_formed {
-                    c.query_row("SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1", [&hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-                        .optional()?
+                let row = if well_formed {
+                    store::tokens::find(c, &hash)?.map(|t| (t.kind, t.labels, t.expires, t.name, t.replace))
                 } else {
                     None
                 };
@@ -211,9 +209,7 @@ impl Service {
                 }
                 let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
                 let tl: Labels = token_labels.parse()?;
-                let existing: Option<String> = c
-                    .query_row("SELECT kind FROM nodes WHERE name = ?1", [req.name.as_str()], |r| r.get(0))
-                    .optional()?;
+                let existing = store::nodes::kind_of(c, req.name.as_str())?;
                 if let Some(refusal) = join_refusal(&kind, token_name.as_deref(), replace, &tl, &req, existing.as_deref(), cluster.as_str()) {
                     // A refused token stays unused: it was not spent on the wrong name. The
                     // attempt is audited (without the token).
@@ -222,15 +218,14 @@ impl Service {
                     }))?;
                     return Ok(Committed::Refused(Refusal::Forbidden(format!("join refused: {refusal}"))));
                 }
-                c.execute("DELETE FROM tokens WHERE hash = ?1", [&hash])?;
+                store::tokens::spend(c, &hash)?;
                 // The token's labels are the node's complete label set (join_refusal checked
                 // that the node asked for none of its own).
                 let labels = tl;
                 // A re-join replaces the node: its old certificates stop working.
-                c.execute("UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node')", [req.name.as_str()])?;
                 // A gateway's host certificates for servers' names go with it.
-                c.execute("UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%'", [req.name.as_str()])?;
-                c.execute("DELETE FROM nodes WHERE name = ?1", [req.name.as_str()])?;
+                store::certs::revoke_node(c, req.name.as_str())?;
+                store::nodes::remove(c, req.name.as_str())?;
                 // A server's certificate names only the server (NAME, NAME.<cluster>): its
                 // self-declared address proves nothing, and would let it claim another host's
                 // name. A gateway's also names the address it was joined with and the one
@@ -241,17 +236,19 @@ impl Service {
                     add_address_principal(&mut principals, public_addr.as_deref());
                 }
                 let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
-                let (cert, expiry) = host_cert_as(c, &keys, &approval, &host_key, now)?;
-                let ident_serial = crate::db::record_cert(c, &crate::db::CertRow {
+                let (cert, expiry, _) = host_cert_as(c, &keys, &approval, &host_key, now)?;
+                let ident_serial = store::certs::record(c, &store::certs::CertRow {
                     kind: "x509-node", subject: req.name.as_str(), principals: "",
                     valid_after: now - 60, valid_before: now + 365 * 86_400, issued_at: now,
                     fingerprint: &ident.fingerprint(HashAlg::Sha256).to_string(),
                 })?;
                 let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
-                c.execute(
-                    "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![req.name.as_str(), kind, req.address, labels.to_string(), i(now), host_key.to_openssh()?, i(expiry), i(ident_serial), (kind == "gateway").then_some(&egress), (kind == "gateway").then_some(&seen_from)],
-                )?;
+                store::nodes::add(c, &store::nodes::NewNode {
+                    name: req.name.as_str(), kind: &kind, address: req.address.as_deref(), labels: &labels.to_string(),
+                    joined_at: now, host_key: &host_key.to_openssh()?, host_cert_expiry: expiry, identity_serial: ident_serial,
+                    egress: (kind == "gateway").then_some(egress.as_str()),
+                    seen_from: if kind == "gateway" { seen_from.as_deref() } else { None },
+                })?;
                 audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
                 let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
                 Ok(Committed::Done(JoinResponse {

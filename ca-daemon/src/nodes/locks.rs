@@ -4,28 +4,15 @@
 use anyhow::{bail, Result};
 use postern_core::api::LockEntry;
 use postern_core::{Login, Ttl, Username};
-use rusqlite::{params, Connection};
 use serde_json::json;
 
-use super::{i, u};
 use crate::audit;
 use crate::service::{now, Service};
+use crate::store::{self, Tx};
 
 /// Active locks at `now`.
-pub fn active_locks(conn: &Connection, now: u64) -> Result<Vec<LockEntry>> {
-    let mut st = conn.prepare(
-        "SELECT id, target, name, expires, reason FROM locks WHERE expires IS NULL OR expires > ?1 ORDER BY id",
-    )?;
-    let rows = st.query_map([i(now)], |r| {
-        Ok(LockEntry {
-            id: r.get(0)?,
-            target: postern_core::LockTarget::parse(&r.get::<_, String>(1)?),
-            name: r.get(2)?,
-            expires: r.get::<_, Option<i64>>(3)?.map(u),
-            reason: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn active_locks(tx: &Tx<'_>, now: u64) -> Result<Vec<LockEntry>> {
+    store::locks::active(tx, now)
 }
 
 /// The logins that `locks` (active ones) lock: issuance leaves them out of a certificate.
@@ -61,11 +48,7 @@ impl Service {
         let target = target.to_owned();
         self.db
             .run(move |c| {
-                c.execute(
-                    "INSERT INTO locks (target, name, reason, created_at, expires, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![target, name, reason, i(now), expires.map(i), actor],
-                )?;
-                let id = c.last_insert_rowid();
+                let id = store::locks::add(c, &target, &name, &reason, now, expires, &actor)?;
                 audit::append(c, now, "lock.added", &actor, json!({ "id": id, "target": target, "name": name, "reason": reason, "expires": expires }))?;
                 Ok(json!({ "id": id, "target": target, "name": name, "expires": expires }))
             })
@@ -84,8 +67,7 @@ impl Service {
         let now = now();
         self.db
             .run(move |c| {
-                let n = c.execute("DELETE FROM locks WHERE id = ?1", [id])?;
-                if n == 0 {
+                if !store::locks::remove(c, id)? {
                     bail!("no lock {id}");
                 }
                 audit::append(c, now, "lock.removed", &actor, json!({ "id": id }))?;

@@ -17,9 +17,6 @@ use crate::service::Refusal;
 pub(crate) use join::{host_cert_as, host_principals};
 pub use locks::{active_locks, locked_logins};
 
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }

@@ -8,7 +8,6 @@ use ssh_key::{HashAlg, PublicKey};
 
 use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
-use super::u;
 use crate::audit;
 use crate::keys::CaKind;
 use crate::service::{now, Service};
@@ -40,8 +39,7 @@ impl Service {
                     let ps = principals.iter().map(|p| p.parse::<Principal>()).collect::<Result<Vec<_>, _>>()?;
                     let name = postern_core::names::parse_node_name(principals.first().map_or("", |s| s.split('.').next().unwrap_or("")))?;
                     let approval = policy.decide_host_cert(node_key_id(&name)?, ps, ttl)?;
-                    let (cert, vb) = host_cert_as(c, &keys, &approval, &key, now)?;
-                    let serial = u(c.last_insert_rowid());
+                    let (cert, vb, serial) = host_cert_as(c, &keys, &approval, &key, now)?;
                     (cert, serial, vb, name.to_string())
                 } else {
                     let logins = principals.iter().map(|p| p.parse::<Login>()).collect::<Result<Vec<_>, _>>()?;
@@ -56,7 +54,7 @@ impl Service {
                     let vb = now + a.ttl().as_secs();
                     let kind_s = if kind == CaKind::User { "ssh-user" } else { "ssh-node-access" };
                     let ps: Vec<&str> = a.logins().iter().map(|l| l.as_str()).collect();
-                    let serial = crate::db::record_cert(c, &crate::db::CertRow {
+                    let serial = crate::store::certs::record(c, &crate::store::certs::CertRow {
                         kind: kind_s, subject: who.as_str(), principals: &ps.join(","),
                         valid_after: now - 60, valid_before: vb, issued_at: now,
                         fingerprint: &key.fingerprint(HashAlg::Sha256).to_string(),

@@ -2,13 +2,12 @@
 
 use anyhow::{bail, Result};
 use postern_core::{Labels, NodeName, Ttl};
-use rusqlite::params;
 use serde_json::json;
 
-use super::i;
 use crate::audit;
 use crate::auth;
 use crate::service::{now, Service};
+use crate::store::{self, tokens::NewToken};
 
 /// Tokens are 40 lowercase hex digits (160 random bits).
 pub const TOKEN_LEN: usize = 40;
@@ -42,10 +41,7 @@ impl Service {
         let (kind2, name2) = (kind.clone(), name.to_string());
         self.db
             .run(move |c| {
-                c.execute(
-                    "INSERT INTO tokens (id, hash, kind, labels, expires, created_at, name, replace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![id2, hash, kind2, labels_s, i(expires), i(now), name2, replace],
-                )?;
+                store::tokens::add(c, &NewToken { id: &id2, hash: &hash, kind: &kind2, labels: &labels_s, name: &name2, replace, expires, created_at: now })?;
                 // The token itself is never logged or audited: only its id.
                 audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "name": name2, "replace": replace, "labels": labels_s, "expires": expires }))
             })
@@ -60,12 +56,10 @@ impl Service {
         let now = now();
         self.db
             .run(move |c| {
-                let mut st = c.prepare("SELECT id, kind, labels, expires, name, replace FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
-                let rows = st
-                    .query_map([i(now)], |r| {
-                        Ok(json!({ "id": r.get::<_, String>(0)?, "kind": r.get::<_, String>(1)?, "labels": r.get::<_, String>(2)?, "expires_at": r.get::<_, i64>(3)?, "name": r.get::<_, Option<String>>(4)?, "replace": r.get::<_, bool>(5)? }))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = store::tokens::list_live(c, now)?
+                    .into_iter()
+                    .map(|t| json!({ "id": t.id, "kind": t.kind, "labels": t.labels, "expires_at": t.expires, "name": t.name, "replace": t.replace }))
+                    .collect();
                 Ok(serde_json::Value::Array(rows))
             })
             .await
@@ -77,10 +71,7 @@ impl Service {
         let now = now();
         self.db
             .run(move |c| {
-                let n = c.execute(
-                    "DELETE FROM tokens WHERE hash = ?1 OR id = ?2",
-                    params![hash, token],
-                )?;
+                let n = store::tokens::remove(c, &hash, &token)?;
                 if n == 0 {
                     bail!("no such token");
                 }

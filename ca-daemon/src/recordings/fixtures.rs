@@ -64,7 +64,7 @@ pub(super) async fn authorize(db: &Db, id: &str, gateway: &str, node: &str, labe
     let (id, gateway, node) = (id.to_owned(), gateway.to_owned(), node.to_owned());
     let labels = labels.map(str::to_owned);
     db.run(move |c| {
-        c.execute(
+        c.conn().execute(
             "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, 'alice', 'root', ?3, 1, ?4)",
             params![id, gateway, node, labels],
         )?;
@@ -120,12 +120,13 @@ pub(super) fn forbidden<T: std::fmt::Debug>(o: Outcome<T>) -> String {
 pub(super) async fn received_of(db: &Db, id: &str) -> Option<i64> {
     let id = id.to_owned();
     db.run(move |c| {
-        Ok(c.query_row(
-            "SELECT received FROM recording_uploads WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?)
+        Ok(c.conn()
+            .query_row(
+                "SELECT received FROM recording_uploads WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
     })
     .await
     .unwrap()

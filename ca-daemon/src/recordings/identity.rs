@@ -4,40 +4,28 @@
 use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::{NodeName, Username};
-use rusqlite::{Connection, OptionalExtension};
 
-use super::{i, u, Outcome};
+use super::Outcome;
 use crate::gateway::gateway_for;
 use crate::service::{now, Refusal, Service};
+use crate::store::{self, Tx};
 use crate::x509::ClientIdentity;
 
 /// The Postern user behind an X.509 identity from `postern login`: a known, unrevoked,
 /// unexpired `x509-client` certificate whose subject is an existing user.
-fn user_for(c: &Connection, id: &ClientIdentity, now: u64) -> Result<Option<Username>> {
-    let row: Option<(String, bool, i64)> = c
-        .query_row(
-            "SELECT subject, revoked, valid_before FROM certs WHERE serial = ?1 AND kind = 'x509-client'",
-            [i(id.serial)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+fn user_for(c: &Tx<'_>, id: &ClientIdentity, now: u64) -> Result<Option<Username>> {
+    let row = store::certs::by_serial(c, "x509-client", id.serial)?
+        .map(|c| (c.subject, c.revoked, c.valid_before));
     let Some((subject, false, before)) = row else {
         return Ok(None);
     };
-    if subject != id.subject || now >= u(before) {
+    if subject != id.subject || now >= before {
         return Ok(None);
     }
     let Ok(user) = subject.parse::<Username>() else {
         return Ok(None);
     };
-    let exists: Option<i64> = c
-        .query_row(
-            "SELECT 1 FROM users WHERE name = ?1",
-            [user.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(exists.map(|_| user))
+    Ok(store::users::exists(c, user.as_str())?.then_some(user))
 }
 
 fn bad_identity() -> Refusal {
@@ -49,7 +37,7 @@ fn bad_identity() -> Refusal {
 
 /// Checks a user's identity and that no lock stops them.
 pub(super) fn signed_in_user(
-    c: &Connection,
+    c: &Tx<'_>,
     id: &ClientIdentity,
     now: u64,
 ) -> Result<Committed<Username>> {

@@ -33,7 +33,8 @@
 //!
 //! One concern per file: `claim` (the limits and the claims), `files` (paths and durable file
 //! operations), `partial` (a resumable upload's file work), `check` (what a gateway sends),
-//! `sql` (the `recordings` table), `session` (the binding to an authorized session),
+//! `stored` (the insert of a stored recording; its SQL and the other tables' are in
+//! `crate::store::recordings`), `session` (the binding to an authorized session),
 //! `identity` (who asks), `visibility` (who may see what), `single` and `upload` (the two
 //! upload protocols), `view` (the users' routes) and `sweep` (abandoned uploads).
 
@@ -44,7 +45,7 @@ mod identity;
 mod partial;
 mod session;
 mod single;
-mod sql;
+mod stored;
 mod sweep;
 mod upload;
 mod view;
@@ -86,13 +87,6 @@ pub const SWEEP_EVERY_SECS: u64 = 3600;
 pub const PARTIAL_UPLOADS_PER_GATEWAY: u64 = 4;
 
 type Outcome<T> = std::result::Result<T, Refusal>;
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

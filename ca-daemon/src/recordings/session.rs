@@ -5,45 +5,12 @@
 use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::RecordingMeta;
-use rusqlite::{Connection, OptionalExtension};
 
-use super::sql::load;
-use super::u;
 use crate::service::Refusal;
+use crate::store::{self, Tx};
 
 /// A session the CA authorized (`gateway_sessions`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Session {
-    pub(super) id: String,
-    pub(super) gateway: String,
-    pub(super) user: String,
-    pub(super) login: String,
-    pub(super) node: String,
-    /// The server's labels at authorization (`None` for sessions authorized before the CA
-    /// kept them).
-    pub(super) labels: Option<String>,
-    /// When the CA first authorized it (the CA's clock).
-    pub(super) first_authorized: i64,
-}
-
-fn session_row(c: &Connection, id: &str) -> Result<Option<Session>> {
-    Ok(c.query_row(
-        "SELECT id, gateway, user, login, node, labels, first_authorized FROM gateway_sessions WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(Session {
-                id: r.get(0)?,
-                gateway: r.get(1)?,
-                user: r.get(2)?,
-                login: r.get(3)?,
-                node: r.get(4)?,
-                labels: r.get(5)?,
-                first_authorized: r.get(6)?,
-            })
-        },
-    )
-    .optional()?)
-}
+pub(super) use crate::store::nodes::GatewaySession as Session;
 
 /// Whether `n` numbers a further session channel: 2 or more, in decimal, no leading zero.
 fn channel_number(n: &str) -> bool {
@@ -56,12 +23,12 @@ fn channel_number(n: &str) -> bool {
 /// The authorized session a recording id belongs to: the session of that id, or for
 /// `<id>-N` (N ≥ 2: the gateway records the second and later session channels of one
 /// connection under those ids) the session `<id>`.
-fn authorized_session(c: &Connection, id: &str) -> Result<Option<Session>> {
-    if let Some(s) = session_row(c, id)? {
+fn authorized_session(c: &Tx<'_>, id: &str) -> Result<Option<Session>> {
+    if let Some(s) = store::nodes::session(c, id)? {
         return Ok(Some(s));
     }
     match id.rsplit_once('-') {
-        Some((base, n)) if !base.is_empty() && channel_number(n) => session_row(c, base),
+        Some((base, n)) if !base.is_empty() && channel_number(n) => store::nodes::session(c, base),
         _ => Ok(None),
     }
 }
@@ -84,12 +51,8 @@ pub(super) enum UploadState {
 
 /// Where the upload of `id` by `gateway` stands; refuses an id that another gateway stored or
 /// is uploading, and one that belongs to no session authorized for this gateway.
-pub(super) fn upload_state(
-    c: &Connection,
-    id: &str,
-    gateway: &str,
-) -> Result<Committed<UploadState>> {
-    if let Some((meta, sha256)) = load(c, id)? {
+pub(super) fn upload_state(c: &Tx<'_>, id: &str, gateway: &str) -> Result<Committed<UploadState>> {
+    if let Some((meta, sha256)) = store::recordings::load(c, id)? {
         if meta.gateway != gateway {
             return Ok(Committed::Refused(Refusal::Conflict(format!(
                 "recording {id} was stored by another gateway"
@@ -107,22 +70,13 @@ pub(super) fn upload_state(
         }
         Some(_) => {}
     }
-    let upload: Option<(String, i64)> = c
-        .query_row(
-            "SELECT gateway, received FROM recording_uploads WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    Ok(Committed::Done(match upload {
+    Ok(Committed::Done(match store::recordings::upload(c, id)? {
         Some((g, _)) if g != gateway => {
             return Ok(Committed::Refused(Refusal::Conflict(format!(
                 "recording {id} is being uploaded by another gateway"
             ))))
         }
-        Some((_, received)) => UploadState::Partial {
-            received: u(received),
-        },
+        Some((_, received)) => UploadState::Partial { received },
         None => UploadState::Absent,
     }))
 }
@@ -130,7 +84,7 @@ pub(super) fn upload_state(
 /// The authorized session a recording belongs to, when its user, login, server and gateway
 /// are that session's; a refusal otherwise, and for a recording of no authorized session.
 pub(super) fn session_matches(
-    c: &Connection,
+    c: &Tx<'_>,
     m: &RecordingMeta,
     gateway: &str,
 ) -> Result<Committed<Session>> {
@@ -152,18 +106,11 @@ pub(super) fn session_matches(
 
 /// The labels a recording of session `s` is judged by from now on: the server's at
 /// authorization, or (a session authorized before the CA kept them) its labels now, or none.
-pub(super) fn snapshot_labels(c: &Connection, s: &Session) -> Result<String> {
+pub(super) fn snapshot_labels(c: &Tx<'_>, s: &Session) -> Result<String> {
     if let Some(l) = &s.labels {
         return Ok(l.clone());
     }
-    let now: Option<String> = c
-        .query_row(
-            "SELECT labels FROM nodes WHERE name = ?1 AND kind = 'node'",
-            [&s.node],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(now.unwrap_or_default())
+    Ok(store::nodes::server_labels(c, &s.node)?.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -224,7 +171,7 @@ mod tests {
         let labels: String = svc
             .db
             .run(|c| {
-                Ok(c.query_row(
+                Ok(c.conn().query_row(
                     "SELECT node_labels FROM recordings WHERE id = 's-a-3'",
                     [],
                     |r| r.get(0),

@@ -15,12 +15,13 @@ use super::check::check_upload;
 use super::claim::detached;
 use super::files::{file_of, partial_of, place_file, remove_partial, sha256_of_path, Placed};
 use super::session::{session_matches, Session};
-use super::sql::{insert_stored, load};
+use super::stored::insert_stored;
 #[cfg(doc)]
 use super::MAX_RECORDING_BYTES;
 use super::{blocking, Outcome};
 use crate::db::Db;
 use crate::service::{now, Refusal, Service};
+use crate::store::recordings::load;
 
 /// The single-request upload, under its claim: see [`Service::recording_store`].
 async fn store_single(

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use rusqlite::{params, OptionalExtension};
 
 use super::claim::Store;
 use super::files::{dir, partial_dir, partial_of, remove_partial};
-use super::{blocking, i, u, STALE_UPLOAD_SECS, SWEEP_EVERY_SECS};
+use super::{blocking, STALE_UPLOAD_SECS, SWEEP_EVERY_SECS};
 use crate::db::Db;
 use crate::gateway::valid_session_id;
 use crate::service::{now, Service};
+use crate::store::{self, recordings::StaleUpload};
 
 /// What one sweep of abandoned uploads removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,31 +34,24 @@ pub(super) struct Swept {
 pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> Result<Swept> {
     let cutoff = now.saturating_sub(STALE_UPLOAD_SECS);
     let mut swept = Swept::default();
-    let stale: Vec<(String, String, i64, i64)> = db
-        .run(move |c| {
-            let mut st = c.prepare(
-                "SELECT id, gateway, received, updated_at FROM recording_uploads WHERE updated_at < ?1 ORDER BY id",
-            )?;
-            let rows = st
-                .query_map([i(cutoff)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
+    let stale = db
+        .run(move |c| store::recordings::stale_uploads(c, cutoff))
         .await?;
-    for (id, gateway, received, updated_at) in stale {
+    for StaleUpload {
+        id,
+        gateway,
+        received,
+        updated_at,
+    } in stale
+    {
         let Ok(_claim) = store.claim(&id) else {
             continue;
         };
         let i2 = id.clone();
         let gone = db
-            .run(move |c| {
-                Ok(c.execute(
-                    "DELETE FROM recording_uploads WHERE id = ?1 AND updated_at < ?2",
-                    params![i2, i(cutoff)],
-                )?)
-            })
+            .run(move |c| store::recordings::forget_stale_upload(c, &i2, cutoff))
             .await?;
-        if gone == 0 {
+        if !gone {
             continue;
         }
         if valid_session_id(&id) {
@@ -69,22 +62,14 @@ pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> 
             id,
             gateway,
             received,
-            idle_secs = now.saturating_sub(u(updated_at)),
+            idle_secs = now.saturating_sub(updated_at),
             "removed an abandoned partial recording upload"
         );
         swept.uploads += 1;
-        swept.bytes = swept.bytes.saturating_add(u(received));
+        swept.bytes = swept.bytes.saturating_add(received);
     }
 
-    let live: HashSet<String> = db
-        .run(|c| {
-            let mut st = c.prepare("SELECT id FROM recording_uploads")?;
-            let ids = st
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<HashSet<String>, _>>()?;
-            Ok(ids)
-        })
-        .await?;
+    let live: HashSet<String> = db.run(store::recordings::upload_ids).await?;
     let (pdir, rdir) = (partial_dir(data_dir), dir(data_dir));
     let old = blocking(move || -> Result<Vec<(PathBuf, Option<String>)>> {
         let mut old = Vec::new();
@@ -132,17 +117,10 @@ pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> 
         if let Some(id) = &id {
             // An upload that began since the listing keeps its file.
             let i2 = id.clone();
-            let begun: Option<i64> = db
-                .run(move |c| {
-                    Ok(
-                        c.query_row("SELECT 1 FROM recording_uploads WHERE id = ?1", [i2], |r| {
-                            r.get(0)
-                        })
-                        .optional()?,
-                    )
-                })
+            let begun = db
+                .run(move |c| Ok(store::recordings::upload(c, &i2)?.is_some()))
                 .await?;
-            if begun.is_some() {
+            if begun {
                 continue;
             }
         }
@@ -206,9 +184,9 @@ mod tests {
             fs::write(partial_of(d.path(), id), b"abc").unwrap();
             let id = id.to_owned();
             db.run(move |c| {
-                c.execute(
+                c.conn().execute(
                     "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES (?1, 'gw1', 3, 1, ?2)",
-                    params![id, i(updated)],
+                    rusqlite::params![id, i64::try_from(updated).unwrap()],
                 )?;
                 Ok(())
             })

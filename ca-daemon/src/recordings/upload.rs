@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use postern_core::api::{RecordingComplete, RecordingMeta, RecordingUploadStatus};
 use postern_core::NodeName;
-use rusqlite::params;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::check::{bad_id, check_meta, valid_sha256};
@@ -16,11 +15,12 @@ use super::claim::detached;
 use super::files::{file_of, partial_of};
 use super::partial::{beyond, finish_partial, incomplete, write_chunk, Finished};
 use super::session::{session_matches, upload_state, Session, UploadState};
-use super::sql::insert_stored;
-use super::{blocking, i, u, Outcome, PARTIAL_UPLOADS_PER_GATEWAY, STALE_UPLOAD_SECS};
+use super::stored::insert_stored;
+use super::{blocking, Outcome, PARTIAL_UPLOADS_PER_GATEWAY, STALE_UPLOAD_SECS};
 use crate::db::Db;
 use crate::gateway::valid_session_id;
 use crate::service::{now, Refusal, Service};
+use crate::store;
 use postern_core::RecordingId;
 
 /// One chunk, under its claim: see [`Service::recording_chunk`]. Answers the durable length.
@@ -40,14 +40,11 @@ async fn append_chunk(
                 Committed::Done(s) => s,
                 Committed::Refused(r) => return Ok(Committed::Refused(r)),
             };
-            let others: i64 = c.query_row(
-                "SELECT COALESCE(SUM(received), 0) FROM recording_uploads WHERE gateway = ?1 AND id != ?2",
-                params![gw, i2],
-                |r| r.get(0),
-            )?;
-            Ok(Committed::Done((state, u(others))))
+            let others = store::recordings::others_received(c, &gw, &i2)?;
+            Ok(Committed::Done((state, others)))
         })
-        .await?.into_result()?;
+        .await?
+        .into_result()?;
     let (fresh, recorded) = match state {
         UploadState::Complete { .. } => {
             return Err(Refusal::Conflict(format!(
@@ -73,15 +70,8 @@ async fn append_chunk(
     let received =
         blocking(move || write_chunk(&path, &i2, fresh, recorded, offset, &bytes)).await??;
     let now = now();
-    db.run(move |c| {
-        c.execute(
-            "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
-             ON CONFLICT(id) DO UPDATE SET received = excluded.received, updated_at = excluded.updated_at",
-            params![id, gateway, i(received), i(now)],
-        )?;
-        Ok(())
-    })
-    .await?;
+    db.run(move |c| store::recordings::set_received(c, &id, &gateway, received, now))
+        .await?;
     Ok(received)
 }
 
@@ -143,11 +133,8 @@ async fn complete_upload(
         Finished::Linked => {}
         Finished::Refused(r) => return Err(r),
         Finished::Discarded(r) => {
-            db.run(move |c| {
-                c.execute("DELETE FROM recording_uploads WHERE id = ?1", [id.as_str()])?;
-                Ok(())
-            })
-            .await?;
+            db.run(move |c| store::recordings::forget_upload(c, &id))
+                .await?;
             return Err(r);
         }
     }
@@ -336,7 +323,7 @@ mod tests {
         authorize(&svc.db, "s-c", "gw1", "web1", None).await;
         svc.db
             .run(|c| {
-                c.execute(
+                c.conn().execute(
                     "INSERT INTO recording_uploads (id, gateway, received, started_at, updated_at) VALUES ('s-held', 'gw1', 39000, 1, 1), ('s-other', 'gw2', 39000, 1, 1)",
                     [],
                 )?;

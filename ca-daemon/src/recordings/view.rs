@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::files::file_of;
 use super::identity::signed_in_user;
-use super::sql::{list, load_for_viewing};
 use super::visibility::{is_own, list_visible, visibility};
 use super::{Outcome, DEFAULT_LIST};
 use crate::audit;
@@ -80,7 +79,7 @@ impl Service {
                     };
                     let views_others = policy.views_others_recordings(&me);
                     let stored = if valid {
-                        load_for_viewing(c, &r2)?
+                        crate::store::recordings::load_for_viewing(c, &r2)?
                     } else {
                         None
                     };
@@ -140,7 +139,14 @@ impl Service {
     ) -> Result<serde_json::Value> {
         let rows = self
             .db
-            .run(move |c| list(c, user.as_deref(), node.as_deref(), limit))
+            .run(move |c| {
+                crate::store::recordings::list(
+                    c,
+                    user.as_deref(),
+                    node.as_deref(),
+                    limit.min(super::MAX_LIST),
+                )
+            })
             .await?;
         Ok(serde_json::to_value(rows)?)
     }

@@ -1,16 +1,15 @@
 //! Which recordings a signed-in user may see: their own (of sessions since their user record
 //! was made), and others' whose labels a role's `view_recordings` selects.
 
+use super::MAX_LIST;
+use crate::store::{self, recordings::parse_labels, Tx};
 use anyhow::Result;
 use postern_core::api::RecordingMeta;
 use postern_core::{Policy, Username};
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::sql::{meta_of, parse_labels, EFFECTIVE_LABELS, R_COLUMNS};
-use super::MAX_LIST;
 
 /// Which other users' recordings a signed-in user may see, decided by the policy's
-/// `view_recordings` against each recording's labels ([`EFFECTIVE_LABELS`]).
+/// `view_recordings` against each recording's labels (the snapshot taken when it was stored;
+/// see `store::recordings`).
 pub(super) struct Visibility {
     /// Whether any role of the user has `view_recordings` at all.
     pub(super) any: bool,
@@ -18,7 +17,7 @@ pub(super) struct Visibility {
     pub(super) labels: Vec<String>,
 }
 
-pub(super) fn visibility(c: &Connection, policy: &Policy, me: &Username) -> Result<Visibility> {
+pub(super) fn visibility(c: &Tx<'_>, policy: &Policy, me: &Username) -> Result<Visibility> {
     if !policy.views_others_recordings(me) {
         return Ok(Visibility {
             any: false,
@@ -26,13 +25,7 @@ pub(super) fn visibility(c: &Connection, policy: &Policy, me: &Username) -> Resu
         });
     }
     // Few distinct label sets, however many recordings: each is judged once.
-    let mut st = c.prepare(&format!(
-        "SELECT DISTINCT {EFFECTIVE_LABELS} FROM recordings r"
-    ))?;
-    let all = st
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let labels = all
+    let labels = store::recordings::distinct_labels(c)?
         .into_iter()
         .filter(|l| policy.recording_viewer_role(me, &parse_labels(l)).is_some())
         .collect();
@@ -42,44 +35,22 @@ pub(super) fn visibility(c: &Connection, policy: &Policy, me: &Username) -> Resu
 /// Whether recording `id` is `me`'s own: of a session of that name that the CA authorized
 /// since `me`'s user record was made (both the CA's clock). A name removed and added again is
 /// a new user, who does not see the sessions of the one before (a role's `view_recordings`
-/// still does). The same rule is in `list_visible`'s SQL.
-pub(super) fn is_own(c: &Connection, me: &Username, id: &str) -> Result<bool> {
-    Ok(c
-        .query_row(
-            "SELECT 1 FROM recordings r WHERE r.id = ?1 AND r.user = ?2 \
-             AND COALESCE(r.authorized_at, r.started_at) >= (SELECT created_at FROM users WHERE name = ?2)",
-            params![id, me.as_str()],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+/// still does). `list_visible` applies the same rule (one copy, in `store::recordings`).
+pub(super) fn is_own(c: &Tx<'_>, me: &Username, id: &str) -> Result<bool> {
+    store::recordings::is_own(c, me, id)
 }
 
 /// The recordings `me` may see, newest first: their own, and others' whose labels their
 /// `view_recordings` selects; optionally only of one user and/or one server.
 pub(super) fn list_visible(
-    c: &Connection,
+    c: &Tx<'_>,
     me: &Username,
     vis: &Visibility,
     user: Option<&str>,
     node: Option<&str>,
     limit: u32,
 ) -> Result<Vec<RecordingMeta>> {
-    let mut st = c.prepare(&format!(
-        "SELECT {R_COLUMNS} FROM recordings r \
-         WHERE (?1 IS NULL OR r.user = ?1) AND (?2 IS NULL OR r.node = ?2) \
-         AND ((r.user = ?3 AND COALESCE(r.authorized_at, r.started_at) >= (SELECT created_at FROM users WHERE name = ?3)) \
-              OR {EFFECTIVE_LABELS} IN (SELECT value FROM json_each(?4))) \
-         ORDER BY r.started_at DESC, r.id LIMIT ?5"
-    ))?;
-    let labels = serde_json::to_string(&vis.labels)?;
-    let rows = st
-        .query_map(
-            params![user, node, me.as_str(), labels, limit.min(MAX_LIST)],
-            meta_of,
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter().map(|(m, _)| m.into_meta()).collect()
+    store::recordings::list_visible(c, me, &vis.labels, user, node, limit.min(MAX_LIST))
 }
 
 #[cfg(test)]
@@ -89,8 +60,10 @@ mod tests {
 
     use super::super::fixtures::{meta, POLICY};
     use super::super::session::Session;
-    use super::super::sql::{insert_stored, load_for_viewing};
+    use super::super::stored::insert_stored;
     use super::*;
+    use crate::store::recordings::load_for_viewing;
+    use crate::store::Tx;
 
     fn insert_row(c: &Connection, id: &str, user: &str, node: &str, labels: Option<&str>) {
         c.execute(
@@ -137,27 +110,35 @@ mod tests {
             labels: Some("env=dev".into()),
             first_authorized: 150,
         };
-        insert_stored(&c, &meta("s-old", "alice", 3), "x", &session, "single", 160).unwrap();
+        insert_stored(
+            &Tx::sqlite(&c),
+            &meta("s-old", "alice", 3),
+            "x",
+            &session,
+            "single",
+            160,
+        )
+        .unwrap();
         let none = Visibility {
             any: false,
             labels: vec![],
         };
         let seen = |c: &Connection| -> Vec<String> {
-            list_visible(c, &alice, &none, None, None, 100)
+            list_visible(&Tx::sqlite(c), &alice, &none, None, None, 100)
                 .unwrap()
                 .into_iter()
                 .map(|m| m.id.to_string())
                 .collect()
         };
         assert_eq!(seen(&c), ["s-old"]);
-        assert!(is_own(&c, &alice, "s-old").unwrap());
+        assert!(is_own(&Tx::sqlite(&c), &alice, "s-old").unwrap());
         // `users rm alice`, later `users add alice`: someone else.
         add(200);
         assert!(
             seen(&c).is_empty(),
             "the new alice sees the old one's session"
         );
-        assert!(!is_own(&c, &alice, "s-old").unwrap());
+        assert!(!is_own(&Tx::sqlite(&c), &alice, "s-old").unwrap());
     }
 
     /// Finding 5: visibility followed the server's current labels (a relabelled or replaced
@@ -183,7 +164,7 @@ mod tests {
         // Stored with the labels the session was authorized with.
         let mut m = meta("s-prod", "alice", 3);
         insert_stored(
-            &c,
+            &Tx::sqlite(&c),
             &m,
             "x",
             &session("s-prod", Some("env=prod")),
@@ -193,7 +174,15 @@ mod tests {
         .unwrap();
         // A session authorized before the CA kept labels: the server's labels at store time.
         m.id = "s-prod2".parse().unwrap();
-        insert_stored(&c, &m, "x", &session("s-prod2", None), "single", 1).unwrap();
+        insert_stored(
+            &Tx::sqlite(&c),
+            &m,
+            "x",
+            &session("s-prod2", None),
+            "single",
+            1,
+        )
+        .unwrap();
         // A row stored by an older posternd, without a snapshot.
         insert_row(&c, "s-legacy", "alice", "web1", None);
         // A legacy row of a name that is now a gateway labelled env=dev.
@@ -202,8 +191,8 @@ mod tests {
 
         // web1 is relabelled (or replaced by another server of that name) as env=dev.
         set_node(&c, "web1", "node", "env=dev");
-        let vis = visibility(&c, &policy, &dave).unwrap();
-        let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
+        let vis = visibility(&Tx::sqlite(&c), &policy, &dave).unwrap();
+        let seen: Vec<String> = list_visible(&Tx::sqlite(&c), &dave, &vis, None, None, 100)
             .unwrap()
             .into_iter()
             .map(|m| m.id.to_string())
@@ -219,7 +208,7 @@ mod tests {
             ("s-legacy", true),
             ("s-gate", false),
         ] {
-            let (_, labels) = load_for_viewing(&c, id).unwrap().unwrap();
+            let (_, labels) = load_for_viewing(&Tx::sqlite(&c), id).unwrap().unwrap();
             assert_eq!(
                 policy.recording_viewer_role(&dave, &labels).is_some(),
                 visible,
@@ -238,11 +227,19 @@ mod tests {
         // The other way round: a dev session stays visible to dev viewers when the server
         // becomes prod or leaves.
         m.id = "s-dev".parse().unwrap();
-        insert_stored(&c, &m, "x", &session("s-dev", Some("env=dev")), "single", 1).unwrap();
+        insert_stored(
+            &Tx::sqlite(&c),
+            &m,
+            "x",
+            &session("s-dev", Some("env=dev")),
+            "single",
+            1,
+        )
+        .unwrap();
         c.execute("DELETE FROM nodes WHERE name = 'web1'", [])
             .unwrap();
-        let vis = visibility(&c, &policy, &dave).unwrap();
-        let seen: Vec<String> = list_visible(&c, &dave, &vis, None, None, 100)
+        let vis = visibility(&Tx::sqlite(&c), &policy, &dave).unwrap();
+        let seen: Vec<String> = list_visible(&Tx::sqlite(&c), &dave, &vis, None, None, 100)
             .unwrap()
             .into_iter()
             .map(|m| m.id.to_string())
@@ -256,9 +253,9 @@ mod tests {
         )
         .unwrap();
         let alice: Username = "alice".parse().unwrap();
-        let vis = visibility(&c, &policy, &alice).unwrap();
+        let vis = visibility(&Tx::sqlite(&c), &policy, &alice).unwrap();
         assert_eq!(
-            list_visible(&c, &alice, &vis, None, None, 100)
+            list_visible(&Tx::sqlite(&c), &alice, &vis, None, None, 100)
                 .unwrap()
                 .len(),
             5

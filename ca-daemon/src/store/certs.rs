@@ -1,0 +1,200 @@
+//! Issued certificates: recording them under random serials, revoking them, and the lookups
+//! by serial that renewal, node identities, the gateway and the KRL make.
+
+use anyhow::Result;
+use rusqlite::{params, OptionalExtension};
+
+use super::{i, u, Tx};
+
+/// A certificate about to be issued, as the `certs` table records it.
+pub struct CertRow<'a> {
+    /// `ssh-user`, `ssh-host`, `ssh-node-access`, `x509-client`, `x509-node`.
+    pub kind: &'a str,
+    /// Who it is for (user name, node name, or the gateway's `gateway:NAME/NODE`).
+    pub subject: &'a str,
+    /// Comma-separated principals.
+    pub principals: &'a str,
+    /// Validity.
+    pub valid_after: u64,
+    /// Validity.
+    pub valid_before: u64,
+    /// When.
+    pub issued_at: u64,
+    /// SHA-256 fingerprint of the certified key.
+    pub fingerprint: &'a str,
+}
+
+/// Records a certificate under a fresh random serial (63 random bits, never 0) and returns the
+/// serial. Serials are not sequential, so that holding one says nothing about the others:
+/// a gateway that knew a user's serial could otherwise walk to other users' certificates.
+pub fn record(tx: &Tx<'_>, row: &CertRow<'_>) -> Result<u64> {
+    for _ in 0..8 {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let serial = u64::from_le_bytes(b) >> 1;
+        if serial == 0 {
+            continue;
+        }
+        let r = tx.conn.execute(
+            "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![i(serial), row.kind, row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
+        );
+        match r {
+            Ok(_) => return Ok(serial),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("no free certificate serial after 8 random tries")
+}
+
+/// Revokes every unrevoked certificate of a user (`users rm`, `users reset`); returns how many.
+pub fn revoke_subject(tx: &Tx<'_>, subject: &str) -> Result<usize> {
+    Ok(tx.conn.execute(
+        "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0",
+        [subject],
+    )?)
+}
+
+/// Revokes a node's host certificates and identity, and a gateway's host certificates for
+/// servers' names (`gateway:NAME/...`); returns how many were not revoked before.
+pub fn revoke_node(tx: &Tx<'_>, name: &str) -> Result<usize> {
+    Ok(tx.conn.execute(
+        "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node') AND revoked = 0",
+        [name],
+    )? + tx.conn.execute(
+        "UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%' AND revoked = 0",
+        [name],
+    )?)
+}
+
+/// A certificate as a lookup by serial finds it.
+pub struct Issued {
+    /// Who it is for.
+    pub subject: String,
+    /// Revoked.
+    pub revoked: bool,
+    /// End of validity.
+    pub valid_before: u64,
+    /// SHA-256 fingerprint of the certified key.
+    pub fingerprint: String,
+}
+
+/// The certificate of `kind` under `serial`, if there is one.
+pub fn by_serial(tx: &Tx<'_>, kind: &str, serial: u64) -> Result<Option<Issued>> {
+    Ok(tx
+        .conn
+        .query_row(
+            "SELECT subject, revoked, valid_before, key_fingerprint FROM certs WHERE serial = ?1 AND kind = ?2",
+            params![i(serial), kind],
+            |r| {
+                Ok(Issued {
+                    subject: r.get(0)?,
+                    revoked: r.get(1)?,
+                    valid_before: u(r.get(2)?),
+                    fingerprint: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// One line of `certs ls`.
+#[derive(serde::Serialize)]
+pub struct CertLine {
+    /// The serial.
+    pub serial: i64,
+    /// The kind.
+    pub kind: String,
+    /// Who it is for.
+    pub subject: String,
+    /// Comma-separated principals.
+    pub principals: String,
+    /// Validity.
+    pub valid_after: i64,
+    /// Validity.
+    pub valid_before: i64,
+    /// When.
+    pub issued_at: i64,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// The `limit` certificates of the highest serials.
+pub fn list(tx: &Tx<'_>, limit: u32) -> Result<Vec<CertLine>> {
+    let mut st = tx.conn.prepare("SELECT serial, kind, subject, principals, valid_after, valid_before, issued_at, revoked FROM certs ORDER BY serial DESC LIMIT ?1")?;
+    let rows = st
+        .query_map([limit], |r| {
+            Ok(CertLine {
+                serial: r.get(0)?,
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+                principals: r.get(3)?,
+                valid_after: r.get(4)?,
+                valid_before: r.get(5)?,
+                issued_at: r.get(6)?,
+                revoked: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// An SSH certificate still valid at some time, as the KRL judges it.
+pub struct LiveSsh {
+    /// The serial.
+    pub serial: u64,
+    /// `ssh-user`, `ssh-host`, `ssh-node-access`.
+    pub kind: String,
+    /// Who it is for.
+    pub subject: String,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// Every SSH certificate valid after `now`.
+pub fn live_ssh(tx: &Tx<'_>, now: u64) -> Result<Vec<LiveSsh>> {
+    let mut st = tx.conn.prepare(
+        "SELECT serial, kind, subject, revoked FROM certs WHERE valid_before > ?1 AND kind LIKE 'ssh-%'",
+    )?;
+    let rows = st
+        .query_map([i(now)], |r| {
+            Ok(LiveSsh {
+                serial: u(r.get(0)?),
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+                revoked: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A revoked user certificate and whether its subject is still a user.
+pub struct RevokedUser {
+    /// The serial.
+    pub serial: u64,
+    /// The subject as stored.
+    pub subject: String,
+    /// Whether a user of that name exists.
+    pub user_exists: bool,
+}
+
+/// The revoked user certificates valid after `since`, by serial.
+pub fn revoked_user_certs(tx: &Tx<'_>, since: u64) -> Result<Vec<RevokedUser>> {
+    let mut st = tx.conn.prepare(
+        "SELECT serial, subject, EXISTS (SELECT 1 FROM users WHERE users.name = certs.subject) \
+         FROM certs WHERE kind = 'ssh-user' AND revoked = 1 AND valid_before > ?1 ORDER BY serial",
+    )?;
+    let rows = st
+        .query_map([i(since)], |r| {
+            Ok(RevokedUser {
+                serial: u(r.get(0)?),
+                subject: r.get(1)?,
+                user_exists: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

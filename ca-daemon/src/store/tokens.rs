@@ -1,0 +1,118 @@
+//! Join tokens, stored by the SHA-256 of the token (never the token itself).
+
+use anyhow::Result;
+use rusqlite::{params, OptionalExtension};
+
+use super::{i, Tx};
+
+/// A token about to be stored.
+pub struct NewToken<'a> {
+    /// The public id (a prefix of the hash).
+    pub id: &'a str,
+    /// SHA-256 of the token.
+    pub hash: &'a str,
+    /// `node` or `gateway`.
+    pub kind: &'a str,
+    /// The node's complete label set.
+    pub labels: &'a str,
+    /// The one name it joins.
+    pub name: &'a str,
+    /// Whether it may replace a node of that name.
+    pub replace: bool,
+    /// Unix time it expires.
+    pub expires: u64,
+    /// Unix time it was made.
+    pub created_at: u64,
+}
+
+/// A stored token, as a join reads it.
+pub struct TokenRow {
+    /// `node` or `gateway`.
+    pub kind: String,
+    /// The node's complete label set, as stored.
+    pub labels: String,
+    /// Unix time it expires.
+    pub expires: i64,
+    /// The one name it joins (`None`: made before names, joins nothing).
+    pub name: Option<String>,
+    /// Whether it may replace a node of that name.
+    pub replace: bool,
+}
+
+/// One line of `tokens ls`.
+pub struct TokenLine {
+    /// The public id.
+    pub id: String,
+    /// `node` or `gateway`.
+    pub kind: String,
+    /// The labels, as stored.
+    pub labels: String,
+    /// Unix time it expires.
+    pub expires: i64,
+    /// The one name it joins.
+    pub name: Option<String>,
+    /// Whether it may replace a node of that name.
+    pub replace: bool,
+}
+
+/// Stores a new token.
+pub fn add(tx: &Tx<'_>, t: &NewToken<'_>) -> Result<()> {
+    tx.conn.execute(
+        "INSERT INTO tokens (id, hash, kind, labels, expires, created_at, name, replace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![t.id, t.hash, t.kind, t.labels, i(t.expires), i(t.created_at), t.name, t.replace],
+    )?;
+    Ok(())
+}
+
+/// The tokens not expired at `now`, oldest first.
+pub fn list_live(tx: &Tx<'_>, now: u64) -> Result<Vec<TokenLine>> {
+    let mut st = tx.conn.prepare("SELECT id, kind, labels, expires, name, replace FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
+    let rows = st
+        .query_map([i(now)], |r| {
+            Ok(TokenLine {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                labels: r.get(2)?,
+                expires: r.get(3)?,
+                name: r.get(4)?,
+                replace: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Removes the token of that hash or that id; returns how many were removed.
+pub fn remove(tx: &Tx<'_>, hash: &str, id: &str) -> Result<usize> {
+    Ok(tx.conn.execute(
+        "DELETE FROM tokens WHERE hash = ?1 OR id = ?2",
+        params![hash, id],
+    )?)
+}
+
+/// The token of that hash, if stored.
+pub fn find(tx: &Tx<'_>, hash: &str) -> Result<Option<TokenRow>> {
+    Ok(tx
+        .conn
+        .query_row(
+            "SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1",
+            [hash],
+            |r| {
+                Ok(TokenRow {
+                    kind: r.get(0)?,
+                    labels: r.get(1)?,
+                    expires: r.get(2)?,
+                    name: r.get(3)?,
+                    replace: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Spends the token of that hash (a join used it).
+pub fn spend(tx: &Tx<'_>, hash: &str) -> Result<()> {
+    tx.conn
+        .execute("DELETE FROM tokens WHERE hash = ?1", [hash])?;
+    Ok(())
+}
