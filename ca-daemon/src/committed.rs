@@ -17,7 +17,6 @@ pub enum Committed<T> {
 }
 
 impl<T> Committed<T> {
-    /// The refusal as an `Err`, for `?` in the service and the HTTP layer.
     /// Applies `f` to a done value; a refusal stays as it is.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
         match self {
@@ -26,6 +25,7 @@ impl<T> Committed<T> {
         }
     }
 
+    /// The refusal as an `Err`, for `?` in the service and the HTTP layer.
     pub fn into_result(self) -> Result<T, Refusal> {
         match self {
             Committed::Done(v) => Ok(v),
