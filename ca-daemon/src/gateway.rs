@@ -76,7 +76,7 @@ fn revoked_user_certs(c: &Tx<'_>, now: u64) -> Result<Vec<RevokedUserCert>> {
         // A subject that is no user name (none is written) would be no session's user.
         let Ok(user) = subject.parse() else { continue };
         out.push(RevokedUserCert {
-            serial: serial.into(),
+            serial,
             user,
             reason: if user_exists {
                 "user reset"
@@ -268,7 +268,7 @@ impl Service {
                 let valid_after = now.saturating_sub(CLOCK_SKEW_SECS);
                 let valid_before = now + approval.ttl().as_secs();
                 let serial = store::certs::record(c, &store::certs::CertRow {
-                    kind: "ssh-node-access", subject: user.as_str(), principals: login.as_str(),
+                    kind: postern_core::CertKind::SshNodeAccess, subject: user.as_str(), principals: login.as_str(),
                     valid_after, valid_before, issued_at: now, fingerprint: &fp,
                 })?;
                 let egress = store::nodes::gateway_egress(c, gateway.as_str())?.filter(|e| !e.is_empty());

@@ -482,7 +482,7 @@ impl IssueCtx<'_> {
         let serial = store::certs::record(
             conn,
             &store::certs::CertRow {
-                kind: "ssh-user",
+                kind: postern_core::CertKind::SshUser,
                 subject: user.as_str(),
                 principals: &principals,
                 valid_after,
@@ -495,7 +495,7 @@ impl IssueCtx<'_> {
         let x509_serial = store::certs::record(
             conn,
             &store::certs::CertRow {
-                kind: "x509-client",
+                kind: postern_core::CertKind::X509Client,
                 subject: user.as_str(),
                 principals: "",
                 valid_after,

@@ -28,11 +28,11 @@ use crate::store::{self, Tx};
 pub fn build_krl(conn: &Tx<'_>, keys: &KeyStore, now: u64) -> Result<Krl> {
     let blob = |k: CaKind| keys.ssh(k).public_key().to_bytes();
     let mut certs: BTreeMap<Vec<u8>, CaRevocations> = BTreeMap::new();
-    let kind_ca = |kind: &str| match kind {
-        "ssh-user" => Some(CaKind::User),
-        "ssh-host" => Some(CaKind::Host),
-        "ssh-node-access" => Some(CaKind::NodeAccess),
-        _ => None,
+    let kind_ca = |kind: Option<postern_core::CertKind>| match kind? {
+        postern_core::CertKind::SshUser => Some(CaKind::User),
+        postern_core::CertKind::SshHost => Some(CaKind::Host),
+        postern_core::CertKind::SshNodeAccess => Some(CaKind::NodeAccess),
+        postern_core::CertKind::X509Client | postern_core::CertKind::X509Node => None,
     };
     let locks = active_locks(conn, now)?;
     let locked_users: BTreeSet<&str> = locks
@@ -47,7 +47,7 @@ pub fn build_krl(conn: &Tx<'_>, keys: &KeyStore, now: u64) -> Result<Krl> {
         revoked,
     } in store::certs::live_ssh(conn, now)?
     {
-        let Some(ca) = kind_ca(&kind) else { continue };
+        let Some(ca) = kind_ca(kind) else { continue };
         let by_lock = ca != CaKind::Host && locked_users.contains(subject.as_str());
         if revoked || by_lock {
             certs.entry(blob(ca)?).or_default().serials.insert(serial);

@@ -37,7 +37,7 @@ pub(crate) fn host_cert_as(
     let serial = store::certs::record(
         conn,
         &store::certs::CertRow {
-            kind: "ssh-host",
+            kind: postern_core::CertKind::SshHost,
             subject: approval.key_id().as_str(),
             principals: &joined.join(","),
             valid_after: now.saturating_sub(60),
@@ -238,7 +238,7 @@ impl Service {
                 let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
                 let (cert, expiry, _) = host_cert_as(c, &keys, &approval, &host_key, now)?;
                 let ident_serial = store::certs::record(c, &store::certs::CertRow {
-                    kind: "x509-node", subject: req.name.as_str(), principals: "",
+                    kind: postern_core::CertKind::X509Node, subject: req.name.as_str(), principals: "",
                     valid_after: now - 60, valid_before: now + 365 * 86_400, issued_at: now,
                     fingerprint: &ident.fingerprint(HashAlg::Sha256).to_string(),
                 })?;

@@ -52,7 +52,7 @@ impl Service {
                     let d = policy.decide_admin_signing(&who, logins, ttl)?;
                     let a = &d.approval;
                     let vb = now + a.ttl().as_secs();
-                    let kind_s = if kind == CaKind::User { "ssh-user" } else { "ssh-node-access" };
+                    let kind_s = if kind == CaKind::User { postern_core::CertKind::SshUser } else { postern_core::CertKind::SshNodeAccess };
                     let ps: Vec<&str> = a.logins().iter().map(|l| l.as_str()).collect();
                     let serial = crate::store::certs::record(c, &crate::store::certs::CertRow {
                         kind: kind_s, subject: who.as_str(), principals: &ps.join(","),

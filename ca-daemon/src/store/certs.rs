@@ -5,11 +5,12 @@ use anyhow::Result;
 use rusqlite::{params, OptionalExtension};
 
 use super::{i, u, Tx};
+use postern_core::{CertKind, Serial};
 
 /// A certificate about to be issued, as the `certs` table records it.
 pub struct CertRow<'a> {
-    /// `ssh-user`, `ssh-host`, `ssh-node-access`, `x509-client`, `x509-node`.
-    pub kind: &'a str,
+    /// Which CA's certificate it is.
+    pub kind: CertKind,
     /// Who it is for (user name, node name, or the gateway's `gateway:NAME/NODE`).
     pub subject: &'a str,
     /// Comma-separated principals.
@@ -37,7 +38,7 @@ pub fn record(tx: &Tx<'_>, row: &CertRow<'_>) -> Result<u64> {
         }
         let r = tx.conn.execute(
             "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![i(serial), row.kind, row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
+            params![i(serial), row.kind.as_str(), row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
         );
         match r {
             Ok(_) => return Ok(serial),
@@ -145,8 +146,9 @@ pub fn list(tx: &Tx<'_>, limit: u32) -> Result<Vec<CertLine>> {
 pub struct LiveSsh {
     /// The serial.
     pub serial: u64,
-    /// `ssh-user`, `ssh-host`, `ssh-node-access`.
-    pub kind: String,
+    /// Which CA's certificate it is (`None`: a kind this binary does not know, which the KRL
+    /// skips as it always did).
+    pub kind: Option<CertKind>,
     /// Who it is for.
     pub subject: String,
     /// Revoked.
@@ -162,7 +164,7 @@ pub fn live_ssh(tx: &Tx<'_>, now: u64) -> Result<Vec<LiveSsh>> {
         .query_map([i(now)], |r| {
             Ok(LiveSsh {
                 serial: u(r.get(0)?),
-                kind: r.get(1)?,
+                kind: r.get::<_, String>(1)?.parse().ok(),
                 subject: r.get(2)?,
                 revoked: r.get(3)?,
             })
@@ -174,7 +176,7 @@ pub fn live_ssh(tx: &Tx<'_>, now: u64) -> Result<Vec<LiveSsh>> {
 /// A revoked user certificate and whether its subject is still a user.
 pub struct RevokedUser {
     /// The serial.
-    pub serial: u64,
+    pub serial: Serial,
     /// The subject as stored.
     pub subject: String,
     /// Whether a user of that name exists.
@@ -190,7 +192,7 @@ pub fn revoked_user_certs(tx: &Tx<'_>, since: u64) -> Result<Vec<RevokedUser>> {
     let rows = st
         .query_map([i(since)], |r| {
             Ok(RevokedUser {
-                serial: u(r.get(0)?),
+                serial: u(r.get(0)?).into(),
                 subject: r.get(1)?,
                 user_exists: r.get(2)?,
             })
