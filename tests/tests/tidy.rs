@@ -283,6 +283,61 @@ fn tidy_finds_a_flattened_error() {
     assert!(flattened_errors(context).is_empty());
 }
 
+/// What runs SQL through rusqlite: a call of one of these outside `store/` is a service
+/// writing SQL.
+const SQL_CALLS: &[&str] = &[
+    ".execute(",
+    ".execute_batch(",
+    ".query_row(",
+    ".query_map(",
+    ".prepare(",
+    ".prepare_cached(",
+    "params![",
+];
+
+/// The lines of `text` before its unit-test module that call rusqlite, by line number. A file
+/// that is test code as a whole (`#![cfg(test)]`, such as a module of fixtures) has none.
+fn sql_calls(text: &str) -> Vec<usize> {
+    if text.lines().any(|l| l.trim() == "#![cfg(test)]") {
+        return Vec::new();
+    }
+    text.lines()
+        .take(code_lines(text))
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .filter(|(_, l)| SQL_CALLS.iter().any(|c| l.contains(c)))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[test]
+fn sql_stays_in_the_store() {
+    // ARCHITECTURE.md's invariant: posternd's services compose `store/`'s typed functions and
+    // write no SQL (the seam a second database backend plugs into).
+    let mut problems = Vec::new();
+    for (path, text) in sources() {
+        let Some(rel) = path.strip_prefix("ca-daemon/src/") else {
+            continue;
+        };
+        if rel.starts_with("store/") || rel == "db.rs" {
+            continue;
+        }
+        for line in sql_calls(&text) {
+            problems.push(format!(
+                "{path}:{line}: SQL outside ca-daemon/src/store/: add a typed function there"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn tidy_finds_sql_outside_the_store() {
+    let sample = "fn f(c: &Connection) -> Result<()> {\n    c.execute(\"DELETE FROM locks\", [])?;\n    Ok(())\n}\n\n#[cfg(test)]\nmod tests {\n    fn g(c: &Connection) {\n        c.execute(\"SELECT 1\", []).unwrap();\n    }\n}\n";
+    assert_eq!(sql_calls(sample), vec![2]);
+    assert!(sql_calls(&format!("#![cfg(test)]\n{sample}")).is_empty());
+}
+
 /// The paths ARCHITECTURE.md names in backticks (`ca-daemon/src/tls.rs`, `names.rs`), with
 /// their line numbers. Placeholders (`DATA/ca/audit.key`, `fuzz/corpus/TARGET`, `~/.ssh/…`),
 /// system paths, build output (`target/…`) and URL paths are not paths of the checkout.

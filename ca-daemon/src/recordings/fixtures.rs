@@ -1,5 +1,6 @@
 //! Test fixtures shared by the recordings modules' tests: a service with a small policy, an
 //! authorized session, metadata and casts.
+#![cfg(test)]
 
 use std::sync::Arc;
 
