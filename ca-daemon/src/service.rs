@@ -5,7 +5,7 @@ use crate::committed::Committed;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, Result};
-use postern_core::api::{CertResponse, EnrollRequest, LoginRequest};
+use postern_core::api::{CertResponse, EnrollRequest, ExposeSecret as _, LoginRequest};
 use postern_core::cert::{issue_user_cert, IssueParams, Signer};
 use postern_core::{ClusterName, Policy, Ttl, Username};
 use serde_json::json;
@@ -115,7 +115,7 @@ impl Service {
 
     /// Sets the password and TOTP secret of an invited user.
     pub async fn enroll(&self, req: EnrollRequest, source: Source) -> Outcome<String> {
-        let pw = req.password.expose();
+        let pw = req.password.expose_secret();
         if pw.chars().count() < 8 {
             return Err(Refusal::BadRequest(
                 "password must be at least 8 characters".into(),
@@ -130,7 +130,7 @@ impl Service {
         let hash = match self
             .limits
             .argon2
-            .run(move || auth::hash_password(pw.expose()))
+            .run(move || auth::hash_password(pw.expose_secret()))
             .await
         {
             Ok(h) => h??,
@@ -148,7 +148,7 @@ impl Service {
         let secret = auth::new_totp_secret()?;
         let uri = auth::otpauth_uri(&secret, req.user.as_str(), self.cluster.as_str())?;
         let user = req.user.clone();
-        let presented = auth::invite_hash(req.invite.expose());
+        let presented = auth::invite_hash(req.invite.expose_secret());
         let now = now();
         let failures = Arc::clone(&self.limits.failures);
         self.db
@@ -211,8 +211,8 @@ impl Service {
                 .limits
                 .argon2
                 .run(move || {
-                    let ok = auth::verify_password(hash.as_deref(), password.expose());
-                    let step = auth::match_step(secret.as_deref(), otp.expose(), now);
+                    let ok = auth::verify_password(hash.as_deref(), password.expose_secret());
+                    let step = auth::match_step(secret.as_deref(), otp.expose_secret(), now);
                     (ok, step)
                 })
                 .await;

@@ -4,10 +4,13 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+pub use secrecy::ExposeSecret;
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::Zeroizing;
 
 use crate::ids::LockTarget;
-use zeroize::Zeroize;
 
 use crate::names::{ClusterName, Login, Username};
 use crate::policy::Permit;
@@ -16,19 +19,36 @@ use crate::ttl::Ttl;
 /// The largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// A secret string (password, one-time code, invite token). Never printed, zeroized on drop.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A secret string (password, one-time code, invite token): a [`secrecy::SecretString`], so
+/// never printed and zeroized on drop. On the wire it is a plain JSON string.
+///
+/// It has no `PartialEq`: two secrets are compared only through [`ConstantTimeEq`], whose time
+/// does not depend on where they differ. The value is read only through
+/// [`ExposeSecret::expose_secret`]; call sites that use it are the places to audit.
+#[derive(Clone, Default)]
+pub struct Secret(SecretString);
 
 impl Secret {
-    /// Wraps a value.
+    /// Wraps a value. The `String` is copied into the secret's own allocation and zeroized,
+    /// so that no copy of the value outlives the call (`String::into_boxed_str` could move
+    /// it into a smaller allocation and leave the old one behind).
     pub fn new(s: String) -> Self {
-        Secret(s)
+        let s = Zeroizing::new(s);
+        Secret(SecretString::from(s.as_str()))
     }
-    /// The value; call sites that use it are the places to audit.
-    pub fn expose(&self) -> &str {
-        &self.0
+}
+
+impl ExposeSecret<str> for Secret {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl ConstantTimeEq for Secret {
+    fn ct_eq(&self, other: &Self) -> Choice {
+        self.expose_secret()
+            .as_bytes()
+            .ct_eq(other.expose_secret().as_bytes())
     }
 }
 
@@ -38,9 +58,15 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.0.zeroize();
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose_secret())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
     }
 }
 
@@ -48,7 +74,7 @@ impl Drop for Secret {
 /// answers with the error and logs it, and a password typed into the user field must appear in
 /// neither.
 fn quiet_username<'de, D: Deserializer<'de>>(d: D) -> Result<Username, D::Error> {
-    let s = zeroize::Zeroizing::new(String::deserialize(d)?);
+    let s = Zeroizing::new(String::deserialize(d)?);
     s.parse::<Username>()
         .map_err(|e| serde::de::Error::custom(format_args!("invalid user name: {}", e.reason)))
 }
@@ -658,5 +684,29 @@ mod tests {
         let body = r#"{"user":"alice","password":"x","otp":"1","public_key":"k"}"#;
         let ok = serde_json::from_str::<LoginRequest>(body).unwrap();
         assert_eq!(ok.user.as_str(), "alice");
+    }
+
+    #[test]
+    fn a_secret_is_a_plain_string_on_the_wire_and_hidden_in_debug() {
+        let req: EnrollResponse = serde_json::from_str(r#"{"otpauth_uri":"otpauth://x"}"#).unwrap();
+        assert_eq!(req.otpauth_uri.expose_secret(), "otpauth://x");
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"otpauth_uri":"otpauth://x"}"#
+        );
+        assert_eq!(
+            format!("{req:?}"),
+            "EnrollResponse { otpauth_uri: Secret(***) }"
+        );
+        assert_eq!(Secret::default().expose_secret(), "");
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        let a = Secret::new("pw word".to_owned());
+        assert!(bool::from(a.ct_eq(&a.clone())));
+        assert!(!bool::from(a.ct_eq(&Secret::new("pw wore".to_owned()))));
+        assert!(!bool::from(a.ct_eq(&Secret::new("pw".to_owned()))));
+        assert!(!bool::from(a.ct_eq(&Secret::default())));
     }
 }

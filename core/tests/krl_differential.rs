@@ -297,7 +297,7 @@ fn encoder_agrees_with_ssh_keygen_over_generated_cases() {
             }
         }
         let ours = dir.path().join("ours.krl");
-        std::fs::write(&ours, krl.encode()).unwrap();
+        std::fs::write(&ours, krl.encode().unwrap()).unwrap();
 
         let a = query(&ours, &certs);
         for (i, c) in certs.iter().enumerate() {
@@ -387,7 +387,7 @@ fn ssh_keygen_lists_what_we_encoded() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("k.krl");
-    std::fs::write(&p, krl.encode()).unwrap();
+    std::fs::write(&p, krl.encode().unwrap()).unwrap();
     let out = Command::new("ssh-keygen")
         .arg("-Q")
         .arg("-l")
@@ -425,7 +425,7 @@ fn a_nul_in_the_comment_or_a_key_id_does_not_make_the_krl_unreadable() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("k.krl");
-    std::fs::write(&p, krl.encode()).unwrap();
+    std::fs::write(&p, krl.encode().unwrap()).unwrap();
     // valid.cert: signed by the fixture CA, key id alice.
     let out = Command::new("ssh-keygen")
         .arg("-Q")

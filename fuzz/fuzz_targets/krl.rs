@@ -273,7 +273,7 @@ fuzz_target!(|input: Input| {
         asked = s.certs.iter().step_by(5).collect();
     }
     let file = s.dir.path().join("fuzz.krl");
-    std::fs::write(&file, krl.encode()).unwrap();
+    std::fs::write(&file, krl.encode().unwrap()).unwrap();
     let out = Command::new("ssh-keygen")
         .arg("-Q")
         .arg("-f")

@@ -3,11 +3,11 @@
 //! decoding that several targets use.
 //!
 //! The gateway's scp and SFTP observers and the shim's principals decision depend on nothing of
-//! their crates but `std`, `postern-core`, `ssh-key` and `base64`, so they are compiled from
-//! their files (`#[path]`) rather than through the binaries' library targets: that keeps the
-//! instrumented build to `postern-core`'s dependencies (not russh, tokio, reqwest and aws-lc),
-//! which is what makes the fuzz step of `scripts/test` cheap. A module that starts needing its
-//! crate (`crate::...`) fails this build, which `scripts/test` runs.
+//! their crates but `std`, `postern-core`, `ssh-key`, `ssh-encoding` and `base64`, so they are
+//! compiled from their files (`#[path]`) rather than through the binaries' library targets:
+//! that keeps the instrumented build to `postern-core`'s dependencies (not russh, tokio,
+//! reqwest and aws-lc), which is what makes the fuzz step of `scripts/test` cheap. A module
+//! that starts needing its crate (`crate::...`) fails this build, which `scripts/test` runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ssh_encoding::Decode as _;
+
 /// Packets larger than this are not SFTP (OpenSSH's own limit is 256 KiB).
 const MAX_PACKET: usize = 256 * 1024 + 1024;
 /// Open handles tracked at most.
@@ -83,27 +85,29 @@ pub enum FileOp {
     },
 }
 
+/// The rest of a packet, read as SSH wire data (draft-ietf-secsh-filexfer-02 §3 uses RFC 4251's
+/// `uint32`, `uint64` and `string`) through `ssh-encoding`; every read answers `None` when
+/// the packet ends too early.
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u8(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
+        u8::decode(&mut self.0).ok()
     }
     fn u32(&mut self) -> Option<u32> {
-        let b = self.0.get(..4)?;
-        let v = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        self.0 = &self.0[4..];
-        Some(v)
+        u32::decode(&mut self.0).ok()
     }
     fn u64(&mut self) -> Option<u64> {
-        Some(u64::from(self.u32()?) << 32 | u64::from(self.u32()?))
+        u64::decode(&mut self.0).ok()
     }
-    fn string(&mut self) -> Option<&[u8]> {
+    /// A string, borrowed from the packet (ssh-encoding's readers copy).
+    fn string(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u32()?).ok()?;
-        let s = self.0.get(..n)?;
-        self.0 = &self.0[n..];
+        if self.0.len() < n {
+            return None;
+        }
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
         Some(s)
     }
 }

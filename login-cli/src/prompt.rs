@@ -119,19 +119,26 @@ pub fn otp(flag: Option<String>, user: &str) -> anyhow::Result<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_core::api::ExposeSecret as _;
 
     #[test]
     fn one_line_accepts_a_line_with_or_without_newline() {
         assert_eq!(
-            one_line(&b"s3cret\n"[..], "password").unwrap().expose(),
+            one_line(&b"s3cret\n"[..], "password")
+                .unwrap()
+                .expose_secret(),
             "s3cret"
         );
         assert_eq!(
-            one_line(&b"s3cret"[..], "password").unwrap().expose(),
+            one_line(&b"s3cret"[..], "password")
+                .unwrap()
+                .expose_secret(),
             "s3cret"
         );
         assert_eq!(
-            one_line(&b"s3 cret\r\n"[..], "password").unwrap().expose(),
+            one_line(&b"s3 cret\r\n"[..], "password")
+                .unwrap()
+                .expose_secret(),
             "s3 cret"
         );
     }
@@ -148,9 +155,9 @@ mod tests {
     #[test]
     fn lines_reads_exactly_the_lines_asked_for() {
         let [a, b] = lines(&b"inv\npw word\n"[..], ["invite", "password"]).unwrap();
-        assert_eq!((a.expose(), b.expose()), ("inv", "pw word"));
+        assert_eq!((a.expose_secret(), b.expose_secret()), ("inv", "pw word"));
         let [a, b] = lines(&b"inv\r\npw"[..], ["invite", "password"]).unwrap();
-        assert_eq!((a.expose(), b.expose()), ("inv", "pw"));
+        assert_eq!((a.expose_secret(), b.expose_secret()), ("inv", "pw"));
         assert!(lines(&b"inv\n"[..], ["invite", "password"]).is_err());
         assert!(lines(&b"inv\n\n"[..], ["invite", "password"]).is_err());
         assert!(lines(&b"a\nb\nc\n"[..], ["invite", "password"]).is_err());
@@ -158,7 +165,10 @@ mod tests {
 
     #[test]
     fn otp_flag_must_be_digits() {
-        assert_eq!(otp(Some("123 456".into()), "a").unwrap().expose(), "123456");
+        assert_eq!(
+            otp(Some("123 456".into()), "a").unwrap().expose_secret(),
+            "123456"
+        );
         assert!(otp(Some("12a456".into()), "a").is_err());
         assert!(otp(Some(String::new()), "a").is_err());
     }

@@ -1,57 +1,30 @@
-//! The few libc calls the CLI needs: the passwd home directory, the effective uid and the
-//! local UTC offset. Every `unsafe` block of the crate lives here.
+//! The few system calls the CLI needs: the passwd home directory, the effective uid (both
+//! through `nix`'s safe wrappers) and the local UTC offset. The crate's only `unsafe` code
+//! lives here.
 
-// The workspace denies unsafe code; these three calls have no safe std equivalent, and each
-// block below is a plain FFI call on memory this module owns.
+// The workspace denies unsafe code. `localtime_r` has no safe wrapper in std or nix, and the
+// crates that offer one either call it themselves only in a single-threaded process (`time`'s
+// `local-offset`, which would show UTC once the HTTPS client has started its thread) or read
+// the zone database with their own parser; the blocks below are a plain FFI call on two locals.
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, OsStr};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+
+use nix::unistd::{geteuid, getuid, User};
 
 /// The effective user id, the owner that files under `~/.ssh/postern` must have.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail (POSIX).
-    unsafe { libc::geteuid() }
+    geteuid().as_raw()
 }
 
-/// The home directory of the real user from the passwd database (`getpwuid_r`).
+/// The home directory of the real user from the passwd database (`getpwuid_r`, which nix
+/// retries with a larger buffer while the entry does not fit).
 pub fn passwd_home() -> Option<PathBuf> {
-    // SAFETY: getuid has no preconditions and cannot fail (POSIX).
-    let uid = unsafe { libc::getuid() };
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: an all-zero `passwd` is a valid value of a plain C struct of pointers and
-        // integers; getpwuid_r overwrites it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live memory of the stated size owned by this frame;
-        // on success `pwd`'s strings point into `buf`, which outlives their use below.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            // The entry did not fit: POSIX says to retry with a larger buffer.
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
-            return None;
-        }
-        // SAFETY: getpwuid_r succeeded, so pw_dir is a NUL-terminated string inside `buf`.
-        let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
-        let bytes = dir.to_bytes();
-        if bytes.is_empty() {
-            return None;
-        }
-        return Some(PathBuf::from(OsStr::from_bytes(bytes)));
+    let user = User::from_uid(getuid()).ok()??;
+    if user.dir.as_os_str().is_empty() {
+        return None;
     }
+    Some(user.dir)
 }
 
 /// The local time zone's offset from UTC at Unix time `t`, in seconds east of UTC.

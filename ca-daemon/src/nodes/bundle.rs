@@ -4,7 +4,7 @@
 use crate::committed::Committed;
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use base64::Engine;
 use postern_core::api::{Bundle, SyncResponse};
 use postern_core::cert::Signer;
@@ -114,7 +114,8 @@ pub fn build_bundle(
         max_bundle_age: policy.defaults().max_bundle_age,
         allowed: policy.slice_for_node(labels),
         locks: active_locks(conn, now)?,
-        krl: base64::engine::general_purpose::STANDARD.encode(krl.encode()),
+        krl: base64::engine::general_purpose::STANDARD
+            .encode(krl.encode().context("encoding the KRL")?),
         user_ca_keys: vec![keys.public_line(CaKind::User)?],
         host_ca_keys: vec![keys.public_line(CaKind::Host)?],
         node_access_ca_keys: vec![keys.public_line(CaKind::NodeAccess)?],

@@ -3,7 +3,7 @@
 
 use crate::committed::Committed;
 use anyhow::Result;
-use postern_core::api::{JoinRequest, JoinResponse};
+use postern_core::api::{ExposeSecret as _, JoinRequest, JoinResponse};
 use postern_core::cert::{issue_host_cert, IssueParams};
 use postern_core::{HostCertApproval, KeyId, Labels, NodeName, Principal};
 use serde_json::json;
@@ -180,8 +180,8 @@ impl Service {
             .ed25519()
             .map(|k| k.0)
             .ok_or_else(|| Refusal::BadRequest("identity_public_key must be Ed25519".into()))?;
-        let well_formed = token_well_formed(req.token.expose());
-        let hash = auth::invite_hash(req.token.expose());
+        let well_formed = token_well_formed(req.token.expose_secret());
+        let hash = auth::invite_hash(req.token.expose_secret());
         let now = now();
         let policy = self.policy();
         let keys = std::sync::Arc::clone(&self.keys);

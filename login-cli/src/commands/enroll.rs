@@ -7,8 +7,9 @@ use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 use serde::Serialize;
 
-use postern_core::api::{EnrollRequest, Secret};
+use postern_core::api::{EnrollRequest, ExposeSecret as _, Secret};
 use postern_core::Username;
+use subtle::ConstantTimeEq as _;
 
 use crate::profile::{self, Current, Layout};
 use crate::prompt;
@@ -64,8 +65,8 @@ fn secrets_from_stdin(args: &Args) -> anyhow::Result<(Secret, Option<Secret>)> {
 
 /// An invite without the blanks a paste may bring.
 fn trimmed(s: Secret) -> Secret {
-    let t = s.expose().trim();
-    if t.len() == s.expose().len() {
+    let t = s.expose_secret().trim();
+    if t.len() == s.expose_secret().len() {
         s
     } else {
         Secret::new(t.to_owned())
@@ -82,11 +83,12 @@ fn new_password(args: &Args, from_stdin: Option<Secret>) -> anyhow::Result<Secre
         return Ok(pw);
     }
     let first = prompt::hidden(&format!("New password for {}: ", args.user))?;
-    if first.expose().is_empty() {
+    if first.expose_secret().is_empty() {
         bail!("the password must not be empty");
     }
     let second = prompt::hidden("Repeat the password: ")?;
-    if first != second {
+    // Secrets have no `==`: they are compared in constant time.
+    if !bool::from(first.ct_eq(&second)) {
         bail!("the two passwords do not match");
     }
     Ok(first)
@@ -108,7 +110,7 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
     let api = Api::new(&args.ca, args.ca_pin, None)?;
     api.ping().context("cannot reach the CA")?;
     let (invite, password) = secrets_from_stdin(&args)?;
-    if invite.expose().is_empty() {
+    if invite.expose_secret().is_empty() {
         bail!("the invite is empty");
     }
     let password = new_password(&args, password)?;
@@ -119,7 +121,7 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
             password,
         })
         .map_err(|e| api_failure("enrolment", e))?;
-    let uri = resp.otpauth_uri.expose();
+    let uri = resp.otpauth_uri.expose_secret();
     // The URI goes to a terminal and into an authenticator: it must be what it claims.
     if !uri.starts_with("otpauth://") || uri.chars().any(|c| c.is_control() || c == ' ') {
         bail!("the server sent an invalid TOTP URI");
