@@ -1,14 +1,16 @@
 //! The gateway's side of posternd's API: inventory (servers, CA keys, locks), per-login
 //! authorization with a node-access certificate, host certificates for the inner connection,
-//! and resumable recording uploads. Calls run on blocking threads: the shared client is
-//! synchronous.
+//! and resumable recording uploads. The gateway keeps one async client for its lifetime (one
+//! TLS configuration, its connections kept open between calls), made again only when the
+//! identity on disk changes (a `join` into the same state directory).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_api_client::{CaPin, CaUrl, Client, ClientIdentity};
 use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, GatewayPublicAddr, HostCertRequest, HostCertResponse,
     Inventory, RecordingComplete, RecordingMeta, RecordingUploadStatus,
@@ -34,11 +36,36 @@ pub struct Joined {
     pub public_addr: Option<String>,
 }
 
-/// A handle on the CA for the gateway.
+/// A handle on the CA for the gateway. Clones share one client.
 #[derive(Clone)]
 pub struct CaClient {
     state: PathBuf,
     joined: Arc<Joined>,
+    client: Arc<Mutex<Option<Kept>>>,
+}
+
+/// The client in use, and the identity files it was made from.
+struct Kept {
+    files: IdentityFiles,
+    client: Arc<Client>,
+}
+
+/// Which identity files are on disk: `join` replaces each by a rename, which changes the
+/// inode, and any other write changes the size or the modification time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdentityFiles([(u64, u64, u64, i64, i64); 2]);
+
+impl IdentityFiles {
+    fn of(state: &Path) -> std::io::Result<IdentityFiles> {
+        let stamp = |name: &str| {
+            std::fs::metadata(state.join(name))
+                .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+        };
+        Ok(IdentityFiles([
+            stamp("identity.crt")?,
+            stamp("identity.key")?,
+        ]))
+    }
 }
 
 /// A CA refusal or failure, with the text to show the user.
@@ -55,10 +82,15 @@ impl CaClient {
                 p.display()
             )
         })?;
-        Ok(CaClient {
+        let ca = CaClient {
             joined: Arc::new(serde_json::from_str(&text)?),
             state,
-        })
+            client: Arc::default(),
+        };
+        // Made now, once; when the identity cannot be read yet, each call tries again and
+        // says why it cannot.
+        let _ = ca.make_client();
+        Ok(ca)
     }
 
     /// The join record.
@@ -66,14 +98,41 @@ impl CaClient {
         &self.joined
     }
 
-    fn api(&self) -> Result<Api> {
+    /// Reads the identity, makes a client with it and keeps it.
+    fn make_client(&self) -> Result<Arc<Client>> {
+        // Looked at before reading: a change while reading is seen by the next call.
+        let files = IdentityFiles::of(&self.state);
         let identity = ClientIdentity::from_pem(
             &std::fs::read(self.state.join("identity.crt"))?,
             &std::fs::read(self.state.join("identity.key"))?,
         )?;
         let url: CaUrl = self.joined.ca.parse().map_err(anyhow::Error::msg)?;
         let pin: CaPin = self.joined.ca_pin.parse().map_err(anyhow::Error::msg)?;
-        Api::new(&url, pin, Some(identity))
+        let client = Arc::new(Client::new(&url, pin, Some(identity))?);
+        if let Ok(files) = files {
+            let kept = Kept {
+                files,
+                client: client.clone(),
+            };
+            *self.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        }
+        Ok(client)
+    }
+
+    /// The client kept, or a new one when the identity on disk is not the one it was made
+    /// from.
+    async fn client(&self) -> Result<Arc<Client>, Refused> {
+        if let Ok(files) = IdentityFiles::of(&self.state) {
+            let kept = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(k) = kept.as_ref().filter(|k| k.files == files) {
+                return Ok(k.client.clone());
+            }
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.make_client())
+            .await
+            .map_err(|e| Refused(format!("internal error: {e}"), None))?
+            .map_err(|e| Refused(format!("{e:#}"), None))
     }
 
     async fn call<Req, Resp>(
@@ -83,21 +142,16 @@ impl CaClient {
         body: Req,
     ) -> Result<Resp, Refused>
     where
-        Req: Serialize + Send + 'static,
-        Resp: for<'de> Deserialize<'de> + Send + 'static,
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
     {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let api = me.api().map_err(|e| Refused(format!("{e:#}"), None))?;
-            let r = if method == "GET" {
-                api.get(path)
-            } else {
-                api.post(path, &body)
-            };
-            r.map_err(|e| Refused(e.to_string(), e.status()))
-        })
-        .await
-        .map_err(|e| Refused(format!("internal error: {e}"), None))?
+        let api = self.client().await?;
+        let r = if method == "GET" {
+            api.get(path).await
+        } else {
+            api.post(path, &body).await
+        };
+        r.map_err(refused)
     }
 
     /// `GET /v1/gateway/inventory`.
@@ -128,18 +182,16 @@ impl CaClient {
         Ok(())
     }
 
-    /// A connection for one recording upload, whose calls block: run it on a blocking thread.
-    pub fn upload_session(&self) -> Result<UploadSession, Refused> {
-        self.api()
-            .map(|api| UploadSession { api })
-            .map_err(|e| Refused(format!("{e:#}"), None))
+    /// The client for one recording upload.
+    pub async fn upload_session(&self) -> Result<UploadSession, Refused> {
+        self.client().await.map(|api| UploadSession { api })
     }
 }
 
-/// Resumable recording uploads (`/v1/gateway/recordings/ID...`) over one connection. The id
-/// must be a session id (`[a-z0-9-]`), which is safe in a URL path as it is.
+/// Resumable recording uploads (`/v1/gateway/recordings/ID...`) with the gateway's client.
+/// The id must be a session id (`[a-z0-9-]`), which is safe in a URL path as it is.
 pub struct UploadSession {
-    api: Api,
+    api: Arc<Client>,
 }
 
 fn refused(e: postern_api_client::ApiError) -> Refused {
@@ -148,14 +200,15 @@ fn refused(e: postern_api_client::ApiError) -> Refused {
 
 impl UploadSession {
     /// `GET /v1/gateway/recordings/ID`: where the upload stands.
-    pub fn status(&self, id: &RecordingId) -> Result<RecordingUploadStatus, Refused> {
+    pub async fn status(&self, id: &RecordingId) -> Result<RecordingUploadStatus, Refused> {
         self.api
             .get(&format!("/v1/gateway/recordings/{id}"))
+            .await
             .map_err(refused)
     }
 
     /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: one chunk.
-    pub fn chunk(
+    pub async fn chunk(
         &self,
         id: &RecordingId,
         offset: u64,
@@ -166,13 +219,14 @@ impl UploadSession {
                 &format!("/v1/gateway/recordings/{id}/chunks?offset={offset}"),
                 bytes,
             )
+            .await
             .map_err(refused)
     }
 
     /// `POST /v1/gateway/recordings/ID/complete`: makes the recording visible. The CA reads
     /// the whole file to check its SHA-256 first: the wait grows with the size (a minute,
     /// plus a second per 20 MB).
-    pub fn complete(
+    pub async fn complete(
         &self,
         id: &RecordingId,
         req: &RecordingComplete,
@@ -180,6 +234,76 @@ impl UploadSession {
         let wait = Duration::from_secs(60 + req.meta.bytes / 20_000_000);
         self.api
             .post_with_timeout(&format!("/v1/gateway/recordings/{id}/complete"), req, wait)
+            .await
             .map_err(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a new identity as `join` does: each file replaced by a rename.
+    fn write_identity(state: &Path) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gate".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (name, text) in [
+            ("identity.key", key.serialize_pem()),
+            ("identity.crt", cert.pem()),
+        ] {
+            let tmp = state.join(format!("{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, state.join(name)).unwrap();
+        }
+    }
+
+    fn joined(state: &Path) {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let j = format!(
+            r#"{{"ca": "https://127.0.0.1:9", "ca_pin": "{pin}", "name": "gate", "cluster": "test"}}"#
+        );
+        std::fs::write(state.join("joined.json"), j).unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_one_client_until_the_identity_on_disk_changes() {
+        let d = tempfile::tempdir().unwrap();
+        joined(d.path());
+        write_identity(d.path());
+        let ca = CaClient::load(d.path().to_owned()).unwrap();
+        let first = ca.client().await.unwrap();
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&first, &ca.client().await.unwrap()));
+        }
+        // Clones (the audit sender, the uploader, each session) share it.
+        let other = ca.clone();
+        assert!(Arc::ptr_eq(&first, &other.client().await.unwrap()));
+        assert!(Arc::ptr_eq(&first, &ca.upload_session().await.unwrap().api));
+
+        // A join into the same state directory: the next call uses the new identity.
+        write_identity(d.path());
+        let second = ca.client().await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&second, &other.client().await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_missing_identity_is_reported_by_each_call_until_it_appears() {
+        let d = tempfile::tempdir().unwrap();
+        joined(d.path());
+        let ca = CaClient::load(d.path().to_owned()).unwrap();
+        for _ in 0..2 {
+            let Err(e) = ca.client().await else {
+                panic!("a client without an identity");
+            };
+            assert!(e.0.contains("No such file or directory"), "{}", e.0);
+            assert_eq!(e.1, None);
+        }
+        write_identity(d.path());
+        let made = ca.client().await.unwrap();
+        assert!(Arc::ptr_eq(&made, &ca.client().await.unwrap()));
     }
 }

@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -232,10 +233,11 @@ fn is_refusal(e: &Refused) -> bool {
     e.1.is_some_and(|s| (400..500).contains(&s))
 }
 
-/// Uploads one recording (blocking): asks where the CA stands, sends the missing chunks, and
-/// completes it. `sha256` is the file's hash when an earlier attempt computed it; the hash
-/// used is handed back with the result so that a retry does not read the file again.
-fn upload_one(
+/// Uploads one recording: asks where the CA stands, sends the missing chunks, and completes
+/// it. `sha256` is the file's hash when an earlier attempt computed it; the hash used is
+/// handed back with the result so that a retry does not read the file again. The file is
+/// read (a chunk at a time, and whole for the hash) on blocking threads.
+async fn upload_one(
     s: &UploadSession,
     cast: &Path,
     mut meta: RecordingMeta,
@@ -245,7 +247,7 @@ fn upload_one(
         |what: &str, e: std::io::Error| Refused(format!("{what} {}: {e}", cast.display()), None);
     let id = meta.id.clone();
     let file = match File::open(cast) {
-        Ok(f) => f,
+        Ok(f) => Arc::new(f),
         Err(e) => return (sha256, Err(local("cannot open", e))),
     };
     let size = match file.metadata() {
@@ -254,8 +256,8 @@ fn upload_one(
     };
     // The file is the truth (the done marker of an older version may disagree).
     meta.bytes = size;
-    let sent = (|| -> Result<(), Refused> {
-        let st = s.status(&id)?;
+    let sent = async {
+        let st = s.status(&id).await?;
         if st.complete {
             return Ok(());
         }
@@ -275,10 +277,15 @@ fn upload_one(
         }
         while offset < size {
             let n = usize::try_from(chunk.min(size - offset)).unwrap_or(usize::MAX);
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, offset)
-                .map_err(|e| local("cannot read", e))?;
-            let st = s.chunk(&id, offset, buf)?;
+            let f = file.clone();
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                f.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(|e| local("cannot read", e))?;
+            let st = s.chunk(&id, offset, buf).await?;
             if st.received <= offset || st.received > size {
                 return Err(Refused(
                     format!(
@@ -292,26 +299,38 @@ fn upload_one(
         }
         // A CA holding more than the file (offset > size) refuses the completion and
         // discards what it holds, so that the next attempt starts again from 0.
-        Ok(())
-    })();
+        Ok::<(), Refused>(())
+    }
+    .await;
     if let Err(e) = sent {
         return (sha256, Err(e));
     }
     let sha256 = match sha256 {
         Some(h) => h,
-        None => match postern_core::sha256_hex_of(&file) {
-            Ok(h) => h,
-            Err(e) => return (None, Err(local("cannot read", e))),
-        },
+        None => {
+            let f = file.clone();
+            match tokio::task::spawn_blocking(move || postern_core::sha256_hex_of(&*f)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => return (None, Err(local("cannot read", e))),
+                Err(e) => return (None, Err(internal(e))),
+            }
+        }
     };
-    let done = s.complete(
-        &id,
-        &RecordingComplete {
-            meta,
-            sha256: sha256.clone(),
-        },
-    );
+    let done = s
+        .complete(
+            &id,
+            &RecordingComplete {
+                meta,
+                sha256: sha256.clone(),
+            },
+        )
+        .await;
     (Some(sha256), done)
+}
+
+/// A blocking task that did not finish (it panicked).
+fn internal(e: tokio::task::JoinError) -> Refused {
+    Refused(format!("internal error: {e}"), None)
 }
 
 /// When a recording that failed is tried again.
@@ -368,15 +387,10 @@ pub async fn uploader(spool: PathBuf, ca: CaClient, wake: std::sync::Arc<tokio::
             else {
                 continue;
             };
-            let (ca2, cast2, sha) = (ca.clone(), cast.clone(), hashes.remove(&id));
-            let outcome = tokio::task::spawn_blocking(move || match ca2.upload_session() {
-                Ok(s) => upload_one(&s, &cast2, meta, sha),
+            let sha = hashes.remove(&id);
+            let (sha, result) = match ca.upload_session().await {
+                Ok(s) => upload_one(&s, &cast, meta, sha).await,
                 Err(e) => (sha, Err(e)),
-            })
-            .await;
-            let (sha, result) = match outcome {
-                Ok(x) => x,
-                Err(e) => (None, Err(Refused(format!("internal error: {e}"), None))),
             };
             match result {
                 Ok(stored) => {
