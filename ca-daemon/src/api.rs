@@ -20,14 +20,13 @@ use postern_core::{NodeName, Username};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::authed::{
+    AuthedGateway, AuthedNode, AuthedUser, NodeEvents, NodeSync, Recordings, Renewal,
+};
 use crate::limits::{FailureKind, Source};
 use crate::recordings::MAX_RECORDING_BYTES;
 
 use crate::service::{Refusal, Service};
-
-/// The verified client certificate of the TLS connection, if the client sent one.
-#[derive(Clone, Default)]
-pub struct Peer(pub Option<Arc<Vec<u8>>>);
 
 /// The TCP peer's address.
 #[derive(Clone, Copy)]
@@ -117,6 +116,18 @@ pub fn refused_connection(why: &str) -> Response {
         1,
         true,
     )
+}
+
+impl ApiError {
+    /// A refusal with its public message and the detail that only the log gets.
+    pub fn new(status: StatusCode, public: String, detail: String) -> ApiError {
+        ApiError {
+            status,
+            public,
+            detail,
+            retry_after: None,
+        }
+    }
 }
 
 fn request_id() -> String {
@@ -424,31 +435,6 @@ async fn login(
     Ok(Json(svc.login(req, source).await?).into_response())
 }
 
-fn identity(peer: Peer, what: &str) -> Result<crate::x509::ClientIdentity, ApiError> {
-    identity_from(
-        peer,
-        format!("{what} needs the client certificate from `postern-shim join`"),
-    )
-}
-
-/// The verified client identity; `missing` is the message when there is none.
-fn identity_from(peer: Peer, missing: String) -> Result<crate::x509::ClientIdentity, ApiError> {
-    let Some(der) = peer.0 else {
-        return Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            public: missing,
-            detail: "no client certificate".into(),
-            retry_after: None,
-        });
-    };
-    crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
-        status: StatusCode::FORBIDDEN,
-        public: "unusable client certificate".into(),
-        detail: format!("{e:#}"),
-        retry_after: None,
-    })
-}
-
 async fn join(
     State(svc): State<Arc<Service>>,
     Extension(remote): Extension<Remote>,
@@ -464,96 +450,69 @@ async fn join(
     .into_response())
 }
 
+// Sync, events and renewal read their body before the caller's identity, as they always
+// have: a malformed body is answered as such, with or without a client certificate.
 async fn node_sync(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: Result<AuthedNode<NodeSync>, ApiError>,
     JsonBody(req): JsonBody<postern_core::api::SyncRequest>,
 ) -> Result<Response, ApiError> {
-    let id = identity(peer, "sync")?;
+    let id = id?;
     Ok(Json(svc.node_sync(id, req).await?).into_response())
 }
 
 async fn node_events(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: Result<AuthedNode<NodeEvents>, ApiError>,
     JsonBody(req): JsonBody<postern_core::api::EventsRequest>,
 ) -> Result<Response, ApiError> {
-    let id = identity(peer, "events")?;
+    let id = id?;
     let n = svc.node_events(id, req.events).await?;
     Ok(Json(serde_json::json!({ "accepted": n })).into_response())
 }
 
 async fn renew(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    identity: Result<AuthedUser<Renewal>, ApiError>,
     JsonBody(req): JsonBody<RenewRequest>,
 ) -> Result<Response, ApiError> {
-    let Some(der) = peer.0 else {
-        return Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            public: "renewal needs the client certificate from `postern login`".into(),
-            detail: "no client certificate".into(),
-            retry_after: None,
-        });
-    };
-    let identity = crate::x509::parse_client_cert(&der).map_err(|e| ApiError {
-        status: StatusCode::FORBIDDEN,
-        public: "renewal refused: unusable client certificate; run `postern login`".into(),
-        detail: format!("{e:#}"),
-        retry_after: None,
-    })?;
+    let identity = identity?;
     Ok(Json(svc.renew(identity, req.ttl).await?).into_response())
-}
-
-fn gateway_identity(peer: Peer) -> Result<crate::x509::ClientIdentity, ApiError> {
-    identity_from(
-        peer,
-        "gateway endpoints need the client certificate from `postern-gate join`".into(),
-    )
-}
-
-fn user_identity(peer: Peer) -> Result<crate::x509::ClientIdentity, ApiError> {
-    identity_from(
-        peer,
-        "recordings need the client certificate from `postern login`".into(),
-    )
 }
 
 async fn gateway_inventory(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
 ) -> Result<Response, ApiError> {
-    let id = gateway_identity(peer)?;
     Ok(Json(svc.gateway_inventory(id).await?).into_response())
 }
 
 async fn gateway_authorize(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
     body: Result<JsonBody<AuthorizeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    // The caller first: a client without an identity hears that, whatever it sent.
-    let id = gateway_identity(peer)?;
+    // The caller first (the extractor): a client without an identity hears that, whatever
+    // it sent.
     let JsonBody(req) = body?;
     Ok(Json(svc.gateway_authorize(id, req).await?).into_response())
 }
 
 async fn gateway_host_cert(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
     body: Result<JsonBody<HostCertRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    // The caller first: a client without an identity hears that, whatever it sent.
-    let id = gateway_identity(peer)?;
+    // The caller first (the extractor): a client without an identity hears that, whatever
+    // it sent.
     let JsonBody(req) = body?;
     Ok(Json(svc.gateway_host_cert(id, req).await?).into_response())
 }
 
 async fn gateway_public_addr(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
 ) -> Result<Response, ApiError> {
-    let id = gateway_identity(peer)?;
     Ok(Json(svc.gateway_public_addr(id).await?).into_response())
 }
 
@@ -561,10 +520,9 @@ async fn gateway_public_addr(
 /// nobody but a gateway can make the daemon buffer a recording.
 async fn gateway_recording(
     State(svc): State<Arc<Service>>,
+    id: AuthedGateway,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
-    let id = gateway_identity(peer)?;
     let gateway = svc.authenticate_gateway(id).await?;
     let slot = Arc::clone(&svc.upload_slots)
         .acquire_owned()
@@ -595,10 +553,9 @@ struct RecordingsQuery {
 
 async fn recordings_ls(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedUser<Recordings>,
     query: Result<Query<RecordingsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let id = user_identity(peer)?;
     let Query(q) = query.map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
         public: format!("malformed query: {}", e.body_text()),
@@ -610,10 +567,11 @@ async fn recordings_ls(
 
 async fn recording_get(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    // The path before the caller, as it always was: a path that does not decode is
+    // answered as such first.
     Path(rid): Path<String>,
+    id: AuthedUser<Recordings>,
 ) -> Result<Response, ApiError> {
-    let id = user_identity(peer)?;
     let (file, len) = svc.recording_cast(id, rid).await?;
     // Streamed from the file: a recording may be far larger than the daemon's memory.
     let body =
@@ -640,10 +598,9 @@ fn recording_id(path: Result<Path<String>, PathRejection>) -> Result<String, Api
 
 async fn gateway_recording_status(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = gateway_identity(peer)?;
     let rid = recording_id(path)?;
     let gateway = svc.authenticate_gateway(id).await?;
     Ok(Json(svc.recording_upload_status(gateway, rid).await?).into_response())
@@ -659,12 +616,11 @@ struct ChunkQuery {
 /// The caller is checked, and an upload slot taken, before the body is read.
 async fn gateway_recording_chunk(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ChunkQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let id = gateway_identity(peer)?;
     let rid = recording_id(path)?;
     let Query(q) = query.map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
@@ -696,12 +652,12 @@ async fn gateway_recording_chunk(
 
 async fn gateway_recording_complete(
     State(svc): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
+    id: AuthedGateway,
     path: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<RecordingComplete>, ApiError>,
 ) -> Result<Response, ApiError> {
-    // The caller first: a client without an identity hears that, whatever it sent.
-    let id = gateway_identity(peer)?;
+    // The caller first (the extractor): a client without an identity hears that, whatever
+    // it sent.
     let rid = recording_id(path)?;
     let JsonBody(req) = body?;
     let gateway = svc.authenticate_gateway(id).await?;

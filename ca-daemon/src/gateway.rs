@@ -18,11 +18,11 @@ use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg};
 
 use crate::audit;
+use crate::authed::AuthedGateway;
 use crate::keys::CaKind;
 use crate::nodes::{active_locks, host_cert_as, host_principals, parse_key};
 use crate::service::{now, Refusal, Service};
 use crate::store::{self, nodes::GatewaySession, Tx};
-use crate::x509::ClientIdentity;
 
 /// Lifetime of a node-access certificate in seconds: long enough to log in, useless soon after.
 pub const NODE_ACCESS_TTL_SECS: u64 = 5 * 60;
@@ -40,18 +40,6 @@ fn i(v: u64) -> i64 {
 /// recording file, so nothing else is allowed.
 pub fn valid_session_id(s: &str) -> bool {
     s.parse::<postern_core::RecordingId>().is_ok()
-}
-
-/// The gateway behind an mTLS identity, refreshing its "last seen" time; `None` for anything
-/// that is not a currently joined gateway (servers included).
-pub(crate) fn gateway_for(c: &Tx<'_>, id: &ClientIdentity, now: u64) -> Result<Option<NodeName>> {
-    match Service::node_for(c, id)? {
-        Some((name, _, kind)) if kind == "gateway" => {
-            store::nodes::touch(c, name.as_str(), now)?;
-            Ok(Some(name))
-        }
-        _ => Ok(None),
-    }
 }
 
 /// How long after its end a revoked user certificate stays in the inventory. A gateway that
@@ -105,13 +93,13 @@ fn server(c: &Tx<'_>, name: &NodeName) -> Result<Option<(Option<String>, Labels,
 
 impl Service {
     /// `GET /v1/gateway/inventory`.
-    pub async fn gateway_inventory(&self, id: ClientIdentity) -> Outcome<Inventory> {
+    pub async fn gateway_inventory(&self, gateway: AuthedGateway) -> Outcome<Inventory> {
         let now = now();
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
         self.db
             .run(move |c| -> Result<Committed<Inventory>> {
-                if gateway_for(c, &id, now)?.is_none() {
+                if gateway.check(c, now)?.is_none() {
                     return Ok(Committed::Refused(not_a_gateway()));
                 }
                 let rows = store::nodes::routable_servers(c)?;
@@ -150,7 +138,7 @@ impl Service {
     /// audited as `gateway.refused` and answered with a message the gateway shows the user.
     pub async fn gateway_authorize(
         &self,
-        id: ClientIdentity,
+        gateway: AuthedGateway,
         req: AuthorizeRequest,
     ) -> Outcome<AuthorizeResponse> {
         let key = parse_key(&req.public_key, "public_key")?;
@@ -173,8 +161,8 @@ impl Service {
         let keys = std::sync::Arc::clone(&self.keys);
         self.db
             .run(move |c| -> Result<Committed<AuthorizeResponse>> {
-                let Some(gateway) = gateway_for(c, &id, now)? else {
-                    audit::append(c, now, "gateway.refused", &id.subject, json!({ "reason": "not a joined gateway", "user": req.user.as_str(), "node": req.node.as_str() }))?;
+                let Some(gateway) = gateway.check(c, now)? else {
+                    audit::append(c, now, "gateway.refused", gateway.subject(), json!({ "reason": "not a joined gateway", "user": req.user.as_str(), "node": req.node.as_str() }))?;
                     return Ok(Committed::Refused(not_a_gateway()));
                 };
                 let (user, login, node) = (&req.user, &req.login, &req.node);
@@ -296,7 +284,7 @@ impl Service {
     /// gateway's own key.
     pub async fn gateway_host_cert(
         &self,
-        id: ClientIdentity,
+        gateway: AuthedGateway,
         req: HostCertRequest,
     ) -> Outcome<HostCertResponse> {
         let key = crate::nodes::parse_host_key(&req.public_key, "public_key")?;
@@ -306,7 +294,7 @@ impl Service {
         let cluster = self.cluster.clone();
         self.db
             .run(move |c| -> Result<Committed<HostCertResponse>> {
-                let Some(gateway) = gateway_for(c, &id, now)? else {
+                let Some(gateway) = gateway.check(c, now)? else {
                     return Ok(Committed::Refused(not_a_gateway()));
                 };
                 let Some(_) = server(c, &req.node)? else {
@@ -347,12 +335,12 @@ impl Service {
     /// (`[gateway] public_addr`), which the gateway's host certificate must name.
     pub async fn gateway_public_addr(
         &self,
-        id: ClientIdentity,
+        gateway: AuthedGateway,
     ) -> Outcome<postern_core::api::GatewayPublicAddr> {
         let now = now();
         let known = self
             .db
-            .run(move |c| Ok(gateway_for(c, &id, now)?.is_some()))
+            .run(move |c| Ok(gateway.check(c, now)?.is_some()))
             .await?;
         if !known {
             return Err(not_a_gateway());

@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod audit;
 mod auth;
+mod authed;
 mod committed;
 mod db;
 mod gateway;

@@ -13,6 +13,7 @@ use ssh_key::{HashAlg, PublicKey};
 
 use crate::audit;
 use crate::auth::{self, GhostLockout};
+use crate::authed::{AuthedUser, Renewal, UserRecord};
 use crate::db::Db;
 use crate::keys::KeyStore;
 use crate::limits::{Busy, FailureKind, Source};
@@ -337,7 +338,7 @@ impl Service {
     /// Renewal by proof of possession: the caller's client certificate was verified by TLS.
     pub async fn renew(
         &self,
-        identity: crate::x509::ClientIdentity,
+        caller: AuthedUser<Renewal>,
         ttl: Option<Ttl>,
     ) -> Outcome<CertResponse> {
         let now = now();
@@ -347,8 +348,7 @@ impl Service {
         let gateway = self.gateway.clone();
         self.db
             .run(move |conn| -> Result<Committed<CertResponse>> {
-                let row = store::certs::by_serial(conn, "x509-client", identity.serial)?
-                    .map(|c| (c.subject, c.revoked));
+                let identity = caller.identity();
                 let refuse =
                     |conn: &Tx<'_>, who: &str, reason: &str| -> Result<Committed<CertResponse>> {
                         audit::append(
@@ -362,26 +362,28 @@ impl Service {
                             "renewal refused: {reason}; run `postern login` to sign in again"
                         ))))
                     };
-                let Some((subject, revoked)) = row.filter(|(s, _)| *s == identity.subject) else {
-                    return refuse(conn, &identity.subject, "unknown identity");
-                };
-                if revoked {
-                    return refuse(conn, &subject, "this identity was revoked");
-                }
-                let Ok(name) = subject.parse::<Username>() else {
-                    return refuse(conn, &subject, "unknown identity");
+                // The record's expiry is not looked at here: TLS verified the certificate.
+                let subject = &identity.subject;
+                let name = match caller.lookup(conn)? {
+                    UserRecord::Unknown | UserRecord::NotAUser => {
+                        return refuse(conn, subject, "unknown identity")
+                    }
+                    UserRecord::Revoked => {
+                        return refuse(conn, subject, "this identity was revoked")
+                    }
+                    UserRecord::Issued { user, .. } => user,
                 };
                 let Some(user) = store::users::get(conn, name.as_str())? else {
-                    return refuse(conn, &subject, "the user no longer exists");
+                    return refuse(conn, subject, "the user no longer exists");
                 };
                 let Some(last) = user.last_password_login else {
-                    return refuse(conn, &subject, "no password login on record");
+                    return refuse(conn, subject, "no password login on record");
                 };
                 let deadline = u(last) + policy.defaults().renew_until.as_secs();
                 if now >= deadline {
                     return refuse(
                         conn,
-                        &subject,
+                        subject,
                         "the renewal window after the last password login is over",
                     );
                 }
@@ -394,7 +396,7 @@ impl Service {
                 };
                 match ctx.issue(conn, &name, &public, ttl, deadline, now, "renew")? {
                     Ok((resp, _)) => Ok(Committed::Done(resp)),
-                    Err(deny) => refuse(conn, &subject, &deny),
+                    Err(deny) => refuse(conn, subject, &deny),
                 }
             })
             .await?

@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::api::{Peer, Remote};
+use crate::api::Remote;
+use crate::authed::Peer;
 use crate::config::Limits;
 use crate::keys::KeyStore;
 use crate::limits::{PerSource, Source};

@@ -274,6 +274,10 @@ fn inventory_lists_servers_with_an_address_and_only_gateways_may_read_it() {
     assert!(body.contains("only a joined gateway"), "{body}");
     let (status, body) = curl(&ca, "/v1/gateway/inventory", None);
     assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("gateway endpoints need the client certificate from `postern-gate join`"),
+        "{body}"
+    );
 
     // `gateways ls` shows the gateway, seen just now, and no server.
     let gws = ca.admin_json(&["gateways", "ls"]);
@@ -292,8 +296,9 @@ fn inventory_lists_servers_with_an_address_and_only_gateways_may_read_it() {
 
     // A removed gateway's identity stops working at once.
     ca.admin_json(&["nodes", "rm", "gw1"]);
-    let (status, _) = gw.call("GET", "/v1/gateway/inventory", None);
-    assert_eq!(status, 403);
+    let (status, body) = gw.call("GET", "/v1/gateway/inventory", None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only a joined gateway"), "{body}");
 }
 
 #[test]
@@ -469,8 +474,12 @@ fn authorize_refuses_with_a_reason_the_user_can_read() {
             .contains("only a joined gateway"),
         "{v}"
     );
-    let (status, _) = curl(&ca, "/v1/gateway/authorize", Some(b"{}"));
-    assert_eq!(status, 401);
+    let (status, body) = curl(&ca, "/v1/gateway/authorize", Some(b"{}"));
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("gateway endpoints need the client certificate"),
+        "{body}"
+    );
 
     // Every refusal is audited with its reason; nothing was signed for them.
     let refusals = audit_kinds(&ca, "gateway.refused");

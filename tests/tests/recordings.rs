@@ -714,6 +714,10 @@ fn a_recording_larger_than_a_chunk_resumes_after_a_ca_restart_and_is_stored_byte
     assert_eq!(s, 409, "{body}");
     let (s, body) = postern_tests::curl(&ca, "/v1/gateway/recordings/s-mine", None);
     assert_eq!(s, 401, "{body}");
+    assert!(
+        body.contains("gateway endpoints need the client certificate"),
+        "{body}"
+    );
     assert_eq!(status(&gate, &ca, "s-mine").1["received"], 100);
 }
 

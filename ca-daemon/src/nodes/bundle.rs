@@ -18,6 +18,7 @@ use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
 use super::parse_host_key;
 use crate::audit;
+use crate::authed::{AuthedNode, JoinedNode, NodeSync};
 use crate::keys::{CaKind, KeyStore};
 use crate::service::{now, Refusal, Service};
 use crate::store::{self, Tx};
@@ -124,37 +125,10 @@ pub fn build_bundle(
 }
 
 impl Service {
-    /// Checks a node's mTLS identity; returns its name, labels and kind (`node`/`gateway`).
-    pub(crate) fn node_for(
-        c: &Tx<'_>,
-        id: &crate::x509::ClientIdentity,
-    ) -> Result<Option<(NodeName, Labels, String)>> {
-        let Some((kind, name)) = id.subject.split_once(':') else {
-            return Ok(None);
-        };
-        let row = store::nodes::identity(c, name)?;
-        let revoked = store::certs::by_serial(c, "x509-node", id.serial)?.map(|c| c.revoked);
-        match (row, revoked) {
-            (
-                Some(store::nodes::NodeIdentity {
-                    labels,
-                    identity_serial: serial,
-                    kind: k,
-                }),
-                Some(false),
-            ) if serial == id.serial && k == kind => Ok(Some((
-                postern_core::names::parse_node_name(name)?,
-                labels.parse()?,
-                k,
-            ))),
-            _ => Ok(None),
-        }
-    }
-
     /// `POST /v1/node/sync`.
     pub async fn node_sync(
         &self,
-        id: crate::x509::ClientIdentity,
+        id: AuthedNode<NodeSync>,
         req: postern_core::api::SyncRequest,
     ) -> std::result::Result<SyncResponse, Refusal> {
         let host_key = req
@@ -168,7 +142,7 @@ impl Service {
         let cluster = self.cluster.clone();
         self.db
             .run(move |c| -> Result<Committed<SyncResponse>> {
-                let Some((name, labels, kind)) = Self::node_for(c, &id)? else {
+                let Some(JoinedNode { name, labels, kind }) = id.check(c)? else {
                     return Ok(Committed::Refused(Refusal::Forbidden("this node's identity is not valid (removed or re-joined); run `postern-shim join` again".into())));
                 };
                 // The bundle is a server's: a gateway has no use for the policy slice, and its

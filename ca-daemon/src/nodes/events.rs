@@ -8,6 +8,7 @@ use postern_core::api::NodeEvent;
 use serde_json::json;
 
 use crate::audit;
+use crate::authed::{AuthedNode, JoinedNode, NodeEvents};
 use crate::service::{now, Refusal, Service};
 
 /// How far before its arrival a reported event's time may lie: a server's spool or a
@@ -25,7 +26,7 @@ impl Service {
     /// `POST /v1/node/events`.
     pub async fn node_events(
         &self,
-        id: crate::x509::ClientIdentity,
+        id: AuthedNode<NodeEvents>,
         events: Vec<NodeEvent>,
     ) -> std::result::Result<usize, Refusal> {
         if events.len() > postern_core::batch::MAX_EVENTS_PER_REQUEST {
@@ -36,7 +37,7 @@ impl Service {
         let now = now();
         self.db
             .run(move |c| -> Result<Committed<usize>> {
-                let Some((name, _, kind)) = Self::node_for(c, &id)? else {
+                let Some(JoinedNode { name, kind, .. }) = id.check(c)? else {
                     return Ok(Committed::Refused(Refusal::Forbidden(
                         "this node's identity is not valid".into(),
                     )));

@@ -8,13 +8,12 @@ use postern_core::{NodeName, Username};
 use serde_json::json;
 
 use super::files::file_of;
-use super::identity::signed_in_user;
 use super::visibility::{is_own, list_visible, visibility};
 use super::{Outcome, DEFAULT_LIST};
 use crate::audit;
+use crate::authed::{AuthedUser, Recordings};
 use crate::gateway::valid_session_id;
 use crate::service::{now, Refusal, Service};
-use crate::x509::ClientIdentity;
 
 impl Service {
     /// `GET /v1/recordings`: the recordings the caller may see: their own, and other users'
@@ -22,7 +21,7 @@ impl Service {
     /// user's without any `view_recordings` is refused rather than answered with an empty list.
     pub async fn recordings_of_user(
         &self,
-        id: ClientIdentity,
+        id: AuthedUser<Recordings>,
         user: Option<Username>,
         node: Option<NodeName>,
         limit: Option<u32>,
@@ -31,7 +30,7 @@ impl Service {
         let policy = self.policy();
         self.db
             .run(move |c| -> Result<Committed<Vec<RecordingMeta>>> {
-                let me = match signed_in_user(c, &id, now)? {
+                let me = match id.check(c, now)? {
                     Committed::Done(u) => u,
                     Committed::Refused(r) => return Ok(Committed::Refused(r)),
                 };
@@ -62,7 +61,7 @@ impl Service {
     /// that allowed it.
     pub async fn recording_cast(
         &self,
-        id: ClientIdentity,
+        id: AuthedUser<Recordings>,
         rid: String,
     ) -> Outcome<(tokio::fs::File, u64)> {
         let now = now();
@@ -73,7 +72,7 @@ impl Service {
             .db
             .run(
                 move |c| -> Result<Committed<std::result::Result<(), bool>>> {
-                    let me = match signed_in_user(c, &id, now)? {
+                    let me = match id.check(c, now)? {
                         Committed::Done(u) => u,
                         Committed::Refused(r) => return Ok(Committed::Refused(r)),
                     };
