@@ -156,7 +156,7 @@ impl<D> AuthedUser<D> {
 
     /// The certificate's record: known (under this subject), not revoked, naming a user.
     pub fn lookup(&self, tx: &Tx<'_>) -> Result<UserRecord> {
-        let row = store::certs::by_serial(tx, "x509-client", self.id.serial)?
+        let row = store::certs::by_serial(tx, postern_core::CertKind::X509Client, self.id.serial)?
             .filter(|c| c.subject == self.id.subject);
         let Some(row) = row else {
             return Ok(UserRecord::Unknown);
@@ -218,7 +218,8 @@ fn joined(tx: &Tx<'_>, id: &ClientIdentity) -> Result<Option<JoinedNode>> {
         return Ok(None);
     };
     let row = store::nodes::identity(tx, name)?;
-    let revoked = store::certs::by_serial(tx, "x509-node", id.serial)?.map(|c| c.revoked);
+    let revoked = store::certs::by_serial(tx, postern_core::CertKind::X509Node, id.serial)?
+        .map(|c| c.revoked);
     match (row, revoked) {
         (
             Some(store::nodes::NodeIdentity {
@@ -377,7 +378,7 @@ mod tests {
         }
     }
 
-    fn cert(tx: &Tx<'_>, kind: &str, subject: &str, valid_before: u64) -> u64 {
+    fn cert(tx: &Tx<'_>, kind: postern_core::CertKind, subject: &str, valid_before: u64) -> u64 {
         store::certs::record(
             tx,
             &store::certs::CertRow {
@@ -403,7 +404,7 @@ mod tests {
         crate::db::init_schema(&c).unwrap();
         let tx = Tx::sqlite(&c);
         store::users::add_invited(&tx, "alice", "h", 10_000, 0).unwrap();
-        let serial = cert(&tx, "x509-client", "alice", 1000);
+        let serial = cert(&tx, postern_core::CertKind::X509Client, "alice", 1000);
 
         let ok = user(id(serial, "alice"));
         assert!(matches!(ok.check(&tx, 500).unwrap(), Committed::Done(u) if u.as_str() == "alice"));
@@ -413,7 +414,7 @@ mod tests {
         assert!(refused(
             user(id(serial ^ 1, "alice")).check(&tx, 500).unwrap()
         ));
-        let node_serial = cert(&tx, "x509-node", "alice", 1000);
+        let node_serial = cert(&tx, postern_core::CertKind::X509Node, "alice", 1000);
         assert!(refused(
             user(id(node_serial, "alice")).check(&tx, 500).unwrap()
         ));
@@ -442,7 +443,10 @@ mod tests {
 
         // A known certificate whose user was removed.
         store::users::add_invited(&tx, "carol", "h", 10_000, 0).unwrap();
-        let carol = user(id(cert(&tx, "x509-client", "carol", 1000), "carol"));
+        let carol = user(id(
+            cert(&tx, postern_core::CertKind::X509Client, "carol", 1000),
+            "carol",
+        ));
         assert!(matches!(carol.check(&tx, 500).unwrap(), Committed::Done(_)));
         store::users::remove(&tx, &"carol".parse().unwrap()).unwrap();
         assert!(refused(carol.check(&tx, 500).unwrap()));
@@ -455,7 +459,7 @@ mod tests {
         let tx = Tx::sqlite(&c);
         let mut serials = Vec::new();
         for (name, kind) in [("web1", "node"), ("gw1", "gateway")] {
-            let serial = cert(&tx, "x509-node", name, u64::MAX >> 2);
+            let serial = cert(&tx, postern_core::CertKind::X509Node, name, u64::MAX >> 2);
             serials.push(serial);
             store::nodes::add(
                 &tx,

@@ -183,7 +183,7 @@ impl Service {
                     Ok(v) if v.key_id.as_str() != user.as_str() => Some("the certificate belongs to another user".into()),
                     Ok(v) if !v.principals.iter().any(|p| p.as_str() == login.as_str()) => Some(format!("the certificate does not carry the login {login}")),
                     Ok(_) => {
-                        let row = store::certs::by_serial(c, "ssh-user", serial)?.map(|c| (c.subject, c.revoked, c.fingerprint));
+                        let row = store::certs::by_serial(c, postern_core::CertKind::SshUser, serial)?.map(|c| (c.subject, c.revoked, c.fingerprint));
                         let fp = user_cert.public_key().fingerprint(HashAlg::Sha256).to_string();
                         match row {
                             None => Some("unknown serial".into()),

@@ -83,12 +83,12 @@ pub struct Issued {
 }
 
 /// The certificate of `kind` under `serial`, if there is one.
-pub fn by_serial(tx: &Tx<'_>, kind: &str, serial: u64) -> Result<Option<Issued>> {
+pub fn by_serial(tx: &Tx<'_>, kind: CertKind, serial: u64) -> Result<Option<Issued>> {
     Ok(tx
         .conn
         .query_row(
             "SELECT subject, revoked, valid_before, key_fingerprint FROM certs WHERE serial = ?1 AND kind = ?2",
-            params![i(serial), kind],
+            params![i(serial), kind.as_str()],
             |r| {
                 Ok(Issued {
                     subject: r.get(0)?,
