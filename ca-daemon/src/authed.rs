@@ -18,7 +18,7 @@ use anyhow::Result;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use postern_core::{Labels, NodeName, Username};
+use postern_core::{Labels, NodeKind, NodeName, Username};
 
 use crate::api::ApiError;
 use crate::committed::Committed;
@@ -207,8 +207,8 @@ impl AuthedUser<Recordings> {
 pub struct JoinedNode {
     pub name: NodeName,
     pub labels: Labels,
-    /// `node` (a server) or `gateway`.
-    pub kind: String,
+    /// A server or a gateway.
+    pub kind: NodeKind,
 }
 
 /// The joined node behind an identity: the subject `KIND:NAME` names a node of that kind whose
@@ -228,7 +228,7 @@ fn joined(tx: &Tx<'_>, id: &ClientIdentity) -> Result<Option<JoinedNode>> {
                 kind: k,
             }),
             Some(false),
-        ) if serial == id.serial && k == kind => Ok(Some(JoinedNode {
+        ) if serial == id.serial && k.as_str() == kind => Ok(Some(JoinedNode {
             name: postern_core::names::parse_node_name(name)?,
             labels: labels.parse()?,
             kind: k,
@@ -255,7 +255,7 @@ impl AuthedGateway {
     /// anything that is not a currently joined gateway (servers included).
     pub fn check(&self, tx: &Tx<'_>, now: u64) -> Result<Option<NodeName>> {
         match joined(tx, &self.id)? {
-            Some(n) if n.kind == "gateway" => {
+            Some(n) if n.kind == NodeKind::Gateway => {
                 store::nodes::touch(tx, n.name.as_str(), now)?;
                 Ok(Some(n.name))
             }
@@ -458,7 +458,7 @@ mod tests {
         crate::db::init_schema(&c).unwrap();
         let tx = Tx::sqlite(&c);
         let mut serials = Vec::new();
-        for (name, kind) in [("web1", "node"), ("gw1", "gateway")] {
+        for (name, kind) in [("web1", NodeKind::Node), ("gw1", NodeKind::Gateway)] {
             let serial = cert(&tx, postern_core::CertKind::X509Node, name, u64::MAX >> 2);
             serials.push(serial);
             store::nodes::add(

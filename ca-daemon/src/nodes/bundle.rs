@@ -147,7 +147,7 @@ impl Service {
                 };
                 // The bundle is a server's: a gateway has no use for the policy slice, and its
                 // identity must not renew host certificates through this door.
-                if kind != "node" {
+                if kind != postern_core::NodeKind::Node {
                     return Ok(Committed::Refused(Refusal::Forbidden("only a joined server may sync; this identity is a gateway's".into())));
                 }
                 store::nodes::touch(c, name.as_str(), now)?;

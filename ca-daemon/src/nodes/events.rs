@@ -5,6 +5,7 @@ use crate::committed::Committed;
 use crate::store::Tx;
 use anyhow::Result;
 use postern_core::api::NodeEvent;
+use postern_core::NodeKind;
 use serde_json::json;
 
 use crate::audit;
@@ -42,7 +43,7 @@ impl Service {
                         "this node's identity is not valid".into(),
                     )));
                 };
-                if let Some(e) = events.iter().find(|e| !reportable(&kind, &e.kind)) {
+                if let Some(e) = events.iter().find(|e| !reportable(kind, &e.kind)) {
                     return Ok(Committed::Refused(Refusal::BadRequest(format!(
                         "unknown event kind {:?}",
                         e.kind.chars().take(40).collect::<String>()
@@ -55,14 +56,14 @@ impl Service {
                 for e in &events {
                     // A gateway sends its journal again after a crash between our answer
                     // and its removal of the segment: an event id seen before is dropped.
-                    if kind == "gateway" && !first_report(c, name.as_str(), e, now)? {
+                    if kind == NodeKind::Gateway && !first_report(c, name.as_str(), e, now)? {
                         continue;
                     }
                     let mut detail = serde_json::to_value(e)?;
                     if let Some(m) = detail.as_object_mut() {
                         // Who reported it: a server's events name the server, a gateway's
                         // carry the server inside their own detail.
-                        m.insert(kind.clone(), json!(name.as_str()));
+                        m.insert(kind.to_string(), json!(name.as_str()));
                         m.insert("received".into(), json!(now));
                     }
                     audit::append(c, clamp_reported_ts(e.ts, now), &e.kind, &actor, detail)?;
@@ -94,7 +95,7 @@ pub(super) fn first_report(c: &Tx<'_>, gateway: &str, e: &NodeEvent, now: u64) -
 /// events; gateways also report what they saw inside sessions (`gateway.*` such as exec,
 /// subsystem, port forwards and refused destinations, and `sftp.*` file operations), but
 /// never a kind the CA itself writes.
-pub(super) fn reportable(reporter: &str, kind: &str) -> bool {
+pub(super) fn reportable(reporter: NodeKind, kind: &str) -> bool {
     if kind == "session.open" || kind == "session.close" {
         return true;
     }
@@ -102,7 +103,7 @@ pub(super) fn reportable(reporter: &str, kind: &str) -> bool {
         && kind
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-    reporter == "gateway"
+    reporter == NodeKind::Gateway
         && well_formed
         && (kind.starts_with("gateway.") || kind.starts_with("sftp."))
         && kind != "gateway.authorized"
@@ -125,7 +126,10 @@ mod tests {
     #[test]
     fn servers_report_sessions_and_gateways_also_what_they_saw() {
         for k in ["session.open", "session.close"] {
-            assert!(reportable("node", k) && reportable("gateway", k), "{k}");
+            assert!(
+                reportable(NodeKind::Node, k) && reportable(NodeKind::Gateway, k),
+                "{k}"
+            );
         }
         for k in [
             "gateway.exec",
@@ -133,8 +137,8 @@ mod tests {
             "sftp.open",
             "sftp.rename",
         ] {
-            assert!(reportable("gateway", k), "{k}");
-            assert!(!reportable("node", k), "{k}");
+            assert!(reportable(NodeKind::Gateway, k), "{k}");
+            assert!(!reportable(NodeKind::Node, k), "{k}");
         }
         for k in [
             "gateway.authorized",
@@ -144,8 +148,11 @@ mod tests {
             "sftp.a b",
             "",
         ] {
-            assert!(!reportable("gateway", k), "{k:?}");
+            assert!(!reportable(NodeKind::Gateway, k), "{k:?}");
         }
-        assert!(!reportable("gateway", &format!("sftp.{}", "x".repeat(64))));
+        assert!(!reportable(
+            NodeKind::Gateway,
+            &format!("sftp.{}", "x".repeat(64))
+        ));
     }
 }

@@ -5,7 +5,7 @@ use crate::committed::Committed;
 use anyhow::Result;
 use postern_core::api::{ExposeSecret as _, JoinRequest, JoinResponse};
 use postern_core::cert::{issue_host_cert, IssueParams};
-use postern_core::{HostCertApproval, KeyId, Labels, NodeName, Principal};
+use postern_core::{HostCertApproval, KeyId, Labels, NodeKind, NodeName, Principal};
 use serde_json::json;
 use ssh_key::{HashAlg, PublicKey};
 
@@ -77,12 +77,12 @@ pub(super) fn add_address_principal(out: &mut Vec<Principal>, address: Option<&s
 /// set (a node that asks for labels the token does not give is refused rather than silently
 /// relabelled). `existing` is the kind of whatever already has the name.
 pub(crate) fn join_refusal(
-    token_kind: &str,
+    token_kind: NodeKind,
     token_name: Option<&str>,
     replace: bool,
     token_labels: &Labels,
     req: &JoinRequest,
-    existing: Option<&str>,
+    existing: Option<NodeKind>,
     cluster: &str,
 ) -> Option<String> {
     let name = req.name.as_str();
@@ -210,7 +210,7 @@ impl Service {
                 let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
                 let tl: Labels = token_labels.parse()?;
                 let existing = store::nodes::kind_of(c, req.name.as_str())?;
-                if let Some(refusal) = join_refusal(&kind, token_name.as_deref(), replace, &tl, &req, existing.as_deref(), cluster.as_str()) {
+                if let Some(refusal) = join_refusal(kind, token_name.as_deref(), replace, &tl, &req, existing, cluster.as_str()) {
                     // A refused token stays unused: it was not spent on the wrong name. The
                     // attempt is audited (without the token).
                     audit::append(c, now, "join.refused", &format!("{}@{remote}", req.name), json!({
@@ -231,8 +231,8 @@ impl Service {
                 // name. A gateway's also names the address it was joined with and the one
                 // users are told to dial: posternd.toml's `[gateway] public_addr` (what
                 // `postern login` writes as ProxyJump), whatever --address said.
-                let mut principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == "gateway"))?;
-                if kind == "gateway" {
+                let mut principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == NodeKind::Gateway))?;
+                if kind == NodeKind::Gateway {
                     add_address_principal(&mut principals, public_addr.as_deref());
                 }
                 let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
@@ -244,16 +244,16 @@ impl Service {
                 })?;
                 let x509 = keys.service.issue_client_cert(&format!("{kind}:{}", req.name), &ident_ed, ident_serial, now - 60, now + 365 * 86_400)?;
                 store::nodes::add(c, &store::nodes::NewNode {
-                    name: req.name.as_str(), kind: &kind, address: req.address.as_deref(), labels: &labels.to_string(),
+                    name: req.name.as_str(), kind, address: req.address.as_deref(), labels: &labels.to_string(),
                     joined_at: now, host_key: &host_key.to_openssh()?, host_cert_expiry: expiry, identity_serial: ident_serial,
-                    egress: (kind == "gateway").then_some(egress.as_str()),
-                    seen_from: if kind == "gateway" { seen_from.as_deref() } else { None },
+                    egress: (kind == NodeKind::Gateway).then_some(egress.as_str()),
+                    seen_from: if kind == NodeKind::Gateway { seen_from.as_deref() } else { None },
                 })?;
                 audit::append(c, now, "node.joined", &format!("{kind}:{}", req.name), json!({ "address": req.address, "labels": labels.to_string(), "remote": remote }))?;
                 let bundle = build_bundle(c, &keys, &policy, &cluster, &req.name, &labels, now)?;
                 Ok(Committed::Done(JoinResponse {
                     cluster: cluster.clone(),
-                    kind: kind.parse()?,
+                    kind,
                     labels,
                     host_certificate: cert,
                     x509_certificate: x509,

@@ -30,18 +30,18 @@ impl Service {
         ttl: Ttl,
         actor: String,
     ) -> Result<serde_json::Value> {
-        if kind != "node" && kind != "gateway" {
+        let Ok(kind) = kind.parse::<postern_core::NodeKind>() else {
             bail!("token kind must be node or gateway");
-        }
+        };
         let (token, hash) = auth::new_invite()?;
         let id = hash[..12].to_owned();
         let now = now();
         let expires = now + ttl.as_secs();
-        let (kind, labels_s, id2) = (kind.to_owned(), labels.to_string(), id.clone());
-        let (kind2, name2) = (kind.clone(), name.to_string());
+        let (labels_s, id2) = (labels.to_string(), id.clone());
+        let (kind2, name2) = (kind, name.to_string());
         self.db
             .run(move |c| {
-                store::tokens::add(c, &NewToken { id: &id2, hash: &hash, kind: &kind2, labels: &labels_s, name: &name2, replace, expires, created_at: now })?;
+                store::tokens::add(c, &NewToken { id: &id2, hash: &hash, kind: kind2, labels: &labels_s, name: &name2, replace, expires, created_at: now })?;
                 // The token itself is never logged or audited: only its id.
                 audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "name": name2, "replace": replace, "labels": labels_s, "expires": expires }))
             })

@@ -39,6 +39,19 @@ impl Tx<'_> {
     }
 }
 
+/// Column `idx` of a row, parsed from its stored text (a kind, an id): a value this binary
+/// cannot parse is an error, not a guess.
+fn parsed<T>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: String = r.get(idx)?;
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 /// Unix seconds as SQLite stores them (saturating: no time reaches `i64::MAX`).
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

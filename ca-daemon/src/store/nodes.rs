@@ -3,14 +3,15 @@
 use anyhow::Result;
 use rusqlite::{params, OptionalExtension};
 
-use super::{i, u, Tx};
+use super::{i, parsed, u, Tx};
+use postern_core::NodeKind;
 
 /// A node about to be stored by a join.
 pub struct NewNode<'a> {
     /// Its name.
     pub name: &'a str,
     /// `node` or `gateway`.
-    pub kind: &'a str,
+    pub kind: NodeKind,
     /// The `HOST:PORT` it registered.
     pub address: Option<&'a str>,
     /// Its complete label set.
@@ -54,7 +55,7 @@ pub struct NodeIdentity {
     /// The serial of its current X.509 identity.
     pub identity_serial: u64,
     /// `node` or `gateway`.
-    pub kind: String,
+    pub kind: NodeKind,
 }
 
 /// A joined server (kind `node`) as the gateway dials it.
@@ -120,7 +121,7 @@ pub fn list(tx: &Tx<'_>, kind: Option<&str>) -> Result<Vec<NodeLine>> {
 pub fn add(tx: &Tx<'_>, n: &NewNode<'_>) -> Result<()> {
     tx.conn.execute(
         "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![n.name, n.kind, n.address, n.labels, i(n.joined_at), n.host_key, i(n.host_cert_expiry), i(n.identity_serial), n.egress, n.seen_from],
+        params![n.name, n.kind.as_str(), n.address, n.labels, i(n.joined_at), n.host_key, i(n.host_cert_expiry), i(n.identity_serial), n.egress, n.seen_from],
     )?;
     Ok(())
 }
@@ -134,11 +135,11 @@ pub fn remove(tx: &Tx<'_>, name: &str) -> Result<bool> {
 }
 
 /// The kind of whatever has that name.
-pub fn kind_of(tx: &Tx<'_>, name: &str) -> Result<Option<String>> {
+pub fn kind_of(tx: &Tx<'_>, name: &str) -> Result<Option<NodeKind>> {
     Ok(tx
         .conn
         .query_row("SELECT kind FROM nodes WHERE name = ?1", [name], |r| {
-            r.get(0)
+            parsed(r, 0)
         })
         .optional()?)
 }
@@ -154,7 +155,7 @@ pub fn identity(tx: &Tx<'_>, name: &str) -> Result<Option<NodeIdentity>> {
                 Ok(NodeIdentity {
                     labels: r.get(0)?,
                     identity_serial: u(r.get(1)?),
-                    kind: r.get(2)?,
+                    kind: parsed(r, 2)?,
                 })
             },
         )

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use rusqlite::{params, OptionalExtension};
 
-use super::{i, Tx};
+use super::{i, parsed, Tx};
+use postern_core::NodeKind;
 
 /// A token about to be stored.
 pub struct NewToken<'a> {
@@ -12,7 +13,7 @@ pub struct NewToken<'a> {
     /// SHA-256 of the token.
     pub hash: &'a str,
     /// `node` or `gateway`.
-    pub kind: &'a str,
+    pub kind: NodeKind,
     /// The node's complete label set.
     pub labels: &'a str,
     /// The one name it joins.
@@ -28,7 +29,7 @@ pub struct NewToken<'a> {
 /// A stored token, as a join reads it.
 pub struct TokenRow {
     /// `node` or `gateway`.
-    pub kind: String,
+    pub kind: NodeKind,
     /// The node's complete label set, as stored.
     pub labels: String,
     /// Unix time it expires.
@@ -44,7 +45,7 @@ pub struct TokenLine {
     /// The public id.
     pub id: String,
     /// `node` or `gateway`.
-    pub kind: String,
+    pub kind: NodeKind,
     /// The labels, as stored.
     pub labels: String,
     /// Unix time it expires.
@@ -59,7 +60,7 @@ pub struct TokenLine {
 pub fn add(tx: &Tx<'_>, t: &NewToken<'_>) -> Result<()> {
     tx.conn.execute(
         "INSERT INTO tokens (id, hash, kind, labels, expires, created_at, name, replace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![t.id, t.hash, t.kind, t.labels, i(t.expires), i(t.created_at), t.name, t.replace],
+        params![t.id, t.hash, t.kind.as_str(), t.labels, i(t.expires), i(t.created_at), t.name, t.replace],
     )?;
     Ok(())
 }
@@ -71,7 +72,7 @@ pub fn list_live(tx: &Tx<'_>, now: u64) -> Result<Vec<TokenLine>> {
         .query_map([i(now)], |r| {
             Ok(TokenLine {
                 id: r.get(0)?,
-                kind: r.get(1)?,
+                kind: parsed(r, 1)?,
                 labels: r.get(2)?,
                 expires: r.get(3)?,
                 name: r.get(4)?,
@@ -99,7 +100,7 @@ pub fn find(tx: &Tx<'_>, hash: &str) -> Result<Option<TokenRow>> {
             [hash],
             |r| {
                 Ok(TokenRow {
-                    kind: r.get(0)?,
+                    kind: parsed(r, 0)?,
                     labels: r.get(1)?,
                     expires: r.get(2)?,
                     name: r.get(3)?,
