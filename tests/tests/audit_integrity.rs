@@ -331,16 +331,11 @@ fn an_installation_older_than_checkpoints_gets_its_key_and_its_events_signed_at_
     let mut alice = Person::new("alice");
     alice.enroll(&ca);
     ca.stop();
-    // What a CA made before checkpoints has: no audit key, no checkpoint table, and schema
-    // version 3 (the releases before checkpoints wrote 3; step 4 of the migrations adds the
-    // table).
+    // What a CA made before checkpoints has: no audit key, no checkpoint table.
     std::fs::remove_file(ca.dir.path().join("ca/audit.key")).unwrap();
     std::fs::remove_file(ca.dir.path().join("ca/audit.pub")).unwrap();
     let db = ca.dir.path().join("posternd.db");
-    exec(
-        &db,
-        "DROP TABLE audit_checkpoints; UPDATE meta SET value = '3' WHERE key = 'schema_version';",
-    );
+    exec(&db, "DROP TABLE audit_checkpoints;");
     let events = query(&db, "SELECT count(*) AS n FROM audit")[0]["n"]
         .as_i64()
         .unwrap();

@@ -9,7 +9,7 @@
 //! step holds everything a database claiming the version before it may lack.
 
 use anyhow::{anyhow, bail, Context, Result};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 /// One step: the SQL that brings a database from `version - 1` to `version`, then the columns
 /// it adds to tables that may already exist, as (table, column, type).
@@ -216,6 +216,12 @@ pub fn version(conn: &Connection) -> Result<u32> {
 
 /// Brings the database to [`CURRENT`]: every step above its version, in order, each in a
 /// transaction with the record of its number. Refuses a database newer than this binary.
+///
+/// The last step is asserted again on a database that already says [`CURRENT`]: builds of
+/// the lockout work wrote version 4 before the audit checkpoints and the gateways' event ids
+/// had their tables, and the code before numbered steps repaired that at every start. On a
+/// complete database this writes nothing (every statement is `IF NOT EXISTS` or a column
+/// added only when missing).
 pub fn run(conn: &Connection) -> Result<()> {
     let from = version(conn).context("cannot read the database's schema version")?;
     if from > CURRENT {
@@ -223,9 +229,22 @@ pub fn run(conn: &Connection) -> Result<()> {
             "the database has schema version {from}, newer than this posternd knows ({CURRENT}): it was written by a newer posternd; run that version, or restore a backup made before the upgrade"
         );
     }
+    if from == CURRENT {
+        if let Some(last) = STEPS.last() {
+            let tx = conn.unchecked_transaction()?;
+            apply(&tx, last).context("cannot complete the database schema")?;
+            tx.commit().context("cannot commit the completed schema")?;
+        }
+        return Ok(());
+    }
     for step in STEPS.iter().filter(|s| s.version > from) {
         let v = step.version;
-        let tx = conn.unchecked_transaction()?;
+        // Immediate: the version is read again under the write lock, so that two processes
+        // opening an old database at once apply each step once.
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+        if version(&tx)? >= v {
+            continue;
+        }
         apply(&tx, step)
             .with_context(|| format!("cannot bring the database schema to version {v}"))?;
         tx.execute(
@@ -448,6 +467,28 @@ mod tests {
         assert_eq!(c.total_changes(), changes, "nothing was written");
         assert_eq!(shape(&c), before);
         assert_eq!(version(&c).unwrap(), CURRENT);
+    }
+
+    /// Builds of the lockout work wrote version 4 before the checkpoint and event-id tables
+    /// existed; the code before numbered steps created them at the next start, and so must
+    /// the steps.
+    #[test]
+    fn regression_a_version_4_database_without_the_checkpoint_tables() {
+        let d = tempfile::tempdir().unwrap();
+        let c = at_version(&d, CURRENT);
+        c.execute_batch("DROP TABLE audit_checkpoints; DROP TABLE gateway_event_ids;")
+            .unwrap();
+        run(&c).unwrap();
+        assert_eq!(shape(&c), fresh_shape());
+        assert_eq!(version(&c).unwrap(), CURRENT);
+        let alice: i64 = c
+            .query_row(
+                "SELECT created_at FROM users WHERE name = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(alice, 5);
     }
 
     /// A database made by the code before numbered steps (today's installations) has the
