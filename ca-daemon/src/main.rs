@@ -233,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audit::read_offhost(&checkpoints, &audit::public_key_from_openssh(&text, &pub_path)?)?
             };
             let given = offhost.len();
-            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
+            let data: serde_json::Value = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
             let mut problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
             // Checkpoint files that hold no checkpoint of this key prove nothing: a replaced
             // audit key (audit.pub rewritten) must not make them pass as "consistent".
@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("posternd: no checkpoint signed by this CA's audit key in the files given");
             }
             if a.json {
-                println!("{data}");
+                println!("{}", admin::sorted_json(&data)?);
             } else if problems.is_empty() {
                 println!("audit log OK: {} events, hash chain intact, every event signed", data["events"]);
                 match data["offhost_newest"].as_u64() {
@@ -272,7 +272,7 @@ async fn admin_cmd(
 ) -> anyhow::Result<ExitCode> {
     let data = admin::call(&server::socket_for(&a.config.config)?, &req).await?;
     if a.json {
-        println!("{data}");
+        println!("{}", admin::sorted_json(&data)?);
     } else {
         println!("{}", human(&data));
     }
