@@ -1,15 +1,19 @@
 //! Admin subcommands over a Unix socket in the data directory. Only root or the daemon's own
 //! uid may use it (checked by peer credentials, and the socket file is 0600).
 //!
-//! Protocol: one JSON request line, one JSON response line.
+//! Protocol: one JSON request line, one JSON response line. The answers are typed, one per
+//! request, in `answers`.
+
+mod answers;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -18,6 +22,8 @@ use crate::auth;
 use crate::keys::CaKind;
 use crate::service::{now, Service};
 use crate::store::{self, users::UserLine};
+
+pub use answers::*;
 
 /// One admin request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,14 +139,16 @@ pub enum AdminRequest {
     },
 }
 
-/// One admin response.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AdminResponse {
+/// One admin response: the daemon sends `AdminResponse<AdminAnswer>`, and the client decodes
+/// the answer type of the request it sent. Not `Debug`: answers may hold invites and tokens.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: DeserializeOwned"))]
+pub struct AdminResponse<T> {
     /// Whether the command succeeded.
     pub ok: bool,
-    /// Its result.
-    #[serde(default)]
-    pub data: Value,
+    /// Its result (`null` when `ok` is false), with sorted keys as it always had.
+    #[serde(default = "Option::default", serialize_with = "serialize_sorted")]
+    pub data: Option<T>,
     /// The error, when `ok` is false.
     #[serde(default)]
     pub error: Option<String>,
@@ -194,22 +202,22 @@ async fn handle(stream: UnixStream, svc: Arc<Service>, uid: u32) -> Result<()> {
     let mut reader = BufReader::new(r).take(64 * 1024);
     reader.read_to_string(&mut line).await.ok();
     let first = line.lines().next().unwrap_or_default();
-    let resp = match serde_json::from_str::<AdminRequest>(first) {
+    let resp: AdminResponse<AdminAnswer> = match serde_json::from_str::<AdminRequest>(first) {
         Ok(req) => match run(&svc, req, uid).await {
             Ok(data) => AdminResponse {
                 ok: true,
-                data,
+                data: Some(data),
                 error: None,
             },
             Err(e) => AdminResponse {
                 ok: false,
-                data: Value::Null,
+                data: None,
                 error: Some(format!("{e:#}")),
             },
         },
         Err(e) => AdminResponse {
             ok: false,
-            data: Value::Null,
+            data: None,
             error: Some(format!("bad request: {e}")),
         },
     };
@@ -220,7 +228,7 @@ async fn handle(stream: UnixStream, svc: Arc<Service>, uid: u32) -> Result<()> {
     Ok(())
 }
 
-async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
+async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<AdminAnswer> {
     let actor = format!("admin(uid {uid})");
     let now = now();
     match req {
@@ -243,14 +251,18 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                     Ok(())
                 })
                 .await?;
-            Ok(
-                json!({ "user": name, "invite": token, "expires_at": expires, "has_roles": has_roles }),
-            )
+            Ok(UserInvite {
+                user: name,
+                invite: token,
+                expires_at: expires,
+                has_roles,
+            }
+            .into())
         }
         AdminRequest::UsersLs => {
             let policy = svc.policy();
             let rows = svc.db.run(store::users::list).await?;
-            let list: Vec<Value> = rows
+            let list: Vec<UserEntry> = rows
                 .into_iter()
                 .map(
                     |UserLine {
@@ -268,21 +280,21 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                             .ok()
                             .and_then(|u| policy.users().get(&u).cloned())
                             .unwrap_or_default();
-                        json!({
-                            "name": name,
-                            "enrolled": enrolled,
-                            "roles": roles,
-                            "last_login": last,
-                            "locked": hard_locked || locked_until.is_some(),
-                            "locked_until": locked_until,
-                            "hard_locked": hard_locked,
-                            "failures": failures,
-                            "created_at": created,
-                        })
+                        UserEntry {
+                            name,
+                            enrolled,
+                            roles,
+                            last_login: last,
+                            locked: hard_locked || locked_until.is_some(),
+                            locked_until,
+                            hard_locked,
+                            failures,
+                            created_at: created,
+                        }
                     },
                 )
                 .collect();
-            Ok(Value::Array(list))
+            Ok(list.into())
         }
         AdminRequest::UsersRm { name } => {
             let user: postern_core::Username = name.parse()?;
@@ -302,7 +314,11 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                     Ok(())
                 })
                 .await?;
-            Ok(json!({ "user": name, "removed": true }))
+            Ok(UserRemoved {
+                user: name,
+                removed: true,
+            }
+            .into())
         }
         AdminRequest::UsersReset { name } => {
             let user: postern_core::Username = name.parse()?;
@@ -319,27 +335,35 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                     Ok(was_hard_locked)
                 })
                 .await?;
-            Ok(
-                json!({ "user": name, "invite": token, "expires_at": expires, "was_hard_locked": was_hard_locked }),
-            )
+            Ok(UserReset {
+                user: name,
+                invite: token,
+                expires_at: expires,
+                was_hard_locked,
+            }
+            .into())
         }
         AdminRequest::CaExport { ca } => {
             let kind = CaKind::ALL
                 .into_iter()
                 .find(|k| k.as_str() == ca)
                 .ok_or_else(|| anyhow!("unknown CA {ca:?}; expected user, host or node-access"))?;
-            Ok(json!({ "ca": kind.as_str(), "keys": [svc.keys.public_line(kind)?] }))
+            Ok(CaKeys {
+                ca: kind.as_str().to_owned(),
+                keys: vec![svc.keys.public_line(kind)?],
+            }
+            .into())
         }
         AdminRequest::CertsLs { limit } => {
             let rows = svc
                 .db
                 .run(move |conn| store::certs::list(conn, limit))
                 .await?;
-            Ok(serde_json::to_value(rows)?)
+            Ok(rows.into())
         }
         AdminRequest::AuditTail { n } => {
             let events = svc.db.run(move |conn| audit::tail(conn, n)).await?;
-            Ok(serde_json::to_value(events)?)
+            Ok(events.into())
         }
         AdminRequest::TokensAdd {
             kind,
@@ -347,8 +371,8 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             replace,
             labels,
             ttl,
-        } => {
-            svc.tokens_add(
+        } => svc
+            .tokens_add(
                 &kind,
                 postern_core::names::parse_node_name(&name)?,
                 replace,
@@ -357,9 +381,9 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                 actor,
             )
             .await
-        }
-        AdminRequest::TokensLs => svc.tokens_ls().await,
-        AdminRequest::TokensRm { token } => svc.tokens_rm(token, actor).await,
+            .map(Into::into),
+        AdminRequest::TokensLs => svc.tokens_ls().await.map(Into::into),
+        AdminRequest::TokensRm { token } => svc.tokens_rm(token, actor).await.map(Into::into),
         AdminRequest::NodesLs { kind } => {
             let k = match kind.as_deref() {
                 None => None,
@@ -367,9 +391,9 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                 Some("gateway") => Some("gateway"),
                 Some(other) => bail!("unknown node kind {other:?}"),
             };
-            svc.nodes_ls(k).await
+            svc.nodes_ls(k).await.map(Into::into)
         }
-        AdminRequest::NodesRm { name } => svc.nodes_rm(name, actor).await,
+        AdminRequest::NodesRm { name } => svc.nodes_rm(name, actor).await.map(Into::into),
         AdminRequest::CertsSign {
             ca,
             key,
@@ -378,7 +402,9 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             ttl,
         } => {
             let ttl = ttl.map(|t| t.parse()).transpose()?;
-            svc.certs_sign(&ca, key, principals, user, ttl, actor).await
+            svc.certs_sign(&ca, key, principals, user, ttl, actor)
+                .await
+                .map(Into::into)
         }
         AdminRequest::LockAdd {
             target,
@@ -387,10 +413,12 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             reason,
         } => {
             let ttl = ttl.map(|t| t.parse()).transpose()?;
-            svc.lock_add(&target, name, ttl, reason, actor).await
+            svc.lock_add(&target, name, ttl, reason, actor)
+                .await
+                .map(Into::into)
         }
-        AdminRequest::LockLs => svc.lock_ls().await,
-        AdminRequest::LockRm { id } => svc.lock_rm(id, actor).await,
+        AdminRequest::LockLs => svc.lock_ls().await.map(Into::into),
+        AdminRequest::LockRm { id } => svc.lock_rm(id, actor).await.map(Into::into),
         AdminRequest::RecordingsLs { user, node, limit } => {
             if let Some(u) = &user {
                 u.parse::<postern_core::Username>()?;
@@ -398,7 +426,7 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
             if let Some(n) = &node {
                 postern_core::names::parse_node_name(n)?;
             }
-            svc.recordings_ls(user, node, limit).await
+            svc.recordings_ls(user, node, limit).await.map(Into::into)
         }
         AdminRequest::AuditVerify { checkpoints } => {
             if checkpoints.len() > audit::MAX_OFFHOST {
@@ -412,13 +440,14 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<Value> {
                 .db
                 .run(move |conn| audit::verify_with(conn, &key, &checkpoints))
                 .await?;
-            Ok(serde_json::to_value(v)?)
+            Ok(v.into())
         }
     }
 }
 
-/// Sends one request to the daemon and returns its data.
-pub async fn call(socket: &Path, req: &AdminRequest) -> Result<Value> {
+/// Sends one request to the daemon and returns its answer, decoded as `T` (the answer type of
+/// that request).
+pub async fn call<T: DeserializeOwned>(socket: &Path, req: &AdminRequest) -> Result<T> {
     let mut s = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot reach posternd's admin socket {} (is `posternd serve` running, and are you root or its user?)",
@@ -437,10 +466,10 @@ pub async fn call(socket: &Path, req: &AdminRequest) -> Result<Value> {
     if out.is_empty() {
         bail!("posternd closed the admin connection without answering (permission denied?)");
     }
-    let resp: AdminResponse =
+    let resp: AdminResponse<T> =
         serde_json::from_str(out.trim_end()).context("bad answer from posternd")?;
     if resp.ok {
-        Ok(resp.data)
+        resp.data.context("bad answer from posternd: no data")
     } else {
         Err(anyhow!(resp
             .error

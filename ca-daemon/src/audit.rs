@@ -20,7 +20,7 @@ use anyhow::{anyhow, Context, Result};
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use postern_core::api::AuditCheckpoint;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -292,7 +292,8 @@ pub fn tail(tx: &Tx<'_>, n: u32) -> Result<Vec<Event>> {
 }
 
 /// The outcome of `audit verify`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Verification {
     /// Events checked.
     pub events: i64,

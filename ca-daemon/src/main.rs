@@ -95,94 +95,90 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Users(c) => match c {
-            UsersCmd::Add { name, a } => admin_cmd(&a, AdminRequest::UsersAdd { name }, |d| {
+            UsersCmd::Add { name, a } => admin_cmd(&a, AdminRequest::UsersAdd { name }, |d: &admin::UserInvite| {
                 let mut s = format!(
                     "Invite for {} (valid 24h, single use):\n  {}\n\nThe user runs (and pastes the invite when asked; on the command line it would be visible to every local user):\n  postern enroll --user {} --invite-stdin --ca <api_url> --ca-pin <pin>",
-                    d["user"].as_str().unwrap_or(""),
-                    d["invite"].as_str().unwrap_or(""),
-                    d["user"].as_str().unwrap_or(""),
+                    d.user, d.invite, d.user,
                 );
-                if d["has_roles"] == false {
+                if !d.has_roles {
                     s.push_str("\n\nNote: the policy gives this user no roles yet; add [users.NAME] roles = [...] before they log in.");
                 }
                 s
             }).await,
-            UsersCmd::Ls { a } => admin_cmd(&a, AdminRequest::UsersLs, |d| {
+            UsersCmd::Ls { a } => admin_cmd(&a, AdminRequest::UsersLs, |d: &Vec<admin::UserEntry>| {
                 let mut s = format!("{:<24} {:<9} {:<9} {:<28} {}", "NAME", "ENROLLED", "FAILURES", "LOCKED", "ROLES");
-                for u in d.as_array().into_iter().flatten() {
-                    let roles: Vec<&str> = u["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
-                    let locked = if u["hard_locked"] == true {
+                for u in d {
+                    let locked = if u.hard_locked {
                         "hard (users reset)".to_owned()
                     } else {
-                        u["locked_until"].as_i64().map_or("no".into(), |t| format!("until {}", server::fmt_time(t)))
+                        u.locked_until.and_then(|t| i64::try_from(t).ok()).map_or("no".into(), |t| format!("until {}", server::fmt_time(t)))
                     };
-                    s.push_str(&format!("\n{:<24} {:<9} {:<9} {:<28} {}", u["name"].as_str().unwrap_or(""), u["enrolled"], u["failures"], locked, roles.join(",")));
+                    // ENROLLED and FAILURES were printed as JSON values, which ignore the
+                    // column width: kept unpadded, as scripts may have come to expect.
+                    s.push_str(&format!("\n{:<24} {} {} {:<28} {}", u.name, u.enrolled, u.failures, locked, u.roles.join(",")));
                 }
                 s
             }).await,
-            UsersCmd::Rm { name, a } => admin_cmd(&a, AdminRequest::UsersRm { name: name.clone() }, |_| format!("Removed user {name}; their certificates can no longer be renewed.")).await,
-            UsersCmd::Reset { name, a } => admin_cmd(&a, AdminRequest::UsersReset { name }, |d| {
-                let mut s = format!("New invite for {} (valid 24h, single use):\n  {}", d["user"].as_str().unwrap_or(""), d["invite"].as_str().unwrap_or(""));
-                if d["was_hard_locked"] == true {
+            UsersCmd::Rm { name, a } => admin_cmd(&a, AdminRequest::UsersRm { name: name.clone() }, |_: &admin::UserRemoved| format!("Removed user {name}; their certificates can no longer be renewed.")).await,
+            UsersCmd::Reset { name, a } => admin_cmd(&a, AdminRequest::UsersReset { name }, |d: &admin::UserReset| {
+                let mut s = format!("New invite for {} (valid 24h, single use):\n  {}", d.user, d.invite);
+                if d.was_hard_locked {
                     s.push_str("\n\nThe hard lock is cleared; the user enrols again with this invite (new password and TOTP secret).");
                 }
                 s
             }).await,
         },
-        Cmd::Ca(CaCmd::Export { ca, a }) => admin_cmd(&a, AdminRequest::CaExport { ca }, |d| {
-            d["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect::<Vec<_>>().join("\n")
-        }).await,
-        Cmd::Certs(CertsCmd::Ls { limit, a }) => admin_cmd(&a, AdminRequest::CertsLs { limit }, |d| {
+        Cmd::Ca(CaCmd::Export { ca, a }) => admin_cmd(&a, AdminRequest::CaExport { ca }, |d: &admin::CaKeys| d.keys.join("\n")).await,
+        Cmd::Certs(CertsCmd::Ls { limit, a }) => admin_cmd(&a, AdminRequest::CertsLs { limit }, |d: &Vec<admin::CertLine>| {
             let mut s = format!("{:<8} {:<12} {:<20} {:<22} {:<8} {}", "SERIAL", "KIND", "SUBJECT", "VALID BEFORE", "REVOKED", "PRINCIPALS");
-            for c in d.as_array().into_iter().flatten() {
+            for c in d {
+                // SERIAL and REVOKED unpadded, as they were printed (JSON values ignore the width).
                 s.push_str(&format!(
-                    "\n{:<8} {:<12} {:<20} {:<22} {:<8} {}",
-                    c["serial"], c["kind"].as_str().unwrap_or(""), c["subject"].as_str().unwrap_or(""),
-                    server::fmt_time(c["valid_before"].as_i64().unwrap_or(0)), c["revoked"], c["principals"].as_str().unwrap_or("")
+                    "\n{} {:<12} {:<20} {:<22} {} {}",
+                    c.serial, c.kind, c.subject, server::fmt_time(c.valid_before), c.revoked, c.principals
                 ));
             }
             s
         }).await,
-        Cmd::Audit(AuditCmd::Tail { n, a }) => admin_cmd(&a, AdminRequest::AuditTail { n }, |d| {
-            d.as_array().into_iter().flatten().map(|e| {
-                format!("{:>6} {} {:<18} {:<20} {}", e["seq"], server::fmt_time(e["ts"].as_i64().unwrap_or(0)), e["kind"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["detail"])
+        Cmd::Audit(AuditCmd::Tail { n, a }) => admin_cmd(&a, AdminRequest::AuditTail { n }, |d: &Vec<admin::Event>| {
+            // The sequence number unpadded, as it was printed (JSON values ignore the width).
+            d.iter().map(|e| {
+                format!("{} {} {:<18} {:<20} {}", e.seq, server::fmt_time(e.ts), e.kind, e.actor, e.detail)
             }).collect::<Vec<_>>().join("\n")
         }).await,
         Cmd::Certs(CertsCmd::Sign { ca, key, principals, user, ttl, a }) => {
             let line = std::fs::read_to_string(&key).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
-            admin_cmd(&a, AdminRequest::CertsSign { ca, key: line, principals, user, ttl }, |d| {
-                d["certificate"].as_str().unwrap_or("").to_owned()
-            }).await
+            admin_cmd(&a, AdminRequest::CertsSign { ca, key: line, principals, user, ttl }, |d: &admin::SignedCert| d.certificate.clone()).await
         }
-        Cmd::Tokens(TokensCmd::Add { kind, name, replace, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, name, replace, labels, ttl }, |d| {
-            let bin = if d["kind"] == "gateway" { "postern-gate" } else { "postern-shim" };
+        Cmd::Tokens(TokensCmd::Add { kind, name, replace, labels, ttl, a }) => admin_cmd(&a, AdminRequest::TokensAdd { kind, name, replace, labels, ttl }, |d: &admin::TokenInvite| {
+            let bin = if d.kind == postern_core::NodeKind::Gateway { "postern-gate" } else { "postern-shim" };
             format!("{}\n\nSingle use, for {} {}{}, expires {}. On that machine (the token in the environment: on the command line every local user could read it):\n  POSTERN_JOIN_TOKEN={} {bin} join --ca <api_url> --ca-pin <pin> --name {}",
-                d["token"].as_str().unwrap_or(""), d["kind"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""),
-                if d["replace"] == true { " (may replace the existing one)" } else { "" },
-                server::fmt_time(d["expires_at"].as_i64().unwrap_or(0)), d["token"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""))
+                d.token, d.kind, d.name,
+                if d.replace { " (may replace the existing one)" } else { "" },
+                server::fmt_time(i64::try_from(d.expires_at).unwrap_or(0)), d.token, d.name)
         }).await,
-        Cmd::Tokens(TokensCmd::Ls { a }) => admin_cmd(&a, AdminRequest::TokensLs, |d| {
+        Cmd::Tokens(TokensCmd::Ls { a }) => admin_cmd(&a, AdminRequest::TokensLs, |d: &Vec<admin::TokenEntry>| {
             let mut s = format!("{:<14} {:<8} {:<20} {:<8} {:<22} {}", "ID", "KIND", "NAME", "REPLACE", "EXPIRES", "LABELS");
-            for t in d.as_array().into_iter().flatten() {
-                s.push_str(&format!("\n{:<14} {:<8} {:<20} {:<8} {:<22} {}", t["id"].as_str().unwrap_or(""), t["kind"].as_str().unwrap_or(""),
-                    t["name"].as_str().unwrap_or("-"), if t["replace"] == true { "yes" } else { "no" },
-                    server::fmt_time(t["expires_at"].as_i64().unwrap_or(0)), t["labels"].as_str().unwrap_or("")));
+            for t in d {
+                s.push_str(&format!("\n{:<14} {:<8} {:<20} {:<8} {:<22} {}", t.id, t.kind,
+                    t.name.as_deref().unwrap_or("-"), if t.replace { "yes" } else { "no" },
+                    server::fmt_time(t.expires_at), t.labels));
             }
             s
         }).await,
-        Cmd::Tokens(TokensCmd::Rm { token, a }) => admin_cmd(&a, AdminRequest::TokensRm { token }, |_| "Token removed.".into()).await,
-        Cmd::Nodes(NodesCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("node".into()) }, |d| {
+        Cmd::Tokens(TokensCmd::Rm { token, a }) => admin_cmd(&a, AdminRequest::TokensRm { token }, |_: &admin::TokensRemoved| "Token removed.".into()).await,
+        Cmd::Nodes(NodesCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("node".into()) }, |d: &Vec<admin::NodeLine>| {
             let mut s = format!("{:<20} {:<22} {:<24} {:<22} {:<22} {}", "NAME", "ADDRESS", "LABELS", "JOINED", "LAST SYNC", "HOST CERT EXPIRES");
-            for n in d.as_array().into_iter().flatten() {
+            for n in d {
                 s.push_str(&format!("\n{:<20} {:<22} {:<24} {:<22} {:<22} {}",
-                    n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or("-"), n["labels"].as_str().unwrap_or(""),
-                    server::fmt_time(n["joined_at"].as_i64().unwrap_or(0)),
-                    n["last_sync"].as_i64().map_or("never".into(), server::fmt_time),
-                    n["host_cert_expiry"].as_i64().map_or("-".into(), server::fmt_time)));
+                    n.name, n.address.as_deref().unwrap_or("-"), n.labels,
+                    server::fmt_time(n.joined_at),
+                    n.last_sync.map_or("never".into(), server::fmt_time),
+                    n.host_cert_expiry.map_or("-".into(), server::fmt_time)));
             }
             s
         }).await,
-        Cmd::Nodes(NodesCmd::Rm { name, a }) => admin_cmd(&a, AdminRequest::NodesRm { name: name.clone() }, |_| format!("Removed node {name}; its identity and host certificates no longer work.")).await,
+        Cmd::Nodes(NodesCmd::Rm { name, a }) => admin_cmd(&a, AdminRequest::NodesRm { name: name.clone() }, |_: &admin::NodeRemoved| format!("Removed node {name}; its identity and host certificates no longer work.")).await,
         Cmd::Lock(LockCmd::Add { user, login, node, ttl, reason, a }) => {
             let (target, name) = match (user, login, node) {
                 (Some(u), _, _) => ("user", u),
@@ -190,40 +186,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (_, _, Some(n)) => ("node", n),
                 _ => anyhow::bail!("say what to lock: --user, --login or --node"),
             };
-            admin_cmd(&a, AdminRequest::LockAdd { target: target.into(), name, ttl, reason }, |d| {
-                format!("Lock {} on {} {} is in force; servers apply it at their next sync.", d["id"], d["target"].as_str().unwrap_or(""), d["name"].as_str().unwrap_or(""))
+            admin_cmd(&a, AdminRequest::LockAdd { target: target.into(), name, ttl, reason }, |d: &admin::LockAdded| {
+                format!("Lock {} on {} {} is in force; servers apply it at their next sync.", d.id, d.target, d.name)
             }).await
         }
-        Cmd::Lock(LockCmd::Ls { a }) => admin_cmd(&a, AdminRequest::LockLs, |d| {
+        Cmd::Lock(LockCmd::Ls { a }) => admin_cmd(&a, AdminRequest::LockLs, |d: &Vec<admin::LockEntry>| {
             let mut s = format!("{:<6} {:<6} {:<20} {:<22} {}", "ID", "ON", "NAME", "EXPIRES", "REASON");
-            for l in d.as_array().into_iter().flatten() {
-                s.push_str(&format!("\n{:<6} {:<6} {:<20} {:<22} {}", l["id"], l["target"].as_str().unwrap_or(""), l["name"].as_str().unwrap_or(""),
-                    l["expires"].as_i64().map_or("never".into(), server::fmt_time), l["reason"].as_str().unwrap_or("")));
+            for l in d {
+                // The id unpadded, as it was printed (JSON values ignore the width).
+                s.push_str(&format!("\n{} {:<6} {:<20} {:<22} {}", l.id, l.target.as_str(), l.name,
+                    l.expires.and_then(|t| i64::try_from(t).ok()).map_or("never".into(), server::fmt_time), l.reason));
             }
             s
         }).await,
-        Cmd::Gateways(GatewaysCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("gateway".into()) }, |d| {
+        Cmd::Gateways(GatewaysCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("gateway".into()) }, |d: &Vec<admin::NodeLine>| {
             let mut s = format!("{:<20} {:<28} {:<22} {}", "NAME", "ADDRESS", "JOINED", "LAST SEEN");
-            for n in d.as_array().into_iter().flatten() {
+            for n in d {
                 s.push_str(&format!("\n{:<20} {:<28} {:<22} {}",
-                    n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or("-"),
-                    server::fmt_time(n["joined_at"].as_i64().unwrap_or(0)),
-                    n["last_sync"].as_i64().map_or("never".into(), server::fmt_time)));
+                    n.name, n.address.as_deref().unwrap_or("-"),
+                    server::fmt_time(n.joined_at),
+                    n.last_sync.map_or("never".into(), server::fmt_time)));
             }
             s
         }).await,
-        Cmd::Recordings(RecordingsCmd::Ls { user, node, limit, a }) => admin_cmd(&a, AdminRequest::RecordingsLs { user, node, limit }, |d| {
+        Cmd::Recordings(RecordingsCmd::Ls { user, node, limit, a }) => admin_cmd(&a, AdminRequest::RecordingsLs { user, node, limit }, |d: &Vec<admin::RecordingMeta>| {
             let mut s = format!("{:<24} {:<16} {:<16} {:<16} {:<22} {:>9} {:>10}", "ID", "USER", "LOGIN", "NODE", "STARTED", "DURATION", "BYTES");
-            for r in d.as_array().into_iter().flatten() {
-                let (start, end) = (r["started_at"].as_u64().unwrap_or(0), r["ended_at"].as_u64().unwrap_or(0));
+            for r in d {
+                let (start, end) = (r.started_at, r.ended_at);
                 s.push_str(&format!("\n{:<24} {:<16} {:<16} {:<16} {:<22} {:>8}s {:>10}{}",
-                    r["id"].as_str().unwrap_or(""), r["user"].as_str().unwrap_or(""), r["login"].as_str().unwrap_or(""),
-                    r["node"].as_str().unwrap_or(""), server::fmt_time(i64::try_from(start).unwrap_or(0)),
-                    end.saturating_sub(start), r["bytes"].as_u64().unwrap_or(0), if r["interrupted"] == true { "  (interrupted)" } else { "" }));
+                    r.id.as_str(), r.user.as_str(), r.login.as_str(),
+                    r.node.as_str(), server::fmt_time(i64::try_from(start).unwrap_or(0)),
+                    end.saturating_sub(start), r.bytes, if r.interrupted { "  (interrupted)" } else { "" }));
             }
             s
         }).await,
-        Cmd::Lock(LockCmd::Rm { id, a }) => admin_cmd(&a, AdminRequest::LockRm { id }, |_| format!("Lock {id} removed.")).await,
+        Cmd::Lock(LockCmd::Rm { id, a }) => admin_cmd(&a, AdminRequest::LockRm { id }, |_: &admin::LockRemoved| format!("Lock {id} removed.")).await,
         Cmd::Audit(AuditCmd::Verify { checkpoints, a }) => {
             let (offhost, ignored) = if checkpoints.is_empty() {
                 (Vec::new(), 0)
@@ -234,8 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audit::read_offhost(&checkpoints, &audit::public_key_from_openssh(&text, &pub_path)?)?
             };
             let given = offhost.len();
-            let data = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
-            let mut problems: Vec<String> = data["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+            let data: admin::Verification = admin::call(&server::socket_for(&a.config.config)?, &AdminRequest::AuditVerify { checkpoints: offhost }).await?;
+            let mut problems = data.problems.clone();
             // Checkpoint files that hold no checkpoint of this key prove nothing: a replaced
             // audit key (audit.pub rewritten) must not make them pass as "consistent".
             if !checkpoints.is_empty() && given == 0 {
@@ -248,15 +245,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("posternd: no checkpoint signed by this CA's audit key in the files given");
             }
             if a.json {
-                println!("{data}");
+                println!("{}", admin::sorted_json(&data)?);
             } else if problems.is_empty() {
-                println!("audit log OK: {} events, hash chain intact, every event signed", data["events"]);
-                match data["offhost_newest"].as_u64() {
+                println!("audit log OK: {} events, hash chain intact, every event signed", data.events);
+                match data.offhost_newest {
                     Some(n) => println!("consistent with the checkpoints emitted off the host (newest: event {n})"),
                     None => println!("(a log whose newest events were deleted with their checkpoints is found only with --checkpoints)"),
                 }
             } else {
-                println!("audit log TAMPERED ({} events checked):", data["events"]);
+                println!("audit log TAMPERED ({} events checked):", data.events);
                 for p in &problems {
                     println!("  {p}");
                 }
@@ -266,14 +263,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn admin_cmd(
+/// Runs one admin request and prints its answer `T`: with `--json` as the daemon sent it
+/// (sorted keys, one line), else as `human` words it.
+async fn admin_cmd<T: serde::de::DeserializeOwned + serde::Serialize>(
     a: &AdminArgs,
     req: AdminRequest,
-    human: impl FnOnce(&serde_json::Value) -> String,
+    human: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<ExitCode> {
-    let data = admin::call(&server::socket_for(&a.config.config)?, &req).await?;
+    let data: T = admin::call(&server::socket_for(&a.config.config)?, &req).await?;
     if a.json {
-        println!("{data}");
+        println!("{}", admin::sorted_json(&data)?);
     } else {
         println!("{}", human(&data));
     }

@@ -3,32 +3,19 @@
 use anyhow::{bail, Result};
 use serde_json::json;
 
+use crate::admin::NodeRemoved;
 use crate::audit;
 use crate::service::{now, Service};
-use crate::store;
+use crate::store::{self, nodes::NodeLine};
 
 impl Service {
     /// `nodes ls`.
-    pub async fn nodes_ls(&self, kind: Option<&'static str>) -> Result<serde_json::Value> {
-        self.db
-            .run(move |c| {
-                let rows = store::nodes::list(c, kind)?
-                    .into_iter()
-                    .map(|n| {
-                        json!({
-                            "name": n.name, "kind": n.kind, "address": n.address,
-                            "labels": n.labels, "joined_at": n.joined_at, "last_sync": n.last_sync,
-                            "host_cert_expiry": n.host_cert_expiry,
-                        })
-                    })
-                    .collect();
-                Ok(serde_json::Value::Array(rows))
-            })
-            .await
+    pub async fn nodes_ls(&self, kind: Option<&'static str>) -> Result<Vec<NodeLine>> {
+        self.db.run(move |c| store::nodes::list(c, kind)).await
     }
 
     /// `nodes rm NAME`: the node's identity and host certificates stop working at once.
-    pub async fn nodes_rm(&self, name: String, actor: String) -> Result<serde_json::Value> {
+    pub async fn nodes_rm(&self, name: String, actor: String) -> Result<NodeRemoved> {
         let now = now();
         self.db
             .run(move |c| {
@@ -43,7 +30,11 @@ impl Service {
                     &actor,
                     json!({ "node": name, "revoked_certs": revoked }),
                 )?;
-                Ok(json!({ "node": name, "removed": true, "revoked_certs": revoked }))
+                Ok(NodeRemoved {
+                    node: name,
+                    removed: true,
+                    revoked_certs: revoked,
+                })
             })
             .await
     }

@@ -6,6 +6,7 @@ use postern_core::api::LockEntry;
 use postern_core::{Login, Ttl, Username};
 use serde_json::json;
 
+use crate::admin::{LockAdded, LockRemoved};
 use crate::audit;
 use crate::service::{now, Service};
 use crate::store::{self, Tx};
@@ -33,7 +34,7 @@ impl Service {
         ttl: Option<Ttl>,
         reason: String,
         actor: String,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<LockAdded> {
         match target {
             "user" => drop(name.parse::<Username>()?),
             "login" => drop(name.parse::<Login>()?),
@@ -50,20 +51,24 @@ impl Service {
             .run(move |c| {
                 let id = store::locks::add(c, &target, &name, &reason, now, expires, &actor)?;
                 audit::append(c, now, "lock.added", &actor, json!({ "id": id, "target": target, "name": name, "reason": reason, "expires": expires }))?;
-                Ok(json!({ "id": id, "target": target, "name": name, "expires": expires }))
+                Ok(LockAdded {
+                    id,
+                    target,
+                    name,
+                    expires,
+                })
             })
             .await
     }
 
     /// `lock ls`.
-    pub async fn lock_ls(&self) -> Result<serde_json::Value> {
+    pub async fn lock_ls(&self) -> Result<Vec<LockEntry>> {
         let now = now();
-        let locks = self.db.run(move |c| active_locks(c, now)).await?;
-        Ok(serde_json::to_value(locks)?)
+        self.db.run(move |c| active_locks(c, now)).await
     }
 
     /// `lock rm ID`.
-    pub async fn lock_rm(&self, id: i64, actor: String) -> Result<serde_json::Value> {
+    pub async fn lock_rm(&self, id: i64, actor: String) -> Result<LockRemoved> {
         let now = now();
         self.db
             .run(move |c| {
@@ -71,7 +76,7 @@ impl Service {
                     bail!("no lock {id}");
                 }
                 audit::append(c, now, "lock.removed", &actor, json!({ "id": id }))?;
-                Ok(json!({ "id": id, "removed": true }))
+                Ok(LockRemoved { id, removed: true })
             })
             .await
     }

@@ -8,6 +8,7 @@ use ssh_key::{HashAlg, PublicKey};
 
 use super::join::{host_cert_as, node_key_id};
 use super::locks::active_locks;
+use crate::admin::SignedCert;
 use crate::audit;
 use crate::keys::CaKind;
 use crate::service::{now, Service};
@@ -23,7 +24,7 @@ impl Service {
         user: Option<String>,
         ttl: Option<Ttl>,
         actor: String,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<SignedCert> {
         let key = PublicKey::from_openssh(key_line.trim())
             .map_err(|_| anyhow!("--key is not an OpenSSH public key"))?;
         let kind = CaKind::ALL
@@ -63,7 +64,7 @@ impl Service {
                     (cert.to_openssh()?, serial, vb, who.to_string())
                 };
                 audit::append(c, now, "cert.signed", &actor, json!({ "ca": kind.as_str(), "serial": serial, "subject": subject, "principals": principals, "valid_before": valid_before }))?;
-                Ok(json!({ "certificate": cert, "serial": serial, "valid_before": valid_before }))
+                Ok(SignedCert { certificate: cert, serial, valid_before })
             })
             .await
     }

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use postern_core::{Labels, NodeName, Ttl};
 use serde_json::json;
 
+use crate::admin::{TokenEntry, TokenInvite, TokensRemoved};
 use crate::audit;
 use crate::auth;
 use crate::service::{now, Service};
@@ -29,7 +30,7 @@ impl Service {
         labels: Labels,
         ttl: Ttl,
         actor: String,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<TokenInvite> {
         let Ok(kind) = kind.parse::<postern_core::NodeKind>() else {
             bail!("token kind must be node or gateway");
         };
@@ -46,27 +47,29 @@ impl Service {
                 audit::append(c, now, "token.added", &actor, json!({ "id": id2, "kind": kind2, "name": name2, "replace": replace, "labels": labels_s, "expires": expires }))
             })
             .await?;
-        Ok(
-            json!({ "token": token, "id": id, "kind": kind, "name": name.to_string(), "replace": replace, "labels": labels.to_string(), "expires_at": expires }),
-        )
+        Ok(TokenInvite {
+            token,
+            id,
+            kind,
+            name: name.to_string(),
+            replace,
+            labels: labels.to_string(),
+            expires_at: expires,
+        })
     }
 
     /// `tokens ls`.
-    pub async fn tokens_ls(&self) -> Result<serde_json::Value> {
+    pub async fn tokens_ls(&self) -> Result<Vec<TokenEntry>> {
         let now = now();
-        self.db
-            .run(move |c| {
-                let rows = store::tokens::list_live(c, now)?
-                    .into_iter()
-                    .map(|t| json!({ "id": t.id, "kind": t.kind, "labels": t.labels, "expires_at": t.expires, "name": t.name, "replace": t.replace }))
-                    .collect();
-                Ok(serde_json::Value::Array(rows))
-            })
-            .await
+        let rows = self
+            .db
+            .run(move |c| store::tokens::list_live(c, now))
+            .await?;
+        Ok(rows.into_iter().map(TokenEntry::from).collect())
     }
 
     /// `tokens rm TOKEN` (the token or its id).
-    pub async fn tokens_rm(&self, token: String, actor: String) -> Result<serde_json::Value> {
+    pub async fn tokens_rm(&self, token: String, actor: String) -> Result<TokensRemoved> {
         let hash = auth::invite_hash(&token);
         let now = now();
         self.db
@@ -76,7 +79,7 @@ impl Service {
                     bail!("no such token");
                 }
                 audit::append(c, now, "token.removed", &actor, json!({}))?;
-                Ok(json!({ "removed": n }))
+                Ok(TokensRemoved { removed: n })
             })
             .await
     }

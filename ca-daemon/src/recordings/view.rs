@@ -135,9 +135,8 @@ impl Service {
         user: Option<String>,
         node: Option<String>,
         limit: u32,
-    ) -> Result<serde_json::Value> {
-        let rows = self
-            .db
+    ) -> Result<Vec<RecordingMeta>> {
+        self.db
             .run(move |c| {
                 crate::store::recordings::list(
                     c,
@@ -146,7 +145,6 @@ impl Service {
                     limit.min(super::MAX_LIST),
                 )
             })
-            .await?;
-        Ok(serde_json::to_value(rows)?)
+            .await
     }
 }

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use postern_core::api::AuditCheckpoint;
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Tx;
@@ -129,7 +129,8 @@ pub fn for_each_event(tx: &Tx<'_>, mut f: impl FnMut(StoredEvent) -> Result<()>)
 }
 
 /// One event as shown by `audit tail`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     /// Sequence number, from 1.
     pub seq: i64,

@@ -102,7 +102,8 @@ pub fn by_serial(tx: &Tx<'_>, kind: CertKind, serial: u64) -> Result<Option<Issu
 }
 
 /// One line of `certs ls`.
-#[derive(serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CertLine {
     /// The serial.
     pub serial: i64,

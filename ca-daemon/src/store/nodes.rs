@@ -31,6 +31,8 @@ pub struct NewNode<'a> {
 }
 
 /// One line of `nodes ls`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeLine {
     /// Its name.
     pub name: String,
