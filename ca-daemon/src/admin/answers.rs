@@ -193,11 +193,26 @@ pub struct LockRemoved {
     pub removed: bool,
 }
 
-/// What the daemon answers to any request: the variant belongs to the request, and the
-/// client, which knows what it asked, decodes the inner type.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum AdminAnswer {
+/// One enum variant and one `From` impl per answer, from a single list.
+macro_rules! answers {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty)),* $(,)?) => {
+        /// What the daemon answers to any request: the variant belongs to the request, and the
+        /// client, which knows what it asked, decodes the inner type.
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        pub enum AdminAnswer {
+            $($(#[$doc])* $variant($ty),)*
+        }
+
+        $(impl From<$ty> for AdminAnswer {
+            fn from(a: $ty) -> Self {
+                Self::$variant(a)
+            }
+        })*
+    };
+}
+
+answers!(
     /// `users add`.
     UserInvite(UserInvite),
     /// `users ls`.
@@ -233,37 +248,6 @@ pub enum AdminAnswer {
     /// `lock rm`.
     LockRemoved(LockRemoved),
     /// `recordings ls`.
-    Recordings(Vec<RecordingMeta>),
-}
-
-macro_rules! answer_from {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
-        $(impl From<$ty> for AdminAnswer {
-            fn from(a: $ty) -> Self {
-                Self::$variant(a)
-            }
-        })*
-    };
-}
-
-answer_from!(
-    UserInvite(UserInvite),
-    Users(Vec<UserEntry>),
-    UserRemoved(UserRemoved),
-    UserReset(UserReset),
-    CaKeys(CaKeys),
-    Certs(Vec<CertLine>),
-    SignedCert(SignedCert),
-    Events(Vec<Event>),
-    Verification(Verification),
-    TokenInvite(TokenInvite),
-    Tokens(Vec<TokenEntry>),
-    TokensRemoved(TokensRemoved),
-    Nodes(Vec<NodeLine>),
-    NodeRemoved(NodeRemoved),
-    LockAdded(LockAdded),
-    Locks(Vec<LockEntry>),
-    LockRemoved(LockRemoved),
     Recordings(Vec<RecordingMeta>),
 );
 
