@@ -58,21 +58,41 @@ pub struct AdminArgs {
 pub enum Cmd {
     /// Create a new CA: config, sample policy, CA keys, API certificate and database.
     #[command(
-        after_help = "Example:\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com\n\nPrints the CA pin (sha256:...) that clients pass as --ca-pin. Refuses to overwrite an existing CA."
+        after_help = "Example:\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com\n\nSeveral instances on one PostgreSQL database (high availability):\n  posternd init --data-dir /var/lib/postern --cluster prod.example.com --listen 10.0.0.1:3080 \\\n      --storage 'postgres://postern@db.example.com/postern?sslmode=require' \\\n      --storage-password-file /etc/postern/db-password --storage-ca-file /etc/postern/db-ca.pem \\\n      --recordings-dir /srv/postern/recordings\n  # copy /var/lib/postern/ca/ to the second host privately (it holds the CA keys), then there:\n  posternd init --data-dir /var/lib/postern --keys-from /root/postern-first --listen 10.0.0.2:3080 \\\n      --storage 'postgres://postern@db.example.com/postern?sslmode=require' ...\n\nPrints the CA pin (sha256:...) that clients pass as --ca-pin. Refuses to overwrite an existing CA, and a database that belongs to another CA."
     )]
     Init {
         /// Where to create everything.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
-        /// The cluster's DNS-style name; servers are reached as NAME.<cluster>.
+        /// The cluster's DNS-style name; servers are reached as NAME.<cluster>. Required,
+        /// except with --keys-from (the cluster of that instance).
         #[arg(long, value_name = "NAME")]
-        cluster: String,
+        cluster: Option<String>,
         /// Address the HTTPS API listens on.
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:3080")]
         listen: std::net::SocketAddr,
         /// Extra DNS names or IP addresses for the API certificate.
         #[arg(long = "api-name", value_name = "NAME")]
         api_names: Vec<String>,
+        /// Keep the tables in PostgreSQL (shared by several instances) instead of the embedded
+        /// SQLite file: postgres://USER@HOST:PORT/DATABASE?sslmode=require|disable. The URL must
+        /// not hold the password (see --storage-password-file).
+        #[arg(long, value_name = "URL")]
+        storage: Option<String>,
+        /// A file (mode 0600) holding the database user's password; the config names the file.
+        #[arg(long, value_name = "FILE", requires = "storage")]
+        storage_password_file: Option<PathBuf>,
+        /// PEM roots that verify the database's TLS certificate (with sslmode=require).
+        #[arg(long, value_name = "FILE", requires = "storage")]
+        storage_ca_file: Option<PathBuf>,
+        /// Make another instance of the CA in DIR (an instance's data directory) on the same
+        /// database: the same CA keys, pin, cluster and policy, copied file to file.
+        #[arg(long, value_name = "DIR", requires = "storage")]
+        keys_from: Option<PathBuf>,
+        /// Where recordings are kept (default: recordings/ in the data directory); every
+        /// instance on one database names one shared directory.
+        #[arg(long, value_name = "DIR")]
+        recordings_dir: Option<PathBuf>,
         /// Print one JSON object (cluster, api_url, ca_pin, config).
         #[arg(long)]
         json: bool,

@@ -25,6 +25,83 @@ struct RawConfig {
     recordings: Option<RawRecordings>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    storage: Option<RawStorage>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: toml::Spanned<String>,
+    url: Option<toml::Spanned<String>>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    pool_size: Option<toml::Spanned<i64>>,
+    recordings_dir: Option<PathBuf>,
+}
+
+/// `[storage]` with `backend = "postgres"`.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// `url`: `postgres://USER@HOST:PORT/DB?sslmode=…`, without a password.
+    pub url: String,
+    /// `password_file`: the password, read at start (the URL and command lines never hold it).
+    pub password_file: Option<PathBuf>,
+    /// `ca_file`: PEM roots that verify the server's certificate when `sslmode` is `require`.
+    pub ca_file: Option<PathBuf>,
+    /// `pool_size`: connections per instance.
+    pub pool_size: usize,
+}
+
+impl PgSettings {
+    /// Parses the URL, refusing one that carries a password or another scheme.
+    pub fn check_url(url: &str) -> Result<tokio_postgres::Config, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "{url:?} is not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE)"
+            ));
+        }
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("the PostgreSQL URL is not valid: {e}"))?;
+        if cfg.get_password().is_some() {
+            return Err(
+                "the PostgreSQL URL holds a password: put it in a file of mode 0600 and name that file as [storage] password_file (or init's --storage-password-file), so that it is never on a command line or in a config others read"
+                    .to_owned(),
+            );
+        }
+        if cfg.get_user().is_none() {
+            return Err(
+                "the PostgreSQL URL names no user (postgres://USER@HOST/DATABASE)".to_owned(),
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// Where the daemon's tables live (`[storage]`).
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// `backend = "sqlite"` (the default): `posternd.db` in the data directory, one instance.
+    Sqlite(PathBuf),
+    /// `backend = "postgres"`: a PostgreSQL database shared by every instance.
+    Postgres(PgSettings),
+}
+
+impl Storage {
+    /// Whether several instances may share it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Storage::Postgres(_))
+    }
+}
+
+impl Serialize for Storage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Storage::Sqlite(p) => s.serialize_str(&format!("sqlite:{}", p.display())),
+            Storage::Postgres(pg) => s.serialize_str(&pg.url),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -345,6 +422,12 @@ pub struct Config {
     pub recordings_chunk_bytes: u64,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[storage]`.
+    pub storage: Storage,
+    /// `[storage] recordings_dir`: where recordings are kept (default `recordings/` in the
+    /// data directory); every instance on one PostgreSQL database must name one shared
+    /// directory (see posternd.toml(5)).
+    pub recordings_dir: PathBuf,
 }
 
 impl Config {
@@ -434,17 +517,80 @@ impl Config {
                 base.join(p)
             }
         };
+        let data_dir = resolve(&raw.data_dir);
+        let (storage, recordings_dir) = match &raw.storage {
+            None => (
+                Storage::Sqlite(data_dir.join("posternd.db")),
+                data_dir.join("recordings"),
+            ),
+            Some(st) => {
+                let rec = st
+                    .recordings_dir
+                    .as_ref()
+                    .map_or_else(|| data_dir.join("recordings"), |p| resolve(p));
+                let storage = match st.backend.get_ref().as_str() {
+                    "sqlite" => {
+                        if let Some(u) = &st.url {
+                            return Err(at(
+                                u.span().start,
+                                "[storage] url is for backend = \"postgres\"; the SQLite file is posternd.db in data_dir".into(),
+                            ));
+                        }
+                        Storage::Sqlite(data_dir.join("posternd.db"))
+                    }
+                    "postgres" => {
+                        let Some(u) = &st.url else {
+                            return Err(at(
+                                st.backend.span().start,
+                                "[storage] backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\"".into(),
+                            ));
+                        };
+                        PgSettings::check_url(u.get_ref())
+                            .map_err(|e| at(u.span().start, format!("[storage] url: {e}")))?;
+                        let pool_size = match &st.pool_size {
+                            None => 8,
+                            Some(n) => usize::try_from(*n.get_ref())
+                                .ok()
+                                .filter(|n| (1..=256).contains(n))
+                                .ok_or_else(|| {
+                                    at(
+                                        n.span().start,
+                                        "[storage] pool_size must be between 1 and 256".into(),
+                                    )
+                                })?,
+                        };
+                        Storage::Postgres(PgSettings {
+                            url: u.get_ref().clone(),
+                            password_file: st.password_file.as_deref().map(resolve),
+                            ca_file: st.ca_file.as_deref().map(resolve),
+                            pool_size,
+                        })
+                    }
+                    other => {
+                        return Err(at(
+                            st.backend.span().start,
+                            format!(
+                            "[storage] backend {other:?} is not one of \"sqlite\", \"postgres\""
+                        ),
+                        ))
+                    }
+                };
+                (storage, rec)
+            }
+        };
         Ok(Config {
             file: path.to_path_buf(),
             cluster,
             listen,
             api_url: raw.api_url,
-            data_dir: resolve(&raw.data_dir),
+            data_dir,
             policy: resolve(&raw.policy),
             gateway_public_addr,
             recordings_max_bytes,
             recordings_chunk_bytes,
             limits,
+            storage,
+            recordings_dir,
         })
     }
 

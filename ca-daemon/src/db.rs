@@ -1,10 +1,13 @@
-//! The embedded SQLite store and its single writer thread with group commit.
+//! The store's writer thread with group commit, over the embedded SQLite file or a
+//! PostgreSQL database shared by several instances.
 //!
-//! Every operation is a closure run on one thread that owns the connection. Closures that
-//! arrive together share one transaction (each in its own savepoint, so one failure does not
-//! undo the others), and nobody hears back before that transaction is committed with
-//! `synchronous=FULL`: an answer the API gives is durable. Group commit is what lets issuance
-//! reach thousands per second with an fsync per commit.
+//! Every operation is a closure run on one thread. Closures that arrive together share one
+//! transaction (each in its own savepoint, so one failure does not undo the others), and
+//! nobody hears back before that transaction is committed (SQLite with `synchronous=FULL`,
+//! PostgreSQL with its default `synchronous_commit`): an answer the API gives is durable.
+//! Group commit is what lets issuance reach thousands per second with an fsync per commit. On
+//! PostgreSQL each transaction first takes the writer lock (`store::pg`), so that the
+//! transactions of every instance run one after another as SQLite's do.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -15,10 +18,11 @@ use anyhow::{anyhow, Context, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::store::Tx;
+use crate::config::Storage;
+use crate::store::{pg, Tx};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Job = Box<dyn FnOnce(&Tx<'_>) -> (bool, Reply) + Send>;
 
 /// The most operations one transaction groups.
 const MAX_BATCH: usize = 512;
@@ -70,6 +74,27 @@ impl Db {
         Ok(Db { tx })
     }
 
+    /// Opens the storage a config names: the SQLite file, or a pool to PostgreSQL (whose
+    /// schema is created or checked first). Must be called inside the daemon's runtime.
+    pub async fn open_storage(storage: &Storage) -> Result<Db> {
+        match storage {
+            Storage::Sqlite(path) => Db::open(path),
+            Storage::Postgres(settings) => {
+                let pool = pg::pool(settings)?;
+                pg::init_schema(&pool).await.with_context(|| {
+                    format!("cannot open the PostgreSQL database {}", settings.url)
+                })?;
+                let rt = tokio::runtime::Handle::current();
+                let (tx, rx) = mpsc::channel::<Job>();
+                thread::Builder::new()
+                    .name("posternd-db".into())
+                    .spawn(move || pg_writer(pool, rt, rx))
+                    .context("cannot start the database thread")?;
+                Ok(Db { tx })
+            }
+        }
+    }
+
     /// Runs `f` inside a transaction (one savepoint of the group commit), handing it the
     /// store; answers after the commit. An `Err` from `f` rolls back
     /// only `f`'s own changes.
@@ -79,8 +104,8 @@ impl Db {
         F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn| {
-            let r = f(&Tx::sqlite(conn));
+        let job: Job = Box::new(move |tx| {
+            let r = f(tx);
             let ok = r.is_ok();
             let reply: Reply = Box::new(move |commit| {
                 let out = match (r, commit) {
@@ -115,7 +140,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             let mut tx = conn.transaction().map_err(|e| e.to_string())?;
             for job in jobs.drain(..) {
                 let mut sp = tx.savepoint().map_err(|e| e.to_string())?;
-                let (ok, reply) = job(&sp);
+                let (ok, reply) = job(&Tx::sqlite(&sp));
                 if ok {
                     sp.commit().map_err(|e| e.to_string())?;
                 } else {
@@ -133,6 +158,94 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         drop(jobs);
         for r in replies {
             r(commit.clone());
+        }
+    }
+}
+
+/// The writer over PostgreSQL: one transaction per batch, under the writer lock, each
+/// closure in its own savepoint. A connection lost fails the batch (its callers hear the
+/// error) and the next batch takes a new one from the pool.
+fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(jobs.len());
+        let commit = (|| -> Result<(), String> {
+            let e = |e: tokio_postgres::Error| pg::error(e).to_string();
+            let mut client = rt
+                .block_on(pool.get())
+                .map_err(|e| format!("cannot reach PostgreSQL: {e}"))?;
+            let mut tx = rt.block_on(client.transaction()).map_err(e)?;
+            rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::WRITER_LOCK]))
+                .map_err(e)?;
+            for job in jobs.drain(..) {
+                let sp = rt.block_on(tx.savepoint("job")).map_err(e)?;
+                let (ok, reply) = job(&Tx::postgres(&sp, &rt));
+                if ok {
+                    rt.block_on(sp.commit()).map_err(e)?;
+                } else {
+                    rt.block_on(sp.rollback()).map_err(e)?;
+                }
+                replies.push(reply);
+            }
+            rt.block_on(tx.commit()).map_err(e)
+        })();
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "database transaction failed");
+        }
+        drop(jobs);
+        for r in replies {
+            r(commit.clone());
+        }
+    }
+}
+
+/// Runs `f` in one transaction of `storage`, from code that is not a task of the daemon's
+/// runtime (`init`, `quickstart`, the first start's signing of old events): the SQLite file
+/// directly, or PostgreSQL under the writer lock.
+pub fn with_tx<T>(storage: &Storage, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    match storage {
+        Storage::Sqlite(path) => {
+            let conn = open_connection(path)?;
+            init_schema(&conn)?;
+            let tx = conn.unchecked_transaction()?;
+            let out = f(&Tx::sqlite(&tx))?;
+            tx.commit()?;
+            Ok(out)
+        }
+        Storage::Postgres(settings) => {
+            let run = |rt: &tokio::runtime::Handle| -> Result<T> {
+                let pool = pg::pool(settings)?;
+                rt.block_on(pg::init_schema(&pool)).with_context(|| {
+                    format!("cannot open the PostgreSQL database {}", settings.url)
+                })?;
+                let mut client = rt
+                    .block_on(pool.get())
+                    .context("cannot connect to PostgreSQL")?;
+                let tx = rt.block_on(client.transaction()).map_err(pg::error)?;
+                rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::WRITER_LOCK]))
+                    .map_err(pg::error)?;
+                let out = f(&Tx::postgres(&tx, rt))?;
+                rt.block_on(tx.commit()).map_err(pg::error)?;
+                Ok(out)
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => tokio::task::block_in_place(|| run(&h)),
+                Err(_) => {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .context("cannot start a runtime for the database")?;
+                    let h = rt.handle().clone();
+                    run(&h)
+                }
+            }
         }
     }
 }

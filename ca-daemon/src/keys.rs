@@ -147,6 +147,51 @@ pub fn create(data_dir: &Path, cluster: &str, api_names: &[String], now: u64) ->
     Ok(())
 }
 
+/// Makes another instance's key directory from `from` (an instance's data directory): the
+/// same CA keys, service CA (so the same pin) and audit key, copied file to file with the
+/// same modes after the same permission checks as loading them, and an API certificate of
+/// this instance's own names signed by the same service CA. Nothing passes through a
+/// database, a log or a command line.
+pub fn copy_from(from: &Path, data_dir: &Path, api_names: &[String], now: u64) -> Result<()> {
+    let src = ca_dir(from);
+    check_private(&src, true).with_context(|| format!("--keys-from {}", from.display()))?;
+    let dir = ca_dir(data_dir);
+    if dir.exists() {
+        bail!(
+            "refusing to overwrite the existing CA in {} (remove it first if you really mean to start over)",
+            dir.display()
+        );
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut secret: Vec<String> = CaKind::ALL.iter().map(|k| k.file().to_owned()).collect();
+    secret.extend(["service_ca.key".to_owned(), "audit.key".to_owned()]);
+    let mut public: Vec<String> = CaKind::ALL
+        .iter()
+        .map(|k| format!("{}.pub", k.file()))
+        .collect();
+    public.extend(["service_ca.crt".to_owned(), "audit.pub".to_owned()]);
+    for f in &secret {
+        check_private(&src.join(f), false)?;
+        let text = read_secret(&src.join(f))?;
+        write_new(&dir.join(f), text.as_bytes(), 0o600)?;
+    }
+    for f in &public {
+        let text = fs::read(src.join(f))
+            .with_context(|| format!("cannot read {}", src.join(f).display()))?;
+        write_new(&dir.join(f), &text, 0o644)?;
+    }
+    let ca_pem = fs::read_to_string(dir.join("service_ca.crt"))?;
+    let ca_key = read_secret(&dir.join("service_ca.key"))?;
+    let ca = ServiceCa::load(&ca_pem, &ca_key)?;
+    let (api_pem, api_key) = ca.issue_server_cert(api_names, now)?;
+    write_new(&dir.join("api.key"), api_key.as_bytes(), 0o600)?;
+    write_new(&dir.join("api.crt"), api_pem.as_bytes(), 0o644)?;
+    Ok(())
+}
+
 /// Loads the audit checkpoint key, after the same permission checks as the CA keys. An
 /// installation older than checkpoints has none: it is made as `audit.key.new`, `sign_existing`
 /// signs the events already logged (the one time the daemon vouches for events it did not

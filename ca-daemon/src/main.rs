@@ -64,8 +64,33 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Init { data_dir, cluster, listen, api_names, json } => {
-            let out = server::init(&data_dir, &cluster, listen, &api_names, None)?;
+        Cmd::Init {
+            data_dir,
+            cluster,
+            listen,
+            api_names,
+            storage,
+            storage_password_file,
+            storage_ca_file,
+            keys_from,
+            recordings_dir,
+            json,
+        } => {
+            let storage = server::InitStorage {
+                url: storage,
+                password_file: storage_password_file,
+                ca_file: storage_ca_file,
+                recordings_dir,
+            };
+            let out = server::init(
+                &data_dir,
+                cluster.as_deref(),
+                listen,
+                &api_names,
+                None,
+                &storage,
+                keys_from.as_deref(),
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::service::{now, Service};
-use crate::store::{self, Tx};
+use crate::store;
 use crate::{admin, api, audit, auth, db, keys, tls};
 
 /// What `init` created.
@@ -52,21 +52,130 @@ fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Creates a data directory with config, policy, keys and database.
+/// How `posternd init` is told where the tables live (`--storage` and its files).
+#[derive(Debug, Default, Clone)]
+pub struct InitStorage {
+    /// `--storage postgres://USER@HOST:PORT/DB` (none: the embedded SQLite file).
+    pub url: Option<String>,
+    /// `--storage-password-file FILE`.
+    pub password_file: Option<PathBuf>,
+    /// `--storage-ca-file FILE`.
+    pub ca_file: Option<PathBuf>,
+    /// `--recordings-dir DIR`.
+    pub recordings_dir: Option<PathBuf>,
+}
+
+impl InitStorage {
+    /// The `[storage]` section of the config `init` writes.
+    fn render(&self) -> Result<String> {
+        let Some(url) = &self.url else {
+            if self.password_file.is_some() || self.ca_file.is_some() {
+                bail!(
+                    "--storage-password-file and --storage-ca-file go with --storage postgres://…"
+                );
+            }
+            return Ok(match &self.recordings_dir {
+                None => String::new(),
+                Some(d) => format!(
+                    "\n[storage]\nbackend = \"sqlite\"\nrecordings_dir = {:?}\n",
+                    abs(d)?
+                ),
+            });
+        };
+        crate::config::PgSettings::check_url(url).map_err(|e| anyhow!("--storage: {e}"))?;
+        let mut out = format!("\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n");
+        if let Some(f) = &self.password_file {
+            out.push_str(&format!("password_file = {:?}\n", abs(f)?));
+        }
+        if let Some(f) = &self.ca_file {
+            out.push_str(&format!("ca_file = {:?}\n", abs(f)?));
+        }
+        match &self.recordings_dir {
+            Some(d) => out.push_str(&format!(
+                "# Every instance names this one shared directory.\nrecordings_dir = {:?}\n",
+                abs(d)?
+            )),
+            None => out.push_str(
+                "# Recordings are kept here; with several instances, name one directory they all share.\n# recordings_dir = \"/srv/postern/recordings\"\n",
+            ),
+        }
+        Ok(out)
+    }
+}
+
+fn abs(p: &Path) -> Result<String> {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
+}
+
+/// Creates a data directory with config, policy, keys and database. With `keys_from` (an
+/// instance's data directory), makes another instance of that CA on the same database: its
+/// keys, pin, cluster and policy, and an API certificate for this instance's names.
 pub fn init(
     data_dir: &Path,
-    cluster: &str,
+    cluster: Option<&str>,
     listen: SocketAddr,
     extra_names: &[String],
     policy_text: Option<&str>,
+    storage: &InitStorage,
+    keys_from: Option<&Path>,
 ) -> Result<InitOutput> {
-    let cluster_name = postern_core::names::parse_cluster_name(cluster)?;
+    let from = match keys_from {
+        None => None,
+        Some(dir) => {
+            let cfg = Config::load(&dir.join("posternd.toml")).with_context(|| {
+                format!(
+                    "--keys-from {}: not an instance's data directory",
+                    dir.display()
+                )
+            })?;
+            if !cfg.storage.is_shared() || storage.url.is_none() {
+                bail!(
+                    "--keys-from makes another instance on one PostgreSQL database: both instances need [storage] backend = \"postgres\" (give --storage postgres://… the same as {})",
+                    cfg.file.display()
+                );
+            }
+            Some(cfg)
+        }
+    };
+    let cluster = match (cluster, &from) {
+        (Some(c), Some(f)) if c != f.cluster.as_str() => bail!(
+            "--cluster {c} differs from the cluster of --keys-from ({}); leave --cluster out",
+            f.cluster
+        ),
+        (_, Some(f)) => f.cluster.as_str().to_owned(),
+        (Some(c), None) => c.to_owned(),
+        (None, None) => bail!("--cluster NAME is required (unless --keys-from DIR names an instance whose cluster to join)"),
+    };
+    let cluster_name = postern_core::names::parse_cluster_name(&cluster)?;
     let config_path = data_dir.join("posternd.toml");
     if keys::ca_dir(data_dir).exists() || config_path.exists() {
         bail!(
             "refusing to overwrite the existing CA in {} (remove the directory first if you really mean to start over)",
             data_dir.display()
         );
+    }
+    let storage_section = storage.render()?;
+    // The database first: a first instance refuses a database that belongs to a CA already,
+    // before any file is written.
+    if let (None, Some(url)) = (&from, &storage.url) {
+        let st = crate::config::Storage::Postgres(crate::config::PgSettings {
+            url: url.clone(),
+            password_file: storage.password_file.clone(),
+            ca_file: storage.ca_file.clone(),
+            pool_size: 1,
+        });
+        if let Some((pin, c)) = db::with_tx(&st, store::meta::ca)? {
+            bail!(
+                "the database already belongs to the CA of cluster {c:?} (pin {pin}): to add an instance of it, run init with --keys-from DIR of one of its instances"
+            );
+        }
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -93,27 +202,34 @@ pub fn init(
     names.extend(extra_names.iter().cloned());
     names.sort();
     names.dedup();
-    keys::create(data_dir, cluster_name.as_str(), &names, now())?;
-    keys::write_new(
-        &config_path,
-        Config::render(cluster_name.as_str(), &listen, &api_url).as_bytes(),
-        0o644,
-    )?;
+    match &from {
+        None => keys::create(data_dir, cluster_name.as_str(), &names, now())?,
+        Some(f) => keys::copy_from(&f.data_dir, data_dir, &names, now())?,
+    }
+    let mut config_text = Config::render(cluster_name.as_str(), &listen, &api_url);
+    config_text.push_str(&storage_section);
+    keys::write_new(&config_path, config_text.as_bytes(), 0o644)?;
     let policy_path = data_dir.join("policy.toml");
-    let policy = policy_text.unwrap_or(postern_core::policy::SAMPLE_POLICY);
-    Policy::parse(policy, &policy_path.display().to_string())?;
+    let policy = match &from {
+        Some(f) => std::fs::read_to_string(&f.policy)
+            .with_context(|| format!("cannot read {}", f.policy.display()))?,
+        None => policy_text
+            .unwrap_or(postern_core::policy::SAMPLE_POLICY)
+            .to_owned(),
+    };
+    Policy::parse(&policy, &policy_path.display().to_string())?;
     keys::write_new(&policy_path, policy.as_bytes(), 0o644)?;
-    open_audit_key(data_dir, cluster_name.as_str())?;
-    let conn = db::open_connection(&data_dir.join("posternd.db"))?;
-    db::init_schema(&conn)?;
-    audit::append(
-        &Tx::sqlite(&conn),
-        now(),
-        "ca.created",
-        "posternd init",
-        json!({ "cluster": cluster_name.as_str() }),
-    )?;
+    let cfg = Config::load(&config_path)?;
     let store = keys::load(data_dir)?;
+    open_audit_key(&cfg)?;
+    db::with_tx(&cfg.storage, |tx| {
+        store::meta::claim_ca(tx, &store.pin(), cluster_name.as_str())?;
+        let (kind, detail) = match &from {
+            None => ("ca.created", json!({ "cluster": cluster_name.as_str() })),
+            Some(_) => ("ca.instance_added", json!({ "api_url": api_url })),
+        };
+        audit::append(tx, now(), kind, "posternd init", detail)
+    })?;
     Ok(InitOutput {
         cluster: cluster_name.to_string(),
         api_url,
@@ -125,13 +241,9 @@ pub fn init(
 
 /// Loads the audit checkpoint key (creating it, and signing the events already logged, on the
 /// first start of an installation older than checkpoints) and installs it for `audit::append`.
-fn open_audit_key(data_dir: &Path, cluster: &str) -> Result<audit::AuditPublicKey> {
-    let key = keys::audit_key(data_dir, cluster, |key| {
-        let conn = db::open_connection(&data_dir.join("posternd.db"))?;
-        db::init_schema(&conn)?;
-        let tx = conn.unchecked_transaction()?;
-        let n = audit::sign_existing(&Tx::sqlite(&tx), key)?;
-        tx.commit()?;
+fn open_audit_key(cfg: &Config) -> Result<audit::AuditPublicKey> {
+    let key = keys::audit_key(&cfg.data_dir, cfg.cluster.as_str(), |key| {
+        let n = db::with_tx(&cfg.storage, |tx| audit::sign_existing(tx, key))?;
         tracing::info!(
             "created the audit checkpoint key; signed the {n} events already in the audit log"
         );
@@ -166,8 +278,13 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let cfg = Config::load(config)?;
     let keys = Arc::new(keys::load(&cfg.data_dir)?);
     let policy = load_policy(&cfg.policy)?;
-    let audit_key = open_audit_key(&cfg.data_dir, cfg.cluster.as_str())?;
-    let db = db::Db::open(&cfg.data_dir.join("posternd.db"))?;
+    let audit_key = open_audit_key(&cfg)?;
+    let db = db::Db::open_storage(&cfg.storage).await?;
+    {
+        let (pin, cluster) = (keys.pin(), cfg.cluster.to_string());
+        db.run(move |tx| store::meta::claim_ca(tx, &pin, &cluster))
+            .await?;
+    }
     tokio::spawn(audit::run_emitter(db.clone(), audit_key));
     let svc = Arc::new(Service {
         cluster: cfg.cluster.clone(),
@@ -176,7 +293,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         db,
         policy: RwLock::new(Arc::new(policy)),
         ghosts: auth::GhostLockout::default(),
-        data_dir: cfg.data_dir.clone(),
+        recordings_dir: cfg.recordings_dir.clone(),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS)),
         recordings: crate::recordings::Store::new(
             cfg.recordings_max_bytes,
@@ -184,7 +301,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         ),
         limits: Arc::new(crate::limits::Limits::new(&cfg.limits)),
     });
-    crate::recordings::prepare_dir(&cfg.data_dir)?;
+    crate::recordings::prepare_dir(&cfg.recordings_dir)?;
     let tls_cfg = tls::server_config(&keys)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -303,7 +420,15 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
             "{}\n# Written by `posternd quickstart`: user admin may log in as {login} everywhere.\n[roles.quickstart]\nlogins = [\"{login}\"]\nnodes = {{ \"*\" = \"*\" }}\npermit = [\"pty\", \"port-forwarding\"]\n\n[users.admin]\nroles = [\"quickstart\"]\n",
             postern_core::policy::SAMPLE_POLICY
         );
-        let out = init(data_dir, "postern.test", listen, &[], Some(&policy))?;
+        let out = init(
+            data_dir,
+            Some("postern.test"),
+            listen,
+            &[],
+            Some(&policy),
+            &InitStorage::default(),
+            None,
+        )?;
         println!(
             "Initialised a new CA in {} (cluster {}).",
             data_dir.display(),
@@ -312,37 +437,34 @@ pub async fn quickstart(data_dir: &Path, listen: SocketAddr) -> Result<()> {
     }
     let cfg = Config::load(&config)?;
     let keys = keys::load(&cfg.data_dir)?;
-    open_audit_key(&cfg.data_dir, cfg.cluster.as_str())?;
+    open_audit_key(&cfg)?;
     let pin = keys.pin();
     // Give admin a fresh invite unless it has already enrolled.
-    let conn = db::open_connection(&cfg.data_dir.join("posternd.db"))?;
-    db::init_schema(&conn)?;
-    let tx = Tx::sqlite(&conn);
-    let enrolled = store::users::enrolled(&tx, "admin")?;
-    let now = now();
-    let next = if enrolled == Some(true) {
-        "User admin is enrolled already. Log in with:".to_owned()
-    } else {
+    let next = db::with_tx(&cfg.storage, |tx| {
+        let enrolled = store::users::enrolled(tx, "admin")?;
+        let now = now();
+        if enrolled == Some(true) {
+            return Ok("User admin is enrolled already. Log in with:".to_owned());
+        }
         let (token, hash) = auth::new_invite()?;
         let expires = now + auth::INVITE_SECS;
         if enrolled.is_none() {
-            store::users::add_invited(&tx, "admin", &hash, expires, now)?;
+            store::users::add_invited(tx, "admin", &hash, expires, now)?;
             audit::append(
-                &tx,
+                tx,
                 now,
                 "user.added",
                 "posternd quickstart",
                 json!({ "user": "admin" }),
             )?;
         } else {
-            store::users::set_invite(&tx, "admin", &hash, expires)?;
+            store::users::set_invite(tx, "admin", &hash, expires)?;
         }
-        format!(
+        Ok(format!(
             "Enrol user admin (sets a password, shows a TOTP secret for your authenticator app) with the invite\n  {token}\npasted when asked (on the command line every local user could read it):\n  postern enroll --ca {url} --ca-pin {pin} --user admin --invite-stdin\nthen log in:",
             url = cfg.api_url
-        )
-    };
-    drop(conn);
+        ))
+    })?;
     let banner = format!(
         "\nposternd quickstart is serving {url} (CA pin {pin}).\n\n{next}\n  postern login --ca {url} --ca-pin {pin} --user admin\n\n(From the source tree, `postern` is `cargo run --release --bin postern --`.)\nThe certificate lands in ~/.ssh/postern/{cluster}/. Stop with Ctrl-C.",
         url = cfg.api_url,

@@ -40,8 +40,8 @@ pub struct Service {
     pub policy: RwLock<Arc<Policy>>,
     /// Lockout of names that are not users.
     pub ghosts: GhostLockout,
-    /// The data directory (recordings live under `recordings/`).
-    pub data_dir: std::path::PathBuf,
+    /// The recordings directory (`[storage] recordings_dir`).
+    pub recordings_dir: std::path::PathBuf,
     /// Recording uploads buffered at once (each may be large). A slot is held until the
     /// upload's work ends, even when its request is gone.
     pub upload_slots: Arc<tokio::sync::Semaphore>,

@@ -34,14 +34,57 @@ impl Ca {
 
     /// Initialises a CA without starting it.
     pub fn init(policy: &str) -> Ca {
+        Ca::init_with(policy, &["--cluster", "test.postern"])
+    }
+
+    /// The first instance of a CA on PostgreSQL (not started), its recordings in `recordings`
+    /// (a directory every instance shares).
+    pub fn init_postgres(policy: &str, url: &str, recordings: &std::path::Path) -> Ca {
+        let rec = recordings.to_str().unwrap();
+        Ca::init_with(
+            policy,
+            &[
+                "--cluster",
+                "test.postern",
+                "--storage",
+                url,
+                "--recordings-dir",
+                rec,
+            ],
+        )
+    }
+
+    /// Another instance of this CA on the same PostgreSQL database (`init --keys-from`), not
+    /// started.
+    pub fn another_instance(&self, policy: &str, url: &str, recordings: &std::path::Path) -> Ca {
+        let (from, rec) = (
+            self.dir.path().to_str().unwrap(),
+            recordings.to_str().unwrap(),
+        );
+        Ca::init_with(
+            policy,
+            &[
+                "--keys-from",
+                from,
+                "--storage",
+                url,
+                "--recordings-dir",
+                rec,
+            ],
+        )
+    }
+
+    /// Initialises a CA with `init`'s extra arguments, without starting it.
+    pub fn init_with(policy: &str, args: &[&str]) -> Ca {
         let dir = tempfile::Builder::new()
             .prefix("postern-ca")
             .tempdir()
             .unwrap();
         let port = free_port();
         let out = run(Command::new(bin("posternd"))
-            .args(["init", "--cluster", "test.postern", "--json", "--listen"])
+            .args(["init", "--json", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(args)
             .arg("--data-dir")
             .arg(dir.path()));
         assert!(out.status.success(), "{}", text(&out));

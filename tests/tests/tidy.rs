@@ -129,6 +129,8 @@ fn harmless_type(ty: &str) -> bool {
     matches!(
         inner,
         "bool" | "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" | "f64" | "Duration"
+            // A path names where a secret is, and is not one.
+            | "PathBuf"
     ) || inner.ends_with("Secret")
         || inner.ends_with("Invite")
         || inner.starts_with("Secret<")

@@ -11,9 +11,10 @@ use anyhow::{anyhow, bail, Context, Result};
 #[cfg(doc)]
 use crate::gateway::valid_session_id;
 
-/// The recordings directory.
+/// The recordings directory (`[storage] recordings_dir`, by default `recordings/` in the
+/// data directory): the functions here take it as their `data_dir`.
 pub(super) fn dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("recordings")
+    data_dir.to_path_buf()
 }
 
 /// Where partial uploads are kept until they are complete.
@@ -191,7 +192,7 @@ mod tests {
         }
         prepare_dir(d.path()).unwrap();
         let e = tempfile::tempdir().unwrap();
-        fs::write(dir(e.path()), "x").unwrap();
-        assert!(prepare_dir(e.path()).is_err());
+        fs::write(e.path().join("recordings"), "x").unwrap();
+        assert!(prepare_dir(&e.path().join("recordings")).is_err());
     }
 }

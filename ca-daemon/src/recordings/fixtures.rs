@@ -44,7 +44,7 @@ pub(super) async fn service(max_bytes: u64, chunk_bytes: u64) -> (tempfile::Temp
     let d = tempfile::tempdir().unwrap();
     crate::keys::create(d.path(), "c.test", &["localhost".to_owned()], now()).unwrap();
     let keys = Arc::new(crate::keys::load(d.path()).unwrap());
-    prepare_dir(d.path()).unwrap();
+    prepare_dir(&d.path().join("recordings")).unwrap();
     let svc = Service {
         cluster: "c.test".parse().unwrap(),
         gateway: None,
@@ -52,7 +52,7 @@ pub(super) async fn service(max_bytes: u64, chunk_bytes: u64) -> (tempfile::Temp
         db: Db::open(&d.path().join("posternd.db")).unwrap(),
         policy: std::sync::RwLock::new(Arc::new(Policy::parse(POLICY, "policy.toml").unwrap())),
         ghosts: Default::default(),
-        data_dir: d.path().to_owned(),
+        recordings_dir: d.path().join("recordings"),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOAD_SLOTS)),
         recordings: Store::new(max_bytes, chunk_bytes),
         limits: Default::default(),

@@ -102,7 +102,7 @@ impl Service {
         let RecordingUpload { mut meta, cast } = up;
         meta.gateway = gateway.to_string();
         let claim = self.recordings.claim(&meta.id)?;
-        let (db, data_dir, now) = (self.db.clone(), self.data_dir.clone(), now());
+        let (db, data_dir, now) = (self.db.clone(), self.recordings_dir.clone(), now());
         detached(async move {
             let _held = (claim, slot);
             store_single(db, data_dir, meta, cast, now).await

@@ -135,7 +135,7 @@ pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> 
 /// Sweeps abandoned uploads when the daemon starts and every [`SWEEP_EVERY_SECS`].
 pub async fn sweeper(svc: Arc<Service>) {
     loop {
-        match sweep(&svc.db, &svc.recordings, &svc.data_dir, now()).await {
+        match sweep(&svc.db, &svc.recordings, &svc.recordings_dir, now()).await {
             Ok(s) if s != Swept::default() => tracing::info!(
                 uploads = s.uploads,
                 files = s.files,

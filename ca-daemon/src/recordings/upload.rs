@@ -166,7 +166,7 @@ impl Service {
             }
             UploadState::Absent => 0,
             UploadState::Partial { received } => {
-                let path = partial_of(&self.data_dir, &id);
+                let path = partial_of(&self.recordings_dir, &id);
                 // What the next chunk will trust: never more than the file holds.
                 let len = match fs::symlink_metadata(&path) {
                     Ok(md) if md.is_file() => md.len(),
@@ -209,7 +209,11 @@ impl Service {
             return Err(store.too_large(&id, end));
         }
         let claim = store.claim(&id)?;
-        let (db, data_dir, cap) = (self.db.clone(), self.data_dir.clone(), store.partial_cap());
+        let (db, data_dir, cap) = (
+            self.db.clone(),
+            self.recordings_dir.clone(),
+            store.partial_cap(),
+        );
         let (i2, gw) = (id.clone(), gateway.to_string());
         let received = detached(async move {
             let _held = (claim, slot);
@@ -249,7 +253,7 @@ impl Service {
         }
         meta.gateway = gateway.to_string();
         let claim = self.recordings.claim(&id)?;
-        let (db, data_dir) = (self.db.clone(), self.data_dir.clone());
+        let (db, data_dir) = (self.db.clone(), self.recordings_dir.clone());
         detached(async move {
             let _held = claim;
             complete_upload(db, data_dir, meta, sha256).await
@@ -272,7 +276,7 @@ mod tests {
     /// beside the leftover writer.
     #[tokio::test]
     async fn regression_a_dropped_chunk_request_keeps_its_claim_until_the_chunk_is_durable() {
-        let (d, svc) = service(1 << 20, 4096).await;
+        let (_d, svc) = service(1 << 20, 4096).await;
         authorize(&svc.db, "s-1", "gw1", "web1", Some("env=dev")).await;
         let slot = slot(&svc).await;
         let mut req = Box::pin(svc.recording_chunk(
@@ -305,7 +309,10 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert_eq!(received_of(&svc.db, "s-1").await, Some(CAST.len() as i64));
-        assert_eq!(fs::read(partial_of(d.path(), "s-1")).unwrap(), CAST);
+        assert_eq!(
+            fs::read(partial_of(&svc.recordings_dir, "s-1")).unwrap(),
+            CAST
+        );
         assert_eq!(svc.upload_slots.available_permits(), UPLOAD_SLOTS);
         // The upload goes on from there.
         let stored = svc

@@ -117,7 +117,7 @@ impl Service {
                 format!("no recording {shown} of yours")
             }));
         }
-        let path = file_of(&self.data_dir, &rid);
+        let path = file_of(&self.recordings_dir, &rid);
         let file = tokio::fs::File::open(&path)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;

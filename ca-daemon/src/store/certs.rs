@@ -2,7 +2,6 @@
 //! by serial that renewal, node identities, the gateway and the KRL make.
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 
 use super::{i, u, Tx};
 use postern_core::{CertKind, Serial};
@@ -36,15 +35,14 @@ pub fn record(tx: &Tx<'_>, row: &CertRow<'_>) -> Result<u64> {
         if serial == 0 {
             continue;
         }
-        let r = tx.conn.execute(
-            "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        // A taken serial inserts nothing (and aborts nothing: PostgreSQL would abort the
+        // transaction on a constraint error), and the next random one is tried.
+        let n = tx.execute(
+            "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(serial) DO NOTHING",
             params![i(serial), row.kind.as_str(), row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
-        );
-        match r {
-            Ok(_) => return Ok(serial),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
-            Err(e) => return Err(e.into()),
+        )?;
+        if n == 1 {
+            return Ok(serial);
         }
     }
     anyhow::bail!("no free certificate serial after 8 random tries")
@@ -52,21 +50,21 @@ pub fn record(tx: &Tx<'_>, row: &CertRow<'_>) -> Result<u64> {
 
 /// Revokes every unrevoked certificate of a user (`users rm`, `users reset`); returns how many.
 pub fn revoke_subject(tx: &Tx<'_>, subject: &str) -> Result<usize> {
-    Ok(tx.conn.execute(
+    tx.execute(
         "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND revoked = 0",
-        [subject],
-    )?)
+        params![subject],
+    )
 }
 
 /// Revokes a node's host certificates and identity, and a gateway's host certificates for
 /// servers' names (`gateway:NAME/...`); returns how many were not revoked before.
 pub fn revoke_node(tx: &Tx<'_>, name: &str) -> Result<usize> {
-    Ok(tx.conn.execute(
+    Ok(tx.execute(
         "UPDATE certs SET revoked = 1 WHERE subject = ?1 AND kind IN ('ssh-host', 'x509-node') AND revoked = 0",
-        [name],
-    )? + tx.conn.execute(
+        params![name],
+    )? + tx.execute(
         "UPDATE certs SET revoked = 1 WHERE kind = 'ssh-host' AND subject LIKE 'gateway:' || ?1 || '/%' AND revoked = 0",
-        [name],
+        params![name],
     )?)
 }
 
@@ -84,9 +82,7 @@ pub struct Issued {
 
 /// The certificate of `kind` under `serial`, if there is one.
 pub fn by_serial(tx: &Tx<'_>, kind: CertKind, serial: u64) -> Result<Option<Issued>> {
-    Ok(tx
-        .conn
-        .query_row(
+    tx.query_opt(
             "SELECT subject, revoked, valid_before, key_fingerprint FROM certs WHERE serial = ?1 AND kind = ?2",
             params![i(serial), kind.as_str()],
             |r| {
@@ -98,7 +94,6 @@ pub fn by_serial(tx: &Tx<'_>, kind: CertKind, serial: u64) -> Result<Option<Issu
                 })
             },
         )
-        .optional()?)
 }
 
 /// One line of `certs ls`.
@@ -125,9 +120,7 @@ pub struct CertLine {
 
 /// The `limit` certificates of the highest serials.
 pub fn list(tx: &Tx<'_>, limit: u32) -> Result<Vec<CertLine>> {
-    let mut st = tx.conn.prepare("SELECT serial, kind, subject, principals, valid_after, valid_before, issued_at, revoked FROM certs ORDER BY serial DESC LIMIT ?1")?;
-    let rows = st
-        .query_map([limit], |r| {
+    let rows = tx.query_map("SELECT serial, kind, subject, principals, valid_after, valid_before, issued_at, revoked FROM certs ORDER BY serial DESC LIMIT ?1", params![limit], |r| {
             Ok(CertLine {
                 serial: r.get(0)?,
                 kind: r.get(1)?,
@@ -138,8 +131,7 @@ pub fn list(tx: &Tx<'_>, limit: u32) -> Result<Vec<CertLine>> {
                 issued_at: r.get(6)?,
                 revoked: r.get(7)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
@@ -158,19 +150,16 @@ pub struct LiveSsh {
 
 /// Every SSH certificate valid after `now`.
 pub fn live_ssh(tx: &Tx<'_>, now: u64) -> Result<Vec<LiveSsh>> {
-    let mut st = tx.conn.prepare(
+    let rows = tx.query_map(
         "SELECT serial, kind, subject, revoked FROM certs WHERE valid_before > ?1 AND kind LIKE 'ssh-%'",
-    )?;
-    let rows = st
-        .query_map([i(now)], |r| {
+        params![i(now)], |r| {
             Ok(LiveSsh {
                 serial: u(r.get(0)?),
-                kind: r.get::<_, String>(1)?.parse().ok(),
+                kind: r.get::<String>(1)?.parse().ok(),
                 subject: r.get(2)?,
                 revoked: r.get(3)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
@@ -186,18 +175,17 @@ pub struct RevokedUser {
 
 /// The revoked user certificates valid after `since`, by serial.
 pub fn revoked_user_certs(tx: &Tx<'_>, since: u64) -> Result<Vec<RevokedUser>> {
-    let mut st = tx.conn.prepare(
+    let rows = tx.query_map(
         "SELECT serial, subject, EXISTS (SELECT 1 FROM users WHERE users.name = certs.subject) \
          FROM certs WHERE kind = 'ssh-user' AND revoked = 1 AND valid_before > ?1 ORDER BY serial",
-    )?;
-    let rows = st
-        .query_map([i(since)], |r| {
+        params![i(since)],
+        |r| {
             Ok(RevokedUser {
                 serial: u(r.get(0)?).into(),
                 subject: r.get(1)?,
                 user_exists: r.get(2)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     Ok(rows)
 }

@@ -3,30 +3,201 @@
 //!
 //! Services compose these functions inside one [`crate::db::Db::run`] closure, which is one
 //! transaction (a savepoint of the writer's group commit), and never see SQL or untyped rows.
-//! This is the seam a second backend plugs into: see ARCHITECTURE.md.
+//! Two backends sit behind [`Tx`]: the embedded SQLite file, and PostgreSQL for several
+//! instances (`store::pg`). Statements are written once, in the subset both dialects share
+//! (`?N` placeholders, `ON CONFLICT`, `RETURNING`, `CAST`, `"user"` quoted); the few places
+//! where they differ ask [`Tx::dialect`]. See ARCHITECTURE.md.
+
+/// The values bound to a statement's placeholders, in order: `params![a, b]`.
+macro_rules! params {
+    () => { &[] as &[$crate::store::Val<'_>] };
+    ($($e:expr),+ $(,)?) => { &[$($crate::store::AsVal::as_val(&$e)),+] as &[$crate::store::Val<'_>] };
+}
 
 pub mod audit;
 pub mod certs;
 pub mod locks;
+pub mod meta;
 pub mod migrations;
 pub mod nodes;
+pub mod pg;
 pub mod recordings;
 pub mod tokens;
 pub mod users;
+mod value;
 
+use anyhow::{anyhow, Context, Result};
 use rusqlite::Connection;
 
-/// One transaction of the store, the only handle services get. Today it wraps the SQLite
-/// connection of the writer thread inside the savepoint `Db::run` opened (or, for `init` and
-/// `quickstart`, a connection of their own); the SQL it runs lives in this module only.
+pub use value::{AsVal, Cell, FromCell, Val};
+
+/// Which SQL dialect a [`Tx`] speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server shared by several instances.
+    Postgres,
+}
+
+/// One transaction of the store, the only handle services get: the SQLite connection of the
+/// writer thread inside the savepoint `Db::run` opened (or, for `init` and `quickstart`, a
+/// connection of their own), or a PostgreSQL transaction (savepoint) of this instance's
+/// writer. The SQL it runs lives in this module only.
 pub struct Tx<'a> {
-    conn: &'a Connection,
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Sqlite(&'a Connection),
+    Postgres {
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        rt: &'a tokio::runtime::Handle,
+    },
+}
+
+/// One row of a query's answer, whichever backend gave it.
+pub struct Row<'r> {
+    inner: RowInner<'r>,
+}
+
+enum RowInner<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r tokio_postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `idx`, converted to `T`; a stored value of another type is an error.
+    pub fn get<T: FromCell>(&self, idx: usize) -> Result<T> {
+        let cell = match &self.inner {
+            RowInner::Sqlite(r) => Cell::from(r.get_ref(idx)?),
+            RowInner::Postgres(r) => r
+                .try_get::<_, Cell>(idx)
+                .with_context(|| format!("column {idx}"))?,
+        };
+        T::from_cell(cell).map_err(|e| anyhow!("column {idx}: {e}"))
+    }
 }
 
 impl<'a> Tx<'a> {
     /// The store over an SQLite connection, inside whatever transaction the caller opened.
     pub fn sqlite(conn: &'a Connection) -> Tx<'a> {
-        Tx { conn }
+        Tx {
+            inner: Inner::Sqlite(conn),
+        }
+    }
+
+    /// The store over a PostgreSQL transaction; `rt` runs its queries (the caller is a plain
+    /// thread, never a task of that runtime).
+    pub fn postgres(
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        rt: &'a tokio::runtime::Handle,
+    ) -> Tx<'a> {
+        Tx {
+            inner: Inner::Postgres { tx, rt },
+        }
+    }
+
+    /// The dialect of the backend.
+    pub fn dialect(&self) -> Dialect {
+        match self.inner {
+            Inner::Sqlite(_) => Dialect::Sqlite,
+            Inner::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    fn execute(&self, sql: &str, params: &[Val<'_>]) -> Result<usize> {
+        match &self.inner {
+            Inner::Sqlite(c) => Ok(c
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(params))?),
+            Inner::Postgres { tx, rt } => {
+                let sql = pg::translate(sql);
+                rt.block_on(async {
+                    let st = tx.prepare_cached(&sql).await.map_err(pg::error)?;
+                    let n = tx
+                        .execute(&st, &pg::refs(params))
+                        .await
+                        .map_err(pg::error)?;
+                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+                })
+            }
+        }
+    }
+
+    /// Every row of a query, each through `f`.
+    fn query_map<T>(
+        &self,
+        sql: &str,
+        params: &[Val<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(f(&Row {
+                        inner: RowInner::Sqlite(r),
+                    })?);
+                }
+                Ok(out)
+            }
+            Inner::Postgres { tx, rt } => {
+                let sql = pg::translate(sql);
+                let rows = rt.block_on(async {
+                    let st = tx.prepare_cached(&sql).await.map_err(pg::error)?;
+                    tx.query(&st, &pg::refs(params)).await.map_err(pg::error)
+                })?;
+                rows.iter()
+                    .map(|r| {
+                        f(&Row {
+                            inner: RowInner::Postgres(r),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The first row of a query through `f`, if it has one.
+    fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.query_map(sql, params, |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r)?);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row of a query through `f`; no row is an error.
+    fn query_row<T>(
+        &self,
+        sql: &str,
+        params: &[Val<'_>],
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.query_opt(sql, params, f)?
+            .ok_or_else(|| anyhow!("the query returned no row"))
+    }
+
+    /// A fragment that turns the JSON array of strings bound to `param` (say `?4`) into a
+    /// one-column table whose column is `value`.
+    fn json_strings(&self, param: &str) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => format!("json_each({param})"),
+            Dialect::Postgres => format!("json_array_elements_text(CAST({param} AS json))"),
+        }
     }
 }
 
@@ -35,24 +206,26 @@ impl Tx<'_> {
     /// The connection, for unit tests that set up or inspect rows with raw SQL; the daemon's
     /// code has no way to it (ARCHITECTURE.md's invariant: no SQL outside `store/`).
     pub fn conn(&self) -> &Connection {
-        self.conn
+        match self.inner {
+            Inner::Sqlite(c) => c,
+            Inner::Postgres { .. } => panic!("not an SQLite store"),
+        }
     }
 }
 
 /// Column `idx` of a row, parsed from its stored text (a kind, an id): a value this binary
 /// cannot parse is an error, not a guess.
-fn parsed<T>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+fn parsed<T>(r: &Row<'_>, idx: usize) -> Result<T>
 where
     T: std::str::FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     let s: String = r.get(idx)?;
-    s.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
+    s.parse::<T>()
+        .with_context(|| format!("column {idx}: cannot parse {s:?}"))
 }
 
-/// Unix seconds as SQLite stores them (saturating: no time reaches `i64::MAX`).
+/// Unix seconds as the store keeps them (saturating: no time reaches `i64::MAX`).
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

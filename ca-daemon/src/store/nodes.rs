@@ -1,7 +1,6 @@
 //! Joined servers and gateways, and the sessions the CA authorized gateways to open.
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 
 use super::{i, parsed, u, Tx};
 use postern_core::NodeKind;
@@ -102,9 +101,7 @@ pub struct GatewaySession {
 
 /// Every node, or those of one kind, by name.
 pub fn list(tx: &Tx<'_>, kind: Option<&str>) -> Result<Vec<NodeLine>> {
-    let mut st = tx.conn.prepare("SELECT name, kind, address, labels, joined_at, last_sync, host_cert_expiry FROM nodes WHERE ?1 IS NULL OR kind = ?1 ORDER BY name")?;
-    let rows = st
-        .query_map([kind], |r| {
+    let rows = tx.query_map("SELECT name, kind, address, labels, joined_at, last_sync, host_cert_expiry FROM nodes WHERE ?1 IS NULL OR kind = ?1 ORDER BY name", params![kind], |r| {
             Ok(NodeLine {
                 name: r.get(0)?,
                 kind: r.get(1)?,
@@ -114,14 +111,13 @@ pub fn list(tx: &Tx<'_>, kind: Option<&str>) -> Result<Vec<NodeLine>> {
                 last_sync: r.get(5)?,
                 host_cert_expiry: r.get(6)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
 /// Stores a joined node.
 pub fn add(tx: &Tx<'_>, n: &NewNode<'_>) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "INSERT INTO nodes (name, kind, address, labels, joined_at, host_key, host_cert_expiry, identity_serial, egress, seen_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![n.name, n.kind.as_str(), n.address, n.labels, i(n.joined_at), n.host_key, i(n.host_cert_expiry), i(n.identity_serial), n.egress, n.seen_from],
     )?;
@@ -130,43 +126,36 @@ pub fn add(tx: &Tx<'_>, n: &NewNode<'_>) -> Result<()> {
 
 /// Removes the node of that name; returns whether there was one.
 pub fn remove(tx: &Tx<'_>, name: &str) -> Result<bool> {
-    Ok(tx
-        .conn
-        .execute("DELETE FROM nodes WHERE name = ?1", [name])?
-        > 0)
+    Ok(tx.execute("DELETE FROM nodes WHERE name = ?1", params![name])? > 0)
 }
 
 /// The kind of whatever has that name.
 pub fn kind_of(tx: &Tx<'_>, name: &str) -> Result<Option<NodeKind>> {
-    Ok(tx
-        .conn
-        .query_row("SELECT kind FROM nodes WHERE name = ?1", [name], |r| {
-            parsed(r, 0)
-        })
-        .optional()?)
+    tx.query_opt(
+        "SELECT kind FROM nodes WHERE name = ?1",
+        params![name],
+        |r| parsed(r, 0),
+    )
 }
 
 /// What the node of that name's identity is checked against.
 pub fn identity(tx: &Tx<'_>, name: &str) -> Result<Option<NodeIdentity>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT labels, identity_serial, kind FROM nodes WHERE name = ?1",
-            [name],
-            |r| {
-                Ok(NodeIdentity {
-                    labels: r.get(0)?,
-                    identity_serial: u(r.get(1)?),
-                    kind: parsed(r, 2)?,
-                })
-            },
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT labels, identity_serial, kind FROM nodes WHERE name = ?1",
+        params![name],
+        |r| {
+            Ok(NodeIdentity {
+                labels: r.get(0)?,
+                identity_serial: u(r.get(1)?),
+                kind: parsed(r, 2)?,
+            })
+        },
+    )
 }
 
 /// The node was seen (a sync, a gateway's call).
 pub fn touch(tx: &Tx<'_>, name: &str, now: u64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE nodes SET last_sync = ?2 WHERE name = ?1",
         params![name, i(now)],
     )?;
@@ -175,16 +164,16 @@ pub fn touch(tx: &Tx<'_>, name: &str, now: u64) -> Result<()> {
 
 /// The host key the CA certified for the node (an error when there is no such node).
 pub fn host_key(tx: &Tx<'_>, name: &str) -> Result<String> {
-    Ok(tx
-        .conn
-        .query_row("SELECT host_key FROM nodes WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })?)
+    tx.query_row(
+        "SELECT host_key FROM nodes WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
 }
 
 /// A renewed host certificate's end.
 pub fn set_host_cert_expiry(tx: &Tx<'_>, name: &str, expiry: u64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE nodes SET host_cert_expiry = ?2 WHERE name = ?1",
         params![name, i(expiry)],
     )?;
@@ -193,66 +182,56 @@ pub fn set_host_cert_expiry(tx: &Tx<'_>, name: &str, expiry: u64) -> Result<()> 
 
 /// The joined server (kind `node`) of that name.
 pub fn server(tx: &Tx<'_>, name: &str) -> Result<Option<Server>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT name, address, labels, host_key FROM nodes WHERE name = ?1 AND kind = 'node'",
-            [name],
-            |r| {
-                Ok(Server {
-                    name: r.get(0)?,
-                    address: r.get(1)?,
-                    labels: r.get(2)?,
-                    host_key: r.get(3)?,
-                })
-            },
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT name, address, labels, host_key FROM nodes WHERE name = ?1 AND kind = 'node'",
+        params![name],
+        |r| {
+            Ok(Server {
+                name: r.get(0)?,
+                address: r.get(1)?,
+                labels: r.get(2)?,
+                host_key: r.get(3)?,
+            })
+        },
+    )
 }
 
 /// The labels of the joined server (kind `node`) of that name.
 pub fn server_labels(tx: &Tx<'_>, name: &str) -> Result<Option<String>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT labels FROM nodes WHERE name = ?1 AND kind = 'node'",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT labels FROM nodes WHERE name = ?1 AND kind = 'node'",
+        params![name],
+        |r| r.get(0),
+    )
 }
 
 /// The servers a gateway can route to (those with an address), by name.
 pub fn routable_servers(tx: &Tx<'_>) -> Result<Vec<Server>> {
-    let mut st = tx.conn.prepare(
+    let rows = tx.query_map(
         "SELECT name, address, labels, host_key FROM nodes WHERE kind = 'node' AND address IS NOT NULL ORDER BY name",
-    )?;
-    let rows = st
-        .query_map([], |r| {
+        params![], |r| {
             Ok(Server {
                 name: r.get(0)?,
                 address: Some(r.get(1)?),
                 labels: r.get(2)?,
                 host_key: r.get(3)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
 /// Every gateway's addresses.
 pub fn gateway_addresses(tx: &Tx<'_>) -> Result<Vec<GatewayAddresses>> {
-    let mut st = tx
-        .conn
-        .prepare("SELECT egress, seen_from FROM nodes WHERE kind = 'gateway'")?;
-    let rows = st
-        .query_map([], |r| {
+    let rows = tx.query_map(
+        "SELECT egress, seen_from FROM nodes WHERE kind = 'gateway'",
+        params![],
+        |r| {
             Ok(GatewayAddresses {
                 egress: r.get(0)?,
                 seen_from: r.get(1)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     Ok(rows)
 }
 
@@ -260,21 +239,19 @@ pub fn gateway_addresses(tx: &Tx<'_>) -> Result<Vec<GatewayAddresses>> {
 /// gateway).
 pub fn gateway_egress(tx: &Tx<'_>, name: &str) -> Result<Option<String>> {
     Ok(tx
-        .conn
-        .query_row(
+        .query_opt(
             "SELECT egress FROM nodes WHERE name = ?1 AND kind = 'gateway'",
-            [name],
+            params![name],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .flatten())
 }
 
 /// The authorized session of that id.
 pub fn session(tx: &Tx<'_>, id: &str) -> Result<Option<GatewaySession>> {
-    Ok(tx.conn.query_row(
-        "SELECT id, gateway, user, login, node, labels, first_authorized FROM gateway_sessions WHERE id = ?1",
-        [id],
+    tx.query_opt(
+        "SELECT id, gateway, \"user\", login, node, labels, first_authorized FROM gateway_sessions WHERE id = ?1",
+        params![id],
         |r| {
             Ok(GatewaySession {
                 id: r.get(0)?,
@@ -287,14 +264,13 @@ pub fn session(tx: &Tx<'_>, id: &str) -> Result<Option<GatewaySession>> {
             })
         },
     )
-    .optional()?)
 }
 
 /// Records a session's first authorization, with the server's labels now (what
 /// `view_recordings` judges its recordings by, whatever the server becomes later).
 pub fn add_session(tx: &Tx<'_>, s: &GatewaySession) -> Result<()> {
-    tx.conn.execute(
-        "INSERT INTO gateway_sessions (id, gateway, user, login, node, first_authorized, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    tx.execute(
+        "INSERT INTO gateway_sessions (id, gateway, \"user\", login, node, first_authorized, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![s.id, s.gateway, s.user, s.login, s.node, s.first_authorized, s.labels],
     )?;
     Ok(())

@@ -1,7 +1,6 @@
 //! Join tokens, stored by the SHA-256 of the token (never the token itself).
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 
 use super::{i, parsed, Tx};
 use postern_core::NodeKind;
@@ -58,7 +57,7 @@ pub struct TokenLine {
 
 /// Stores a new token.
 pub fn add(tx: &Tx<'_>, t: &NewToken<'_>) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "INSERT INTO tokens (id, hash, kind, labels, expires, created_at, name, replace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![t.id, t.hash, t.kind.as_str(), t.labels, i(t.expires), i(t.created_at), t.name, t.replace],
     )?;
@@ -67,9 +66,7 @@ pub fn add(tx: &Tx<'_>, t: &NewToken<'_>) -> Result<()> {
 
 /// The tokens not expired at `now`, oldest first.
 pub fn list_live(tx: &Tx<'_>, now: u64) -> Result<Vec<TokenLine>> {
-    let mut st = tx.conn.prepare("SELECT id, kind, labels, expires, name, replace FROM tokens WHERE expires > ?1 ORDER BY created_at")?;
-    let rows = st
-        .query_map([i(now)], |r| {
+    let rows = tx.query_map("SELECT id, kind, labels, expires, name, replace FROM tokens WHERE expires > ?1 ORDER BY created_at", params![i(now)], |r| {
             Ok(TokenLine {
                 id: r.get(0)?,
                 kind: parsed(r, 1)?,
@@ -78,42 +75,37 @@ pub fn list_live(tx: &Tx<'_>, now: u64) -> Result<Vec<TokenLine>> {
                 name: r.get(4)?,
                 replace: r.get(5)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
 /// Removes the token of that hash or that id; returns how many were removed.
 pub fn remove(tx: &Tx<'_>, hash: &str, id: &str) -> Result<usize> {
-    Ok(tx.conn.execute(
+    tx.execute(
         "DELETE FROM tokens WHERE hash = ?1 OR id = ?2",
         params![hash, id],
-    )?)
+    )
 }
 
 /// The token of that hash, if stored.
 pub fn find(tx: &Tx<'_>, hash: &str) -> Result<Option<TokenRow>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1",
-            [hash],
-            |r| {
-                Ok(TokenRow {
-                    kind: parsed(r, 0)?,
-                    labels: r.get(1)?,
-                    expires: r.get(2)?,
-                    name: r.get(3)?,
-                    replace: r.get(4)?,
-                })
-            },
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT kind, labels, expires, name, replace FROM tokens WHERE hash = ?1",
+        params![hash],
+        |r| {
+            Ok(TokenRow {
+                kind: parsed(r, 0)?,
+                labels: r.get(1)?,
+                expires: r.get(2)?,
+                name: r.get(3)?,
+                replace: r.get(4)?,
+            })
+        },
+    )
 }
 
 /// Spends the token of that hash (a join used it).
 pub fn spend(tx: &Tx<'_>, hash: &str) -> Result<()> {
-    tx.conn
-        .execute("DELETE FROM tokens WHERE hash = ?1", [hash])?;
+    tx.execute("DELETE FROM tokens WHERE hash = ?1", params![hash])?;
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use postern_core::Username;
-use rusqlite::{params, OptionalExtension};
 
 use super::{i, Tx};
 
@@ -52,11 +51,9 @@ pub struct InviteRow {
 
 /// The user `name`, if it exists.
 pub fn get(tx: &Tx<'_>, name: &str) -> Result<Option<UserRow>> {
-    Ok(tx
-        .conn
-        .query_row(
+    tx.query_opt(
             "SELECT password_hash, totp_secret, last_totp_step, failed_count, locked_until, last_password_login, hard_locked FROM users WHERE name = ?1",
-            [name],
+            params![name],
             |r| {
                 Ok(UserRow {
                     password_hash: r.get(0)?,
@@ -69,57 +66,47 @@ pub fn get(tx: &Tx<'_>, name: &str) -> Result<Option<UserRow>> {
                 })
             },
         )
-        .optional()?)
 }
 
 /// Whether a user of that name exists.
 pub fn exists(tx: &Tx<'_>, name: &str) -> Result<bool> {
-    let one: Option<i64> = tx
-        .conn
-        .query_row("SELECT 1 FROM users WHERE name = ?1", [name], |r| r.get(0))
-        .optional()?;
+    let one: Option<i64> =
+        tx.query_opt("SELECT 1 FROM users WHERE name = ?1", params![name], |r| {
+            r.get(0)
+        })?;
     Ok(one.is_some())
 }
 
 /// Whether the user has set a password (`None`: no such user).
 pub fn enrolled(tx: &Tx<'_>, name: &str) -> Result<Option<bool>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT password_hash IS NOT NULL FROM users WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT password_hash IS NOT NULL FROM users WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
 }
 
 /// Whether the user is hard-locked (`None`: no such user).
 pub fn hard_locked(tx: &Tx<'_>, name: &str) -> Result<Option<bool>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT hard_locked FROM users WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT hard_locked FROM users WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
 }
 
 /// The user's invite (`None`: no such user).
 pub fn invite(tx: &Tx<'_>, name: &Username) -> Result<Option<InviteRow>> {
-    Ok(tx
-        .conn
-        .query_row(
-            "SELECT invite_hash, invite_expires FROM users WHERE name = ?1",
-            [name.as_str()],
-            |r| {
-                Ok(InviteRow {
-                    hash: r.get(0)?,
-                    expires: r.get(1)?,
-                })
-            },
-        )
-        .optional()?)
+    tx.query_opt(
+        "SELECT invite_hash, invite_expires FROM users WHERE name = ?1",
+        params![name.as_str()],
+        |r| {
+            Ok(InviteRow {
+                hash: r.get(0)?,
+                expires: r.get(1)?,
+            })
+        },
+    )
 }
 
 /// Adds an invited user.
@@ -130,7 +117,7 @@ pub fn add_invited(
     expires: u64,
     now: u64,
 ) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "INSERT INTO users (name, invite_hash, invite_expires, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![name, invite_hash, expires as i64, now as i64],
     )?;
@@ -139,7 +126,7 @@ pub fn add_invited(
 
 /// Gives an existing user a new invite, leaving the rest (quickstart's admin).
 pub fn set_invite(tx: &Tx<'_>, name: &str, invite_hash: &str, expires: u64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
         params![name, invite_hash, expires as i64],
     )?;
@@ -148,7 +135,7 @@ pub fn set_invite(tx: &Tx<'_>, name: &str, invite_hash: &str, expires: u64) -> R
 
 /// Enrolment: the password and TOTP secret set, counters and locks cleared, the invite spent.
 pub fn enroll(tx: &Tx<'_>, name: &Username, password_hash: &str, totp_secret: &[u8]) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET password_hash = ?2, totp_secret = ?3, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, invite_hash = NULL, invite_expires = NULL WHERE name = ?1",
         params![name.as_str(), password_hash, totp_secret],
     )?;
@@ -158,7 +145,7 @@ pub fn enroll(tx: &Tx<'_>, name: &Username, password_hash: &str, totp_secret: &[
 /// `users reset`: credentials, counters and locks cleared and a new invite set. Returns
 /// whether the user existed.
 pub fn reset(tx: &Tx<'_>, name: &Username, invite_hash: &str, expires: u64) -> Result<bool> {
-    let n = tx.conn.execute(
+    let n = tx.execute(
         "UPDATE users SET password_hash = NULL, totp_secret = NULL, last_totp_step = 0, failed_count = 0, locked_until = 0, hard_locked = 0, last_password_login = NULL, invite_hash = ?2, invite_expires = ?3 WHERE name = ?1",
         params![name.as_str(), invite_hash, expires as i64],
     )?;
@@ -167,17 +154,12 @@ pub fn reset(tx: &Tx<'_>, name: &Username, invite_hash: &str, expires: u64) -> R
 
 /// `users rm`. Returns whether the user existed.
 pub fn remove(tx: &Tx<'_>, name: &Username) -> Result<bool> {
-    Ok(tx
-        .conn
-        .execute("DELETE FROM users WHERE name = ?1", [name.as_str()])?
-        > 0)
+    Ok(tx.execute("DELETE FROM users WHERE name = ?1", params![name.as_str()])? > 0)
 }
 
 /// Every user, by name.
 pub fn list(tx: &Tx<'_>) -> Result<Vec<UserLine>> {
-    let mut st = tx.conn.prepare("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at, failed_count, hard_locked FROM users ORDER BY name")?;
-    let rows = st
-        .query_map([], |r| {
+    let rows = tx.query_map("SELECT name, password_hash IS NOT NULL, last_password_login, locked_until, created_at, failed_count, hard_locked FROM users ORDER BY name", params![], |r| {
             Ok(UserLine {
                 name: r.get(0)?,
                 enrolled: r.get(1)?,
@@ -187,14 +169,13 @@ pub fn list(tx: &Tx<'_>) -> Result<Vec<UserLine>> {
                 failures: r.get(5)?,
                 hard_locked: r.get(6)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })?;
     Ok(rows)
 }
 
 /// A failed login: the count of failures since the last success.
 pub fn set_failures(tx: &Tx<'_>, name: &Username, failures: i64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET failed_count = ?2 WHERE name = ?1",
         params![name.as_str(), failures],
     )?;
@@ -203,7 +184,7 @@ pub fn set_failures(tx: &Tx<'_>, name: &Username, failures: i64) -> Result<()> {
 
 /// A timed lock until `until`.
 pub fn lock_until(tx: &Tx<'_>, name: &Username, until: u64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET locked_until = ?2 WHERE name = ?1",
         params![name.as_str(), i(until)],
     )?;
@@ -212,9 +193,9 @@ pub fn lock_until(tx: &Tx<'_>, name: &Username, until: u64) -> Result<()> {
 
 /// The hard lock, which only `users reset` lifts.
 pub fn hard_lock(tx: &Tx<'_>, name: &Username) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET hard_locked = 1 WHERE name = ?1",
-        [name.as_str()],
+        params![name.as_str()],
     )?;
     Ok(())
 }
@@ -222,7 +203,7 @@ pub fn hard_lock(tx: &Tx<'_>, name: &Username) -> Result<()> {
 /// A successful password login: counters cleared, the TOTP step used, the time kept (the
 /// renewal window runs from it).
 pub fn login_succeeded(tx: &Tx<'_>, name: &Username, totp_step: u64, now: u64) -> Result<()> {
-    tx.conn.execute(
+    tx.execute(
         "UPDATE users SET failed_count = 0, locked_until = 0, last_totp_step = ?2, last_password_login = ?3 WHERE name = ?1",
         params![name.as_str(), i(totp_step), i(now)],
     )?;
@@ -232,9 +213,9 @@ pub fn login_succeeded(tx: &Tx<'_>, name: &Username, totp_step: u64, now: u64) -
 /// A login for a name that is no user writes as a real user's failure does (so that it takes
 /// as long): the time of the last one.
 pub fn note_unknown_login(tx: &Tx<'_>, now: u64) -> Result<()> {
-    tx.conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('unknown_login_at', ?1)",
-        [now.to_string()],
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('unknown_login_at', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![now.to_string()],
     )?;
     Ok(())
 }
