@@ -22,6 +22,8 @@ pub mod migrations;
 pub mod nodes;
 pub mod pg;
 pub mod recordings;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 pub mod users;
 mod value;
@@ -115,7 +117,7 @@ impl<'a> Tx<'a> {
             Inner::Postgres { tx, rt } => {
                 let sql = pg::translate(sql);
                 rt.block_on(async {
-                    let st = tx.prepare_cached(&sql).await.map_err(pg::error)?;
+                    let st = pg::prepare(tx, &sql).await?;
                     let n = tx
                         .execute(&st, &pg::refs(params))
                         .await
@@ -148,7 +150,7 @@ impl<'a> Tx<'a> {
             Inner::Postgres { tx, rt } => {
                 let sql = pg::translate(sql);
                 let rows = rt.block_on(async {
-                    let st = tx.prepare_cached(&sql).await.map_err(pg::error)?;
+                    let st = pg::prepare(tx, &sql).await?;
                     tx.query(&st, &pg::refs(params)).await.map_err(pg::error)
                 })?;
                 rows.iter()

@@ -101,7 +101,7 @@ pub struct GatewaySession {
 
 /// Every node, or those of one kind, by name.
 pub fn list(tx: &Tx<'_>, kind: Option<&str>) -> Result<Vec<NodeLine>> {
-    let rows = tx.query_map("SELECT name, kind, address, labels, joined_at, last_sync, host_cert_expiry FROM nodes WHERE ?1 IS NULL OR kind = ?1 ORDER BY name", params![kind], |r| {
+    let rows = tx.query_map("SELECT name, kind, address, labels, joined_at, last_sync, host_cert_expiry FROM nodes WHERE CAST(?1 AS TEXT) IS NULL OR kind = ?1 ORDER BY name", params![kind], |r| {
             Ok(NodeLine {
                 name: r.get(0)?,
                 kind: r.get(1)?,

@@ -107,6 +107,18 @@ pub fn refs<'p>(params: &'p [Val<'p>]) -> Vec<&'p (dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
+/// The statement, prepared once per connection; a statement the server refuses is named in
+/// the error (it holds placeholders, never values).
+pub async fn prepare(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(error)
+        .with_context(|| format!("cannot prepare {sql}"))
+}
+
 /// The driver's error with the server's message, when there is one (its `Display` alone
 /// says only "db error").
 pub fn error(e: tokio_postgres::Error) -> anyhow::Error {

@@ -108,7 +108,7 @@ pub fn list(
     limit: u32,
 ) -> Result<Vec<RecordingMeta>> {
     let rows = tx.query_map(&format!(
-        "SELECT {COLUMNS} FROM recordings WHERE (?1 IS NULL OR \"user\" = ?1) AND (?2 IS NULL OR node = ?2) ORDER BY started_at DESC, id LIMIT ?3"
+        "SELECT {COLUMNS} FROM recordings WHERE (CAST(?1 AS TEXT) IS NULL OR \"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR node = ?2) ORDER BY started_at DESC, id LIMIT ?3"
     ), params![user, node, limit], meta_of)?;
     rows.into_iter().map(|(m, _)| m.into_meta()).collect()
 }
@@ -151,7 +151,7 @@ pub fn list_visible(
     let rows = tx.query_map(
         &format!(
             "SELECT {R_COLUMNS} FROM recordings r \
-             WHERE (?1 IS NULL OR r.\"user\" = ?1) AND (?2 IS NULL OR r.node = ?2) \
+             WHERE (CAST(?1 AS TEXT) IS NULL OR r.\"user\" = ?1) AND (CAST(?2 AS TEXT) IS NULL OR r.node = ?2) \
              AND (({}) \
                   OR {EFFECTIVE_LABELS} IN (SELECT value FROM {})) \
              ORDER BY r.started_at DESC, r.id LIMIT ?5",
