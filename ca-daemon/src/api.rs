@@ -149,6 +149,10 @@ impl From<Refusal> for ApiError {
             Refusal::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m.clone()),
             Refusal::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
             Refusal::TooMany { message, .. } => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
+            Refusal::Internal(e) if e.downcast_ref::<crate::db::Unavailable>().is_some() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the CA's database is not answering; try again in a moment".to_owned(),
+            ),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
         };
         let detail = match &r {
@@ -157,6 +161,7 @@ impl From<Refusal> for ApiError {
         };
         let retry_after = match &r {
             Refusal::Busy(_) => Some(1),
+            Refusal::Internal(e) if e.downcast_ref::<crate::db::Unavailable>().is_some() => Some(1),
             Refusal::TooMany { retry_after, .. } => Some(*retry_after),
             _ => None,
         };

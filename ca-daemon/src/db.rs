@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -54,6 +54,17 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
 pub fn init_schema(conn: &Connection) -> Result<()> {
     crate::store::migrations::run(conn)
 }
+
+/// The database did not answer (PostgreSQL down or unreachable, a connection lost before the
+/// commit, or the writer gone): the API answers 503 with Retry-After, so that clients try
+/// again or another instance, and `/readyz` says so.
+#[derive(Debug, thiserror::Error)]
+#[error("the database is not answering: {0}")]
+pub struct Unavailable(pub String);
+
+/// After a failed connection, how long batches fail at once instead of each waiting for a
+/// connection attempt of its own: a database that is down gives quick answers.
+const FAIL_FAST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handle to the writer thread.
 #[derive(Clone)]
@@ -111,7 +122,7 @@ impl Db {
                 let out = match (r, commit) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(anyhow!("database commit failed: {e}")),
+                    (Ok(_), Err(e)) => Err(Unavailable(format!("the commit failed: {e}")).into()),
                 };
                 let _ = done_tx.send(out);
             });
@@ -119,10 +130,11 @@ impl Db {
         });
         self.tx
             .send(job)
-            .map_err(|_| anyhow!("database thread has stopped"))?;
+            .map_err(|_| Unavailable("the database thread has stopped".into()))?;
+        // A job dropped unrun: its batch's transaction failed before it.
         done_rx
             .await
-            .map_err(|_| anyhow!("database thread has stopped"))?
+            .map_err(|_| Unavailable("its transaction could not be started".into()))?
     }
 }
 
@@ -166,6 +178,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 /// closure in its own savepoint. A connection lost fails the batch (its callers hear the
 /// error) and the next batch takes a new one from the pool.
 fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc::Receiver<Job>) {
+    let mut failed_at: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -177,9 +190,14 @@ fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc
         let mut replies = Vec::with_capacity(jobs.len());
         let commit = (|| -> Result<(), String> {
             let e = |e: tokio_postgres::Error| pg::error(e).to_string();
-            let mut client = rt
-                .block_on(pool.get())
-                .map_err(|e| format!("cannot reach PostgreSQL: {e}"))?;
+            if failed_at.is_some_and(|t| t.elapsed() < FAIL_FAST) {
+                return Err("PostgreSQL did not answer a moment ago".into());
+            }
+            let mut client = rt.block_on(pool.get()).map_err(|e| {
+                failed_at = Some(std::time::Instant::now());
+                format!("cannot reach PostgreSQL: {e}")
+            })?;
+            failed_at = None;
             let mut tx = rt.block_on(client.transaction()).map_err(e)?;
             rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::WRITER_LOCK]))
                 .map_err(e)?;

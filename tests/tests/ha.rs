@@ -249,3 +249,38 @@ fn a_database_that_belongs_to_one_ca_refuses_an_instance_with_other_keys() {
     assert!(text(&out).contains("password_file"), "{}", text(&out));
     assert!(!text(&out).contains("s3cret-pw"), "{}", text(&out));
 }
+
+#[test]
+fn while_postgresql_is_down_posternd_answers_503_and_reconnects_by_itself_when_it_is_back() {
+    let c = cluster();
+    let mut alice = Person::new("alice");
+    alice.enroll(&c.a);
+    alice.login(&c.a);
+    c.pg.stop();
+    // Renewal (proof of possession, no TOTP step spent) is refused with the reason, not hung.
+    let out = run(alice.postern().arg("renew"));
+    assert!(!out.status.success(), "renewed with the database down");
+    assert!(
+        text(&out).contains("database is not answering"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        c.a.log().contains("cannot reach PostgreSQL") || c.a.log().contains("PostgreSQL:"),
+        "{}",
+        c.a.log()
+    );
+    c.pg.start_again();
+    // No restart of posternd: the pool connects again on the next request.
+    let mut renewed = false;
+    for _ in 0..50 {
+        if run(alice.postern().arg("renew")).status.success() {
+            renewed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(renewed, "posternd did not reconnect:\n{}", c.a.log());
+    alice.login(&c.b);
+    verify(&c.a);
+}

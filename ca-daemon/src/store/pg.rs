@@ -124,7 +124,8 @@ pub async fn prepare(
 pub fn error(e: tokio_postgres::Error) -> anyhow::Error {
     match e.as_db_error() {
         Some(db) => anyhow!("PostgreSQL: {} ({})", db.message(), db.code().code()),
-        None => anyhow::Error::new(e).context("PostgreSQL"),
+        // No answer from the server: the connection is gone or never came.
+        None => crate::db::Unavailable(format!("PostgreSQL: {e}")).into(),
     }
 }
 
