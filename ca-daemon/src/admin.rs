@@ -137,6 +137,24 @@ pub enum AdminRequest {
         /// How many, newest first.
         limit: u32,
     },
+    /// `policy apply FILE`
+    PolicyApply {
+        /// The TOML, read by the client.
+        text: String,
+        /// The file's name, for errors (`file:line:column`).
+        file: String,
+        /// Refuse unless this version is in force (`--if-version`).
+        expected_version: Option<i64>,
+        /// Only validate and show the change.
+        dry_run: bool,
+    },
+    /// `policy show`
+    PolicyShow {
+        /// One version (default: the one in force).
+        version: Option<i64>,
+    },
+    /// `policy history`
+    PolicyHistory,
 }
 
 /// One admin response: the daemon sends `AdminResponse<AdminAnswer>`, and the client decodes
@@ -419,6 +437,17 @@ async fn run(svc: &Service, req: AdminRequest, uid: u32) -> Result<AdminAnswer> 
         }
         AdminRequest::LockLs => svc.lock_ls().await.map(Into::into),
         AdminRequest::LockRm { id } => svc.lock_rm(id, actor).await.map(Into::into),
+        AdminRequest::PolicyApply {
+            text,
+            file,
+            expected_version,
+            dry_run,
+        } => svc
+            .policy_apply(text, file, expected_version, dry_run, actor)
+            .await
+            .map(Into::into),
+        AdminRequest::PolicyShow { version } => svc.policy_show(version).await.map(Into::into),
+        AdminRequest::PolicyHistory => svc.policy_history().await.map(Into::into),
         AdminRequest::RecordingsLs { user, node, limit } => {
             if let Some(u) = &user {
                 u.parse::<postern_core::Username>()?;

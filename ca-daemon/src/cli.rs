@@ -155,6 +155,49 @@ pub enum Cmd {
     /// Session recordings uploaded by gateways.
     #[command(subcommand)]
     Recordings(RecordingsCmd),
+    /// The policy in the database, for several instances on PostgreSQL (one instance on
+    /// SQLite reads its policy file).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file, show the change against the version in force, and make it
+    /// the next version (audited), in force on every instance within a second.
+    #[command(
+        after_help = "Examples:\n  posternd policy apply policy.toml --dry-run   # validate and show the change only\n  posternd policy apply policy.toml\n  posternd policy apply policy.toml --if-version 7\n\nErrors name FILE:LINE:COLUMN and change nothing. A file equal to the version in force\nmakes no new version. With one instance on SQLite, edit the policy file instead:\nposternd reloads it when it changes and at SIGHUP."
+    )]
+    Apply {
+        /// The policy (TOML, postern-policy.toml(5)).
+        file: std::path::PathBuf,
+        /// Only validate and show the change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless version N is in force (another admin's change in between is not
+        /// overwritten unseen).
+        #[arg(long, value_name = "N")]
+        if_version: Option<i64>,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// Print the policy in force (or one version of it).
+    #[command(
+        after_help = "Examples:\n  posternd policy show\n  posternd policy show --version 3 > policy-v3.toml"
+    )]
+    Show {
+        /// One version instead of the one in force.
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+        #[command(flatten)]
+        a: AdminArgs,
+    },
+    /// List the policy's versions: when, by whom, and the SHA-256 of each.
+    #[command(after_help = "Example:\n  posternd policy history")]
+    History {
+        #[command(flatten)]
+        a: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]

@@ -11,6 +11,7 @@ mod gateway;
 mod keys;
 mod limits;
 mod nodes;
+mod policy_db;
 mod recordings;
 mod server;
 mod service;
@@ -26,8 +27,8 @@ use clap::Parser;
 // The command line and the config file live in the library (src/lib.rs) so that man/ can
 // render and check them; `crate::config` keeps naming the config module here.
 use posternd::cli::{
-    AdminArgs, AuditCmd, CaCmd, CertsCmd, Cli, Cmd, GatewaysCmd, LockCmd, NodesCmd, RecordingsCmd,
-    TokensCmd, UsersCmd,
+    AdminArgs, AuditCmd, CaCmd, CertsCmd, Cli, Cmd, GatewaysCmd, LockCmd, NodesCmd, PolicyCmd,
+    RecordingsCmd, TokensCmd, UsersCmd,
 };
 use posternd::config;
 
@@ -231,6 +232,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     n.name, n.address.as_deref().unwrap_or("-"),
                     server::fmt_time(n.joined_at),
                     n.last_sync.map_or("never".into(), server::fmt_time)));
+            }
+            s
+        }).await,
+        Cmd::Policy(PolicyCmd::Apply { file, dry_run, if_version, a }) => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let name = file.display().to_string();
+            // Checked here first, so that an error names the file as the admin typed it.
+            postern_core::Policy::parse(&text, &name)?;
+            let req = AdminRequest::PolicyApply { text, file: name, expected_version: if_version, dry_run };
+            admin_cmd(&a, req, |d: &admin::PolicyApplied| {
+                let what = if d.unchanged {
+                    format!("unchanged: version {} in force is this text", d.version)
+                } else if d.dry_run {
+                    format!("valid; not applied (--dry-run): would become version {}", d.previous.unwrap_or(0) + 1)
+                } else {
+                    format!("version {} in force (was {}), sha256 {}", d.version, d.previous.unwrap_or(0), d.sha256)
+                };
+                format!("{}{what}", d.diff)
+            }).await
+        }
+        Cmd::Policy(PolicyCmd::Show { version, a }) => admin_cmd(&a, AdminRequest::PolicyShow { version }, |d: &admin::PolicyText| d.text.trim_end().to_owned()).await,
+        Cmd::Policy(PolicyCmd::History { a }) => admin_cmd(&a, AdminRequest::PolicyHistory, |d: &Vec<admin::PolicyVersion>| {
+            let mut s = format!("{:>7} {:<22} {:<30} SHA256", "VERSION", "APPLIED", "BY");
+            for v in d {
+                s.push_str(&format!("\n{:>7} {:<22} {:<30} {}", v.version, server::fmt_time(v.applied_at), v.applied_by, v.sha256));
             }
             s
         }).await,

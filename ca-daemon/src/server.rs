@@ -277,7 +277,6 @@ pub fn socket_for(config: &Path) -> Result<PathBuf> {
 pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let cfg = Config::load(config)?;
     let keys = Arc::new(keys::load(&cfg.data_dir)?);
-    let policy = load_policy(&cfg.policy)?;
     let audit_key = open_audit_key(&cfg)?;
     let db = db::Db::open_storage(&cfg.storage).await?;
     {
@@ -285,6 +284,19 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         db.run(move |tx| store::meta::claim_ca(tx, &pin, &cluster))
             .await?;
     }
+    // One instance: the file. Several: the database's newest version (the file seeds
+    // version 1 on the first start), never the file again.
+    let (policy, policy_source, policy_version) = if cfg.storage.is_shared() {
+        let (v, p) = crate::policy_db::load_or_seed(&db, &cfg.policy).await?;
+        tracing::info!(version = v, "policy in force from the database");
+        (p, crate::policy_db::PolicySource::Database, Some(v))
+    } else {
+        (
+            load_policy(&cfg.policy)?,
+            crate::policy_db::PolicySource::File(cfg.policy.clone()),
+            None,
+        )
+    };
     tokio::spawn(audit::run_emitter(db.clone(), audit_key));
     let svc = Arc::new(Service {
         cluster: cfg.cluster.clone(),
@@ -292,6 +304,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
         keys: Arc::clone(&keys),
         db,
         policy: RwLock::new(Arc::new(policy)),
+        policy_source,
         ghosts: auth::GhostLockout::default(),
         recordings_dir: cfg.recordings_dir.clone(),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(crate::recordings::UPLOAD_SLOTS)),
@@ -309,7 +322,10 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let admin_listener = admin::bind(&cfg.admin_socket())?;
     let local = listener.local_addr()?;
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&svc)));
-    tokio::spawn(watch_policy(Arc::clone(&svc), cfg.policy.clone()));
+    match policy_version {
+        Some(v) => tokio::spawn(crate::policy_db::watch(Arc::clone(&svc), v)),
+        None => tokio::spawn(watch_policy(Arc::clone(&svc), cfg.policy.clone())),
+    };
     // Abandoned partial uploads: swept now and every hour.
     tokio::spawn(crate::recordings::sweeper(Arc::clone(&svc)));
     let app = api::router(Arc::clone(&svc));
@@ -371,9 +387,7 @@ async fn watch_policy(svc: Arc<Service>, path: PathBuf) {
         let now = now();
         match Policy::parse(&text, &path.display().to_string()) {
             Ok(p) => {
-                if let Ok(mut slot) = svc.policy.write() {
-                    *slot = Arc::new(p);
-                }
+                svc.set_policy(p);
                 tracing::info!(file = %path.display(), "policy reloaded");
                 let _ = svc
                     .db

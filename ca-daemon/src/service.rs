@@ -38,6 +38,8 @@ pub struct Service {
     pub db: Db,
     /// The policy in force (the last good one).
     pub policy: RwLock<Arc<Policy>>,
+    /// Where it comes from: the file (one instance) or the database (several).
+    pub policy_source: crate::policy_db::PolicySource,
     /// Lockout of names that are not users.
     pub ghosts: GhostLockout,
     /// The recordings directory (`[storage] recordings_dir`).
@@ -112,6 +114,14 @@ impl Service {
             .read()
             .map(|p| Arc::clone(&p))
             .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Puts `policy` in force.
+    pub fn set_policy(&self, policy: Policy) {
+        match self.policy.write() {
+            Ok(mut slot) => *slot = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
     }
 
     /// Sets the password and TOTP secret of an invited user.

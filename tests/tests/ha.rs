@@ -284,3 +284,159 @@ fn while_postgresql_is_down_posternd_answers_503_and_reconnects_by_itself_when_i
     alice.login(&c.b);
     verify(&c.a);
 }
+
+/// `policy` with bob's role taken away.
+fn policy_without_bob() -> String {
+    policy().replace(
+        "[users.bob]\nroles = [\"dev\"]\n",
+        "[users.bob]\nroles = []\n",
+    )
+}
+
+#[test]
+fn a_policy_applied_at_one_instance_is_in_force_at_the_other_and_the_files_no_longer_count() {
+    let c = cluster();
+    let mut alice = Person::new("alice");
+    alice.enroll(&c.a);
+    alice.login(&c.b);
+    let mut bob = Person::new("bob");
+    bob.enroll(&c.a);
+    bob.login(&c.b);
+    // Version 1 is the first instance's file, seeded at its first start.
+    let history = c.a.admin_json(&["policy", "history"]);
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+
+    // The attack: an edit of one instance's file would make it serve another policy. In HA
+    // mode the files are not read after the first start.
+    std::fs::write(
+        c.b.dir.path().join("policy.toml"),
+        policy().replace("[users.alice]\nroles = [\"dev\"]\n", ""),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = run(alice.postern().arg("renew"));
+    assert!(
+        out.status.success(),
+        "an edited file changed the policy of B: {}",
+        text(&out)
+    );
+
+    // A bad file is refused with file:line:column and changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[roles.dev]\nlogins = [\"x\"\n").unwrap();
+    let out = c.a.admin(&["policy", "apply", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("{}:3:1: invalid array", bad.display())),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        c.a.admin_json(&["policy", "history"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Apply at A; the dry run first shows the change.
+    let good = dir.path().join("policy.toml");
+    std::fs::write(&good, policy_without_bob()).unwrap();
+    let out =
+        c.a.admin(&["policy", "apply", good.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("-roles = [\"dev\"]") && text(&out).contains("+roles = []"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("not applied"), "{}", text(&out));
+    let applied = c.a.admin_json(&["policy", "apply", good.to_str().unwrap()]);
+    assert_eq!(applied["version"], 2, "{applied}");
+    // A stale --if-version is refused, saying why.
+    let out = c.b.admin(&[
+        "policy",
+        "apply",
+        good.to_str().unwrap(),
+        "--if-version",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("changed since version 1 (now version 2)"),
+        "{}",
+        text(&out)
+    );
+
+    // In force at B without anything done there: bob's renewal through B is refused.
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = run(bob.postern().arg("renew"));
+        if !out.status.success() {
+            refused = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = refused.expect("bob still renews at B after his role was taken away at A");
+    assert!(text(&out).contains("role"), "{}", text(&out));
+    let log = c.b.log_when(|l| l.contains("policy version in force"));
+    let plain = strip_ansi(&log);
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("policy version in force version=2 previous=1")),
+        "{plain}"
+    );
+    // Shown and versioned alike on both, and audited once.
+    let shown = c.b.admin_json(&["policy", "show"]);
+    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["text"].as_str().unwrap(), policy_without_bob());
+    assert_eq!(
+        c.b.admin_json(&["policy", "history"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let applied_events =
+        c.a.audit()
+            .iter()
+            .filter(|e| e["kind"] == "policy.applied")
+            .count();
+    assert_eq!(applied_events, 2);
+}
+
+#[test]
+fn one_instance_on_sqlite_keeps_its_policy_file_and_refuses_policy_apply_saying_why() {
+    let mut ca = Ca::start(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(&f, policy()).unwrap();
+    let out = ca.admin(&["policy", "apply", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("edit that file"), "{}", text(&out));
+    let shown = ca.admin_json(&["policy", "show"]);
+    assert_eq!(shown["version"], serde_json::Value::Null);
+    assert!(shown["source"].as_str().unwrap().ends_with("policy.toml"));
+    ca.stop();
+}
+
+/// The log without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -9,9 +9,11 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use crate::audit::Verification;
+pub use crate::policy_db::{PolicyApplied, PolicyText};
 pub use crate::store::audit::Event;
 pub use crate::store::certs::CertLine;
 pub use crate::store::nodes::NodeLine;
+pub use crate::store::policies::PolicyVersion;
 pub use postern_core::api::{LockEntry, RecordingMeta};
 
 /// `users add NAME`: the new user's invite. Not `Debug`: it holds the invite.
@@ -249,6 +251,12 @@ answers!(
     LockRemoved(LockRemoved),
     /// `recordings ls`.
     Recordings(Vec<RecordingMeta>),
+    /// `policy apply`.
+    PolicyApplied(PolicyApplied),
+    /// `policy show`.
+    PolicyText(PolicyText),
+    /// `policy history`.
+    PolicyHistory(Vec<PolicyVersion>),
 );
 
 /// `answer` as one line of JSON with every object's keys sorted: the bytes the admin socket

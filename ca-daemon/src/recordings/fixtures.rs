@@ -51,6 +51,7 @@ pub(super) async fn service(max_bytes: u64, chunk_bytes: u64) -> (tempfile::Temp
         keys,
         db: Db::open(&d.path().join("posternd.db")).unwrap(),
         policy: std::sync::RwLock::new(Arc::new(Policy::parse(POLICY, "policy.toml").unwrap())),
+        policy_source: crate::policy_db::PolicySource::File("policy.toml".into()),
         ghosts: Default::default(),
         recordings_dir: d.path().join("recordings"),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOAD_SLOTS)),

@@ -21,6 +21,7 @@ pub mod meta;
 pub mod migrations;
 pub mod nodes;
 pub mod pg;
+pub mod policies;
 pub mod recordings;
 #[cfg(test)]
 mod tests;

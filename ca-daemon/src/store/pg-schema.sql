@@ -117,3 +117,12 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     hash TEXT NOT NULL,
     sig TEXT NOT NULL
 );
+-- With several instances the policy lives here (`posternd policy apply`), one row per
+-- version; the newest is in force on every instance.
+CREATE TABLE IF NOT EXISTS policies (
+    version BIGINT PRIMARY KEY,
+    text TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    applied_at BIGINT NOT NULL,
+    applied_by TEXT NOT NULL
+);

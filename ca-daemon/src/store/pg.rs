@@ -178,6 +178,12 @@ pub async fn init_schema(pool: &Pool) -> Result<()> {
             if v < CURRENT {
                 bail!("the database has schema version {v}; this posternd has no PostgreSQL steps from it to {CURRENT}");
             }
+            // Every statement is `IF NOT EXISTS`: tables added to the schema since this
+            // database was made are created, and nothing else changes.
+            tx.batch_execute(include_str!("pg-schema.sql"))
+                .await
+                .map_err(error)
+                .context("cannot complete the schema")?;
         }
     }
     tx.commit().await.map_err(error)
