@@ -1,5 +1,8 @@
 //! Load generator for `bench/ca`: many concurrent clients renewing certificates over mTLS,
-//! each on its own keep-alive connection, counting answers per second.
+//! each on its own keep-alive connection, counting answers per second. With several `--url`
+//! (instances of one CA), client `i` starts at URL `i mod n` and moves to the next one when a
+//! request gets no answer (or a 502/503/504); the longest time any client went without a
+//! successful answer is the failover gap.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +15,9 @@ use clap::Parser;
 /// Renewal load: `--home` once per enrolled and logged-in user.
 #[derive(Parser)]
 struct Args {
-    /// API base URL.
-    #[arg(long)]
-    url: String,
+    /// API base URL (repeat for several instances).
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
     /// Cluster name (folder under ~/.ssh/postern).
     #[arg(long)]
     cluster: String,
@@ -57,19 +60,26 @@ async fn main() -> Result<()> {
     let a = Args::parse();
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let gap_us = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..a.concurrency {
         let c = client(&a.homes[i % a.homes.len()], &a.cluster)?;
-        let url = format!("{}/v1/renew", a.url);
-        let (ok, failed) = (Arc::clone(&ok), Arc::clone(&failed));
+        let urls: Vec<String> = a.urls.iter().map(|u| format!("{u}/v1/renew")).collect();
+        let (ok, failed, gap_us) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&gap_us));
         tasks.push(tokio::spawn(async move {
+            let mut at = i % urls.len();
+            let mut last_ok = Instant::now();
             while Instant::now() < deadline {
-                match c.post(&url).body("{}").send().await {
+                let gone = match c.post(&urls[at]).body("{}").send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         ok.fetch_add(1, Ordering::Relaxed);
+                        let gap = u64::try_from(last_ok.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        gap_us.fetch_max(gap, Ordering::Relaxed);
+                        last_ok = Instant::now();
+                        false
                     }
                     Ok(r) => {
                         let s = r.status();
@@ -77,12 +87,17 @@ async fn main() -> Result<()> {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("renew failed: {s} {body}");
                         }
+                        matches!(s.as_u16(), 502..=504)
                     }
                     Err(e) => {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("renew failed: {e}");
                         }
+                        true
                     }
+                };
+                if gone && urls.len() > 1 {
+                    at = (at + 1) % urls.len();
                 }
             }
         }));
@@ -95,7 +110,8 @@ async fn main() -> Result<()> {
     let f = failed.load(Ordering::Relaxed);
     println!(
         "{}",
-        serde_json::json!({ "ok": n, "failed": f, "seconds": secs, "per_second": n as f64 / secs })
+        serde_json::json!({ "ok": n, "failed": f, "seconds": secs, "per_second": n as f64 / secs,
+            "max_gap_ms": gap_us.load(Ordering::Relaxed) as f64 / 1000.0 })
     );
     if n == 0 {
         bail!("no renewal succeeded");
