@@ -70,6 +70,7 @@ const FAIL_FAST: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Job>,
+    shared: bool,
 }
 
 impl Db {
@@ -82,7 +83,7 @@ impl Db {
             .name("posternd-db".into())
             .spawn(move || writer(conn, rx))
             .context("cannot start the database thread")?;
-        Ok(Db { tx })
+        Ok(Db { tx, shared: false })
     }
 
     /// Opens the storage a config names: the SQLite file, or a pool to PostgreSQL (whose
@@ -101,9 +102,22 @@ impl Db {
                     .name("posternd-db".into())
                     .spawn(move || pg_writer(pool, rt, rx))
                     .context("cannot start the database thread")?;
-                Ok(Db { tx })
+                Ok(Db { tx, shared: true })
             }
         }
+    }
+
+    /// Whether this instance holds the lease `name` for `ttl` from now: background work that
+    /// one instance of many does at a time. Always on SQLite (one instance).
+    pub async fn lease(&self, name: &'static str, ttl: std::time::Duration) -> Result<bool> {
+        if !self.shared {
+            return Ok(true);
+        }
+        let now = crate::service::now();
+        let until = now + ttl.as_secs();
+        let holder = instance_id().to_owned();
+        self.run(move |tx| crate::store::meta::take_lease(tx, name, &holder, now, until))
+            .await
     }
 
     /// Runs `f` inside a transaction (one savepoint of the group commit), handing it the
@@ -266,4 +280,14 @@ pub fn with_tx<T>(storage: &Storage, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Re
             }
         }
     }
+}
+
+/// This process's id as a lease holder (random, per start).
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        format!("posternd-{}-{}", std::process::id(), hex::encode(b))
+    })
 }

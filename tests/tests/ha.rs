@@ -95,6 +95,17 @@ fn two_instances_on_postgres_share_users_logins_and_one_audit_chain() {
     assert_eq!(c.a.audit().len(), c.b.audit().len());
     verify(&c.a);
     verify(&c.b);
+    // Background work runs once: one instance holds the sweep's lease.
+    let holds = |ca: &Ca| {
+        strip_ansi(&ca.log_when(|l| l.contains("sweeps abandoned uploads")))
+            .contains("this instance sweeps abandoned uploads")
+    };
+    assert!(
+        holds(&c.a) != holds(&c.b),
+        "A: {}\nB: {}",
+        c.a.log(),
+        c.b.log()
+    );
     // The rows are in PostgreSQL, not in a file of either instance.
     assert!(!c.a.dir.path().join("posternd.db").exists());
     assert_eq!(

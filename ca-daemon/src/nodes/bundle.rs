@@ -64,7 +64,7 @@ pub fn build_krl(conn: &Tx<'_>, keys: &KeyStore, now: u64) -> Result<Krl> {
         }
     }
     Ok(Krl {
-        version: now,
+        version: store::meta::krl_version(conn, now)?,
         generated: now,
         comment: "postern".into(),
         certs,

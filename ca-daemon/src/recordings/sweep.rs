@@ -134,7 +134,39 @@ pub(super) async fn sweep(db: &Db, store: &Store, data_dir: &Path, now: u64) -> 
 
 /// Sweeps abandoned uploads when the daemon starts and every [`SWEEP_EVERY_SECS`].
 pub async fn sweeper(svc: Arc<Service>) {
+    // With several instances on one database and one recordings directory, one sweeps at a
+    // time: the lease outlives a sweep and is taken again at the next.
+    let lease = std::time::Duration::from_secs(SWEEP_EVERY_SECS + 600);
+    let mut held = None;
     loop {
+        let now_held = svc.db.lease("recordings.sweep", lease).await;
+        if let Ok(h) = now_held {
+            if held != Some(h) {
+                tracing::info!(
+                    lease = "recordings.sweep",
+                    held = h,
+                    "{}",
+                    if h {
+                        "this instance sweeps abandoned uploads"
+                    } else {
+                        "another instance sweeps abandoned uploads"
+                    }
+                );
+                held = Some(h);
+            }
+        }
+        match now_held {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(std::time::Duration::from_secs(SWEEP_EVERY_SECS)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot take the sweep's lease; sweeping later");
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                continue;
+            }
+        }
         match sweep(&svc.db, &svc.recordings, &svc.recordings_dir, now()).await {
             Ok(s) if s != Swept::default() => tracing::info!(
                 uploads = s.uploads,

@@ -126,3 +126,9 @@ CREATE TABLE IF NOT EXISTS policies (
     applied_at BIGINT NOT NULL,
     applied_by TEXT NOT NULL
 );
+-- Background work that one instance of many does at a time (the sweep of abandoned uploads).
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until BIGINT NOT NULL
+);

@@ -249,6 +249,10 @@ async fn the_audit_chain_and_meta(db: &Db) {
     assert!(run(db, |tx| audit::first_report(tx, "gw1", "e1", 1)).await);
     assert!(!run(db, |tx| audit::first_report(tx, "gw1", "e1", 2)).await);
 
+    // The KRL's version never goes back, whatever an instance's clock says.
+    assert_eq!(run(db, |tx| meta::krl_version(tx, 1_000)).await, 1_000);
+    assert_eq!(run(db, |tx| meta::krl_version(tx, 990)).await, 1_000);
+    assert_eq!(run(db, |tx| meta::krl_version(tx, 1_001)).await, 1_001);
     run(db, |tx| meta::claim_ca(tx, "sha256:aa", "c.test")).await;
     run(db, |tx| meta::claim_ca(tx, "sha256:aa", "c.test")).await;
     let e = db
@@ -330,6 +334,10 @@ async fn every_test(db: Db) {
     the_audit_chain_and_meta(&db).await;
 }
 
+async fn db_pg_lease(storage: &Storage) -> Db {
+    Db::open_storage(storage).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_on_sqlite() {
     let d = tempfile::tempdir().unwrap();
@@ -349,7 +357,17 @@ async fn the_store_on_postgres() {
     });
     every_test(Db::open_storage(&storage).await.unwrap()).await;
     // The schema is made once: a second instance opens the same database as it is.
+    // One holder at a time; a lease run out is taken by the next.
+    assert!(
+        run(&db_pg_lease(&storage).await, |tx| meta::take_lease(
+            tx, "w", "one", 10, 20
+        ))
+        .await
+    );
     let again = Db::open_storage(&storage).await.unwrap();
+    assert!(!run(&again, |tx| meta::take_lease(tx, "w", "two", 15, 25)).await);
+    assert!(run(&again, |tx| meta::take_lease(tx, "w", "one", 15, 30)).await);
+    assert!(run(&again, |tx| meta::take_lease(tx, "w", "two", 31, 40)).await);
     assert_eq!(run(&again, audit::head).await.map(|h| h.0), Some(2_100));
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
 }
