@@ -207,6 +207,10 @@ pub fn init(
         Some(f) => keys::copy_from(&f.data_dir, data_dir, &names, now())?,
     }
     let mut config_text = Config::render(cluster_name.as_str(), &listen, &api_url);
+    // What every instance must say alike comes from the instance the keys come from.
+    if let Some(addr) = from.as_ref().and_then(|f| f.gateway_public_addr.as_ref()) {
+        config_text.push_str(&format!("\n[gateway]\npublic_addr = {addr:?}\n"));
+    }
     config_text.push_str(&storage_section);
     keys::write_new(&config_path, config_text.as_bytes(), 0o644)?;
     let policy_path = data_dir.join("policy.toml");
