@@ -12,10 +12,10 @@ use postern_core::api::{
     CertResponse, EnrollRequest, EnrollResponse, LoginRequest, PingResponse, RenewRequest,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Resend};
 use crate::pin::CaPin;
 use crate::tls::ClientIdentity;
-use crate::url::CaUrl;
+use crate::url::CaUrls;
 
 /// A connection to posternd's API whose calls block. Must not be used (or dropped) inside an
 /// async runtime: code that runs on one uses [`crate::Client`].
@@ -26,9 +26,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `base`, trusting only the CA with `pin`, presenting `identity` if given.
+    /// A client for `bases`, trusting only the CA with `pin`, presenting `identity` if given;
+    /// see [`crate::Client`] for how it fails over between several.
     pub fn new(
-        base: &CaUrl,
+        bases: impl Into<CaUrls>,
         pin: CaPin,
         identity: Option<ClientIdentity>,
     ) -> anyhow::Result<Client> {
@@ -39,9 +40,14 @@ impl Client {
             .context("starting the async runtime")?;
         let inner = {
             let _guard = rt.enter();
-            crate::Client::new(base, pin, identity)?
+            crate::Client::new(bases, pin, identity)?
         };
         Ok(Client { inner, rt })
+    }
+
+    /// The CA's URLs, in the order given.
+    pub fn urls(&self) -> &CaUrls {
+        self.inner.urls()
     }
 
     /// `GET /v1/ping`.
@@ -71,6 +77,18 @@ impl Client {
         body: &Req,
     ) -> Result<Resp, ApiError> {
         self.rt.block_on(self.inner.post(path, body))
+    }
+
+    /// `POST`, sent again as `resend` allows; see [`crate::Client::post_resend`].
+    pub fn post_resend<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        resend: Resend,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, ApiError> {
+        self.rt
+            .block_on(self.inner.post_resend(resend, path, body, timeout))
     }
 
     /// `PUT` raw bytes to `path`; see [`crate::Client::put_bytes`].

@@ -1,10 +1,10 @@
-//! The async client of posternd's API, on which the blocking one is built: one
-//! `reqwest::Client` (its connection pool and one TLS configuration holding the pin and the
-//! identity), built once and cloned cheaply, and every endpoint's logic.
+//! The async client of posternd's API, on which the blocking one is built: the CA's
+//! addresses (each with its connection pool, all with the one TLS configuration holding the
+//! pin and the identity), built once and cloned cheaply, and every endpoint's logic.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -12,48 +12,46 @@ use postern_core::api::{
     CertResponse, EnrollRequest, EnrollResponse, LoginRequest, PingResponse, RenewRequest,
 };
 
-use crate::error::{status_error, transport_error, ApiError};
+use crate::error::{status_error, transport_error, ApiError, Resend};
+use crate::failover::Endpoints;
 use crate::pin::CaPin;
 use crate::tls::{tls_config, ClientIdentity};
-use crate::url::CaUrl;
+use crate::url::CaUrls;
 
 /// The largest answer read from the server; a certificate response is a few kilobytes.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// How long an idle connection stays in the pool. Shorter than posternd's 10 s between
-/// requests, so that the client never picks a connection the server is closing.
-const POOL_IDLE: Duration = Duration::from_secs(5);
-
-/// A connection pool to posternd's API. Clones share the pool and the TLS configuration.
+/// A client of posternd's API at one or several URLs (instances of one CA, sharing the pin).
+/// Clones share the connection pools and which address answered last.
+///
+/// A request goes to the address that answered last. When its failure says that the
+/// instance is gone ([`ApiError::fails_over`]), it goes to the next address, in up to
+/// [`crate::ROUNDS`] rounds over all of them with backoff between rounds
+/// ([`crate::FIRST_BACKOFF`]); whether it may be sent again after it may have reached an
+/// instance depends on the request ([`Resend`]). An answer, a refusal above all, is never
+/// sent on to another address. A URL whose name resolves to several IP addresses counts as
+/// one address per IP address. With one address there is one try, as before.
 #[derive(Clone)]
 pub struct Client {
-    base: CaUrl,
-    http: reqwest::Client,
+    endpoints: Arc<Endpoints>,
 }
 
 impl Client {
-    /// A client for `base`, trusting only the CA with `pin`, presenting `identity` if given.
+    /// A client for `bases`, trusting only the CA with `pin`, presenting `identity` if given.
     pub fn new(
-        base: &CaUrl,
+        bases: impl Into<CaUrls>,
         pin: CaPin,
         identity: Option<ClientIdentity>,
     ) -> anyhow::Result<Client> {
         let tls = tls_config(pin, identity)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .https_only(true)
-            // A redirect would leave the pinned origin's path; the API never redirects.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .pool_idle_timeout(POOL_IDLE)
-            .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTPS client")?;
         Ok(Client {
-            base: base.clone(),
-            http,
+            endpoints: Arc::new(Endpoints::new(bases.into(), tls)?),
         })
+    }
+
+    /// The CA's URLs, in the order given.
+    pub fn urls(&self) -> &CaUrls {
+        self.endpoints.urls()
     }
 
     /// `GET /v1/ping`.
@@ -61,97 +59,144 @@ impl Client {
         self.get("/v1/ping").await
     }
 
-    /// `POST /v1/enroll`.
+    /// `POST /v1/enroll`. The invite is spent by the first instance that takes it.
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
         self.post("/v1/enroll", req).await
     }
 
-    /// `POST /v1/login`.
+    /// `POST /v1/login`. The one-time code's time step is spent by the first instance that
+    /// takes it, and a code refused as spent counts towards the lockout.
     pub async fn login(&self, req: &LoginRequest) -> Result<CertResponse, ApiError> {
         self.post("/v1/login", req).await
     }
 
-    /// `POST /v1/renew` (needs a client identity).
+    /// `POST /v1/renew` (needs a client identity). Sent again after a broken-off answer: a
+    /// renewal spends nothing, and a repeat only certifies the same key again, for the same
+    /// user and deadline; the CLI installs the certificate it was answered.
     pub async fn renew(&self, req: &RenewRequest) -> Result<CertResponse, ApiError> {
-        self.post("/v1/renew", req).await
+        self.post_resend(Resend::Always, "/v1/renew", req, None)
+            .await
     }
 
-    /// `POST` a JSON body to `path` and read the JSON answer.
+    /// `POST` a JSON body to `path` and read the JSON answer. Sent to another address only
+    /// when it reached no server ([`Resend::Unsent`]); see [`Client::post_resend`].
     pub async fn post<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
     ) -> Result<Resp, ApiError> {
-        let url = self.url(path);
-        call(&url, self.http.post(&url).json(body)).await
+        self.post_resend(Resend::Unsent, path, body, None).await
+    }
+
+    /// `POST` a JSON body to `path` and read the JSON answer, sent again as `resend` allows,
+    /// waiting up to `timeout` for the answer when given (a call the server may work on for
+    /// long, such as hashing a large recording) and 60 s otherwise.
+    pub async fn post_resend<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        resend: Resend,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, ApiError> {
+        // Serialized once: every try sends the same bytes.
+        let body = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer {
+            url: path.to_owned(),
+            detail: format!("the request cannot be encoded: {e}"),
+        })?;
+        self.endpoints
+            .run(path, resend, |ep| {
+                let mut req = ep
+                    .http
+                    .post(ep.url(path))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if let Some(t) = timeout {
+                    req = req.timeout(t);
+                }
+                let label = ep.label(path);
+                async move { call(&label, req).await }
+            })
+            .await
     }
 
     /// `PUT` raw bytes to `path` (with its query string) and read the JSON answer. The
-    /// timeout is longer than other calls': a chunk of a recording may be megabytes.
+    /// timeout is longer than other calls': a chunk of a recording may be megabytes. Sent
+    /// again after a broken-off answer, as PUT is idempotent (RFC 9110, section 9.2.2): the
+    /// CA accepts a chunk again whose bytes equal what it holds.
     pub async fn put_bytes<Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: Vec<u8>,
     ) -> Result<Resp, ApiError> {
-        let url = self.url(path);
-        let req = self
-            .http
-            .put(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .timeout(Duration::from_secs(600))
-            .body(body);
-        call(&url, req).await
+        self.endpoints
+            .run(path, Resend::Always, |ep| {
+                let req = ep
+                    .http
+                    .put(ep.url(path))
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .timeout(Duration::from_secs(600))
+                    .body(body.clone());
+                let label = ep.label(path);
+                async move { call(&label, req).await }
+            })
+            .await
     }
 
     /// `POST` a JSON body to `path` and read the JSON answer, waiting up to `timeout` for it
-    /// (a call the server may work on for long, such as hashing a large recording).
+    /// (a call the server may work on for long, such as hashing a large recording). Sent to
+    /// another address only when it reached no server, as [`Client::post`].
     pub async fn post_with_timeout<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, ApiError> {
-        let url = self.url(path);
-        call(&url, self.http.post(&url).json(body).timeout(timeout)).await
+        self.post_resend(Resend::Unsent, path, body, Some(timeout))
+            .await
     }
 
     /// `GET` `path` (with its query string) and read the JSON answer.
     pub async fn get<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp, ApiError> {
-        let url = self.url(path);
-        call(&url, self.http.get(&url)).await
+        self.endpoints
+            .run(path, Resend::Always, |ep| {
+                let req = ep.http.get(ep.url(path));
+                let label = ep.label(path);
+                async move { call(&label, req).await }
+            })
+            .await
     }
 
     /// `GET` `path` and hand the answer's body to `each` piece by piece as it arrives, so
     /// that an answer of any size (a recording) takes bounded memory. Only the connection
     /// has a deadline, not the whole download. A refusal or failure of the server is an
-    /// [`ApiError`] (converted into `E`), as for the other calls.
+    /// [`ApiError`] (converted into `E`), as for the other calls. Another address is tried
+    /// only until an answer's head arrived: `each` may have been given part of the body.
     pub async fn get_streamed<E: From<ApiError>>(
         &self,
         path: &str,
         mut each: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
-        let url = self.url(path);
-        let mut resp = self
-            .http
-            .get(&url)
-            .timeout(NO_DEADLINE)
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = read_body(&url, resp).await?;
-            return Err(status_error(status, &body).into());
-        }
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&url, e))? {
+        let (label, mut resp) = self
+            .endpoints
+            .run(path, Resend::Always, |ep| {
+                let req = ep.http.get(ep.url(path)).timeout(NO_DEADLINE);
+                let label = ep.label(path);
+                async move {
+                    let resp = req.send().await.map_err(|e| transport_error(&label, e))?;
+                    if !resp.status().is_success() {
+                        let status = resp.status();
+                        let body = read_body(&label, resp).await?;
+                        return Err(status_error(status, &body));
+                    }
+                    Ok((label, resp))
+                }
+            })
+            .await?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&label, e))? {
             each(&chunk)?;
         }
         Ok(())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 }
 

@@ -33,6 +33,9 @@ pub enum ApiError {
         url: String,
         /// What went wrong.
         detail: String,
+        /// Whether the request may have reached the server: false when the failure came
+        /// while connecting (DNS, TCP, the TLS handshake), before a byte of it was sent.
+        maybe_sent: bool,
     },
     /// The server answered something this client cannot read.
     BadAnswer {
@@ -41,6 +44,32 @@ pub enum ApiError {
         /// What went wrong.
         detail: String,
     },
+    /// None of several CA addresses answered: each one's failure, from the last round of
+    /// tries (see [`crate::Client`]).
+    Unavailable {
+        /// Each address (its URL, and the IP address when a name resolved to several) with
+        /// its failure, in the order tried.
+        tried: Vec<(String, ApiError)>,
+        /// How many rounds over the addresses were tried.
+        rounds: u32,
+    },
+}
+
+/// Whether a request may be sent again, to the same CA address or another, after it may
+/// have reached one (see [`crate::Client`] for when a client fails over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Only when it certainly reached no server: the failure came while connecting. For a
+    /// request that spends something once (a one-time code, an invite, a join token) or that
+    /// the CA records each time it arrives (an authorization, audit events): a broken-off
+    /// answer or a 502/503/504 does not say the first instance did nothing (a handler past
+    /// its deadline is answered 503 while its work may still commit), and a second
+    /// instance would spend or record it again, or refuse it as already spent.
+    Unsent,
+    /// Also after a broken-off answer or an answer of 502, 503 or 504: the CA does the same
+    /// for a repeat as for the first request, or nothing more (reads, renewals, resumable
+    /// uploads).
+    Always,
 }
 
 impl ApiError {
@@ -55,6 +84,23 @@ impl ApiError {
     /// Whether the server refused on purpose: bad credentials (401), policy (403), lock (423).
     pub fn is_refusal(&self) -> bool {
         matches!(self.status(), Some(401 | 403 | 423))
+    }
+
+    /// Whether this failure says that the instance is gone, so that a request `resend` allows
+    /// goes to the next CA address: no connection (refused, timed out, reset during the
+    /// handshake), or, when resending is always safe, a connection broken before the answer
+    /// or an answer of 502, 503 or 504. Any other answer (a 4xx above all) and any verdict of
+    /// TLS (the pin, the identity) is an answer, the same from every instance.
+    pub fn fails_over(&self, resend: Resend) -> bool {
+        match self {
+            ApiError::Transport { maybe_sent, .. } => !maybe_sent || resend == Resend::Always,
+            ApiError::Status { status, .. } => {
+                matches!(status, 502..=504) && resend == Resend::Always
+            }
+            ApiError::Tls { .. } | ApiError::BadAnswer { .. } | ApiError::Unavailable { .. } => {
+                false
+            }
+        }
     }
 
     /// Whether the server rejected our TLS client identity during the handshake (expired,
@@ -114,9 +160,24 @@ impl fmt::Display for ApiError {
             ApiError::Tls { url, error } => {
                 write!(f, "TLS connection to {url} failed: {}", describe_tls(error))
             }
-            ApiError::Transport { url, detail } => write!(f, "could not reach {url}: {detail}"),
+            ApiError::Transport { url, detail, .. } => write!(f, "could not reach {url}: {detail}"),
             ApiError::BadAnswer { url, detail } => {
                 write!(f, "unexpected answer from {url}: {detail}")
+            }
+            ApiError::Unavailable { tried, rounds } => {
+                write!(f, "no CA address answered")?;
+                if *rounds > 1 {
+                    write!(f, " in {rounds} rounds")?;
+                }
+                for (i, (at, e)) in tried.iter().enumerate() {
+                    f.write_str(if i == 0 { ": " } else { "; " })?;
+                    match e {
+                        // The others name the URL they called.
+                        ApiError::Status { .. } => write!(f, "{at} answered: {e}")?,
+                        _ => write!(f, "{e}")?,
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -170,6 +231,9 @@ pub(crate) fn transport_error(url: &str, e: reqwest::Error) -> ApiError {
     ApiError::Transport {
         url: url.to_owned(),
         detail,
+        // reqwest's connector makes the TCP connection and the TLS handshake; hyper sends
+        // nothing of a request before the connector has given it a connection.
+        maybe_sent: !e.is_connect(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use postern_api_client::{CaPin, CaUrl, Client, ClientIdentity};
+use postern_api_client::{CaPin, CaUrls, Client, ClientIdentity, Resend};
 use postern_core::api::{
     AuthorizeRequest, AuthorizeResponse, GatewayPublicAddr, HostCertRequest, HostCertResponse,
     Inventory, RecordingComplete, RecordingMeta, RecordingUploadStatus,
@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Joined {
-    /// API URL.
-    pub ca: String,
+    /// API URLs (`--ca`, in order): one string, as in files from before several URLs, or a
+    /// list.
+    pub ca: CaUrls,
     /// Pin.
     pub ca_pin: String,
     /// The gateway's name.
@@ -68,6 +69,13 @@ impl IdentityFiles {
     }
 }
 
+/// How [`CaClient::call`] sends a request.
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post(Resend),
+}
+
 /// A CA refusal or failure, with the text to show the user.
 #[derive(Debug)]
 pub struct Refused(pub String, pub Option<u16>);
@@ -106,9 +114,8 @@ impl CaClient {
             &std::fs::read(self.state.join("identity.crt"))?,
             &std::fs::read(self.state.join("identity.key"))?,
         )?;
-        let url: CaUrl = self.joined.ca.parse().map_err(anyhow::Error::msg)?;
         let pin: CaPin = self.joined.ca_pin.parse().map_err(anyhow::Error::msg)?;
-        let client = Arc::new(Client::new(&url, pin, Some(identity))?);
+        let client = Arc::new(Client::new(&self.joined.ca, pin, Some(identity))?);
         if let Ok(files) = files {
             let kept = Kept {
                 files,
@@ -135,9 +142,11 @@ impl CaClient {
             .map_err(|e| Refused(format!("{e:#}"), None))
     }
 
+    /// A `GET` without a body, or a `POST` of `body` sent again to another CA address as
+    /// `resend` allows.
     async fn call<Req, Resp>(
         &self,
-        method: &'static str,
+        method: Method,
         path: &'static str,
         body: Req,
     ) -> Result<Resp, Refused>
@@ -146,39 +155,47 @@ impl CaClient {
         Resp: for<'de> Deserialize<'de>,
     {
         let api = self.client().await?;
-        let r = if method == "GET" {
-            api.get(path).await
-        } else {
-            api.post(path, &body).await
+        let r = match method {
+            Method::Get => api.get(path).await,
+            Method::Post(resend) => api.post_resend(resend, path, &body, None).await,
         };
         r.map_err(refused)
     }
 
     /// `GET /v1/gateway/inventory`.
     pub async fn inventory(&self) -> Result<Inventory> {
-        self.call("GET", "/v1/gateway/inventory", ())
+        self.call(Method::Get, "/v1/gateway/inventory", ())
             .await
             .map_err(|e| anyhow!(e.0))
     }
 
     /// `GET /v1/gateway/public-addr`.
     pub async fn public_addr(&self) -> Result<GatewayPublicAddr, Refused> {
-        self.call("GET", "/v1/gateway/public-addr", ()).await
+        self.call(Method::Get, "/v1/gateway/public-addr", ()).await
     }
 
-    /// `POST /v1/gateway/authorize`.
+    /// `POST /v1/gateway/authorize`. Another CA address is tried only when the request
+    /// reached none: the CA records each authorization of a session id, and a repeat may be
+    /// refused as a second one.
     pub async fn authorize(&self, req: AuthorizeRequest) -> Result<AuthorizeResponse, Refused> {
-        self.call("POST", "/v1/gateway/authorize", req).await
+        self.call(Method::Post(Resend::Unsent), "/v1/gateway/authorize", req)
+            .await
     }
 
-    /// `POST /v1/gateway/host-cert`.
+    /// `POST /v1/gateway/host-cert`. Sent again after a broken-off answer: a repeat only
+    /// certifies the same host key for the same names again.
     pub async fn host_cert(&self, req: HostCertRequest) -> Result<HostCertResponse, Refused> {
-        self.call("POST", "/v1/gateway/host-cert", req).await
+        self.call(Method::Post(Resend::Always), "/v1/gateway/host-cert", req)
+            .await
     }
 
-    /// `POST /v1/node/events`.
+    /// `POST /v1/node/events`. Another CA address is tried only when the request reached
+    /// none: the CA appends every event it receives to the audit log, and the journal sends
+    /// what was not acknowledged again on its own schedule.
     pub async fn events(&self, req: postern_core::api::EventsRequest) -> Result<(), Refused> {
-        let _: serde_json::Value = self.call("POST", "/v1/node/events", req).await?;
+        let _: serde_json::Value = self
+            .call(Method::Post(Resend::Unsent), "/v1/node/events", req)
+            .await?;
         Ok(())
     }
 
@@ -232,8 +249,15 @@ impl UploadSession {
         req: &RecordingComplete,
     ) -> Result<RecordingMeta, Refused> {
         let wait = Duration::from_secs(60 + req.meta.bytes / 20_000_000);
+        // Sent again after a broken-off answer: the CA answers a repeated completion with
+        // what it stored.
         self.api
-            .post_with_timeout(&format!("/v1/gateway/recordings/{id}/complete"), req, wait)
+            .post_resend(
+                Resend::Always,
+                &format!("/v1/gateway/recordings/{id}/complete"),
+                req,
+                Some(wait),
+            )
             .await
             .map_err(refused)
     }

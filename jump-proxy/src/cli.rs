@@ -36,9 +36,11 @@ pub struct Cli {
 pub enum Cmd {
     /// Join the cluster as a gateway: host certificate and mTLS identity.
     Join {
-        /// posternd's API URL.
-        #[arg(long, value_name = "URL")]
-        ca: String,
+        /// posternd's API URL. Repeat it for several instances of the CA: the gateway tries
+        /// them in order and fails over when one is down (inventory, authorization, events,
+        /// recordings); a name may also resolve to several addresses.
+        #[arg(long, value_name = "URL", required = true)]
+        ca: Vec<String>,
         /// The CA pin (sha256:...).
         #[arg(long, value_name = "PIN")]
         ca_pin: String,

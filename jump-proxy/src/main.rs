@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_api_client::{Api, CaPin, CaUrl, CaUrls, ClientIdentity};
 use postern_core::api::{GatewayPublicAddr, JoinRequest, JoinResponse, Secret};
 use postern_core::cert::generate_ed25519;
 use ssh_key::{Certificate, LineEnding, PrivateKey};
@@ -37,7 +37,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 fn join(
-    ca: String,
+    ca: Vec<String>,
     ca_pin: String,
     token: String,
     name: String,
@@ -57,7 +57,13 @@ fn join(
         }
     };
     let identity = generate_ed25519(&format!("postern-gate identity {name}"))?;
-    let url: CaUrl = ca.parse().map_err(anyhow::Error::msg)?;
+    let url = CaUrls::new(
+        ca.iter()
+            .map(|u| u.parse::<CaUrl>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?,
+    )
+    .ok_or_else(|| anyhow::anyhow!("--ca is required"))?;
     let pin: CaPin = ca_pin.parse().map_err(anyhow::Error::msg)?;
     let api = Api::new(&url, pin, None)?;
     let resp: JoinResponse = api.post(
@@ -122,7 +128,7 @@ fn join(
         .map(|p| format!(" (users reach it at {p})"))
         .unwrap_or_default();
     let joined = ca::Joined {
-        ca: url.to_string(),
+        ca: url,
         ca_pin: pin.to_string(),
         name: name.clone(),
         cluster: resp.cluster.clone(),

@@ -236,9 +236,10 @@ fn secret_arg(s: &str) -> Result<Secret, std::convert::Infallible> {
 
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// Base URL of the Postern CA
-    #[arg(long, value_name = "URL")]
-    pub ca: CaUrl,
+    /// Base URL of the Postern CA; repeat it for several instances of the CA, tried in order
+    /// (a name may also resolve to several addresses). Remembered for `postern login`
+    #[arg(long, value_name = "URL", required = true)]
+    pub ca: Vec<CaUrl>,
     /// SHA-256 pin of the service CA certificate, as printed by `posternd init`
     #[arg(long, value_name = "PIN")]
     pub ca_pin: CaPin,
@@ -264,9 +265,11 @@ pub struct EnrollArgs {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// Base URL of the Postern CA (default: the one of the last login)
+    /// Base URL of the Postern CA (default: those of the last login); repeat it for several
+    /// instances of the CA, tried in order (a name may also resolve to several addresses).
+    /// Remembered, so that `postern renew` and the other commands fail over too
     #[arg(long, value_name = "URL")]
-    pub ca: Option<CaUrl>,
+    pub ca: Vec<CaUrl>,
     /// SHA-256 pin of the service CA certificate (default: remembered with --ca)
     #[arg(long, value_name = "PIN")]
     pub ca_pin: Option<CaPin>,

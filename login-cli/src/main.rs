@@ -21,6 +21,7 @@ use crate::commands::Refused;
 use crate::profile::Layout;
 // The command line lives in the library (src/cli.rs) so that man/ can render it.
 use postern::cli::{Cli, Command, RecordingsCommand};
+use postern_api_client::CaUrls;
 
 /// Exit status of an operational error.
 const EXIT_ERROR: u8 = 1;
@@ -48,7 +49,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll(a) => commands::enroll::run(
             &layout,
             commands::enroll::Args {
-                ca: a.ca,
+                // Clap requires at least one.
+                ca: CaUrls::new(a.ca).context("--ca is required")?,
                 ca_pin: a.ca_pin,
                 user: a.user,
                 invite: match a.invite {
@@ -62,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => commands::login::run(
             &layout,
             commands::login::Args {
-                ca: a.ca,
+                ca: CaUrls::new(a.ca),
                 ca_pin: a.ca_pin,
                 user: a.user,
                 ttl: a.ttl,

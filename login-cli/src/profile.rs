@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use postern_api_client::CaUrls;
 use postern_core::{ClusterName, Login, Permit, Username};
 
 use crate::files;
@@ -84,8 +85,9 @@ impl Layout {
 /// `~/.ssh/postern/current.json`: what `postern login` uses when flags are omitted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Current {
-    /// The CA's base URL.
-    pub ca: String,
+    /// The CA's base URLs (`--ca`, in order): one string, as in files from before several
+    /// URLs, or a list.
+    pub ca: CaUrls,
     /// The service CA pin.
     pub ca_pin: String,
     /// The Postern user.
@@ -98,8 +100,8 @@ pub struct Current {
 /// `profile.json` of a cluster: what the last login or renewal granted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
-    /// The CA's base URL.
-    pub ca: String,
+    /// The CA's base URLs, as in `current.json`.
+    pub ca: CaUrls,
     /// The service CA pin.
     pub ca_pin: String,
     /// The Postern user.

@@ -45,9 +45,11 @@ pub enum Cmd {
         after_help = "Example:\n  POSTERN_JOIN_TOKEN=T postern-shim join --ca https://ca:3080 --ca-pin sha256:... --name web1 --labels env=prod --pam\n\nThe drop-in sets AuthorizedKeysFile none, PasswordAuthentication no and KbdInteractiveAuthentication no (unless --keep-local-auth), so that the gateway is the only way in. It is checked with `sshd -t`, then `sshd -T` must show Postern's value for every keyword Postern relies on (sshd keeps the first value it reads, so an earlier line in sshd_config wins); when either check fails the drop-in is removed again and sshd keeps its old configuration. Running join again (with a new token) is safe."
     )]
     Join {
-        /// posternd's API URL.
-        #[arg(long, value_name = "URL")]
-        ca: String,
+        /// posternd's API URL. Repeat it for several instances of the CA: `join` and `sync`
+        /// (and the PAM events) try them in order and fail over when one is down; a name may
+        /// also resolve to several addresses.
+        #[arg(long, value_name = "URL", required = true)]
+        ca: Vec<String>,
         /// The CA pin printed by `posternd init` (sha256:...).
         #[arg(long, value_name = "PIN")]
         ca_pin: String,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use postern_api_client::{Api, CaPin, CaUrl};
+use postern_api_client::{Api, CaPin, CaUrls};
 use postern_core::api::{JoinRequest, JoinResponse, Secret};
 use postern_core::cert::generate_ed25519;
 use postern_core::{Labels, NodeName};
@@ -21,8 +21,8 @@ pub use crate::sshd::COMMAND_USER;
 
 /// Everything `join` needs.
 pub struct JoinArgs {
-    /// API URL.
-    pub ca: CaUrl,
+    /// API URLs, in order.
+    pub ca: CaUrls,
     /// Pin.
     pub pin: CaPin,
     /// Token.
@@ -226,7 +226,7 @@ pub fn join(a: JoinArgs) -> Result<JoinResponse> {
     ensure_command_user()?;
     install_bundle(&a.state, &resp.bundle)?;
     let joined = Joined {
-        ca: a.ca.to_string(),
+        ca: a.ca.clone(),
         ca_pin: a.pin.to_string(),
         name: a.name.clone(),
         cluster: resp.cluster.clone(),

@@ -103,7 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_local_auth,
         } => {
             let resp = join::join(join::JoinArgs {
-                ca: ca.parse().map_err(anyhow::Error::msg)?,
+                ca: postern_api_client::CaUrls::new(
+                    ca.iter()
+                        .map(|u| u.parse())
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(anyhow::Error::msg)?,
+                )
+                .ok_or_else(|| anyhow::anyhow!("--ca is required"))?,
                 pin: ca_pin.parse().map_err(anyhow::Error::msg)?,
                 token: Secret::new(token),
                 name: postern_core::names::parse_node_name(&name)?,
@@ -142,7 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .and_then(|t| ssh_key::Certificate::from_openssh(t.trim()).ok());
             let now = now();
             let v = serde_json::json!({
-                "name": j.name, "cluster": j.cluster, "ca": j.ca,
+                "name": j.name, "cluster": j.cluster, "ca": j.ca.first().as_str(),
+                "ca_urls": j.ca.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
                 "labels": bundle.as_ref().map(|b| b.labels.to_string()),
                 "bundle_age_secs": bundle.as_ref().map(|b| now.saturating_sub(b.generated_at)),
                 "bundle_stale": bundle.as_ref().map(|b| now.saturating_sub(b.generated_at) > b.max_bundle_age.as_secs()),

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use postern_api_client::CaUrls;
 use postern_core::api::Bundle;
 use postern_core::{ClusterName, NodeName};
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,9 @@ pub use postern_shim::cli::DEFAULT_STATE_DIR;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Joined {
-    /// The CA's API URL.
-    pub ca: String,
+    /// The CA's API URLs (`--ca`, in order): one string, as in files from before several
+    /// URLs, or a list.
+    pub ca: CaUrls,
     /// The service CA pin.
     pub ca_pin: String,
     /// This node's name.

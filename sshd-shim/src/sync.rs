@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
-use postern_api_client::{Api, CaPin, CaUrl, ClientIdentity};
+use postern_api_client::{Api, CaPin, ClientIdentity, Resend};
 use postern_core::api::{Bundle, EventsRequest, NodeEvent, SyncRequest, SyncResponse};
 use postern_core::batch::{EventBatch, Offer};
 use ssh_key::Certificate;
@@ -51,9 +51,8 @@ pub fn api(state: &StateDir) -> Result<Api> {
         &fs::read(state.path("identity.crt"))?,
         &fs::read(state.path("identity.key"))?,
     )?;
-    let url: CaUrl = j.ca.parse().map_err(anyhow::Error::msg)?;
     let pin: CaPin = j.ca_pin.parse().map_err(anyhow::Error::msg)?;
-    Api::new(&url, pin, Some(identity))
+    Api::new(&j.ca, pin, Some(identity))
 }
 
 /// Delivers spooled events; returns how many were delivered.
@@ -132,7 +131,10 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
     let host_public_key = fs::read_to_string(state.path("ssh_host_ed25519_key.pub"))
         .ok()
         .map(|s| s.trim().to_owned());
-    let resp: SyncResponse = api.post(
+    // Sent again to another instance after a broken-off answer: a sync changes nothing but
+    // the host certificate, and a repeat only certifies the same host key again.
+    let resp: SyncResponse = api.post_resend(
+        Resend::Always,
         "/v1/node/sync",
         &SyncRequest {
             host_cert_window: window,
@@ -140,6 +142,7 @@ pub fn sync(state: &StateDir, opts: SyncOptions) -> Result<String> {
             renew: opts.renew,
             audit_checkpoint: true,
         },
+        None,
     )?;
     let previous = state.load_bundle().ok().and_then(|b| b.audit_checkpoint);
     install_bundle(state, &resp.bundle)?;

@@ -40,15 +40,23 @@ impl Gate {
 
     /// Joins the gateway (for `port`) without starting it: `spawn` starts it.
     pub fn joined(ca: &Ca, port: u16) -> Gate {
+        Gate::joined_via(ca, &[&ca.url], port)
+    }
+
+    /// [`Gate::joined`] with `--ca` once for each of `urls`, in order.
+    pub fn joined_via(ca: &Ca, urls: &[&str], port: u16) -> Gate {
         let dir = tempfile::Builder::new()
             .prefix("postern-gate")
             .tempdir()
             .unwrap();
         let token = ca.token("gateway", "gate1", "");
-        let out = run(Command::new(bin("postern-gate"))
-            .args([
-                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", &token, "--name", "gate1",
-            ])
+        let mut cmd = Command::new(bin("postern-gate"));
+        cmd.arg("join");
+        for u in urls {
+            cmd.args(["--ca", u]);
+        }
+        let out = run(cmd
+            .args(["--ca-pin", &ca.pin, "--token", &token, "--name", "gate1"])
             .args(["--address", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(dir.path()));
         assert!(out.status.success(), "gate join: {}", text(&out));

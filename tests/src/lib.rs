@@ -5,14 +5,17 @@
 //! One module per subject: `ca` (the posternd under test), `person` (a user: enrolling,
 //! `postern login`, ssh through the gateway), `sshd` (test accounts and a stock sshd from the
 //! distribution's pristine sshd_config, Debian 12 or the Debian 13 chroot), `node` (a server
-//! joined with postern-shim), `gateway` (postern-gate and the cluster of the gateway stories), `pg` (a real PostgreSQL server)
-//! and `util` (binaries, ports, running commands, waiting for log lines). Everything a test
+//! joined with postern-shim), `gateway` (postern-gate and the cluster of the gateway stories),
+//! `pg` (a real PostgreSQL server), `forward` (a TCP forwarder a test stops and starts: one
+//! posternd as two instances), and `util` (binaries, ports, running commands, waiting for log
+//! lines). Everything a test
 //! uses is re-exported here, so tests name `postern_tests::Ca`, not its module.
 //!
 //! The binaries are taken from the cargo target directory (`scripts/test` builds them first).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod ca;
+mod forward;
 mod gateway;
 mod node;
 mod person;
@@ -21,6 +24,7 @@ mod sshd;
 mod util;
 
 pub use ca::{curl, Ca};
+pub use forward::Forwarder;
 pub use gateway::{pkcs8_v1, Gate, GateCluster};
 pub use node::{installed_shim, installed_shim_in, shim_logs_to_stderr, Node};
 pub use person::{base32_decode, Person};

@@ -172,18 +172,24 @@ impl Node {
 
     /// Runs `postern-shim join` for this node's files, as an admin on that server would.
     pub fn run_join(&self, ca: &Ca, token: &str, extra: &[&str]) -> Output {
+        self.run_join_via(ca, &[&ca.url], token, extra)
+    }
+
+    /// [`Node::run_join`] with `--ca` once for each of `urls`, in order.
+    pub fn run_join_via(&self, ca: &Ca, urls: &[&str], token: &str, extra: &[&str]) -> Output {
         let d = self.dir.path();
         let shim = installed_shim_in(self.root.as_deref());
         let program = match &self.root {
             Some(_) => shim.clone(),
             None => bin("postern-shim"),
         };
-        run(self
-            .command(&program)
-            .args([
-                "join", "--ca", &ca.url, "--ca-pin", &ca.pin, "--token", token, "--name",
-                &self.name,
-            ])
+        let mut cmd = self.command(&program);
+        cmd.arg("join");
+        for u in urls {
+            cmd.args(["--ca", u]);
+        }
+        run(cmd
+            .args(["--ca-pin", &ca.pin, "--token", token, "--name", &self.name])
             .args(["--address", &format!("127.0.0.1:{}", self.port)])
             .arg("--state-dir")
             .arg(self.inner(&d.join("state")))

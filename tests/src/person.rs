@@ -95,11 +95,26 @@ impl Person {
 
     /// `postern login` with the password on stdin and extra arguments.
     pub fn login_with(&mut self, ca: &Ca, password: &str, otp: &str, extra: &[&str]) -> Output {
+        let url = ca.url.clone();
+        self.login_via(ca, &[&url], password, otp, extra)
+    }
+
+    /// [`Person::login_with`] with `--ca` once for each of `urls`, in order.
+    pub fn login_via(
+        &mut self,
+        ca: &Ca,
+        urls: &[&str],
+        password: &str,
+        otp: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut cmd = self.postern();
+        cmd.arg("login");
+        for u in urls {
+            cmd.args(["--ca", u]);
+        }
         run_with_input(
-            self.postern()
-                .args([
-                    "login", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", &self.user,
-                ])
+            cmd.args(["--ca-pin", &ca.pin, "--user", &self.user])
                 .args(["--password-stdin", "--otp", otp])
                 .args(extra),
             &format!("{password}\n"),

@@ -13,15 +13,15 @@ use subtle::ConstantTimeEq as _;
 
 use crate::profile::{self, Current, Layout};
 use crate::prompt;
-use postern_api_client::{Api, CaPin, CaUrl};
+use postern_api_client::{Api, CaPin, CaUrls};
 
 use super::api_failure;
 
 /// Flags of `postern enroll`.
 #[derive(Debug)]
 pub struct Args {
-    /// `--ca`.
-    pub ca: CaUrl,
+    /// `--ca`, once or more.
+    pub ca: CaUrls,
     /// `--ca-pin`.
     pub ca_pin: CaPin,
     /// `--user`.
@@ -132,12 +132,12 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
     let cluster = profile::load_current(layout)
         .ok()
         .flatten()
-        .filter(|c| c.ca == args.ca.as_str())
+        .filter(|c| c.ca == args.ca)
         .and_then(|c| c.cluster);
     if let Err(e) = profile::save_current(
         layout,
         &Current {
-            ca: args.ca.to_string(),
+            ca: args.ca.clone(),
             ca_pin: args.ca_pin.to_string(),
             user: args.user.clone(),
             cluster,

@@ -8,7 +8,7 @@ use postern_core::{Ttl, Username};
 use crate::files::{self, IncludeOutcome};
 use crate::profile::{self, Current, Layout};
 use crate::prompt;
-use postern_api_client::{Api, CaPin, CaUrl};
+use postern_api_client::{Api, CaPin, CaUrls};
 use postern_core::clock::now as now_unix;
 
 use super::{agent, api_failure, store};
@@ -16,8 +16,8 @@ use super::{agent, api_failure, store};
 /// Flags of `postern login`.
 #[derive(Debug)]
 pub struct Args {
-    /// `--ca`.
-    pub ca: Option<CaUrl>,
+    /// `--ca`, in order; `None` when not given.
+    pub ca: Option<CaUrls>,
     /// `--ca-pin`.
     pub ca_pin: Option<CaPin>,
     /// `--user`.
@@ -34,13 +34,10 @@ pub struct Args {
     pub json: bool,
 }
 
-/// CA, pin and user from the flags, falling back to `current.json`. A remembered pin is used
-/// only for the URL it was remembered with.
-fn resolve(args: &Args, current: Option<&Current>) -> anyhow::Result<(CaUrl, CaPin, Username)> {
-    let remembered_ca = current
-        .map(|c| c.ca.parse::<CaUrl>())
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("current.json: {e}"))?;
+/// CA URLs, pin and user from the flags, falling back to `current.json`. A remembered pin
+/// (and user) is used only when every URL given is among those it was remembered with.
+fn resolve(args: &Args, current: Option<&Current>) -> anyhow::Result<(CaUrls, CaPin, Username)> {
+    let remembered_ca = current.map(|c| c.ca.clone());
     let ca = match (&args.ca, &remembered_ca) {
         (Some(ca), _) => ca.clone(),
         (None, Some(ca)) => ca.clone(),
@@ -48,7 +45,9 @@ fn resolve(args: &Args, current: Option<&Current>) -> anyhow::Result<(CaUrl, CaP
             "--ca URL is required for the first login (for example --ca https://ca.example.com:3080)"
         ),
     };
-    let same_ca = remembered_ca.as_ref() == Some(&ca);
+    let same_ca = remembered_ca
+        .as_ref()
+        .is_some_and(|r| ca.iter().all(|u| r.contains(u)));
     let pin = match (args.ca_pin, current.filter(|_| same_ca)) {
         (Some(p), _) => p,
         (None, Some(c)) => c
@@ -111,12 +110,12 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
     store::check_not_expired(&issued, now)?;
 
     let dir = store::install(layout, &issued, Some(&key))?;
-    let mut prof = store::profile_of(&issued, ca.as_str(), pin, false);
+    let mut prof = store::profile_of(&issued, &ca, pin, false);
     store::save_profile(layout, &prof)?;
     profile::save_current(
         layout,
         &Current {
-            ca: ca.to_string(),
+            ca: ca.clone(),
             ca_pin: pin.to_string(),
             user: user.clone(),
             cluster: Some(issued.cluster.clone()),
@@ -172,7 +171,10 @@ mod tests {
 
     fn current() -> Current {
         Current {
-            ca: "https://ca.example.com:3080".into(),
+            ca: "https://ca.example.com:3080"
+                .parse::<postern_api_client::CaUrl>()
+                .unwrap()
+                .into(),
             ca_pin: PIN.into(),
             user: "alice".parse().unwrap(),
             cluster: None,
@@ -182,7 +184,7 @@ mod tests {
     #[test]
     fn second_login_needs_no_flags() {
         let (ca, pin, user) = resolve(&args(), Some(&current())).unwrap();
-        assert_eq!(ca.as_str(), "https://ca.example.com:3080");
+        assert_eq!(ca.to_string(), "https://ca.example.com:3080");
         assert_eq!(pin.to_string(), PIN);
         assert_eq!(user.as_str(), "alice");
     }
@@ -192,7 +194,7 @@ mod tests {
         let e = resolve(&args(), None).unwrap_err();
         assert!(e.to_string().contains("--ca"), "{e}");
         let mut a = args();
-        a.ca = Some("https://ca.example.com".parse().unwrap());
+        a.ca = Some(urls(&["https://ca.example.com"]));
         assert!(resolve(&a, None)
             .unwrap_err()
             .to_string()
@@ -207,8 +209,33 @@ mod tests {
     #[test]
     fn remembered_pin_is_not_used_for_another_ca() {
         let mut a = args();
-        a.ca = Some("https://other.example.com".parse().unwrap());
+        a.ca = Some(urls(&["https://other.example.com"]));
         let e = resolve(&a, Some(&current())).unwrap_err();
         assert!(e.to_string().contains("--ca-pin"), "{e}");
+        // Nor for a list with a URL it was not remembered with.
+        a.ca = Some(urls(&[
+            "https://ca.example.com:3080",
+            "https://other.example.com",
+        ]));
+        let e = resolve(&a, Some(&current())).unwrap_err();
+        assert!(e.to_string().contains("--ca-pin"), "{e}");
+    }
+
+    fn urls(list: &[&str]) -> CaUrls {
+        CaUrls::new(list.iter().map(|u| u.parse().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn several_remembered_urls_are_used_and_their_pin_with_any_of_them() {
+        let mut c = current();
+        c.ca = urls(&["https://a.example.com", "https://b.example.com"]);
+        let (ca, pin, _) = resolve(&args(), Some(&c)).unwrap();
+        assert_eq!(ca, c.ca);
+        assert_eq!(pin.to_string(), PIN);
+        let mut a = args();
+        a.ca = Some(urls(&["https://b.example.com"]));
+        let (ca, pin, _) = resolve(&a, Some(&c)).unwrap();
+        assert_eq!(ca.to_string(), "https://b.example.com");
+        assert_eq!(pin.to_string(), PIN);
     }
 }

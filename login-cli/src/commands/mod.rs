@@ -125,8 +125,8 @@ impl Summary {
 pub struct SignedIn {
     /// The remembered profile.
     pub profile: crate::profile::Profile,
-    /// The CA's URL.
-    pub ca: postern_api_client::CaUrl,
+    /// The CA's URLs.
+    pub ca: postern_api_client::CaUrls,
     /// Its pin.
     pub pin: postern_api_client::CaPin,
     /// The X.509 identity of the last login.
@@ -160,10 +160,7 @@ pub fn signed_in(layout: &crate::profile::Layout, what: &str) -> anyhow::Result<
         ))
         .into());
     }
-    let ca = prof
-        .ca
-        .parse()
-        .map_err(|e| anyhow::anyhow!("profile.json: {e}"))?;
+    let ca = prof.ca.clone();
     let pin = prof
         .ca_pin
         .parse()

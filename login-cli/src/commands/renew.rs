@@ -81,10 +81,7 @@ pub fn run(layout: &Layout, args: Args) -> anyhow::Result<()> {
             Err(e) => eprintln!("postern: warning: {e:#}"),
         }
     }
-    store::save_profile(
-        layout,
-        &store::profile_of(&issued, ca.as_str(), pin, prof.agent),
-    )?;
+    store::save_profile(layout, &store::profile_of(&issued, &ca, pin, prof.agent))?;
     store::summary(&issued, &dir, agent_ok).print(
         args.json,
         &format!(

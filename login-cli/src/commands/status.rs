@@ -17,8 +17,12 @@ struct Status {
     cluster: Option<ClusterName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<Username>,
+    /// The first URL, as when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     ca: Option<String>,
+    /// Every URL, in the order they are tried.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ca_urls: Vec<String>,
     principals: Vec<Login>,
     permits: Vec<Permit>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +58,7 @@ pub fn run(layout: &Layout, json: bool) -> anyhow::Result<()> {
                 cluster: None,
                 user: None,
                 ca: None,
+                ca_urls: Vec::new(),
                 principals: Vec::new(),
                 permits: Vec::new(),
                 valid_before: None,
@@ -74,7 +79,8 @@ pub fn run(layout: &Layout, json: bool) -> anyhow::Result<()> {
             logged_in: true,
             cluster: Some(p.cluster),
             user: Some(p.user),
-            ca: Some(p.ca),
+            ca: Some(p.ca.first().to_string()),
+            ca_urls: p.ca.iter().map(ToString::to_string).collect(),
             principals: p.principals,
             permits: p.permits,
             valid_before: Some(p.valid_before),

@@ -16,7 +16,7 @@ use postern_core::{ClusterName, Login, Permit, Ttl, Username};
 use crate::files;
 use crate::profile::{self, Layout, Profile};
 use crate::render::{self, ClusterPaths, Gateway};
-use postern_api_client::CaPin;
+use postern_api_client::{CaPin, CaUrls};
 
 use super::Summary;
 
@@ -206,9 +206,9 @@ pub fn install(
 }
 
 /// The profile recording `issued`.
-pub fn profile_of(issued: &Issued, ca: &str, pin: CaPin, agent: bool) -> Profile {
+pub fn profile_of(issued: &Issued, ca: &CaUrls, pin: CaPin, agent: bool) -> Profile {
     Profile {
-        ca: ca.to_owned(),
+        ca: ca.clone(),
         ca_pin: pin.to_string(),
         user: issued.user.clone(),
         cluster: issued.cluster.clone(),
@@ -370,7 +370,19 @@ mod tests {
         let resp = response(cert_for(key.public_key(), CertType::User));
         let issued = check(resp, &user, key.public_key(), pin).unwrap();
         let dir = install(&layout, &issued, Some(&key)).unwrap();
-        save_profile(&layout, &profile_of(&issued, "https://ca", pin, false)).unwrap();
+        save_profile(
+            &layout,
+            &profile_of(
+                &issued,
+                &"https://ca"
+                    .parse::<postern_api_client::CaUrl>()
+                    .unwrap()
+                    .into(),
+                pin,
+                false,
+            ),
+        )
+        .unwrap();
         for (name, mode) in [
             (profile::KEY, 0o600),
             (profile::TLS_KEY, 0o600),
