@@ -451,3 +451,65 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn kill_9_of_one_instance_under_renewal_and_login_load_loses_no_accepted_request() {
+    let mut c = cluster();
+    let urls = [c.a.url.clone(), c.b.url.clone()];
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let names = ["alice", "bob", "carol"];
+    let mut people: Vec<Person> = names.iter().map(|n| Person::new(n)).collect();
+    for p in people.iter_mut() {
+        p.enroll(&c.b);
+        let (pw, code) = (p.password.clone(), p.fresh_code());
+        let out = p.login_via(&c.a, &urls, &pw, &code, &[]);
+        assert!(out.status.success(), "login: {}", text(&out));
+    }
+    // dave logs in through A-first URLs after A is gone: failover at login.
+    let mut dave = Person::new("dave");
+    dave.enroll(&c.b);
+    const EACH: usize = 10;
+    let ok = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for p in &people {
+            let ok = &ok;
+            s.spawn(move || {
+                for _ in 0..EACH {
+                    let out = run(p.postern().arg("renew"));
+                    assert!(out.status.success(), "{}: renew: {}", p.user, text(&out));
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // A dies in the middle of the load.
+        while ok.load(std::sync::atomic::Ordering::Relaxed) < EACH {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        c.a.stop();
+    });
+    let (pw, code) = (dave.password.clone(), dave.fresh_code());
+    let out = dave.login_via(&c.b, &urls, &pw, &code, &[]);
+    assert!(out.status.success(), "login with A dead: {}", text(&out));
+
+    // Every accepted request is in the database once: certificates and their audit events.
+    let accepted = names.len() * (EACH + 1) + 1;
+    let serials =
+        c.pg.query("SELECT count(*), count(DISTINCT serial) FROM certs WHERE kind = 'ssh-user'");
+    assert_eq!(
+        serials,
+        format!("{accepted}|{accepted}"),
+        "certificates (all, distinct)"
+    );
+    let issued =
+        c.pg.query("SELECT count(*) FROM audit WHERE kind = 'cert.issued'");
+    assert_eq!(issued, accepted.to_string());
+    let (max, n) = (
+        c.pg.query("SELECT max(seq) FROM audit"),
+        c.pg.query("SELECT count(*) FROM audit"),
+    );
+    assert_eq!(max, n, "the chain has a gap");
+    verify(&c.b);
+    // A comes back and reads the same chain.
+    c.a.spawn();
+    verify(&c.a);
+}
