@@ -226,12 +226,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             s
         }).await,
         Cmd::Gateways(GatewaysCmd::Ls { a }) => admin_cmd(&a, AdminRequest::NodesLs { kind: Some("gateway".into()) }, |d: &Vec<admin::NodeLine>| {
-            let mut s = format!("{:<20} {:<28} {:<22} {}", "NAME", "ADDRESS", "JOINED", "LAST SEEN");
+            // A serving gateway asks for the inventory every 2 s: seen in the last 10 s is alive.
+            let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())).unwrap_or(0);
+            let mut s = format!("{:<20} {:<28} {:<22} {:<22} {}", "NAME", "ADDRESS", "JOINED", "LAST SEEN", "ALIVE");
             for n in d {
-                s.push_str(&format!("\n{:<20} {:<28} {:<22} {}",
+                let alive = n.last_sync.is_some_and(|t| now - t <= 10);
+                s.push_str(&format!("\n{:<20} {:<28} {:<22} {:<22} {}",
                     n.name, n.address.as_deref().unwrap_or("-"),
                     server::fmt_time(n.joined_at),
-                    n.last_sync.map_or("never".into(), server::fmt_time)));
+                    n.last_sync.map_or("never".into(), server::fmt_time),
+                    if alive { "yes" } else { "no" }));
             }
             s
         }).await,

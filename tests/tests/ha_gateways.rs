@@ -80,6 +80,22 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     gate2.spawn();
     let gateways = b.admin_json(&["gateways", "ls"]);
     assert_eq!(gateways.as_array().unwrap().len(), 2, "{gateways}");
+    let alive = |ca: &Ca, want: &[(&str, &str)]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = text(&ca.admin(&["gateways", "ls"]));
+            let ok = want.iter().all(|(name, alive)| {
+                out.lines()
+                    .any(|l| l.starts_with(name) && l.trim_end().ends_with(alive))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateways ls: {want:?}\n{out}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    alive(&a, &[("gate1", "yes"), ("gate2", "yes")]);
 
     let mut alice = Person::new("alice");
     alice.enroll(&b);
@@ -106,12 +122,22 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         );
         assert!(text(&out).contains(word), "{}", text(&out));
     }
+    // gate1 killed: new sessions go through gate2, and `gateways ls` says which is alive.
+    gate1.kill();
+    let out = run(&mut ssh(&alice, &a, &gate2, "echo after-the-kill"));
+    assert!(
+        out.status.success(),
+        "ssh via gate2 with gate1 dead: {}",
+        text(&out)
+    );
+    alive(&b, &[("gate1", "no"), ("gate2", "yes")]);
+    gate1.spawn();
     // Each gateway uploads its recording (to its own instance); both are listed by either.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ids = loop {
         let list = a.admin_json(&["recordings", "ls"]);
         let list = list.as_array().unwrap().clone();
-        if list.len() == 2 {
+        if list.len() == 3 {
             break list;
         }
         assert!(
@@ -130,7 +156,7 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
             .as_array()
             .unwrap()
             .len(),
-        2
+        3
     );
     // Played through the other instance than the one its gateway uploaded to.
     alice.login(&b);
@@ -138,7 +164,11 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         let id = r["id"].as_str().unwrap();
         let out = run(alice.postern().args(["play", id, "--speed", "1000"]));
         assert!(out.status.success(), "play {id} via B: {}", text(&out));
-        assert!(text(&out).contains("through-"), "{}", text(&out));
+        assert!(
+            text(&out).contains("through-") || text(&out).contains("after-the-kill"),
+            "{}",
+            text(&out)
+        );
     }
 
     // A session through gate1 (which asks A) is cut by a lock taken at B.
