@@ -159,6 +159,38 @@ pub enum Cmd {
     /// SQLite reads its policy file).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Where the tables live: move an installation from SQLite to PostgreSQL.
+    #[command(subcommand)]
+    Storage(StorageCmd),
+}
+
+#[derive(Subcommand)]
+pub enum StorageCmd {
+    /// Copy every table of this (stopped) SQLite installation into an empty PostgreSQL
+    /// database, verify the copy (every row, the audit chain with its signed checkpoints, each
+    /// recording's SHA-256), and point the config at PostgreSQL.
+    #[command(
+        after_help = "Example:\n  systemctl stop posternd\n  posternd storage migrate --config /var/lib/postern/posternd.toml \\\n      --to 'postgres://postern@db.example.com/postern?sslmode=require' \\\n      --storage-password-file /etc/postern/db-password --storage-ca-file /etc/postern/db-ca.pem \\\n      --recordings-dir /srv/postern/recordings\n  systemctl start posternd\n\nThe SQLite file is left as it was, and the old config is kept as posternd.toml.before-migrate:\nputting that back is the way back (before anything was written to PostgreSQL)."
+    )]
+    Migrate {
+        /// The PostgreSQL database (empty): postgres://USER@HOST:PORT/DATABASE?sslmode=…
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A file (mode 0600) holding the database user's password.
+        #[arg(long, value_name = "FILE")]
+        storage_password_file: Option<PathBuf>,
+        /// PEM roots that verify the database's TLS certificate (with sslmode=require).
+        #[arg(long, value_name = "FILE")]
+        storage_ca_file: Option<PathBuf>,
+        /// Copy the recordings here (a directory every instance will share).
+        #[arg(long, value_name = "DIR")]
+        recordings_dir: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -10,6 +10,7 @@ mod db;
 mod gateway;
 mod keys;
 mod limits;
+mod migrate;
 mod nodes;
 mod policy_db;
 mod recordings;
@@ -28,7 +29,7 @@ use clap::Parser;
 // render and check them; `crate::config` keeps naming the config module here.
 use posternd::cli::{
     AdminArgs, AuditCmd, CaCmd, CertsCmd, Cli, Cmd, GatewaysCmd, LockCmd, NodesCmd, PolicyCmd,
-    RecordingsCmd, TokensCmd, UsersCmd,
+    RecordingsCmd, StorageCmd, TokensCmd, UsersCmd,
 };
 use posternd::config;
 
@@ -255,6 +256,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 format!("{}{what}", d.diff)
             }).await
+        }
+        Cmd::Storage(StorageCmd::Migrate { to, storage_password_file, storage_ca_file, recordings_dir, config, json }) => {
+            let to = server::InitStorage { url: Some(to), password_file: storage_password_file, ca_file: storage_ca_file, recordings_dir };
+            let m = migrate::migrate(&config.config, &to).await?;
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                for (t, n) in &m.tables {
+                    println!("  {t:<20} {n:>8} rows copied and verified");
+                }
+                println!("  audit chain: {} events verified on PostgreSQL; {} recordings checked", m.audit_events, m.recordings);
+                println!("{} now uses PostgreSQL (the old one is {}). Start posternd.", m.config.display(), m.backup.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Show { version, a }) => admin_cmd(&a, AdminRequest::PolicyShow { version }, |d: &admin::PolicyText| d.text.trim_end().to_owned()).await,
         Cmd::Policy(PolicyCmd::History { a }) => admin_cmd(&a, AdminRequest::PolicyHistory, |d: &Vec<admin::PolicyVersion>| {

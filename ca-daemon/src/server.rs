@@ -67,7 +67,7 @@ pub struct InitStorage {
 
 impl InitStorage {
     /// The `[storage]` section of the config `init` writes.
-    fn render(&self) -> Result<String> {
+    pub fn render(&self) -> Result<String> {
         let Some(url) = &self.url else {
             if self.password_file.is_some() || self.ca_file.is_some() {
                 bail!(
@@ -245,7 +245,7 @@ pub fn init(
 
 /// Loads the audit checkpoint key (creating it, and signing the events already logged, on the
 /// first start of an installation older than checkpoints) and installs it for `audit::append`.
-fn open_audit_key(cfg: &Config) -> Result<audit::AuditPublicKey> {
+pub(crate) fn open_audit_key(cfg: &Config) -> Result<audit::AuditPublicKey> {
     let key = keys::audit_key(&cfg.data_dir, cfg.cluster.as_str(), |key| {
         let n = db::with_tx(&cfg.storage, |tx| audit::sign_existing(tx, key))?;
         tracing::info!(

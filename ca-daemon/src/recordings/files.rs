@@ -48,7 +48,7 @@ pub fn prepare_dir(data_dir: &Path) -> Result<()> {
 }
 
 /// The file of one recording. `id` must have passed [`valid_session_id`].
-pub(super) fn file_of(data_dir: &Path, id: &str) -> PathBuf {
+pub fn file_of(data_dir: &Path, id: &str) -> PathBuf {
     dir(data_dir).join(format!("{id}.cast"))
 }
 
@@ -57,7 +57,7 @@ pub(super) fn partial_of(data_dir: &Path, id: &str) -> PathBuf {
     partial_dir(data_dir).join(format!("{id}.part"))
 }
 
-pub(super) fn sha256_of_path(path: &Path) -> Result<String> {
+pub fn sha256_of_path(path: &Path) -> Result<String> {
     let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     postern_core::sha256_hex_of(&mut f).with_context(|| format!("cannot read {}", path.display()))
 }

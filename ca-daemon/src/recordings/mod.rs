@@ -57,7 +57,7 @@ mod fixtures;
 use anyhow::{anyhow, Result};
 
 pub use claim::Store;
-pub use files::prepare_dir;
+pub use files::{file_of, prepare_dir, sha256_of_path};
 pub use sweep::sweeper;
 
 use crate::service::Refusal;

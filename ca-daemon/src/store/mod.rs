@@ -16,6 +16,7 @@ macro_rules! params {
 
 pub mod audit;
 pub mod certs;
+pub mod copy;
 pub mod locks;
 pub mod meta;
 pub mod migrations;
