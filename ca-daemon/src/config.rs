@@ -36,7 +36,6 @@ struct RawStorage {
     url: Option<toml::Spanned<String>>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
-    pool_size: Option<toml::Spanned<i64>>,
     recordings_dir: Option<PathBuf>,
 }
 
@@ -49,8 +48,6 @@ pub struct PgSettings {
     pub password_file: Option<PathBuf>,
     /// `ca_file`: PEM roots that verify the server's certificate when `sslmode` is `require`.
     pub ca_file: Option<PathBuf>,
-    /// `pool_size`: connections per instance.
-    pub pool_size: usize,
 }
 
 impl PgSettings {
@@ -547,23 +544,10 @@ impl Config {
                         };
                         PgSettings::check_url(u.get_ref())
                             .map_err(|e| at(u.span().start, format!("[storage] url: {e}")))?;
-                        let pool_size = match &st.pool_size {
-                            None => 8,
-                            Some(n) => usize::try_from(*n.get_ref())
-                                .ok()
-                                .filter(|n| (1..=256).contains(n))
-                                .ok_or_else(|| {
-                                    at(
-                                        n.span().start,
-                                        "[storage] pool_size must be between 1 and 256".into(),
-                                    )
-                                })?,
-                        };
                         Storage::Postgres(PgSettings {
                             url: u.get_ref().clone(),
                             password_file: st.password_file.as_deref().map(resolve),
                             ca_file: st.ca_file.as_deref().map(resolve),
-                            pool_size,
                         })
                     }
                     other => {

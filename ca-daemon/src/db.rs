@@ -86,22 +86,39 @@ impl Db {
         Ok(Db { tx, shared: false })
     }
 
-    /// Opens the storage a config names: the SQLite file, or a pool to PostgreSQL (whose
-    /// schema is created or checked first). Must be called inside the daemon's runtime.
+    /// Opens the storage a config names: the SQLite file, or a connection to PostgreSQL
+    /// (whose schema is created or checked first).
     pub async fn open_storage(storage: &Storage) -> Result<Db> {
         match storage {
             Storage::Sqlite(path) => Db::open(path),
             Storage::Postgres(settings) => {
-                let pool = pg::pool(settings)?;
-                pg::init_schema(&pool).await.with_context(|| {
-                    format!("cannot open the PostgreSQL database {}", settings.url)
-                })?;
-                let rt = tokio::runtime::Handle::current();
                 let (tx, rx) = mpsc::channel::<Job>();
+                let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+                let settings = settings.clone();
                 thread::Builder::new()
                     .name("posternd-db".into())
-                    .spawn(move || pg_writer(pool, rt, rx))
+                    .spawn(move || {
+                        let first = pg::Session::connect(&settings).and_then(|s| {
+                            pg::init_schema(&s)?;
+                            Ok(s)
+                        });
+                        match first {
+                            Ok(s) => {
+                                let _ = ready_tx.send(Ok(()));
+                                pg_writer(&settings, Some(s), rx);
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.context(format!(
+                                    "cannot open the PostgreSQL database {}",
+                                    settings.url
+                                ))));
+                            }
+                        }
+                    })
                     .context("cannot start the database thread")?;
+                ready_rx
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the database thread stopped"))??;
                 Ok(Db { tx, shared: true })
             }
         }
@@ -189,9 +206,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 }
 
 /// The writer over PostgreSQL: one transaction per batch, under the writer lock, each
-/// closure in its own savepoint. A connection lost fails the batch (its callers hear the
-/// error) and the next batch takes a new one from the pool.
-fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc::Receiver<Job>) {
+/// closure in its own savepoint (the statements between closures go in one round trip). A
+/// connection lost fails the batch (its callers hear the error) and the next batch connects
+/// again.
+fn pg_writer(settings: &pg::Settings, mut session: Option<pg::Session>, rx: mpsc::Receiver<Job>) {
     let mut failed_at: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -202,33 +220,71 @@ fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc
             }
         }
         let mut replies = Vec::with_capacity(jobs.len());
+        if session.as_ref().is_some_and(pg::Session::is_closed) {
+            session = None;
+        }
         let commit = (|| -> Result<(), String> {
-            let e = |e: tokio_postgres::Error| pg::error(e).to_string();
-            if failed_at.is_some_and(|t| t.elapsed() < FAIL_FAST) {
-                return Err("PostgreSQL did not answer a moment ago".into());
-            }
-            let mut client = rt.block_on(pool.get()).map_err(|e| {
-                failed_at = Some(std::time::Instant::now());
-                format!("cannot reach PostgreSQL: {e}")
-            })?;
-            failed_at = None;
-            let mut tx = rt.block_on(client.transaction()).map_err(e)?;
-            rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::WRITER_LOCK]))
-                .map_err(e)?;
-            for job in jobs.drain(..) {
-                let sp = rt.block_on(tx.savepoint("job")).map_err(e)?;
-                let (ok, reply) = job(&Tx::postgres(&sp, &rt));
-                if ok {
-                    rt.block_on(sp.commit()).map_err(e)?;
-                } else {
-                    rt.block_on(sp.rollback()).map_err(e)?;
+            if session.is_none() {
+                if failed_at.is_some_and(|t| t.elapsed() < FAIL_FAST) {
+                    return Err("PostgreSQL did not answer a moment ago".into());
                 }
-                replies.push(reply);
+                match pg::Session::connect(settings) {
+                    Ok(s) => session = Some(s),
+                    Err(e) => {
+                        failed_at = Some(std::time::Instant::now());
+                        return Err(format!("cannot reach PostgreSQL: {e:#}"));
+                    }
+                }
             }
-            rt.block_on(tx.commit()).map_err(e)
+            failed_at = None;
+            let e = |e: anyhow::Error| format!("{e:#}");
+            let begin = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({}); SAVEPOINT job",
+                pg::WRITER_LOCK
+            );
+            // A connection that died while idle (PostgreSQL restarted) is found out by its
+            // first statement; nothing has run yet, so a new connection takes the batch.
+            if let Some(s) = session.as_ref() {
+                if s.batch(&begin).is_err() {
+                    session = None;
+                }
+            }
+            if session.is_none() {
+                let s = pg::Session::connect(settings).map_err(|e| {
+                    failed_at = Some(std::time::Instant::now());
+                    format!("cannot reach PostgreSQL: {e:#}")
+                })?;
+                s.batch(&begin).map_err(e)?;
+                session = Some(s);
+            }
+            let Some(s) = session.as_ref() else {
+                return Err("no connection".into());
+            };
+            let n = jobs.len();
+            for (k, job) in jobs.drain(..).enumerate() {
+                let (ok, reply) = job(&Tx::postgres(s));
+                replies.push(reply);
+                let end = if ok {
+                    "RELEASE SAVEPOINT job"
+                } else {
+                    "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"
+                };
+                let next = if k + 1 < n {
+                    "; SAVEPOINT job"
+                } else {
+                    "; COMMIT"
+                };
+                s.batch(&format!("{end}{next}")).map_err(e)?;
+            }
+            Ok(())
         })();
         if let Err(e) = &commit {
             tracing::error!(error = %e, "database transaction failed");
+            if let Some(s) = session.as_ref() {
+                if s.is_closed() || s.batch("ROLLBACK").is_err() {
+                    session = None;
+                }
+            }
         }
         drop(jobs);
         for r in replies {
@@ -239,8 +295,12 @@ fn pg_writer(pool: deadpool_postgres::Pool, rt: tokio::runtime::Handle, rx: mpsc
 
 /// Runs `f` in one transaction of `storage`, from code that is not a task of the daemon's
 /// runtime (`init`, `quickstart`, the first start's signing of old events): the SQLite file
-/// directly, or PostgreSQL under the writer lock.
-pub fn with_tx<T>(storage: &Storage, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+/// directly, or PostgreSQL under the writer lock (on a thread of its own, which its session
+/// needs).
+pub fn with_tx<T: Send>(
+    storage: &Storage,
+    f: impl FnOnce(&Tx<'_>) -> Result<T> + Send,
+) -> Result<T> {
     match storage {
         Storage::Sqlite(path) => {
             let conn = open_connection(path)?;
@@ -250,35 +310,18 @@ pub fn with_tx<T>(storage: &Storage, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Re
             tx.commit()?;
             Ok(out)
         }
-        Storage::Postgres(settings) => {
-            let run = |rt: &tokio::runtime::Handle| -> Result<T> {
-                let pool = pg::pool(settings)?;
-                rt.block_on(pg::init_schema(&pool)).with_context(|| {
-                    format!("cannot open the PostgreSQL database {}", settings.url)
-                })?;
-                let mut client = rt
-                    .block_on(pool.get())
-                    .context("cannot connect to PostgreSQL")?;
-                let tx = rt.block_on(client.transaction()).map_err(pg::error)?;
-                rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::WRITER_LOCK]))
-                    .map_err(pg::error)?;
-                let out = f(&Tx::postgres(&tx, rt))?;
-                rt.block_on(tx.commit()).map_err(pg::error)?;
-                Ok(out)
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => tokio::task::block_in_place(|| run(&h)),
-                Err(_) => {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .context("cannot start a runtime for the database")?;
-                    let h = rt.handle().clone();
-                    run(&h)
-                }
-            }
-        }
+        Storage::Postgres(settings) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let s = pg::Session::connect(settings)?;
+                    pg::init_schema(&s).with_context(|| {
+                        format!("cannot open the PostgreSQL database {}", settings.url)
+                    })?;
+                    s.transaction(f)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
+        }),
     }
 }
 

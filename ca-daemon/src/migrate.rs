@@ -61,7 +61,6 @@ pub async fn migrate(config: &Path, to: &InitStorage) -> Result<Migrated> {
         url,
         password_file: to.password_file.clone(),
         ca_file: to.ca_file.clone(),
-        pool_size: 2,
     };
     let key = crate::server::open_audit_key(&cfg)?;
     // One consistent read of every table.

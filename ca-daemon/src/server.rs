@@ -169,7 +169,6 @@ pub fn init(
             url: url.clone(),
             password_file: storage.password_file.clone(),
             ca_file: storage.ca_file.clone(),
-            pool_size: 1,
         });
         if let Some((pin, c)) = db::with_tx(&st, store::meta::ca)? {
             bail!(

@@ -54,10 +54,7 @@ pub struct Tx<'a> {
 
 enum Inner<'a> {
     Sqlite(&'a Connection),
-    Postgres {
-        tx: &'a deadpool_postgres::Transaction<'a>,
-        rt: &'a tokio::runtime::Handle,
-    },
+    Postgres { s: &'a pg::Session },
 }
 
 /// One row of a query's answer, whichever backend gave it.
@@ -91,14 +88,10 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// The store over a PostgreSQL transaction; `rt` runs its queries (the caller is a plain
-    /// thread, never a task of that runtime).
-    pub fn postgres(
-        tx: &'a deadpool_postgres::Transaction<'a>,
-        rt: &'a tokio::runtime::Handle,
-    ) -> Tx<'a> {
+    /// The store over the transaction (savepoint) a PostgreSQL session is in.
+    pub fn postgres(s: &'a pg::Session) -> Tx<'a> {
         Tx {
-            inner: Inner::Postgres { tx, rt },
+            inner: Inner::Postgres { s },
         }
     }
 
@@ -116,16 +109,8 @@ impl<'a> Tx<'a> {
             Inner::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params))?),
-            Inner::Postgres { tx, rt } => {
-                let sql = pg::translate(sql);
-                rt.block_on(async {
-                    let st = pg::prepare(tx, &sql).await?;
-                    let n = tx
-                        .execute(&st, &pg::refs(params))
-                        .await
-                        .map_err(pg::error)?;
-                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-                })
+            Inner::Postgres { s } => {
+                Ok(usize::try_from(s.execute(sql, params)?).unwrap_or(usize::MAX))
             }
         }
     }
@@ -149,12 +134,8 @@ impl<'a> Tx<'a> {
                 }
                 Ok(out)
             }
-            Inner::Postgres { tx, rt } => {
-                let sql = pg::translate(sql);
-                let rows = rt.block_on(async {
-                    let st = pg::prepare(tx, &sql).await?;
-                    tx.query(&st, &pg::refs(params)).await.map_err(pg::error)
-                })?;
+            Inner::Postgres { s } => {
+                let rows = s.query(sql, params)?;
                 rows.iter()
                     .map(|r| {
                         f(&Row {

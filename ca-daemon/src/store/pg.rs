@@ -13,11 +13,12 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 
 use super::migrations::CURRENT;
-use super::Val;
+use super::{Inner, Val};
 
 /// The advisory lock every transaction takes first (the bytes of "pstn").
 pub const WRITER_LOCK: i64 = 0x7073_746e;
@@ -28,37 +29,114 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub use posternd::config::PgSettings as Settings;
 
-/// The pool the settings describe (no connection is made yet).
-pub fn pool(settings: &Settings) -> Result<Pool> {
-    pool_of(settings)
+/// One connection of one thread (the writer's, or `with_tx`'s), with the runtime that drives
+/// it on that same thread: each query is one round trip, with no hand-over between threads.
+/// The writer keeps one: every transaction of every instance runs under the writer lock,
+/// one after another, so more connections per instance would only wait.
+pub struct Session {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
 }
 
-fn pool_of(this: &Settings) -> Result<Pool> {
-    let mut cfg = Settings::check_url(&this.url).map_err(|e| anyhow!(e))?;
-    if let Some(f) = &this.password_file {
-        let pw = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the database password from {}", f.display()))?;
-        cfg.password(pw.trim_end_matches(['\r', '\n']));
-    }
-    cfg.connect_timeout(CONNECT_TIMEOUT);
-    cfg.application_name("posternd");
-    let mgr_cfg = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let mgr = match cfg.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => {
-            Manager::from_config(cfg, tokio_postgres::NoTls, mgr_cfg)
+impl Session {
+    /// Connects (within [`CONNECT_TIMEOUT`]). Must not be called from a task of a runtime.
+    pub fn connect(settings: &Settings) -> Result<Session> {
+        let mut cfg = Settings::check_url(&settings.url).map_err(|e| anyhow!(e))?;
+        if let Some(f) = &settings.password_file {
+            let pw = std::fs::read_to_string(f).with_context(|| {
+                format!("cannot read the database password from {}", f.display())
+            })?;
+            cfg.password(pw.trim_end_matches(['\r', '\n']));
         }
-        _ => Manager::from_config(cfg, tls(this)?, mgr_cfg),
-    };
-    Pool::builder(mgr)
-        .max_size(this.pool_size.max(1))
-        .wait_timeout(Some(CONNECT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .recycle_timeout(Some(CONNECT_TIMEOUT))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .context("cannot make the database pool")
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+        cfg.application_name("posternd");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the database runtime")?;
+        let client = match cfg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => {
+                let (client, conn) = rt
+                    .block_on(cfg.connect(tokio_postgres::NoTls))
+                    .map_err(error)?;
+                rt.spawn(conn);
+                client
+            }
+            _ => {
+                let (client, conn) = rt.block_on(cfg.connect(tls(settings)?)).map_err(error)?;
+                rt.spawn(conn);
+                client
+            }
+        };
+        Ok(Session {
+            rt,
+            client,
+            statements: RefCell::default(),
+        })
+    }
+
+    /// Whether the connection is gone (the next batch connects again).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Runs statements without parameters in one round trip (`BEGIN; …`, savepoints).
+    pub fn batch(&self, sql: &str) -> Result<()> {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .map_err(error)
+    }
+
+    /// The statement, prepared once per connection; a statement the server refuses is named
+    /// in the error (it holds placeholders, never values).
+    fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement> {
+        if let Some(st) = self.statements.borrow().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self
+            .rt
+            .block_on(self.client.prepare(sql))
+            .map_err(error)
+            .with_context(|| format!("cannot prepare {sql}"))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    pub fn execute(&self, sql: &str, params: &[Val<'_>]) -> Result<u64> {
+        let st = self.prepare(&translate(sql))?;
+        self.rt
+            .block_on(self.client.execute(&st, &refs(params)))
+            .map_err(error)
+    }
+
+    /// Every row of a query.
+    pub fn query(&self, sql: &str, params: &[Val<'_>]) -> Result<Vec<tokio_postgres::Row>> {
+        let st = self.prepare(&translate(sql))?;
+        self.rt
+            .block_on(self.client.query(&st, &refs(params)))
+            .map_err(error)
+    }
+
+    /// Runs `f` in one transaction under the writer lock (for `with_tx`).
+    pub fn transaction<T>(&self, f: impl FnOnce(&super::Tx<'_>) -> Result<T>) -> Result<T> {
+        self.batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+        ))?;
+        match f(&super::Tx::postgres(self)) {
+            Ok(v) => {
+                self.batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
 }
 
 fn tls(this: &Settings) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
@@ -107,18 +185,6 @@ pub fn refs<'p>(params: &'p [Val<'p>]) -> Vec<&'p (dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-/// The statement, prepared once per connection; a statement the server refuses is named in
-/// the error (it holds placeholders, never values).
-pub async fn prepare(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-) -> Result<tokio_postgres::Statement> {
-    tx.prepare_cached(sql)
-        .await
-        .map_err(error)
-        .with_context(|| format!("cannot prepare {sql}"))
-}
-
 /// The driver's error with the server's message, when there is one (its `Display` alone
 /// says only "db error").
 pub fn error(e: tokio_postgres::Error) -> anyhow::Error {
@@ -129,64 +195,57 @@ pub fn error(e: tokio_postgres::Error) -> anyhow::Error {
     }
 }
 
-/// Creates the schema in an empty database, or checks the version of one there: run once by
-/// every instance at start, under the writer lock.
-pub async fn init_schema(pool: &Pool) -> Result<()> {
-    let mut client = pool.get().await.context("cannot connect to PostgreSQL")?;
-    let tx = client.transaction().await.map_err(error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])
-        .await
-        .map_err(error)?;
-    let has_meta: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta')",
-            &[],
-        )
-        .await
-        .map_err(error)?
-        .get(0);
-    let version: Option<String> = if has_meta {
-        tx.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
-            .await
+/// Creates the schema in an empty database, or checks the version of one there (and creates
+/// the tables added since): run once by every instance at start, under the writer lock.
+pub fn init_schema(s: &Session) -> Result<()> {
+    s.transaction(|tx| {
+        let Inner::Postgres { s, .. } = &tx.inner else {
+            unreachable!("a PostgreSQL session's transaction")
+        };
+        let has_meta: bool = s
+            .rt
+            .block_on(s.client.query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta')",
+                &[],
+            ))
             .map_err(error)?
-            .map(|r| r.get(0))
-    } else {
-        None
-    };
-    match version {
-        None => {
-            tx.batch_execute(include_str!("pg-schema.sql"))
-                .await
-                .map_err(error)
-                .context("cannot create the schema")?;
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', $1)",
-                &[&CURRENT.to_string()],
-            )
-            .await
-            .map_err(error)?;
-        }
-        Some(v) => {
-            let v: u32 = v
-                .parse()
-                .map_err(|_| anyhow!("the database's schema_version {v:?} is not a number"))?;
-            if v > CURRENT {
-                bail!(
-                    "the database has schema version {v}, newer than this posternd knows ({CURRENT}): it was written by a newer posternd; run that version on every instance"
-                );
+            .get(0);
+        let version: Option<String> = if has_meta {
+            s.rt.block_on(s.client.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[]))
+                .map_err(error)?
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        match version {
+            None => {
+                s.batch(include_str!("pg-schema.sql"))
+                    .context("cannot create the schema")?;
+                s.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    params![CURRENT.to_string()],
+                )?;
             }
-            if v < CURRENT {
-                bail!("the database has schema version {v}; this posternd has no PostgreSQL steps from it to {CURRENT}");
+            Some(v) => {
+                let v: u32 = v
+                    .parse()
+                    .map_err(|_| anyhow!("the database's schema_version {v:?} is not a number"))?;
+                if v > CURRENT {
+                    bail!(
+                        "the database has schema version {v}, newer than this posternd knows ({CURRENT}): it was written by a newer posternd; run that version on every instance"
+                    );
+                }
+                if v < CURRENT {
+                    bail!("the database has schema version {v}; this posternd has no PostgreSQL steps from it to {CURRENT}");
+                }
+                // Every statement is `IF NOT EXISTS`: tables added to the schema since this
+                // database was made are created, and nothing else changes.
+                s.batch(include_str!("pg-schema.sql"))
+                    .context("cannot complete the schema")?;
             }
-            // Every statement is `IF NOT EXISTS`: tables added to the schema since this
-            // database was made are created, and nothing else changes.
-            tx.batch_execute(include_str!("pg-schema.sql"))
-                .await
-                .map_err(error)
-                .context("cannot complete the schema")?;
         }
-    }
-    tx.commit().await.map_err(error)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

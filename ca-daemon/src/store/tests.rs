@@ -353,7 +353,6 @@ async fn the_store_on_postgres() {
         url: pg.url(),
         password_file: None,
         ca_file: None,
-        pool_size: 2,
     });
     every_test(Db::open_storage(&storage).await.unwrap()).await;
     // The schema is made once: a second instance opens the same database as it is.
