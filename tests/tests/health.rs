@@ -1,13 +1,17 @@
 //! Load balancers and Prometheus: `/healthz` and `/readyz` on posternd (HTTPS, no client
-//! certificate), `/metrics` (`[metrics]`, off by default), and readiness that follows the
-//! database.
+//! certificate) and on postern-gate (`[health]`), `/metrics` on both (`[metrics]`, off by
+//! default), readiness that follows the database and the CA, and counters that move with
+//! logins, renewals and sessions without naming anyone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postern_tests::{curl, http_get, listening_ports, metric, run, text, Ca, TEST_LOGIN};
+use postern_tests::{
+    curl, free_port, http_get, listening_ports, metric, run, text, Ca, GateCluster, Person,
+    TEST_LOGIN,
+};
 
 fn policy() -> String {
     format!(
@@ -40,6 +44,18 @@ fn scrape(url: &str) -> String {
     assert_eq!(status, 200, "{url}: {body}");
     assert!(body.contains("# HELP "), "{url}: {body}");
     body
+}
+
+/// Waits until `f` holds for a fresh scrape of `url` (or 30 s passed) and returns the last.
+fn scrape_until(url: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = scrape(url);
+        if f(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -186,4 +202,193 @@ fn readyz_says_503_and_why_while_another_process_locks_the_database_and_200_afte
         "{series}:\n{after}"
     );
     assert!(ca.log().contains("not ready"), "{}", ca.log());
+}
+
+#[test]
+fn a_login_a_renewal_and_a_session_move_the_counters_and_name_nobody() {
+    let ca_metrics_port = free_port();
+    let (health_port, gate_metrics_port) = (free_port(), free_port());
+    let mut c = GateCluster::start_with_config(
+        &policy(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{ca_metrics_port}\""),
+        &format!(
+            "[health]\nlisten = \"127.0.0.1:{health_port}\"\n\n[metrics]\nlisten = \"127.0.0.1:{gate_metrics_port}\"\n"
+        ),
+    );
+    let ca_url = format!("http://127.0.0.1:{ca_metrics_port}/metrics");
+    let gate_url = format!("http://127.0.0.1:{gate_metrics_port}/metrics");
+    let health = format!("http://127.0.0.1:{health_port}");
+    assert_eq!(http_get(&format!("{health}/healthz")), (200, "ok\n".into()));
+    let ready = (200, "ok\n".to_owned());
+    assert_eq!(http_get(&format!("{health}/readyz")), ready);
+    // The probes' listener shows no metrics.
+    assert_eq!(http_get(&format!("{health}/metrics")).0, 404);
+    let ca0 = scrape(&ca_url);
+    let gate0 = scrape(&gate_url);
+
+    // A failed login, a login, a renewal, and a session with a pty (recorded).
+    let mut bob = Person::new("bob");
+    bob.enroll(&c.ca);
+    let out = bob.login_with(&c.ca, "not the password", "000000", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    c.alice.login(&c.ca);
+    let out = run(c.alice.postern().arg("renew"));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c
+        .alice
+        .ssh_via_gate(&c.ca, "web1", TEST_LOGIN, &["-tt", "echo hi"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.gate.log());
+
+    let ca1 = scrape_until(&ca_url, |s| {
+        metric(s, "postern_recording_bytes_received_total")
+            > metric(&ca0, "postern_recording_bytes_received_total")
+    });
+    let moved = |name: &str| metric(&ca1, name) - metric(&ca0, name);
+    assert_eq!(moved("postern_logins_total{outcome=\"ok\"}"), 1.0, "{ca1}");
+    assert_eq!(
+        moved("postern_logins_total{outcome=\"bad_credentials\"}"),
+        1.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_renewals_total{outcome=\"ok\"}"),
+        1.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_certificates_issued_total{kind=\"ssh-user\"}"),
+        2.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_certificates_issued_total{kind=\"x509-client\"}"),
+        2.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_certificates_issued_total{kind=\"ssh-node-access\"}"),
+        1.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_authorize_requests_total{outcome=\"ok\"}"),
+        1.0,
+        "{ca1}"
+    );
+    assert_eq!(
+        moved("postern_authorize_duration_seconds_count"),
+        1.0,
+        "{ca1}"
+    );
+    assert!(
+        moved("postern_recording_bytes_received_total") > 0.0,
+        "{ca1}"
+    );
+
+    let gate1 = scrape_until(&gate_url, |s| {
+        metric(s, "postern_gateway_upload_backlog_recordings") == 0.0
+    });
+    let gmoved = |name: &str| metric(&gate1, name) - metric(&gate0, name);
+    assert_eq!(
+        gmoved("postern_gateway_sessions_total{outcome=\"authorized\"}"),
+        1.0,
+        "{gate1}"
+    );
+    assert_eq!(
+        gmoved("postern_gateway_authorize_duration_seconds_count"),
+        1.0,
+        "{gate1}"
+    );
+    assert!(
+        gmoved("postern_gateway_recording_bytes_written_total") > 0.0,
+        "{gate1}"
+    );
+    assert_eq!(
+        metric(&gate1, "postern_gateway_sessions_active"),
+        0.0,
+        "{gate1}"
+    );
+    assert_eq!(
+        metric(&gate1, "postern_gateway_upload_backlog_recordings"),
+        0.0,
+        "{gate1}"
+    );
+
+    // A session in progress is active.
+    let mut ssh = Command::new("ssh")
+        .env("HOME", c.alice.home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("-F")
+        .arg(c.alice.home.path().join(".ssh/config"))
+        .args(["-o", "BatchMode=yes", "-l", TEST_LOGIN])
+        .arg(format!("web1.{}", c.ca.cluster))
+        .arg("echo up; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(ssh.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n", "{}", c.gate.log());
+    let during = scrape(&gate_url);
+    assert_eq!(
+        metric(&during, "postern_gateway_sessions_active"),
+        1.0,
+        "{during}"
+    );
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    let after = scrape_until(&gate_url, |s| {
+        metric(s, "postern_gateway_sessions_active") == 0.0
+    });
+    assert_eq!(
+        metric(&after, "postern_gateway_sessions_active"),
+        0.0,
+        "{after}"
+    );
+
+    // Nobody is named: no user, login or server appears in either exposition.
+    for text in [&ca1, &gate1, &during] {
+        for name in ["alice", "bob", TEST_LOGIN, "web1", "gate1"] {
+            assert!(!text.contains(name), "{name} in:\n{text}");
+        }
+    }
+
+    // Without the CA the gateway has no current inventory: not ready, and it says why.
+    c.ca.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = http_get(&format!("{health}/readyz"));
+    while answer.0 == 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        answer = http_get(&format!("{health}/readyz"));
+    }
+    assert_eq!(answer.0, 503, "{answer:?}");
+    assert!(
+        answer
+            .1
+            .starts_with("not ready: the last inventory from the CA is "),
+        "{answer:?}"
+    );
+    let down = scrape(&gate_url);
+    assert!(
+        metric(
+            &down,
+            "postern_gateway_ca_request_errors_total{call=\"inventory\",kind=\"unreachable\"}"
+        ) > 0.0,
+        "{down}"
+    );
+}
+
+#[test]
+fn the_gateway_listens_only_for_ssh_unless_gate_toml_asks() {
+    let c = GateCluster::start(&policy());
+    assert_eq!(
+        listening_ports(c.gate.pid()),
+        vec![c.gate.port],
+        "{}",
+        c.gate.log()
+    );
 }
