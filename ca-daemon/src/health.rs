@@ -5,11 +5,12 @@
 //! told 429; they are as cheap as `/v1/ping`. They do go through the connection pools like any
 //! anonymous client: an instance whose pools are full cannot take more clients, and a 503
 //! then is the truth. `/readyz` runs one no-op transaction on the database, and at most one at
-//! a time: probes that arrive while one waits share its deadline instead of queueing more work
-//! for a database that does not answer.
+//! a time until the database answers it: probes that arrive while one waits are told so
+//! within the same deadline instead of queueing more work for a database that does not
+//! answer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -35,24 +36,33 @@ impl Db {
     }
 }
 
-/// The one readiness check in flight.
-static PINGS: Semaphore = Semaphore::const_new(1);
+/// The one readiness check in flight: its permit is held until the database answers it, so
+/// that a database that does not answer is asked once, however often it is probed.
+static PINGS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(1)));
 
 /// Why the database is not ready, or `None` when it answered within [`READY_DEADLINE`].
 pub async fn not_ready(db: &Db) -> Option<String> {
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     let secs = READY_DEADLINE.as_secs();
-    let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, PINGS.acquire()).await else {
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, Arc::clone(&PINGS).acquire_owned()).await
+    else {
         return Some(format!(
             "the database did not answer within {secs} s (an earlier check is still waiting)"
         ));
     };
-    match tokio::time::timeout_at(deadline, db.ping()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!(
+    let db = db.clone();
+    let ping = tokio::spawn(async move {
+        let answer = db.ping().await;
+        drop(slot);
+        answer
+    });
+    match tokio::time::timeout_at(deadline, ping).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(format!(
             "the database failed: {}",
             one_line(&format!("{e:#}"))
         )),
+        Ok(Err(e)) => Some(format!("the readiness check failed: {e}")),
         Err(_) => Some(format!("the database did not answer within {secs} s")),
     }
 }

@@ -29,6 +29,13 @@ roles = ["dev"]
 
 [users.bob]
 roles = ["dev"]
+
+[roles.prod]
+logins = ["{TEST_LOGIN}"]
+nodes = {{ env = "prod" }}
+
+[users.carol]
+roles = ["prod"]
 "#
     )
 }
@@ -178,7 +185,16 @@ fn readyz_says_503_and_why_while_another_process_locks_the_database_and_200_afte
         "{}",
         ca.log()
     );
-    // Quickly: the 503 came while the write it waited behind was still blocked.
+    // The check still waiting is not asked again: the next probe is told so.
+    assert_eq!(
+        curl(&ca, "/readyz", None),
+        (
+            503,
+            "not ready: the database did not answer within 1 s (an earlier check is still waiting)\n"
+                .into()
+        )
+    );
+    // Quickly: the 503s came while the write they waited behind was still blocked.
     assert!(
         !login.is_finished(),
         "the login was not blocked by the lock"
@@ -314,6 +330,46 @@ fn a_login_a_renewal_and_a_session_move_the_counters_and_name_nobody() {
         "{gate1}"
     );
 
+    // A session the CA refuses (carol's roles are for other servers) counts as refused on
+    // both sides.
+    let mut carol = Person::new("carol");
+    carol.enroll(&c.ca);
+    carol.login(&c.ca);
+    let out = carol.ssh_via_gate(&c.ca, "web1", TEST_LOGIN, &["true"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "postern-gate: refused: policy does not allow carol to log in as {TEST_LOGIN} on web1 "
+        )),
+        "{}\n{}",
+        text(&out),
+        c.gate.log()
+    );
+    let ca2 = scrape(&ca_url);
+    let gate2 = scrape(&gate_url);
+    assert_eq!(
+        metric(
+            &ca2,
+            "postern_authorize_requests_total{outcome=\"forbidden\"}"
+        ) - metric(
+            &ca1,
+            "postern_authorize_requests_total{outcome=\"forbidden\"}"
+        ),
+        1.0,
+        "{ca2}"
+    );
+    assert_eq!(
+        metric(
+            &gate2,
+            "postern_gateway_sessions_total{outcome=\"refused\"}"
+        ) - metric(
+            &gate1,
+            "postern_gateway_sessions_total{outcome=\"refused\"}"
+        ),
+        1.0,
+        "{gate2}"
+    );
+
     // A session in progress is active.
     let mut ssh = Command::new("ssh")
         .env("HOME", c.alice.home.path())
@@ -351,8 +407,8 @@ fn a_login_a_renewal_and_a_session_move_the_counters_and_name_nobody() {
     );
 
     // Nobody is named: no user, login or server appears in either exposition.
-    for text in [&ca1, &gate1, &during] {
-        for name in ["alice", "bob", TEST_LOGIN, "web1", "gate1"] {
+    for text in [&ca1, &gate1, &ca2, &gate2, &during] {
+        for name in ["alice", "bob", "carol", TEST_LOGIN, "web1", "gate1"] {
             assert!(!text.contains(name), "{name} in:\n{text}");
         }
     }
