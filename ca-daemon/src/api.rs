@@ -155,6 +155,11 @@ impl From<Refusal> for ApiError {
             ),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, r.to_string()),
         };
+        if matches!(r, Refusal::Internal(_)) {
+            // An internal error is a transaction that failed (a statement, the commit, the
+            // database thread): the services do all their work inside one.
+            crate::metrics::get().database_error("request");
+        }
         let detail = match &r {
             Refusal::Internal(e) => format!("{e:#}"),
             other => other.to_string(),
@@ -369,6 +374,9 @@ pub fn router(svc: Arc<Service>) -> Router {
     let chunk_limit = usize::try_from(svc.recordings.chunk_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/ping", get(ping))
+        // For load balancers: no body, no rate bucket (`health.rs`).
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
         .route("/v1/enroll", post(enroll))
         .route("/v1/login", post(login))
         .route("/v1/renew", post(renew))
@@ -434,10 +442,23 @@ async fn login(
     Extension(remote): Extension<Remote>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    // The rate first: a source over its limit costs neither its body nor argon2.
-    let source = rate_limit(&svc, FailureKind::Login, remote)?;
-    let req: LoginRequest = secret_json(req).await?;
-    Ok(Json(svc.login(req, source).await?).into_response())
+    let answer = async {
+        // The rate first: a source over its limit costs neither its body nor argon2.
+        let source = rate_limit(&svc, FailureKind::Login, remote)?;
+        let req: LoginRequest = secret_json(req).await?;
+        Ok(Json(svc.login(req, source).await?).into_response())
+    }
+    .await;
+    crate::metrics::get().login(status_of(&answer));
+    answer
+}
+
+/// The status an answer will have, for the metrics.
+fn status_of(answer: &Result<Response, ApiError>) -> StatusCode {
+    match answer {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    }
 }
 
 async fn join(
@@ -448,11 +469,12 @@ async fn join(
     let source = rate_limit(&svc, FailureKind::Join, remote)?;
     let req: postern_core::api::JoinRequest = secret_json(req).await?;
     // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; servers see a.b.c.d.
-    Ok(Json(
-        svc.join(req, remote.0.ip().to_canonical().to_string(), source)
-            .await?,
-    )
-    .into_response())
+    let answer = svc
+        .join(req, remote.0.ip().to_canonical().to_string(), source)
+        .await?;
+    crate::metrics::get().issued(postern_core::CertKind::SshHost);
+    crate::metrics::get().issued(postern_core::CertKind::X509Node);
+    Ok(Json(answer).into_response())
 }
 
 // Sync, events and renewal read their body before the caller's identity, as they always
@@ -463,7 +485,11 @@ async fn node_sync(
     JsonBody(req): JsonBody<postern_core::api::SyncRequest>,
 ) -> Result<Response, ApiError> {
     let id = id?;
-    Ok(Json(svc.node_sync(id, req).await?).into_response())
+    let answer = svc.node_sync(id, req).await?;
+    if answer.host_certificate.is_some() {
+        crate::metrics::get().issued(postern_core::CertKind::SshHost);
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn node_events(
@@ -481,8 +507,9 @@ async fn renew(
     identity: Result<AuthedUser<Renewal>, ApiError>,
     JsonBody(req): JsonBody<RenewRequest>,
 ) -> Result<Response, ApiError> {
-    let identity = identity?;
-    Ok(Json(svc.renew(identity, req.ttl).await?).into_response())
+    let answer = async { Ok(Json(svc.renew(identity?, req.ttl).await?).into_response()) }.await;
+    crate::metrics::get().renewal(status_of(&answer));
+    answer
 }
 
 async fn gateway_inventory(
@@ -499,8 +526,14 @@ async fn gateway_authorize(
 ) -> Result<Response, ApiError> {
     // The caller first (the extractor): a client without an identity hears that, whatever
     // it sent.
-    let JsonBody(req) = body?;
-    Ok(Json(svc.gateway_authorize(id, req).await?).into_response())
+    let started = std::time::Instant::now();
+    let answer = async {
+        let JsonBody(req) = body?;
+        Ok(Json(svc.gateway_authorize(id, req).await?).into_response())
+    }
+    .await;
+    crate::metrics::get().authorize(status_of(&answer), started.elapsed());
+    answer
 }
 
 async fn gateway_host_cert(
@@ -511,7 +544,9 @@ async fn gateway_host_cert(
     // The caller first (the extractor): a client without an identity hears that, whatever
     // it sent.
     let JsonBody(req) = body?;
-    Ok(Json(svc.gateway_host_cert(id, req).await?).into_response())
+    let answer = svc.gateway_host_cert(id, req).await?;
+    crate::metrics::get().issued(postern_core::CertKind::SshHost);
+    Ok(Json(answer).into_response())
 }
 
 async fn gateway_public_addr(
@@ -544,7 +579,10 @@ async fn gateway_recording(
             }
             e
         })?;
-    Ok(Json(svc.recording_store(gateway, upload, slot).await?).into_response())
+    let n = upload.cast.len() as u64;
+    let answer = svc.recording_store(gateway, upload, slot).await?;
+    crate::metrics::get().recording_bytes(n);
+    Ok(Json(answer).into_response())
 }
 
 /// Query of `GET /v1/recordings`.
@@ -648,11 +686,12 @@ async fn gateway_recording_chunk(
         }
         e
     })?;
-    Ok(Json(
-        svc.recording_chunk(gateway, rid, q.offset, bytes, slot)
-            .await?,
-    )
-    .into_response())
+    let n = bytes.len() as u64;
+    let answer = svc
+        .recording_chunk(gateway, rid, q.offset, bytes, slot)
+        .await?;
+    crate::metrics::get().recording_bytes(n);
+    Ok(Json(answer).into_response())
 }
 
 async fn gateway_recording_complete(

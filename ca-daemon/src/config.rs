@@ -27,6 +27,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     #[serde(default)]
     storage: Option<RawStorage>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -99,6 +100,13 @@ impl Serialize for Storage {
             Storage::Postgres(pg) => s.serialize_str(&pg.url),
         }
     }
+}
+
+/// `[metrics]`: the Prometheus listener, off unless `listen` is set.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -425,6 +433,8 @@ pub struct Config {
     /// data directory); every instance on one PostgreSQL database must name one shared
     /// directory (see posternd.toml(5)).
     pub recordings_dir: PathBuf,
+    /// `[metrics] listen`: where `GET /metrics` is served in plain HTTP; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -501,6 +511,18 @@ impl Config {
                 Some(v.get_ref().clone())
             }
         };
+        let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
+            None => None,
+            Some(v) => Some(v.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    v.span().start,
+                    format!(
+                        "[metrics] listen {:?} is not an address like 127.0.0.1:9464",
+                        v.get_ref()
+                    ),
+                )
+            })?),
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let base = if base.as_os_str().is_empty() {
             Path::new(".")
@@ -575,6 +597,7 @@ impl Config {
             limits,
             storage,
             recordings_dir,
+            metrics_listen,
         })
     }
 
@@ -598,7 +621,10 @@ impl Config {
              \n\
              # [limits]                  # see posternd.toml(5) for every key\n\
              # max_anonymous_connections = 1024\n\
-             # login_per_minute = 20\n"
+             # login_per_minute = 20\n\
+             \n\
+             # [metrics]                 # Prometheus /metrics in plain HTTP, off unless set\n\
+             # listen = \"127.0.0.1:9464\"\n"
         )
     }
 
@@ -623,6 +649,22 @@ mod tests {
         assert_eq!(c.cluster.as_str(), "c.test");
         assert_eq!(c.data_dir, Path::new("/d/."));
         assert_eq!(c.policy, Path::new("/d/policy.toml"));
+    }
+
+    #[test]
+    fn metrics_listener_is_off_unless_set_and_must_be_an_address() {
+        let base = "cluster = \"c\"\nlisten = \"127.0.0.1:1\"\napi_url = \"https://x\"\n";
+        let c = Config::parse(base, Path::new("p.toml")).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let on = format!("{base}[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let c = Config::parse(&on, Path::new("p.toml")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let bad = format!("{base}[metrics]\nlisten = \"localhost\"\n");
+        let e = Config::parse(&bad, Path::new("p.toml")).unwrap_err();
+        assert!(
+            e.starts_with("p.toml:5:10: [metrics] listen \"localhost\" is not an address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -322,6 +322,10 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(crate::health::bind_metrics(addr).await?),
+        None => None,
+    };
     let admin_listener = admin::bind(&cfg.admin_socket())?;
     let local = listener.local_addr()?;
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&svc)));
@@ -334,6 +338,14 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     let app = api::router(Arc::clone(&svc));
     let server = tokio::spawn(tls::serve(listener, tls_cfg, app, cfg.limits.clone()));
     let failures = tokio::spawn(crate::limits::flush_failures(Arc::clone(&svc)));
+    if let Some(l) = metrics_listener {
+        tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = crate::health::serve_metrics(l).await {
+                tracing::error!(error = %format!("{e:#}"), "metrics listener stopped");
+            }
+        });
+    }
     tracing::info!(
         "posternd ready: cluster {} listening on https://{local} (api_url {}), CA pin {}",
         cfg.cluster,

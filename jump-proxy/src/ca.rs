@@ -154,12 +154,22 @@ impl CaClient {
         Req: Serialize,
         Resp: for<'de> Deserialize<'de>,
     {
-        let api = self.client().await?;
+        let call = match path {
+            "/v1/gateway/inventory" => "inventory",
+            "/v1/gateway/authorize" => "authorize",
+            "/v1/gateway/host-cert" => "host_cert",
+            "/v1/gateway/public-addr" => "public_addr",
+            "/v1/node/events" => "events",
+            _ => "other",
+        };
+        let api = self.client().await.inspect_err(|_| {
+            crate::metrics::get().ca_error(call, None);
+        })?;
         let r = match method {
             Method::Get => api.get(path).await,
             Method::Post(resend) => api.post_resend(resend, path, &body, None).await,
         };
-        r.map_err(refused)
+        r.map_err(refused(call))
     }
 
     /// `GET /v1/gateway/inventory`.
@@ -211,8 +221,12 @@ pub struct UploadSession {
     api: Arc<Client>,
 }
 
-fn refused(e: postern_api_client::ApiError) -> Refused {
-    Refused(e.to_string(), e.status())
+/// The error of a call, counted in the metrics under `call`.
+fn refused(call: &'static str) -> impl Fn(postern_api_client::ApiError) -> Refused {
+    move |e| {
+        crate::metrics::get().ca_error(call, e.status());
+        Refused(e.to_string(), e.status())
+    }
 }
 
 impl UploadSession {
@@ -221,7 +235,7 @@ impl UploadSession {
         self.api
             .get(&format!("/v1/gateway/recordings/{id}"))
             .await
-            .map_err(refused)
+            .map_err(refused("recordings"))
     }
 
     /// `PUT /v1/gateway/recordings/ID/chunks?offset=N`: one chunk.
@@ -237,7 +251,7 @@ impl UploadSession {
                 bytes,
             )
             .await
-            .map_err(refused)
+            .map_err(refused("recordings"))
     }
 
     /// `POST /v1/gateway/recordings/ID/complete`: makes the recording visible. The CA reads
@@ -259,7 +273,7 @@ impl UploadSession {
                 Some(wait),
             )
             .await
-            .map_err(refused)
+            .map_err(refused("recordings"))
     }
 }
 

@@ -25,6 +25,21 @@ pub struct GateConfig {
     /// `[audit]`: the journal of audit events in the state directory.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[health]`: `/healthz` and `/readyz` for load balancers, in plain HTTP.
+    #[serde(default)]
+    pub health: ListenConfig,
+    /// `[metrics]`: Prometheus `/metrics` (and the two probes), in plain HTTP.
+    #[serde(default)]
+    pub metrics: ListenConfig,
+}
+
+/// `[health]` and `[metrics]` of `gate.toml`: a plain-HTTP listener, off unless `listen` is
+/// set.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `ADDRESS:PORT` to serve on (an IP address, not a name).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[audit]` of `gate.toml`.

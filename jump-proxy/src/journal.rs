@@ -72,6 +72,11 @@ fn file_name(seq: u64) -> String {
     format!("{seq:020}.jsonl")
 }
 
+/// Whether a file name is a segment's (for the backlog metric).
+pub fn is_segment(name: &str) -> bool {
+    parse_name(name).is_some()
+}
+
 /// The segment number of a file name, if it is one.
 fn parse_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".jsonl")?;

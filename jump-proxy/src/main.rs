@@ -4,8 +4,10 @@
 
 mod audit;
 mod ca;
+mod health;
 mod journal;
 mod limits;
+mod metrics;
 mod observe;
 mod public;
 mod record;
@@ -195,9 +197,13 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         .unwrap_or_else(|| "the defaults".into());
     let limits = limits::Limits::new(cfg.limits().map_err(|e| anyhow::anyhow!("{named}: {e}"))?);
     let listen = listen
-        .or(cfg.listen)
+        .or(cfg.listen.clone())
         .unwrap_or_else(|| "0.0.0.0:3023".into());
     let ca = ca::CaClient::load(state.clone())?;
+    // The probes listen from now on, so that a load balancer hears "not ready" and why
+    // while the gateway starts.
+    let ready = Arc::new(health::Readiness::default());
+    health::start(&cfg, Arc::clone(&ready), state.clone()).await?;
     let host_key = PrivateKey::from_openssh(&std::fs::read_to_string(state.join("host_key"))?)?;
     let cert_path = state.join("host_key-cert.pub");
     let host_cert = Certificate::from_openssh(std::fs::read_to_string(&cert_path)?.trim())?;
@@ -250,16 +256,23 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         disconnect_expired_cert,
         Arc::clone(&limits),
     )?);
-    if let Err(e) = gw.refresh().await {
-        tracing::warn!(error = %format!("{e:#}"), "cannot fetch the inventory yet; retrying");
+    match gw.refresh().await {
+        Ok(()) => ready.inventory_fetched(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot fetch the inventory yet; retrying")
+        }
     }
     {
         let gw = Arc::clone(&gw);
+        let ready = Arc::clone(&ready);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Err(e) = gw.refresh().await {
-                    tracing::warn!(error = %format!("{e:#}"), "inventory refresh failed");
+                match gw.refresh().await {
+                    Ok(()) => ready.inventory_fetched(),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "inventory refresh failed")
+                    }
                 }
             }
         });
@@ -268,6 +281,7 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    ready.ssh_listening();
     tracing::info!(
         "postern-gate ready: {} listening on {}",
         gw.name,

@@ -87,6 +87,7 @@ impl Recorder {
         }
         .to_line();
         writeln!(file, "{header}")?;
+        crate::metrics::get().recording_bytes(header.len() + 1);
         file.sync_data()?;
         let m = spool.join(format!("{}.meta.json", meta.id));
         fs::write(&m, serde_json::to_vec(&meta)?)?;
@@ -119,13 +120,18 @@ impl Recorder {
         // One write(2) per event: formatting straight into the file costs a syscall per piece.
         let mut line = serde_json::to_vec(&((t * 1e6).round() / 1e6, kind, text))?;
         line.push(b'\n');
-        self.file.write_all(&line)
+        self.file.write_all(&line)?;
+        crate::metrics::get().recording_bytes(line.len());
+        Ok(())
     }
 
     /// A terminal resize (`"r"` events, asciicast v2).
     pub fn resize(&mut self, w: u32, h: u32) -> std::io::Result<()> {
         let t = self.start.elapsed().as_secs_f64();
-        writeln!(self.file, "{}", json!([t, "r", format!("{w}x{h}")]))
+        let line = format!("{}\n", json!([t, "r", format!("{w}x{h}")]));
+        self.file.write_all(line.as_bytes())?;
+        crate::metrics::get().recording_bytes(line.len());
+        Ok(())
     }
 
     /// Completes the recording: syncs it and writes the done marker the uploader looks for.

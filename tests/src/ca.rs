@@ -112,6 +112,19 @@ impl Ca {
         self.child = Some(spawn_until_ready(cmd, "posternd ready", &self.log));
     }
 
+    /// The daemon's pid (0 when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Turns on `[metrics] listen` on a free loopback port (before `spawn`) and returns the
+    /// URL of `/metrics`.
+    pub fn enable_metrics(&self) -> String {
+        let port = free_port();
+        self.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\""));
+        format!("http://127.0.0.1:{port}/metrics")
+    }
+
     /// Stops the daemon (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -357,19 +357,40 @@ impl GateCluster {
         GateCluster::start_on(Distro::Debian12, policy)
     }
 
+    /// [`GateCluster::start`] with `ca_toml` appended to posternd.toml and the gateway
+    /// started with `gate_toml` as its gate.toml.
+    pub fn start_with_config(policy: &str, ca_toml: &str, gate_toml: &str) -> GateCluster {
+        GateCluster::start_configured(Distro::Debian12, policy, ca_toml, Some(gate_toml))
+    }
+
     /// [`GateCluster::start`] with `web1` on `distro`. The gateway joins first, as an admin
     /// sets a cluster up, so that `web1`'s join already knows the gateway's address.
     pub fn start_on(distro: Distro, policy: &str) -> GateCluster {
+        GateCluster::start_configured(distro, policy, "", None)
+    }
+
+    fn start_configured(
+        distro: Distro,
+        policy: &str,
+        ca_toml: &str,
+        gate_toml: Option<&str>,
+    ) -> GateCluster {
         let mut ca = Ca::init(policy);
         let gport = Gate::reserve_port();
         ca.set_gateway(&format!("127.0.0.1:{gport}"));
+        if !ca_toml.is_empty() {
+            ca.append_config(ca_toml);
+        }
         ca.spawn();
         let mut gate = Gate::joined(&ca, gport);
         let token = ca.token("node", "web1", "env=dev");
         let (mut node, out) = Node::join_on(distro, &ca, "web1", &token, &[]);
         assert!(out.status.success(), "{}", text(&out));
         node.start_sshd();
-        gate.spawn();
+        match gate_toml {
+            Some(t) => gate.spawn_with_config(t),
+            None => gate.spawn(),
+        }
         let mut alice = Person::new("alice");
         alice.enroll(&ca);
         alice.login(&ca);

@@ -7,8 +7,8 @@
 //! distribution's pristine sshd_config, Debian 12 or the Debian 13 chroot), `node` (a server
 //! joined with postern-shim), `gateway` (postern-gate and the cluster of the gateway stories),
 //! `pg` (a real PostgreSQL server), `forward` (a TCP forwarder a test stops and starts: one
-//! posternd as two instances), and `util` (binaries, ports, running commands, waiting for log
-//! lines). Everything a test
+//! posternd as two instances), `scrape` (the probes and metrics over plain HTTP), and `util`
+//! (binaries, ports, running commands, waiting for log lines). Everything a test
 //! uses is re-exported here, so tests name `postern_tests::Ca`, not its module.
 //!
 //! The binaries are taken from the cargo target directory (`scripts/test` builds them first).
@@ -20,6 +20,7 @@ mod gateway;
 mod node;
 mod person;
 mod pg;
+mod scrape;
 mod sshd;
 mod util;
 
@@ -29,6 +30,7 @@ pub use gateway::{pkcs8_v1, Gate, GateCluster};
 pub use node::{installed_shim, installed_shim_in, shim_logs_to_stderr, Node};
 pub use person::{base32_decode, Person};
 pub use pg::Postgres;
+pub use scrape::{http_get, listening_ports, metric};
 pub use sshd::{
     distribution_sshd_config, distribution_sshd_config_from, ensure_bash_login, ensure_test_login,
     Distro, Sshd, DEFAULT_DEBIAN13_ROOT, TEST_BASH_LOGIN, TEST_LOGIN,

@@ -65,7 +65,8 @@ pub(super) async fn authorize(
 ) -> Result<Result<AuthorizedTarget, String>> {
     let id = SessionId::random().map_err(|e| anyhow!("no randomness for a session id: {e}"))?;
     let key = generate_ed25519("postern-gate session key")?;
-    let response = match gw
+    let asked = std::time::Instant::now();
+    let answer = gw
         .ca
         .authorize(AuthorizeRequest {
             user: user.clone(),
@@ -75,8 +76,14 @@ pub(super) async fn authorize(
             session_id: id.clone(),
             public_key: key.public_key().to_openssh()?,
         })
-        .await
-    {
+        .await;
+    let outcome = match &answer {
+        Ok(_) => "authorized",
+        Err(e) if crate::metrics::ca_failure(e.1) == "refused" => "refused",
+        Err(_) => "error",
+    };
+    crate::metrics::get().authorized(outcome, asked.elapsed());
+    let response = match answer {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%user, %login, node = %node.name, reason = %e.0, "authorization refused");

@@ -87,13 +87,16 @@ impl Gateway {
         let (tx, rx) = watch::channel(None);
         match self.live.lock() {
             Ok(mut l) => {
-                l.insert(
+                let before = l.insert(
                     id.clone(),
                     Live {
                         session: session.clone(),
                         cut: tx,
                     },
                 );
+                if before.is_none() {
+                    crate::metrics::get().session_started();
+                }
             }
             Err(_) => {
                 // A session no cut could reach must not run.
@@ -149,7 +152,9 @@ impl Gateway {
     /// The session ended: no cut reaches it any more.
     pub(super) fn unregister(&self, id: &SessionId) {
         if let Ok(mut l) = self.live.lock() {
-            l.remove(id);
+            if l.remove(id).is_some() {
+                crate::metrics::get().session_ended();
+            }
         }
     }
 }
