@@ -35,4 +35,6 @@ pub use sshd::{
     distribution_sshd_config, distribution_sshd_config_from, ensure_bash_login, ensure_test_login,
     Distro, Sshd, DEFAULT_DEBIAN13_ROOT, TEST_BASH_LOGIN, TEST_LOGIN,
 };
-pub use util::{bin, bin_dir, free_port, log_when, now, run, run_with_input, sha256_hex, text};
+pub use util::{
+    bin, bin_dir, free_port, log_when, now, plain_log, run, run_with_input, sha256_hex, text,
+};

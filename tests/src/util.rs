@@ -168,3 +168,19 @@ pub fn log_when(log: impl Fn() -> String, done: impl Fn(&str) -> bool) -> String
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A daemon's log without terminal colours (tracing colours field names and values apart).
+pub fn plain_log(log: &str) -> String {
+    let mut out = String::new();
+    let mut rest = log;
+    while let Some(i) = rest.find('\x1b') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        rest = match rest.find('m') {
+            Some(j) => &rest[j + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use postern_tests::{now, text, Ca, Gate, GateCluster, TEST_LOGIN};
+use postern_tests::{now, plain_log, text, Ca, Gate, GateCluster, TEST_LOGIN};
 use serde_json::{json, Value};
 
 fn policy(recording: &str) -> String {
@@ -51,22 +51,6 @@ fn wait_for(c: &GateCluster, what: &str, ok: impl Fn(&Ca) -> bool) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// The gateway's log without terminal colours (field names and values are coloured apart).
-fn plain(log: &str) -> String {
-    let mut out = String::new();
-    let mut rest = log;
-    while let Some(i) = rest.find('\x1b') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        rest = match rest.find('m') {
-            Some(j) => &rest[j + 1..],
-            None => "",
-        };
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Security review (issue 10): the gateway kept its audit events (the only trace of sftp,
@@ -240,12 +224,12 @@ fn a_full_event_spool_ends_a_strict_session_before_its_command_runs() {
     );
     assert!(!stdout.contains("MARKER-42"), "the command ran: {stdout}");
     let dropped = |log: &str| {
-        let log = plain(log);
+        let log = plain_log(log);
         log.contains("audit event dropped: the audit event spool is full")
             && log.contains("dropped_total=1")
     };
     let log = c.gate.log_when(dropped);
-    assert!(dropped(&log), "{}", plain(&log));
+    assert!(dropped(&log), "{}", plain_log(&log));
 }
 
 /// In best-effort recording the same session goes on; the dropped event is logged and counted.
@@ -265,13 +249,13 @@ fn a_full_event_spool_keeps_a_best_effort_session_and_logs_the_drop() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("MARKER-42"));
     let dropped = |log: &str| {
-        let log = plain(log);
+        let log = plain_log(log);
         log.contains("audit event dropped: the audit event spool is full")
             && log.contains("kind=gateway.exec")
             && log.contains("dropped_total=1")
     };
     let log = c.gate.log_when(dropped);
-    assert!(dropped(&log), "{}", plain(&log));
+    assert!(dropped(&log), "{}", plain_log(&log));
 }
 
 /// A port forward is an operation too: in strict mode it opens only once its event is on
@@ -312,9 +296,9 @@ fn a_full_event_spool_refuses_a_strict_port_forward() {
         "the forward reached the server"
     );
     let dropped = |log: &str| {
-        let log = plain(log);
+        let log = plain_log(log);
         log.contains("kind=gateway.port_forward ") && log.contains("dropped_total=1")
     };
     let log = c.gate.log_when(dropped);
-    assert!(dropped(&log), "{}", plain(&log));
+    assert!(dropped(&log), "{}", plain_log(&log));
 }

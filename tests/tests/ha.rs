@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 
-use postern_tests::{bin, run, text, Ca, Person, Postgres, TEST_LOGIN};
+use postern_tests::{bin, plain_log, run, text, Ca, Person, Postgres, TEST_LOGIN};
 
 fn policy() -> String {
     format!(
@@ -97,7 +97,7 @@ fn two_instances_on_postgres_share_users_logins_and_one_audit_chain() {
     verify(&c.b);
     // Background work runs once: one instance holds the sweep's lease.
     let holds = |ca: &Ca| {
-        strip_ansi(&ca.log_when(|l| l.contains("sweeps abandoned uploads")))
+        plain_log(&ca.log_when(|l| l.contains("sweeps abandoned uploads")))
             .contains("this instance sweeps abandoned uploads")
     };
     assert!(
@@ -393,7 +393,7 @@ fn a_policy_applied_at_one_instance_is_in_force_at_the_other_and_the_files_no_lo
     let out = refused.expect("bob still renews at B after his role was taken away at A");
     assert!(text(&out).contains("role"), "{}", text(&out));
     let log = c.b.log_when(|l| l.contains("policy version in force"));
-    let plain = strip_ansi(&log);
+    let plain = plain_log(&log);
     assert!(
         plain
             .lines()
@@ -432,24 +432,6 @@ fn one_instance_on_sqlite_keeps_its_policy_file_and_refuses_policy_apply_saying_
     assert_eq!(shown["version"], serde_json::Value::Null);
     assert!(shown["source"].as_str().unwrap().ends_with("policy.toml"));
     ca.stop();
-}
-
-/// The log without its terminal colours.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]
