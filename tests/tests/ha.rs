@@ -495,3 +495,127 @@ fn kill_9_of_one_instance_under_renewal_and_login_load_loses_no_accepted_request
     c.a.spawn();
     verify(&c.a);
 }
+
+/// Runs `a` and `b` on two threads released at the same moment; returns both results.
+fn at_once<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    let gate = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let one = s.spawn(|| {
+            gate.wait();
+            a()
+        });
+        let two = s.spawn(|| {
+            gate.wait();
+            b()
+        });
+        (one.join().unwrap(), two.join().unwrap())
+    })
+}
+
+#[test]
+fn an_invite_sent_to_two_instances_at_the_same_moment_enrols_once() {
+    let c = cluster();
+    for name in ["alice", "bob", "carol"] {
+        let invite = c.a.invite(name);
+        // Two people holding one invite, each with a password of their own, one at each
+        // instance.
+        let (mut first, mut second) = (Person::new(name), Person::new(name));
+        first.password = format!("first {name} horse battery");
+        second.password = format!("second {name} horse battery");
+        let enroll = |p: &Person, ca: &Ca| {
+            postern_tests::run_with_input(
+                p.postern()
+                    .args([
+                        "enroll", "--ca", &ca.url, "--ca-pin", &ca.pin, "--user", name,
+                    ])
+                    .args(["--invite", &invite, "--password-stdin", "--json"]),
+                &format!("{}\n", p.password),
+            )
+        };
+        let (one, two) = at_once(|| enroll(&first, &c.a), || enroll(&second, &c.b));
+        let ok = [&one, &two].iter().filter(|o| o.status.success()).count();
+        assert_eq!(
+            ok,
+            1,
+            "{name}: {ok} enrolments with one invite\nA: {}\nB: {}",
+            text(&one),
+            text(&two)
+        );
+        let lost = if one.status.success() { &two } else { &one };
+        assert!(
+            text(lost).contains("enrolment refused: invalid credentials"),
+            "{}",
+            text(lost)
+        );
+        // One user, enrolled once, with the winner's password: the loser's cannot log in.
+        assert_eq!(
+            c.pg.query(&format!(
+                "SELECT count(*) FROM audit WHERE kind = 'user.enrolled' AND actor = '{name}'"
+            )),
+            "1"
+        );
+        let (winner, loser) = if one.status.success() {
+            (&mut first, &mut second)
+        } else {
+            (&mut second, &mut first)
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&if winner.password.starts_with("first") {
+                one.stdout.clone()
+            } else {
+                two.stdout.clone()
+            })
+            .unwrap();
+        let secret = v["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap()
+            .to_owned();
+        winner.totp_secret = postern_tests::base32_decode(&secret);
+        loser.totp_secret = winner.totp_secret.clone();
+        let (pw, code) = (loser.password.clone(), winner.fresh_code());
+        let out = loser.login_with(&c.b, &pw, &code, &[]);
+        assert!(!out.status.success(), "the loser's password logs in");
+        let out = winner.login(&c.b);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    verify(&c.a);
+}
+
+#[test]
+fn a_join_token_sent_to_two_instances_at_the_same_moment_joins_once() {
+    let c = cluster();
+    for name in ["web1", "web2", "web3"] {
+        let token = c.b.token("node", name, "env=prod");
+        // Two servers claiming one name with one token, one at each instance.
+        let first = postern_tests::Node::prepare(postern_tests::Distro::Debian12, name, |t| t);
+        let second = postern_tests::Node::prepare(postern_tests::Distro::Debian12, name, |t| t);
+        let (one, two) = at_once(
+            || first.run_join_via(&c.a, &[&c.a.url], &token, &[]),
+            || second.run_join_via(&c.b, &[&c.b.url], &token, &[]),
+        );
+        let ok = [&one, &two].iter().filter(|o| o.status.success()).count();
+        assert_eq!(
+            ok,
+            1,
+            "{name}: {ok} joins with one token\nA: {}\nB: {}",
+            text(&one),
+            text(&two)
+        );
+        let lost = if one.status.success() { &two } else { &one };
+        assert!(
+            text(lost).contains("invalid, expired or already used token"),
+            "{}",
+            text(lost)
+        );
+        assert_eq!(
+            c.pg.query(&format!(
+                "SELECT count(*) FROM audit WHERE kind = 'node.joined' AND actor = 'node:{name}'"
+            )),
+            "1"
+        );
+    }
+    verify(&c.b);
+}
