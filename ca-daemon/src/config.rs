@@ -391,7 +391,30 @@ pub const MAX_RECORDING_CHUNK_BYTES: u64 = 64 << 20;
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGateway {
-    public_addr: Option<toml::Spanned<String>>,
+    public_addr: Option<toml::Spanned<PublicAddrs>>,
+}
+
+/// `public_addr = "HOST:PORT"` or `public_addr = ["HOST:PORT", ...]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum PublicAddrs {
+    One(String),
+    Several(Vec<String>),
+}
+
+/// `public_addrs` as posternd.toml writes them: one string, or an array of several.
+pub fn render_public_addrs(addrs: &[String]) -> String {
+    match addrs {
+        [one] => format!("{one:?}"),
+        several => format!(
+            "[{}]",
+            several
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -416,10 +439,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The policy file.
     pub policy: PathBuf,
-    /// The gateway's `HOST:PORT` that clients use as ProxyJump: the one source of the
-    /// gateway's public address. `postern login` writes it, the CA puts its host into every
-    /// gateway's host certificate, and `postern-gate serve` refuses a certificate without it.
-    pub gateway_public_addr: Option<String>,
+    /// The gateways' `HOST:PORT`s that clients use as ProxyJump, in order (empty without):
+    /// the one source of the gateways' public addresses. `postern login` writes them, the CA
+    /// puts their hosts into every gateway's host certificate, and `postern-gate serve`
+    /// refuses a certificate that names none of them.
+    pub gateway_public_addrs: Vec<String>,
     /// `[recordings] max_bytes`: the largest recording accepted.
     pub recordings_max_bytes: u64,
     /// `[recordings] chunk_bytes`: the largest upload chunk accepted (gateways send chunks of
@@ -503,12 +527,34 @@ impl Config {
         // Checked here, not first by `postern login` or a failing ssh: the host must be one a
         // host certificate can name, or every user's ssh fails with "Host key verification
         // failed" at the gateway.
-        let gateway_public_addr = match raw.gateway.as_ref().and_then(|g| g.public_addr.as_ref()) {
-            None => None,
+        let gateway_public_addrs = match raw.gateway.as_ref().and_then(|g| g.public_addr.as_ref()) {
+            None => Vec::new(),
             Some(v) => {
-                postern_core::names::address_principal(v.get_ref())
-                    .map_err(|e| at(v.span().start, format!("[gateway] public_addr: {e}")))?;
-                Some(v.get_ref().clone())
+                let start = v.span().start;
+                let addrs = match v.get_ref() {
+                    PublicAddrs::One(a) => vec![a.clone()],
+                    PublicAddrs::Several(a) if a.is_empty() => {
+                        return Err(at(
+                            start,
+                            "[gateway] public_addr: an empty list; leave the key out when \
+                             the cluster has no gateway"
+                                .into(),
+                        ))
+                    }
+                    PublicAddrs::Several(a) => a.clone(),
+                };
+                let mut seen = std::collections::HashSet::new();
+                for a in &addrs {
+                    postern_core::names::address_principal(a)
+                        .map_err(|e| at(start, format!("[gateway] public_addr: {e}")))?;
+                    if !seen.insert(a.to_ascii_lowercase()) {
+                        return Err(at(
+                            start,
+                            format!("[gateway] public_addr: {a:?} is listed twice"),
+                        ));
+                    }
+                }
+                addrs
             }
         };
         let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
@@ -591,7 +637,7 @@ impl Config {
             api_url: raw.api_url,
             data_dir,
             policy: resolve(&raw.policy),
-            gateway_public_addr,
+            gateway_public_addrs,
             recordings_max_bytes,
             recordings_chunk_bytes,
             limits,
@@ -614,6 +660,8 @@ impl Config {
              \n\
              # [gateway]\n\
              # public_addr = \"gate.example.com:3023\"\n\
+             # several gateways: one DNS name for all, or a list\n\
+             # public_addr = [\"gate1.example.com:3023\", \"gate2.example.com:3023\"]\n\
              \n\
              # [recordings]\n\
              # max_bytes = \"64GiB\"      # the largest recording a gateway may upload\n\
@@ -728,10 +776,30 @@ mod tests {
             Path::new("p"),
         )
         .unwrap();
+        assert_eq!(c.gateway_public_addrs, ["gate.example.com:3023"]);
+        let c = Config::parse(
+            &format!("{base}public_addr = [\"g1.example.com:3023\", \"10.0.0.2:22\"]\n"),
+            Path::new("p"),
+        )
+        .unwrap();
         assert_eq!(
-            c.gateway_public_addr.as_deref(),
-            Some("gate.example.com:3023")
+            c.gateway_public_addrs,
+            ["g1.example.com:3023", "10.0.0.2:22"]
         );
+        assert_eq!(
+            render_public_addrs(&c.gateway_public_addrs),
+            "[\"g1.example.com:3023\", \"10.0.0.2:22\"]"
+        );
+        for bad in [
+            "[]",
+            "[\"g1:22\", \"G1:22\"]",
+            "[\"g1:22\", \"gate example:22\"]",
+            "[\"g1:22\", 3]",
+        ] {
+            let e =
+                Config::parse(&format!("{base}public_addr = {bad}\n"), Path::new("p")).unwrap_err();
+            assert!(e.starts_with("p:5:"), "{bad}: {e}");
+        }
         for bad in ["[::1]:3023", "gate:0", "gate example:22", ""] {
             let e = Config::parse(&format!("{base}public_addr = {bad:?}\n"), Path::new("p"))
                 .unwrap_err();

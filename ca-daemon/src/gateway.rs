@@ -332,7 +332,8 @@ impl Service {
 
 impl Service {
     /// `GET /v1/gateway/public-addr`: the address users are told to use for the gateway
-    /// (`[gateway] public_addr`), which the gateway's host certificate must name.
+    /// (`[gateway] public_addr`, one or several), which the gateway's host certificate must
+    /// name.
     pub async fn gateway_public_addr(
         &self,
         gateway: AuthedGateway,
@@ -346,7 +347,8 @@ impl Service {
             return Err(not_a_gateway());
         }
         Ok(postern_core::api::GatewayPublicAddr {
-            public_addr: self.gateway.clone(),
+            public_addr: self.gateways.first().cloned(),
+            public_addrs: self.gateways.clone(),
         })
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::service::{now, Service};
 use crate::store;
 use crate::{admin, api, audit, auth, db, keys, tls};
@@ -207,8 +207,11 @@ pub fn init(
     }
     let mut config_text = Config::render(cluster_name.as_str(), &listen, &api_url);
     // What every instance must say alike comes from the instance the keys come from.
-    if let Some(addr) = from.as_ref().and_then(|f| f.gateway_public_addr.as_ref()) {
-        config_text.push_str(&format!("\n[gateway]\npublic_addr = {addr:?}\n"));
+    if let Some(f) = from.as_ref().filter(|f| !f.gateway_public_addrs.is_empty()) {
+        config_text.push_str(&format!(
+            "\n[gateway]\npublic_addr = {}\n",
+            config::render_public_addrs(&f.gateway_public_addrs)
+        ));
     }
     config_text.push_str(&storage_section);
     keys::write_new(&config_path, config_text.as_bytes(), 0o644)?;
@@ -303,7 +306,7 @@ pub async fn serve(config: &Path, banner: Option<String>) -> Result<()> {
     tokio::spawn(audit::run_emitter(db.clone(), audit_key));
     let svc = Arc::new(Service {
         cluster: cfg.cluster.clone(),
-        gateway: cfg.gateway_public_addr.clone(),
+        gateways: cfg.gateway_public_addrs.clone(),
         keys: Arc::clone(&keys),
         db,
         policy: RwLock::new(Arc::new(policy)),

@@ -30,8 +30,8 @@ pub use postern_core::clock::now;
 pub struct Service {
     /// Cluster name.
     pub cluster: ClusterName,
-    /// Gateway address for clients.
-    pub gateway: Option<String>,
+    /// The gateways' public addresses (`[gateway] public_addr`), in order; empty without.
+    pub gateways: Vec<String>,
     /// Every key.
     pub keys: Arc<KeyStore>,
     /// The database.
@@ -271,7 +271,7 @@ impl Service {
         let policy = self.policy();
         let keys = Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
-        let gateway = self.gateway.clone();
+        let gateway = self.gateways.clone();
         let ttl = req.ttl;
         self.db
             .run(move |conn| -> Result<Committed<CertResponse>> {
@@ -355,7 +355,7 @@ impl Service {
         let policy = self.policy();
         let keys = Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
-        let gateway = self.gateway.clone();
+        let gateway = self.gateways.clone();
         self.db
             .run(move |conn| -> Result<Committed<CertResponse>> {
                 let identity = caller.identity();
@@ -432,7 +432,7 @@ struct IssueCtx<'a> {
     keys: &'a KeyStore,
     policy: &'a Policy,
     cluster: &'a ClusterName,
-    gateway: &'a Option<String>,
+    gateway: &'a [String],
 }
 
 impl IssueCtx<'_> {
@@ -552,7 +552,12 @@ impl IssueCtx<'_> {
                 x509_certificate: x509,
                 x509_ca: self.keys.service.cert_pem.clone(),
                 host_ca_keys: vec![host_ca],
-                gateway: self.gateway.clone(),
+                gateway: self.gateway.first().cloned(),
+                gateways: if self.gateway.len() > 1 {
+                    self.gateway.to_vec()
+                } else {
+                    Vec::new()
+                },
                 principals: a.logins().to_vec(),
                 permits: a.permits().iter().copied().collect(),
                 valid_before,

@@ -153,9 +153,15 @@ pub struct CertResponse {
     pub x509_ca: String,
     /// Host CA public keys (OpenSSH one-line form), for `@cert-authority`.
     pub host_ca_keys: Vec<String>,
-    /// The gateway's `HOST:PORT`, when the cluster has one.
+    /// The gateway's `HOST:PORT`, when the cluster has one (the first of [`Self::gateways`]
+    /// when it has several).
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Every gateway address (`HOST:PORT`), in order, when the cluster has more than one;
+    /// empty (and absent on the wire, for the CLIs of earlier versions, which refuse fields
+    /// they do not know) when it has one or none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
     /// Principals of the certificate.
     pub principals: Vec<Login>,
     /// Extensions of the certificate.
@@ -526,6 +532,22 @@ pub struct GatewayPublicAddr {
     /// writes no `ProxyJump`).
     #[serde(default)]
     pub public_addr: Option<String>,
+    /// Every address users are told to use, in order (the first is `public_addr`), when the
+    /// CA has several; absent from a CA of an earlier version, which had one at most.
+    #[serde(default)]
+    pub public_addrs: Vec<String>,
+}
+
+impl GatewayPublicAddr {
+    /// Every address users are told to use: `public_addrs`, or `public_addr` from a CA of an
+    /// earlier version.
+    pub fn all(&self) -> Vec<String> {
+        if self.public_addrs.is_empty() {
+            self.public_addr.iter().cloned().collect()
+        } else {
+            self.public_addrs.clone()
+        }
+    }
 }
 
 /// `POST /v1/gateway/authorize` (mTLS, gateway identity): the CA checks policy (the user may

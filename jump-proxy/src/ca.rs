@@ -31,10 +31,25 @@ pub struct Joined {
     pub name: NodeName,
     /// The cluster.
     pub cluster: ClusterName,
-    /// The address users are told to use for the gateway, as the CA said at join; `serve`
-    /// checks against it when it cannot ask the CA (see `public.rs`).
+    /// The address users are told to use for the gateway, as the CA said at join (the first
+    /// of `public_addrs` when it said several); `serve` checks against it when it cannot ask
+    /// the CA (see `public.rs`).
     #[serde(default)]
     pub public_addr: Option<String>,
+    /// Every address users are told to use, when the CA said several at join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_addrs: Vec<String>,
+}
+
+impl Joined {
+    /// Every address users are told to use, as the CA said at join.
+    pub fn public_addrs(&self) -> Vec<String> {
+        if self.public_addrs.is_empty() {
+            self.public_addr.iter().cloned().collect()
+        } else {
+            self.public_addrs.clone()
+        }
+    }
 }
 
 /// A handle on the CA for the gateway. Clones share one client.

@@ -100,7 +100,7 @@ fn join(
     write(&state.join("ca.crt"), resp.x509_ca.as_bytes(), 0o644)?;
     // The address users are told to use has one source, the CA's configuration: ask for it
     // with the identity just issued. A CA too old to know the route answers 404.
-    let public_addr = ClientIdentity::from_pem(
+    let public_addrs = ClientIdentity::from_pem(
         resp.x509_certificate.as_bytes(),
         identity_pem.as_bytes(),
     )
@@ -108,14 +108,14 @@ fn join(
     .map_err(|e| e.to_string())
     .and_then(
         |api| match api.get::<GatewayPublicAddr>("/v1/gateway/public-addr") {
-            Ok(r) => Ok(r.public_addr),
-            Err(e) if e.status() == Some(404) => Ok(None),
+            Ok(r) => Ok(r.all()),
+            Err(e) if e.status() == Some(404) => Ok(Vec::new()),
             Err(e) => Err(e.to_string()),
         },
     )
     .unwrap_or_else(|e| {
         eprintln!("postern-gate: warning: cannot ask the CA for the gateway's public address: {e}");
-        None
+        Vec::new()
     });
     let host_cert = Certificate::from_openssh(resp.host_certificate.trim())
         .context("the CA sent a host certificate that does not parse")?;
@@ -123,18 +123,27 @@ fn join(
         name.as_str(),
         host_cert.valid_principals(),
         address.as_deref(),
-        public_addr.as_deref(),
+        &public_addrs,
     );
-    let users_reach = public_addr
-        .as_deref()
-        .map(|p| format!(" (users reach it at {p})"))
-        .unwrap_or_default();
+    let users_reach = match public_addrs.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (users reach it at {one})"),
+        several => format!(
+            " (users reach the cluster's gateways at {})",
+            several.join(", ")
+        ),
+    };
     let joined = ca::Joined {
         ca: url,
         ca_pin: pin.to_string(),
         name: name.clone(),
         cluster: resp.cluster.clone(),
-        public_addr,
+        public_addr: public_addrs.first().cloned(),
+        public_addrs: if public_addrs.len() > 1 {
+            public_addrs
+        } else {
+            Vec::new()
+        },
     };
     write(
         &state.join("joined.json"),
@@ -157,11 +166,33 @@ fn warn_about_address(
     name: &str,
     principals: &[String],
     address: Option<&str>,
-    public_addr: Option<&str>,
+    public_addrs: &[String],
 ) {
-    match public_addr {
-        Some(p) => {
-            if let Some(why) = public::mismatch(principals, p) {
+    match public_addrs {
+        [] => eprintln!(
+            "postern-gate: warning: the CA has no [gateway] public_addr, so `postern login` \
+             writes no ProxyJump and sends nobody to this gateway: set it in posternd.toml to \
+             HOST:PORT with a HOST its host certificate names ({}) and restart posternd",
+            principals.join(", ")
+        ),
+        several @ [_, _, ..] => {
+            if let Some(why) = public::mismatch(principals, several) {
+                eprintln!(
+                    "postern-gate: warning: {why}; `serve` will refuse to start: {}",
+                    public::fix(name)
+                );
+            } else if address.is_some_and(|a| !several.iter().any(|p| p == a)) {
+                eprintln!(
+                    "postern-gate: warning: --address {} is none of the addresses users are \
+                     told to use, {} (posternd.toml's [gateway] public_addr, which `postern \
+                     login` writes); the host certificate names them all",
+                    address.unwrap_or_default(),
+                    several.join(", ")
+                );
+            }
+        }
+        [p] => {
+            if let Some(why) = public::mismatch(principals, public_addrs) {
                 eprintln!(
                     "postern-gate: warning: {why}; `serve` will refuse to start: {}",
                     public::fix(name)
@@ -174,12 +205,6 @@ fn warn_about_address(
                 );
             }
         }
-        None => eprintln!(
-            "postern-gate: warning: the CA has no [gateway] public_addr, so `postern login` \
-             writes no ProxyJump and sends nobody to this gateway: set it in posternd.toml to \
-             HOST:PORT with a HOST its host certificate names ({}) and restart posternd",
-            principals.join(", ")
-        ),
     }
 }
 
@@ -210,20 +235,28 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
     // Refuse to start rather than serve a certificate that every user's ssh refuses at the
     // address `postern login` sent them to.
     match public::learn(&ca).await {
-        (Some(addr), source) => {
-            if let Some(why) = public::mismatch(host_cert.valid_principals(), &addr) {
-                let said = match source {
-                    public::Source::Ca => "as the CA says now",
-                    public::Source::Join => "as the CA said at join; it cannot be asked now",
-                };
+        (addrs, source) if !addrs.is_empty() => {
+            let said = match source {
+                public::Source::Ca => "as the CA says now",
+                public::Source::Join => "as the CA said at join; it cannot be asked now",
+            };
+            if let Some(why) = public::mismatch(host_cert.valid_principals(), &addrs) {
                 anyhow::bail!(
                     "refusing to start: {why} ({said}; certificate {}). To fix it, {}",
                     cert_path.display(),
                     public::fix(ca.joined().name.as_str())
                 );
             }
+            let unnamed = public::unnamed(host_cert.valid_principals(), &addrs);
+            if !unnamed.is_empty() {
+                tracing::warn!(
+                    unnamed = %unnamed.join(", "),
+                    "the host certificate does not name every address users are told to use ({said}): users who reach this gateway at one of these fail \"Host key verification failed\"; to fix it, {}",
+                    public::fix(ca.joined().name.as_str())
+                );
+            }
         }
-        (None, _) => tracing::warn!(
+        _ => tracing::warn!(
             "the CA has no [gateway] public_addr: `postern login` writes no ProxyJump, so users' ssh does not come through this gateway"
         ),
     }

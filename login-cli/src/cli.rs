@@ -119,6 +119,19 @@ When standard output is not a terminal, the output is written at once, without t
 you typed is not replayed. Playing another user's session is audited. The recording is an
 asciicast v2 file: `asciinema play` plays it too.";
 
+const REACHABLE_HELP: &str = "\
+Exit status 0 when an SSH server's banner arrives from HOST:PORT within the
+timeout (every address of a name is tried), 1 otherwise; it prints nothing.
+
+A cluster with several gateways ([gateway] public_addr in posternd.toml lists
+them) gets an ssh_config from `postern login` that runs this before each ssh:
+stock ssh then jumps through the first gateway that answers, and through the
+last one when none of the others does.
+
+EXAMPLES:
+  postern reachable gate1.example.com:3023 && echo up
+  postern reachable --timeout-ms 300 '[2001:db8::7]:3023'";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "postern",
@@ -155,6 +168,20 @@ pub enum Command {
     /// Replay a recorded session in the terminal
     #[command(after_help = PLAY_HELP)]
     Play(PlayArgs),
+    /// Whether a gateway answers (the ssh_config of several gateways runs this)
+    #[command(after_help = REACHABLE_HELP)]
+    Reachable(ReachableArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReachableArgs {
+    /// The gateway, as ssh_config's ProxyJump names it: HOST:PORT, [V6]:PORT or HOST
+    #[arg(value_name = "HOST:PORT")]
+    pub address: String,
+    /// How long to wait for the banner, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

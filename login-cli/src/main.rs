@@ -101,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json: a.json,
             },
         ),
+        Command::Reachable(_) => unreachable!("answered in main"),
         Command::Play(a) => commands::recordings::play(
             &layout,
             commands::recordings::PlayArgs {
@@ -114,6 +115,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     // clap exits with status 2 on a usage error and 0 for --help and --version.
     let cli = Cli::parse();
+    // Quiet, and never a refusal: ssh_config's `Match exec` reads only the status.
+    if let Command::Reachable(a) = &cli.command {
+        let timeout = std::time::Duration::from_millis(a.timeout_ms);
+        return if commands::reachable::answers(&a.address, timeout) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -118,9 +118,12 @@ pub struct Profile {
     pub permits: Vec<Permit>,
     /// Whether `postern login --agent` put the key into ssh-agent.
     pub agent: bool,
-    /// The gateway (`HOST:PORT`), when the cluster has one.
+    /// The gateway (`HOST:PORT`), when the cluster has one; the first when it has several.
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Every gateway (`HOST:PORT`), in order, when the cluster has several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
 }
 
 /// Reads `current.json`; `None` when there is none.

@@ -72,6 +72,11 @@ impl Gateway {
         &self.host
     }
 
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The `ProxyJump` argument.
     pub fn jump(&self) -> String {
         match (self.host.contains(':'), self.port) {
@@ -140,12 +145,12 @@ fn key_line(key: &PublicKey) -> anyhow::Result<String> {
 }
 
 /// `known_hosts` for a cluster: one `@cert-authority *.<cluster>` line per host CA key, plus
-/// lines for the gateway's own address when it has one (it is reached by its address, which
-/// need not be under the cluster's domain, and a non-22 port is looked up as `[host]:port`).
+/// lines for each gateway's own address (it is reached by its address, which need not be
+/// under the cluster's domain, and a non-22 port is looked up as `[host]:port`).
 pub fn render_known_hosts(
     cluster: &ClusterName,
     host_ca_keys: &[PublicKey],
-    gateway: Option<&Gateway>,
+    gateways: &[Gateway],
 ) -> anyhow::Result<String> {
     let mut out = format!(
         "# Written by postern for cluster {cluster}; replaced on every login and renewal.\n"
@@ -157,7 +162,7 @@ pub fn render_known_hosts(
     for l in &lines {
         let _ = writeln!(out, "@cert-authority *.{cluster} {l}");
     }
-    if let Some(gw) = gateway {
+    for gw in gateways {
         for l in &lines {
             let _ = writeln!(out, "@cert-authority {} {l}", gw.known_hosts_name());
         }
@@ -176,12 +181,40 @@ pub struct ClusterPaths<'a> {
     pub known_hosts: &'a Path,
 }
 
+/// The command ssh runs (`Match exec`) to learn whether the gateway at `gw` answers:
+/// `postern reachable`, by the absolute path of the binary that writes the file. ssh expands
+/// `%` tokens in it and hands it to the user's shell, so `%` is doubled and the path is
+/// single-quoted when it needs to be; a path with a quote is refused.
+fn probe_command(postern: &Path, gw: &Gateway) -> anyhow::Result<String> {
+    let s = postern
+        .to_str()
+        .with_context(|| format!("path {} is not valid UTF-8", postern.display()))?;
+    if s.chars()
+        .any(|c| c.is_control() || c == '"' || c == '\'' || c == '\\')
+    {
+        bail!("path {s:?} contains a quote or control character that ssh_config cannot express");
+    }
+    let s = s.replace('%', "%%");
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+'));
+    let path = if plain { s } else { format!("'{s}'") };
+    Ok(format!("{path} reachable {}", gw.jump()))
+}
+
 /// The ssh_config of one cluster. Paths are absolute because the user's `$HOME` may differ
 /// from the passwd home that ssh would expand `~` to.
+///
+/// With several gateways, stock ssh jumps through the first that answers: ssh keeps the first
+/// `ProxyJump` it obtains, so each gateway but the last has a `Match ... exec` block that
+/// applies only when `postern reachable` (the binary at `postern`) hears that gateway's SSH
+/// banner, and the last one is the unconditional fallback. A cluster with one gateway name
+/// for several addresses (DNS) needs none of that: ssh tries each address itself.
 pub fn render_ssh_config(
     cluster: &ClusterName,
     paths: &ClusterPaths<'_>,
-    gateway: Option<&Gateway>,
+    gateways: &[Gateway],
+    postern: &Path,
 ) -> anyhow::Result<String> {
     let identity = ssh_path(paths.identity, true)?;
     let certificate = ssh_path(paths.certificate, true)?;
@@ -193,16 +226,49 @@ pub fn render_ssh_config(
     let mut out = format!(
         "# Written by postern for cluster {cluster}; replaced on every login and renewal.\n"
     );
-    if let Some(gw) = gateway {
-        // The jump connection to the gateway is a second ssh run that matches the gateway's
+    let mut hosts: Vec<&str> = Vec::new();
+    for gw in gateways {
+        if !hosts.contains(&gw.host()) {
+            hosts.push(gw.host());
+        }
+    }
+    if !hosts.is_empty() {
+        // The jump connection to a gateway is a second ssh run that matches the gateway's
         // own address, not `*.<cluster>`: it needs the certificate and known_hosts too, and
         // `ProxyJump none` stops a gateway named under the cluster's domain from jumping
         // through itself. This block comes first because ssh_config keeps the first value.
-        let _ = write!(out, "\nHost {}\n    ProxyJump none\n{common}", gw.host());
+        let _ = write!(
+            out,
+            "\nHost {}\n    ProxyJump none\n{common}",
+            hosts.join(" ")
+        );
     }
     let _ = write!(out, "\nHost *.{cluster}\n{common}");
-    if let Some(gw) = gateway {
-        let _ = writeln!(out, "    ProxyJump {}", gw.jump());
+    if let Some((last, first)) = gateways.split_last() {
+        if first.is_empty() {
+            let _ = writeln!(out, "    ProxyJump {}", last.jump());
+        } else {
+            // The gateways' own names are left out, so that their jump connections (already
+            // `ProxyJump none`) run no probe.
+            let mut pattern = format!("*.{cluster}");
+            for h in &hosts {
+                let _ = write!(pattern, ",!{h}");
+            }
+            for gw in first {
+                let _ = write!(
+                    out,
+                    "\n# The first gateway that answers; `postern reachable` hears its banner.\n\
+                     Match host \"{pattern}\" exec \"{}\"\n    ProxyJump {}\n",
+                    probe_command(postern, gw)?,
+                    gw.jump()
+                );
+            }
+            let _ = write!(
+                out,
+                "\n# When no other gateway answers.\nHost *.{cluster}\n    ProxyJump {}\n",
+                last.jump()
+            );
+        }
     }
     Ok(out)
 }
@@ -221,7 +287,7 @@ mod tests {
     #[test]
     fn known_hosts_has_one_cert_authority_line_per_key() {
         let k = PublicKey::from_openssh(CA_KEY).unwrap();
-        let out = render_known_hosts(&cluster(), &[k.clone(), k], None).unwrap();
+        let out = render_known_hosts(&cluster(), &[k.clone(), k], &[]).unwrap();
         let lines: Vec<_> = out.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(lines.len(), 2);
         for l in lines {
@@ -236,14 +302,14 @@ mod tests {
     fn known_hosts_names_gateway_with_port_in_brackets() {
         let k = PublicKey::from_openssh(CA_KEY).unwrap();
         let gw = Gateway::parse("127.0.0.1:3023").unwrap();
-        let out = render_known_hosts(&cluster(), &[k], Some(&gw)).unwrap();
+        let out = render_known_hosts(&cluster(), &[k], std::slice::from_ref(&gw)).unwrap();
         assert!(
             out.contains("\n@cert-authority [127.0.0.1]:3023 ssh-ed25519 "),
             "{out}"
         );
         let gw22 = Gateway::parse("gate.example.net").unwrap();
         let k = PublicKey::from_openssh(CA_KEY).unwrap();
-        let out = render_known_hosts(&cluster(), &[k], Some(&gw22)).unwrap();
+        let out = render_known_hosts(&cluster(), &[k], &[gw22]).unwrap();
         assert!(
             out.contains("\n@cert-authority gate.example.net ssh-ed25519 "),
             "{out}"
@@ -267,7 +333,7 @@ mod tests {
             known_hosts: &k,
         };
         let gw = Gateway::parse("gate.example.com:3023").unwrap();
-        let out = render_ssh_config(&cluster(), &p, Some(&gw)).unwrap();
+        let out = render_ssh_config(&cluster(), &p, &[gw], Path::new("/usr/bin/postern")).unwrap();
         let block = out.split("Host *.example.com\n").nth(1).unwrap();
         assert_eq!(
             block,
@@ -284,6 +350,60 @@ mod tests {
     }
 
     #[test]
+    fn ssh_config_with_several_gateways_jumps_through_the_first_that_answers() {
+        let (i, c, k) = paths(Path::new("/h/.ssh/postern/example.com"));
+        let p = ClusterPaths {
+            identity: &i,
+            certificate: &c,
+            known_hosts: &k,
+        };
+        let gws: Vec<Gateway> = ["127.0.0.1:3023", "gate2.example.com:3023", "[::1]:3023"]
+            .iter()
+            .map(|g| Gateway::parse(g).unwrap())
+            .collect();
+        let out =
+            render_ssh_config(&cluster(), &p, &gws, Path::new("/opt/my tools/postern%1")).unwrap();
+        // All gateways' own connections jump nowhere, before anything else.
+        assert!(
+            out.contains("\nHost 127.0.0.1 gate2.example.com ::1\n    ProxyJump none\n"),
+            "{out}"
+        );
+        let pattern = "\"*.example.com,!127.0.0.1,!gate2.example.com,!::1\"";
+        let first = format!(
+            "Match host {pattern} exec \"'/opt/my tools/postern%%1' reachable 127.0.0.1:3023\"\n    \
+             ProxyJump 127.0.0.1:3023\n"
+        );
+        let second = format!(
+            "Match host {pattern} exec \"'/opt/my tools/postern%%1' reachable \
+             gate2.example.com:3023\"\n    ProxyJump gate2.example.com:3023\n"
+        );
+        let last = "Host *.example.com\n    ProxyJump [::1]:3023\n";
+        let (a, b, c) = (
+            out.find(&first).unwrap(),
+            out.find(&second).unwrap(),
+            out.find(last).unwrap(),
+        );
+        assert!(a < b && b < c, "{out}");
+        assert_eq!(out.matches("ProxyJump ").count(), 4, "{out}");
+        // A path that ssh_config and the shell cannot both take literally is refused.
+        for bad in ["/opt/it's/postern", "/opt/a\"b/postern", "/opt/a\\b"] {
+            assert!(render_ssh_config(&cluster(), &p, &gws, Path::new(bad)).is_err());
+        }
+        let kh = render_known_hosts(
+            &cluster(),
+            &[PublicKey::from_openssh(CA_KEY).unwrap()],
+            &gws,
+        )
+        .unwrap();
+        for name in ["[127.0.0.1]:3023", "[gate2.example.com]:3023", "[::1]:3023"] {
+            assert!(
+                kh.contains(&format!("\n@cert-authority {name} ssh-ed25519 ")),
+                "{kh}"
+            );
+        }
+    }
+
+    #[test]
     fn ssh_config_without_gateway_has_no_proxyjump() {
         let (i, c, k) = paths(Path::new("/h/.ssh/postern/example.com"));
         let p = ClusterPaths {
@@ -291,7 +411,7 @@ mod tests {
             certificate: &c,
             known_hosts: &k,
         };
-        let out = render_ssh_config(&cluster(), &p, None).unwrap();
+        let out = render_ssh_config(&cluster(), &p, &[], Path::new("/usr/bin/postern")).unwrap();
         assert!(!out.contains("ProxyJump"), "{out}");
         assert!(
             out.contains("\nHost *.example.com\n    IdentityFile /h/"),
@@ -307,7 +427,7 @@ mod tests {
             certificate: &c,
             known_hosts: &k,
         };
-        let out = render_ssh_config(&cluster(), &p, None).unwrap();
+        let out = render_ssh_config(&cluster(), &p, &[], Path::new("/usr/bin/postern")).unwrap();
         assert!(
             out.contains("IdentityFile \"/home/a b%%d/.ssh/postern/example.com/id_ed25519\"\n"),
             "{out}"
@@ -318,7 +438,7 @@ mod tests {
             certificate: &c,
             known_hosts: &k,
         };
-        render_ssh_config(&cluster(), &p, None).unwrap_err();
+        render_ssh_config(&cluster(), &p, &[], Path::new("/usr/bin/postern")).unwrap_err();
     }
 
     #[test]

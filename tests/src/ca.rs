@@ -210,6 +210,18 @@ impl Ca {
         std::fs::write(&p, format!("{text}\n[gateway]\npublic_addr = \"{addr}\"\n")).unwrap();
     }
 
+    /// Sets `[gateway] public_addr` to a list of several addresses (before `spawn`).
+    pub fn set_gateways(&self, addrs: &[&str]) {
+        let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+        let p = self.config();
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(
+            &p,
+            format!("{text}\n[gateway]\npublic_addr = [{}]\n", list.join(", ")),
+        )
+        .unwrap();
+    }
+
     /// Appends text (a TOML table such as `[recordings]`) to posternd.toml (before `spawn`).
     pub fn append_config(&self, text: &str) {
         let p = self.config();

@@ -81,6 +81,20 @@ impl Gate {
         self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
     }
 
+    /// [`Gate::spawn`] listening on `host` (a loopback address other than 127.0.0.1) at the
+    /// gateway's port.
+    pub fn spawn_on(&mut self, host: &str) {
+        let mut cmd = Command::new(bin("postern-gate"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("{host}:{}", self.port),
+            "--state-dir",
+        ])
+        .arg(self.dir.path());
+        self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
+    }
+
     /// The gateway's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)

@@ -2,7 +2,8 @@
 //! postern-gate, each talking to its own instance, and one server joined through the first:
 //! sessions reach the server through either gateway, each records them, every recording is
 //! readable from either instance, and a lock taken at one instance cuts a live session at the
-//! gateway that talks to the other.
+//! gateway that talks to the other. `[gateway] public_addr` lists both gateways, and the
+//! ssh_config `postern login` writes sends stock ssh through the first that answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -28,18 +29,37 @@ roles = ["dev"]
     )
 }
 
-/// stock ssh to web1 with the ssh_config `postern login` wrote, jumping through `gate`.
-fn ssh(alice: &Person, ca: &Ca, gate: &Gate, cmd: &str) -> Command {
+/// stock ssh to web1 with the ssh_config `postern login` wrote, jumping through `gate` (or
+/// through whichever gateway that file picks).
+fn ssh(alice: &Person, ca: &Ca, gate: Option<&Gate>, cmd: &str) -> Command {
     let mut c = Command::new("ssh");
     c.env("HOME", alice.home.path())
         .env_remove("SSH_AUTH_SOCK")
         .arg("-F")
-        .arg(alice.home.path().join(".ssh/config"))
-        .args(["-o", &format!("ProxyJump=127.0.0.1:{}", gate.port)])
-        .args(["-o", "BatchMode=yes", "-l", TEST_LOGIN])
+        .arg(alice.home.path().join(".ssh/config"));
+    if let Some(gate) = gate {
+        c.args(["-o", &format!("ProxyJump=127.0.0.1:{}", gate.port)]);
+    }
+    c.args(["-o", "BatchMode=yes", "-l", TEST_LOGIN])
         .arg(format!("web1.{}", ca.cluster))
         .arg(cmd);
     c
+}
+
+/// The gateway that recorded the session that printed `word`, as `recordings ls` says.
+fn recorded_by(ca: &Ca, alice: &Person, word: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for r in ca.admin_json(&["recordings", "ls"]).as_array().unwrap() {
+            let id = r["id"].as_str().unwrap();
+            let out = run(alice.postern().args(["play", id, "--speed", "1000"]));
+            if text(&out).contains(word) {
+                return r["gateway"].as_str().unwrap().to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no recording shows {word}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[test]
@@ -51,12 +71,13 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         .unwrap();
     let mut a = Ca::init_postgres(&policy(), &pg.url(), rec.path());
     let (p1, p2) = (Gate::reserve_port(), Gate::reserve_port());
-    a.set_gateway(&format!("127.0.0.1:{p1}"));
-    // The second instance takes the gateway's public address from the first.
+    let (addr1, addr2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    a.set_gateways(&[&addr1, &addr2]);
+    // The second instance takes the gateways' public addresses from the first.
     let mut b = a.another_instance(&policy(), &pg.url(), rec.path());
     let b_config = std::fs::read_to_string(b.config()).unwrap();
     assert!(
-        b_config.contains(&format!("public_addr = \"127.0.0.1:{p1}\"")),
+        b_config.contains(&format!("public_addr = [{addr1:?}, {addr2:?}]")),
         "{b_config}"
     );
     a.spawn();
@@ -100,19 +121,26 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     let mut alice = Person::new("alice");
     alice.enroll(&b);
     alice.login(&a);
-    // `postern login` writes the one public address's known_hosts pattern; a user of the
-    // second gateway by its own address adds its pattern for the same host CA (several public
-    // addresses in [gateway] are not done yet).
-    let kh = alice.cluster_dir(&a).join("known_hosts");
-    let text_kh = std::fs::read_to_string(&kh).unwrap();
-    let line = text_kh
-        .lines()
-        .find(|l| l.starts_with("@cert-authority") && l.contains(&format!(":{p1}")))
-        .unwrap_or_else(|| panic!("no gateway line in {text_kh}"))
-        .replace(&format!(":{p1}"), &format!(":{p2}"));
-    std::fs::write(&kh, format!("{text_kh}{line}\n")).unwrap();
+    // `postern login` writes both gateways: known_hosts names each, and ssh_config jumps
+    // through the first that answers.
+    let kh = std::fs::read_to_string(alice.cluster_dir(&a).join("known_hosts")).unwrap();
+    for p in [p1, p2] {
+        assert!(
+            kh.contains(&format!("@cert-authority [127.0.0.1]:{p} ")),
+            "{kh}"
+        );
+    }
+    let config = std::fs::read_to_string(alice.cluster_dir(&a).join("ssh_config")).unwrap();
+    assert!(
+        config.contains(&format!("reachable {addr1}\"\n")),
+        "{config}"
+    );
+    let out = run(&mut ssh(&alice, &a, None, "echo through-the-config"));
+    assert!(out.status.success(), "ssh: {}\n{}", text(&out), gate1.log());
+    assert_eq!(recorded_by(&a, &alice, "through-the-config"), "gate1");
+    // Either gateway by its own address, with nothing added to what `postern login` wrote.
     for (gate, word) in [(&gate1, "through-one"), (&gate2, "through-two")] {
-        let out = run(&mut ssh(&alice, &a, gate, &format!("echo {word}")));
+        let out = run(&mut ssh(&alice, &a, Some(gate), &format!("echo {word}")));
         assert!(
             out.status.success(),
             "ssh via {}: {}\n{}",
@@ -122,14 +150,17 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         );
         assert!(text(&out).contains(word), "{}", text(&out));
     }
-    // gate1 killed: new sessions go through gate2, and `gateways ls` says which is alive.
+    // gate1 killed: new sessions go through gate2 with the same ssh command and files, and
+    // `gateways ls` says which is alive.
     gate1.kill();
-    let out = run(&mut ssh(&alice, &a, &gate2, "echo after-the-kill"));
+    let out = run(&mut ssh(&alice, &a, None, "echo after-the-kill"));
     assert!(
         out.status.success(),
-        "ssh via gate2 with gate1 dead: {}",
-        text(&out)
+        "ssh with gate1 dead: {}\n{}",
+        text(&out),
+        gate2.log()
     );
+    assert_eq!(recorded_by(&b, &alice, "after-the-kill"), "gate2");
     alive(&b, &[("gate1", "no"), ("gate2", "yes")]);
     gate1.spawn();
     // Each gateway uploads its recording (to its own instance); both are listed by either.
@@ -137,7 +168,7 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     let ids = loop {
         let list = a.admin_json(&["recordings", "ls"]);
         let list = list.as_array().unwrap().clone();
-        if list.len() == 3 {
+        if list.len() == 4 {
             break list;
         }
         assert!(
@@ -156,7 +187,7 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
             .as_array()
             .unwrap()
             .len(),
-        3
+        4
     );
     // Played through the other instance than the one its gateway uploaded to.
     alice.login(&b);
@@ -172,7 +203,7 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     }
 
     // A session through gate1 (which asks A) is cut by a lock taken at B.
-    let mut held = ssh(&alice, &a, &gate1, "echo started; sleep 600")
+    let mut held = ssh(&alice, &a, Some(&gate1), "echo started; sleep 600")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -207,4 +238,89 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     assert!(err.contains("incident 7") || err.contains("lock"), "{err}");
     let out = a.admin(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `cmd` run with `/etc/hosts` replaced by `hosts` for it alone (a private mount namespace),
+/// as a resolver that answers one name with several addresses would.
+fn with_hosts(hosts: &std::path::Path, cmd: &Command) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(hosts)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+#[test]
+fn one_dns_name_for_two_gateways_sends_stock_ssh_to_whichever_answers() {
+    let mut ca = Ca::init(&policy());
+    let port = Gate::reserve_port();
+    let name = "gates.postern-dns.test";
+    ca.set_gateway(&format!("{name}:{port}"));
+    ca.spawn();
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        hosts.path(),
+        format!("127.0.0.1 localhost\n127.0.0.1 {name}\n127.0.0.2 {name}\n"),
+    )
+    .unwrap();
+    // Two gateways on two addresses of one name, at one port.
+    let gate1 = Gate::joined(&ca, port);
+    let token = ca.token("gateway", "gate2", "");
+    let (gate2, out) = Gate::join_as(
+        &ca,
+        port,
+        "gate2",
+        &token,
+        &["--address", &format!("127.0.0.2:{port}")],
+    );
+    assert!(out.status.success(), "gate2 join: {}", text(&out));
+    assert!(text(&out).contains(&format!("users reach it at {name}:{port}")));
+    let token = ca.token("node", "web1", "env=dev");
+    let (mut node, out) = Node::join_on(Distro::Debian12, &ca, "web1", &token, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    node.start_sshd();
+    let mut alice = Person::new("alice");
+    alice.enroll(&ca);
+    alice.login(&ca);
+    let config = std::fs::read_to_string(alice.cluster_dir(&ca).join("ssh_config")).unwrap();
+    assert!(
+        config.contains(&format!("ProxyJump {name}:{port}\n")),
+        "{config}"
+    );
+    assert!(!config.contains("reachable"), "{config}");
+    // Whichever of the two is down, the same stock ssh command reaches web1 through the
+    // other, and that one records it.
+    let mut gates = [gate1, gate2];
+    for round in 0..2 {
+        // Round 0: gate1 is down and gate2 (127.0.0.2) up; round 1 the other way round.
+        let (down, up) = (round, 1 - round);
+        gates[down].kill();
+        if up == 1 {
+            gates[up].spawn_on("127.0.0.2");
+        } else {
+            gates[up].spawn();
+        }
+        let word = format!("dns-round-{round}");
+        let out = run(&mut with_hosts(
+            hosts.path(),
+            &ssh(&alice, &ca, None, &format!("echo {word}")),
+        ));
+        assert!(
+            out.status.success(),
+            "ssh through {name} in round {round}: {}\n{}",
+            text(&out),
+            gates[up].log()
+        );
+        assert!(text(&out).contains(&word), "{}", text(&out));
+        let want = if up == 1 { "gate2" } else { "gate1" };
+        assert_eq!(recorded_by(&ca, &alice, &word), want);
+    }
 }

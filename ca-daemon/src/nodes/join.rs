@@ -186,7 +186,7 @@ impl Service {
         let policy = self.policy();
         let keys = std::sync::Arc::clone(&self.keys);
         let cluster = self.cluster.clone();
-        let public_addr = self.gateway.clone();
+        let public_addrs = self.gateways.clone();
         let failures = std::sync::Arc::clone(&self.limits.failures);
         self.db
             .run(move |c| -> Result<Committed<JoinResponse>> {
@@ -228,12 +228,16 @@ impl Service {
                 store::nodes::remove(c, req.name.as_str())?;
                 // A server's certificate names only the server (NAME, NAME.<cluster>): its
                 // self-declared address proves nothing, and would let it claim another host's
-                // name. A gateway's also names the address it was joined with and the one
+                // name. A gateway's also names the address it was joined with and every one
                 // users are told to dial: posternd.toml's `[gateway] public_addr` (what
-                // `postern login` writes as ProxyJump), whatever --address said.
+                // `postern login` writes as ProxyJump), whatever --address said. Every
+                // gateway of the cluster is named by all of them, so that any can stand in
+                // for another behind one of its addresses (a moved IP, a DNS name for all).
                 let mut principals = host_principals(&req.name, cluster.as_str(), req.address.as_deref().filter(|_| kind == NodeKind::Gateway))?;
                 if kind == NodeKind::Gateway {
-                    add_address_principal(&mut principals, public_addr.as_deref());
+                    for a in &public_addrs {
+                        add_address_principal(&mut principals, Some(a));
+                    }
                 }
                 let approval = policy.decide_host_cert(node_key_id(&req.name)?, principals, None)?;
                 let (cert, expiry, _) = host_cert_as(c, &keys, &approval, &host_key, now)?;

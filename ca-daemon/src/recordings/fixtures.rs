@@ -47,7 +47,7 @@ pub(super) async fn service(max_bytes: u64, chunk_bytes: u64) -> (tempfile::Temp
     prepare_dir(&d.path().join("recordings")).unwrap();
     let svc = Service {
         cluster: "c.test".parse().unwrap(),
-        gateway: None,
+        gateways: Vec::new(),
         keys,
         db: Db::open(&d.path().join("posternd.db")).unwrap(),
         policy: std::sync::RwLock::new(Arc::new(Policy::parse(POLICY, "policy.toml").unwrap())),

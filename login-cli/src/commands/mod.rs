@@ -4,6 +4,7 @@
 pub mod enroll;
 pub mod login;
 pub mod logout;
+pub mod reachable;
 pub mod recordings;
 pub mod renew;
 pub mod status;

@@ -36,8 +36,8 @@ pub struct Issued {
     x509_ca: String,
     /// Host CA keys.
     host_ca_keys: Vec<PublicKey>,
-    /// The gateway.
-    pub gateway: Option<Gateway>,
+    /// The gateways, in order (none, one, or the cluster's several).
+    pub gateways: Vec<Gateway>,
     /// Principals.
     pub principals: Vec<Login>,
     /// Permits.
@@ -116,7 +116,24 @@ pub fn check(
         !host_ca_keys.is_empty(),
         "the server sent no host CA key, so servers could not be authenticated"
     );
-    let gateway = resp.gateway.as_deref().map(Gateway::parse).transpose()?;
+    // `gateways` lists them all when the cluster has several; `gateway` is the first (and
+    // the only one a CA of an earlier version sends).
+    ensure!(
+        resp.gateways.len() <= MAX_GATEWAYS,
+        "the server sent {} gateway addresses, more than the {MAX_GATEWAYS} postern writes",
+        resp.gateways.len()
+    );
+    let gateways = if resp.gateways.is_empty() {
+        resp.gateway
+            .iter()
+            .map(|g| Gateway::parse(g))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        resp.gateways
+            .iter()
+            .map(|g| Gateway::parse(g))
+            .collect::<Result<Vec<_>, _>>()?
+    };
 
     Ok(Issued {
         cluster,
@@ -125,7 +142,7 @@ pub fn check(
         x509_certificate: resp.x509_certificate,
         x509_ca: resp.x509_ca,
         host_ca_keys,
-        gateway,
+        gateways,
         principals: resp.principals,
         permits: resp.permits,
         valid_before: cert.valid_before(),
@@ -181,11 +198,8 @@ pub fn install(
         line(&issued.x509_ca).as_bytes(),
         0o644,
     )?;
-    let known_hosts = render::render_known_hosts(
-        &issued.cluster,
-        &issued.host_ca_keys,
-        issued.gateway.as_ref(),
-    )?;
+    let known_hosts =
+        render::render_known_hosts(&issued.cluster, &issued.host_ca_keys, &issued.gateways)?;
     files::write_atomic(&dir, profile::KNOWN_HOSTS, known_hosts.as_bytes(), 0o644)?;
     let (identity, certificate, kh) = (
         dir.join(profile::KEY),
@@ -199,7 +213,8 @@ pub fn install(
             certificate: &certificate,
             known_hosts: &kh,
         },
-        issued.gateway.as_ref(),
+        &issued.gateways,
+        &postern_binary()?,
     )?;
     files::write_atomic(&dir, profile::SSH_CONFIG, config.as_bytes(), 0o644)?;
     Ok(dir)
@@ -217,8 +232,23 @@ pub fn profile_of(issued: &Issued, ca: &CaUrls, pin: CaPin, agent: bool) -> Prof
         principals: issued.principals.clone(),
         permits: issued.permits.clone(),
         agent,
-        gateway: issued.gateway.as_ref().map(Gateway::as_string),
+        gateway: issued.gateways.first().map(Gateway::as_string),
+        gateways: if issued.gateways.len() > 1 {
+            issued.gateways.iter().map(Gateway::as_string).collect()
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// The most gateway addresses a login writes (each but the last costs a probe per ssh run
+/// while the earlier ones are down).
+const MAX_GATEWAYS: usize = 16;
+
+/// The running binary, which the ssh_config of a cluster with several gateways runs as
+/// `postern reachable`.
+fn postern_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the path of the postern binary")
 }
 
 /// Writes `profile.json` of the profile's cluster.
@@ -289,6 +319,7 @@ mod tests {
             x509_ca: CA_PEM.to_owned(),
             host_ca_keys: vec![HOST_CA.to_owned()],
             gateway: Some("127.0.0.1:3023".to_owned()),
+            gateways: Vec::new(),
             principals: vec!["alice".parse().unwrap()],
             permits: vec![Permit::Pty],
             valid_before: 4_000_000_000,
@@ -310,7 +341,7 @@ mod tests {
         let resp = response(cert_for(key.public_key(), CertType::User));
         let issued = check(resp, &user, key.public_key(), pin).unwrap();
         assert_eq!(issued.valid_before, 4_000_000_000);
-        assert_eq!(issued.gateway.unwrap().jump(), "127.0.0.1:3023");
+        assert_eq!(issued.gateways[0].jump(), "127.0.0.1:3023");
     }
 
     #[test]
@@ -355,6 +386,25 @@ mod tests {
         let mut r = good();
         r.gateway = Some("gw\n  ProxyCommand sh -c evil".to_owned());
         assert!(check(r, &user, key.public_key(), pin).is_err());
+
+        // Every one of several gateways is checked, and their number is bounded.
+        let mut r = good();
+        r.gateways = vec![
+            "127.0.0.1:3023".into(),
+            "gw2\n  ProxyCommand sh -c evil".into(),
+        ];
+        assert!(check(r, &user, key.public_key(), pin).is_err());
+        let mut r = good();
+        r.gateways = (0..=MAX_GATEWAYS).map(|i| format!("gw{i}:22")).collect();
+        let e = check(r, &user, key.public_key(), pin).unwrap_err();
+        assert!(
+            e.to_string().contains("gateway addresses, more than"),
+            "{e}"
+        );
+        let mut r = good();
+        r.gateways = vec!["127.0.0.1:3023".into(), "127.0.0.2:3023".into()];
+        let issued = check(r, &user, key.public_key(), pin).unwrap();
+        assert_eq!(issued.gateways.len(), 2);
 
         let mut r = good();
         r.ssh_certificate = "ssh-ed25519-cert-v01@openssh.com AAAA".to_owned();
