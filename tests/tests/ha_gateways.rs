@@ -150,9 +150,19 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         );
         assert!(text(&out).contains(word), "{}", text(&out));
     }
-    // gate1 killed: new sessions go through gate2 with the same ssh command and files, and
-    // `gateways ls` says which is alive.
+    // gate1 killed with a session open: new sessions go through gate2 with the same ssh
+    // command and files, and `gateways ls` says which is alive.
+    let mut held = ssh(&alice, &a, Some(&gate1), "echo held-at-kill; sleep 600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let _ = BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut first);
+    assert_eq!(first, "held-at-kill\n", "{}", gate1.log());
     gate1.kill();
+    let _ = held.wait();
     let out = run(&mut ssh(&alice, &a, None, "echo after-the-kill"));
     assert!(
         out.status.success(),
@@ -162,13 +172,14 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     );
     assert_eq!(recorded_by(&b, &alice, "after-the-kill"), "gate2");
     alive(&b, &[("gate1", "no"), ("gate2", "yes")]);
+    // Restarted, gate1 completes the killed session's recording in its spool and uploads it.
     gate1.spawn();
     // Each gateway uploads its recording (to its own instance); both are listed by either.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ids = loop {
         let list = a.admin_json(&["recordings", "ls"]);
         let list = list.as_array().unwrap().clone();
-        if list.len() == 4 {
+        if list.len() == 5 {
             break list;
         }
         assert!(
@@ -187,8 +198,11 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
             .as_array()
             .unwrap()
             .len(),
-        4
+        5
     );
+    let cut: Vec<_> = ids.iter().filter(|r| r["interrupted"] == true).collect();
+    assert_eq!(cut.len(), 1, "{ids:?}");
+    assert_eq!(cut[0]["gateway"], "gate1");
     // Played through the other instance than the one its gateway uploaded to.
     alice.login(&b);
     for r in &ids {
@@ -196,7 +210,9 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
         let out = run(alice.postern().args(["play", id, "--speed", "1000"]));
         assert!(out.status.success(), "play {id} via B: {}", text(&out));
         assert!(
-            text(&out).contains("through-") || text(&out).contains("after-the-kill"),
+            ["through-", "after-the-kill", "held-at-kill"]
+                .iter()
+                .any(|w| text(&out).contains(w)),
             "{}",
             text(&out)
         );
