@@ -64,6 +64,17 @@ fn recorded_by(ca: &Ca, alice: &Person, word: &str) -> String {
 
 #[test]
 fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cuts_at_the_other() {
+    either_gateway_story(Distro::Debian12);
+}
+
+#[test]
+fn debian13_sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cuts_at_the_other(
+) {
+    either_gateway_story(Distro::Debian13);
+}
+
+/// Two instances, two gateways listed in `[gateway] public_addr`, and web1 on `distro`.
+fn either_gateway_story(distro: Distro) {
     let pg = Postgres::start();
     let rec = tempfile::Builder::new()
         .prefix("postern-rec")
@@ -94,7 +105,7 @@ fn sessions_go_through_either_gateway_are_recorded_and_a_lock_at_one_instance_cu
     );
     assert!(out.status.success(), "gate2 join: {}", text(&out));
     let token = b.token("node", "web1", "env=dev");
-    let (mut node, out) = Node::join_on(Distro::Debian12, &a, "web1", &token, &[]);
+    let (mut node, out) = Node::join_on(distro, &a, "web1", &token, &[]);
     assert!(out.status.success(), "{}", text(&out));
     node.start_sshd();
     gate1.spawn();
