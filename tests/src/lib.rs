@@ -29,7 +29,7 @@ pub use forward::Forwarder;
 pub use gateway::{pkcs8_v1, Gate, GateCluster};
 pub use node::{installed_shim, installed_shim_in, shim_logs_to_stderr, Node};
 pub use person::{base32_decode, Person};
-pub use pg::Postgres;
+pub use pg::{PgTls, Postgres};
 pub use scrape::{http_get, listening_ports, metric};
 pub use sshd::{
     distribution_sshd_config, distribution_sshd_config_from, ensure_bash_login, ensure_test_login,

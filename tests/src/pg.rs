@@ -16,6 +16,28 @@ pub struct Postgres {
     bin: PathBuf,
     /// The port it listens on at 127.0.0.1.
     pub port: u16,
+    /// `-c` settings beyond the port and socket (TLS).
+    settings: String,
+    /// The password of `postern` when connections over TCP need one.
+    password: Option<String>,
+}
+
+/// The TLS side of [`Postgres::start_tls`].
+pub struct PgTls {
+    /// The PEM file of the CA that signed the server's certificate (for `ca_file`).
+    pub ca_file: PathBuf,
+    /// A file that holds the password of `postern`, mode 0600 (for `password_file`).
+    pub password_file: PathBuf,
+    /// Another CA's PEM file, which did not sign the server's certificate.
+    pub other_ca_file: PathBuf,
+}
+
+/// Runs openssl as `postgres` in `dir`, so that the key files belong to the server's user.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = run(Command::new("runuser")
+        .args(["-u", "postgres", "--", "sh", "-c"])
+        .arg(format!("cd {} && openssl {args}", dir.display())));
+    assert!(out.status.success(), "openssl {args}: {}", text(&out));
 }
 
 /// The folder of Debian's PostgreSQL server binaries (the newest installed).
@@ -33,6 +55,23 @@ fn server_bin() -> PathBuf {
 impl Postgres {
     /// initdb and start; creates the database `postern` owned by the user `postern`.
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// [`Postgres::start`] with TLS required on every TCP connection (`hostssl` only, with
+    /// scram-sha-256 passwords), from a certificate for `127.0.0.1` that a CA of its own signs.
+    pub fn start_tls() -> (Postgres, PgTls) {
+        let pg = Postgres::start_with(true);
+        let d = pg.dir.path();
+        let tls = PgTls {
+            ca_file: d.join("ca.crt"),
+            password_file: d.join("password"),
+            other_ca_file: d.join("other-ca.crt"),
+        };
+        (pg, tls)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("postern-pg")
             .tempdir()
@@ -47,15 +86,84 @@ impl Postgres {
             .arg(&data)
             .args(["-A", "trust", "-U", "postern", "--no-sync", "-E", "UTF8"]));
         assert!(out.status.success(), "initdb: {}", text(&out));
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             bin,
             port: free_port(),
+            settings: String::new(),
+            password: None,
         };
+        if tls {
+            let d = pg.dir.path();
+            let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+            for ca in ["ca", "other-ca"] {
+                openssl(
+                    d,
+                    &format!(
+                        "req -x509 {ec} -keyout {ca}.key -out {ca}.crt -subj /CN=test-{ca} -days 2"
+                    ),
+                );
+            }
+            openssl(
+                d,
+                &format!("req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+            );
+            std::fs::write(
+                d.join("server.ext"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            openssl(
+                d,
+                "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+                 -out server.crt -days 2 -extfile server.ext",
+            );
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 host all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            pg.settings = format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                d.display()
+            );
+        }
         pg.pg_ctl_start();
+        if tls {
+            // Over the socket (trust), before TCP needs it.
+            let password = "pg-test-password-7f3a";
+            let out = pg.psql_socket(
+                "postgres",
+                &format!("ALTER ROLE postern PASSWORD '{password}'"),
+            );
+            assert!(out.status.success(), "password: {}", text(&out));
+            let f = pg.dir.path().join("password");
+            std::fs::write(&f, format!("{password}\n")).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            pg.password = Some(password.to_owned());
+        }
         let out = pg.psql("postgres", "CREATE DATABASE postern");
         assert!(out.status.success(), "createdb: {}", text(&out));
         pg
+    }
+
+    /// psql over the server's Unix socket.
+    fn psql_socket(&self, db: &str, sql: &str) -> std::process::Output {
+        run(Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postern",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ]))
     }
 
     fn pg_ctl_start(&self) {
@@ -68,9 +176,10 @@ impl Postgres {
             .arg(self.dir.path().join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                "-p {} -k {} -c listen_addresses=127.0.0.1{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.settings
             ))
             .args(["-w", "-t", "60", "start"]));
         assert!(out.status.success(), "pg_ctl start: {}", text(&out));
@@ -101,7 +210,11 @@ impl Postgres {
 
     /// Runs SQL with psql as `postern` in database `db`.
     pub fn psql(&self, db: &str, sql: &str) -> std::process::Output {
-        run(Command::new("psql")
+        let mut cmd = Command::new("psql");
+        if let Some(p) = &self.password {
+            cmd.env("PGPASSWORD", p).env("PGSSLMODE", "require");
+        }
+        run(cmd
             .args([
                 "-X",
                 "-q",

@@ -736,3 +736,82 @@ fn postgresql_restarted_under_renewal_load_instances_reconnect_and_readyz_says_s
     verify(&c.a);
     verify(&c.b);
 }
+
+#[test]
+fn posternd_reaches_postgresql_over_verified_tls_and_refuses_a_server_its_ca_file_does_not_sign() {
+    let (pg, tls) = Postgres::start_tls();
+    let rec = tempfile::Builder::new()
+        .prefix("postern-rec")
+        .tempdir()
+        .unwrap();
+    let url = format!(
+        "postgres://postern@127.0.0.1:{}/postern?sslmode=require",
+        pg.port
+    );
+    let init = |ca_file: &std::path::Path| {
+        let dir = tempfile::Builder::new()
+            .prefix("postern-ca")
+            .tempdir()
+            .unwrap();
+        let out = run(Command::new(bin("posternd"))
+            .args(["init", "--cluster", "test.postern", "--listen"])
+            .arg(format!("127.0.0.1:{}", postern_tests::free_port()))
+            .args(["--storage", &url, "--storage-password-file"])
+            .arg(&tls.password_file)
+            .arg("--storage-ca-file")
+            .arg(ca_file)
+            .arg("--recordings-dir")
+            .arg(rec.path())
+            .arg("--data-dir")
+            .arg(dir.path()));
+        (dir, out)
+    };
+    // A certificate from a CA that ca_file does not hold: refused, and said why.
+    let (_, out) = init(&tls.other_ca_file);
+    assert!(
+        !out.status.success(),
+        "init trusted a server it cannot verify"
+    );
+    assert!(
+        text(&out).contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("pg-test-password"), "{}", text(&out));
+    assert_eq!(
+        pg.query("SELECT count(*) FROM pg_tables WHERE tablename = 'users'"),
+        "0"
+    );
+
+    // The right CA: the whole story works, and every connection of posternd is encrypted.
+    let mut ca = Ca::init_with(
+        &policy(),
+        &[
+            "--cluster",
+            "test.postern",
+            "--storage",
+            &url,
+            "--storage-password-file",
+            tls.password_file.to_str().unwrap(),
+            "--storage-ca-file",
+            tls.ca_file.to_str().unwrap(),
+            "--recordings-dir",
+            rec.path().to_str().unwrap(),
+        ],
+    );
+    ca.spawn();
+    let mut alice = Person::new("alice");
+    alice.enroll(&ca);
+    alice.login(&ca);
+    let out = run(alice.postern().arg("renew"));
+    assert!(out.status.success(), "renew: {}", text(&out));
+    let seen = pg.query(
+        "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'postern' AND a.application_name <> 'psql'",
+    );
+    assert_eq!(seen, "1|t", "posternd's connections (count, all encrypted)");
+    let config = std::fs::read_to_string(ca.config()).unwrap();
+    assert!(!config.contains("pg-test-password"), "{config}");
+    assert!(!ca.log().contains("pg-test-password"));
+    verify(&ca);
+}

@@ -190,9 +190,26 @@ pub fn refs<'p>(params: &'p [Val<'p>]) -> Vec<&'p (dyn ToSql + Sync)> {
 pub fn error(e: tokio_postgres::Error) -> anyhow::Error {
     match e.as_db_error() {
         Some(db) => anyhow!("PostgreSQL: {} ({})", db.message(), db.code().code()),
-        // No answer from the server: the connection is gone or never came.
-        None => crate::db::Unavailable(format!("PostgreSQL: {e}")).into(),
+        // No answer from the server: the connection is gone or never came. The causes are
+        // kept: "error performing TLS handshake" alone does not say that the certificate's
+        // issuer is not in ca_file.
+        None => crate::db::Unavailable(format!("PostgreSQL: {}", with_causes(&e))).into(),
     }
+}
+
+/// An error's message followed by those of its sources, each once.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        cause = c.source();
+    }
+    msg
 }
 
 /// Creates the schema in an empty database, or checks the version of one there (and creates
@@ -251,6 +268,32 @@ pub fn init_schema(s: &Session) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_a_tls_failure_said_only_error_performing_tls_handshake() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let inner = E("invalid peer certificate: UnknownIssuer", None);
+        let io = E(
+            "invalid peer certificate: UnknownIssuer",
+            Some(Box::new(inner)),
+        );
+        let e = E("error performing TLS handshake", Some(Box::new(io)));
+        assert_eq!(
+            with_causes(&e),
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
+        );
+    }
 
     #[test]
     fn placeholders_become_dollars_and_nothing_else_changes() {
