@@ -3,7 +3,7 @@
 //! gate.toml sets its `listen`; one listener serves both when they name the same address.
 //!
 //! Ready means the gateway can start a session now: its SSH listener is up and it holds an
-//! inventory the CA gave it within [`FRESH`] (the inventory is asked for every 2 s; without a
+//! inventory the CA gave it within [`FRESH`] (the inventory is asked for every second; without a
 //! current one the gateway knows neither the servers nor the locks, and the CA that would
 //! authorize a session is not answering it). Requests are answered from memory (the
 //! metrics also list two directories), no body is read, and each connection is hyper's.

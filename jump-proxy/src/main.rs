@@ -34,6 +34,9 @@ use tokio::sync::Semaphore;
 use postern_gate::cli::{Cli, Cmd};
 use postern_gate::config::GateConfig;
 
+/// How often the gateway asks the CA for its inventory (servers, keys, locks, revocations).
+const INVENTORY_EVERY: Duration = Duration::from_secs(1);
+
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(postern_core::atomic::write_atomic(path, bytes, mode)?)
 }
@@ -300,7 +303,9 @@ async fn serve(state: PathBuf, config: Option<PathBuf>, listen: Option<String>) 
         let ready = Arc::clone(&ready);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                // A lock taken at any CA instance cuts live sessions here within about a
+                // second (issue 12): the inventory carries the locks.
+                tokio::time::sleep(INVENTORY_EVERY).await;
                 match gw.refresh().await {
                     Ok(()) => ready.inventory_fetched(),
                     Err(e) => {
