@@ -22,6 +22,28 @@ pub struct Ca {
     pub cluster: String,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// In the high-availability mode of the harness: the second instance and what both share.
+    twin: Option<Box<Twin>>,
+}
+
+/// The second instance of a CA in the harness's high-availability mode, the load balancer
+/// in front of both, and the PostgreSQL server and recordings directory they share.
+struct Twin {
+    b: Ca,
+    lb: crate::forward::Forwarder,
+    _recordings: TempDir,
+    pg: crate::pg::Postgres,
+}
+
+/// Whether `POSTERN_TEST_STORAGE=postgres-ha` asks for every [`Ca::init`] to be two
+/// instances on a PostgreSQL server of the test's own, behind a round-robin load balancer
+/// at [`Ca::url`]: the existing stories then run, unchanged, against any instance.
+pub fn ha_mode() -> bool {
+    match std::env::var("POSTERN_TEST_STORAGE").as_deref() {
+        Ok("postgres-ha") => true,
+        Ok("") | Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("POSTERN_TEST_STORAGE={other:?}: say sqlite or postgres-ha"),
+    }
 }
 
 impl Ca {
@@ -32,9 +54,59 @@ impl Ca {
         ca
     }
 
-    /// Initialises a CA without starting it.
+    /// Initialises a CA without starting it (two instances on PostgreSQL in the
+    /// harness's high-availability mode, see [`ha_mode`]).
     pub fn init(policy: &str) -> Ca {
+        if ha_mode() {
+            return Ca::init_ha(policy);
+        }
         Ca::init_with(policy, &["--cluster", "test.postern"])
+    }
+
+    /// Two instances of one CA on a PostgreSQL server of their own, behind a round-robin
+    /// load balancer whose URL is [`Ca::url`]; admin commands go to the first instance, its
+    /// log is both instances' logs, and spawn, stop and the config changes act on both.
+    fn init_ha(policy: &str) -> Ca {
+        let pg = crate::pg::Postgres::start();
+        let rec = tempfile::Builder::new()
+            .prefix("postern-rec")
+            .tempdir()
+            .unwrap();
+        let mut a = Ca::init_postgres(policy, &pg.url(), rec.path());
+        let b = a.another_instance(policy, &pg.url(), rec.path());
+        let strip = |u: &str| u.trim_start_matches("https://").to_owned();
+        let lb = crate::forward::Forwarder::start_many(&[&strip(&a.url), &strip(&b.url)]);
+        a.url = lb.url();
+        a.twin = Some(Box::new(Twin {
+            b,
+            lb,
+            _recordings: rec,
+            pg,
+        }));
+        a
+    }
+
+    /// Every instance's config file (one, or two in the high-availability mode).
+    fn configs(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.config()];
+        if let Some(t) = &self.twin {
+            v.push(t.b.config());
+        }
+        v
+    }
+
+    /// Where the CA keeps recordings: `DATA_DIR/recordings`, or the directory both instances
+    /// share in the high-availability mode.
+    pub fn recordings_dir(&self) -> PathBuf {
+        match &self.twin {
+            Some(t) => t._recordings.path().to_path_buf(),
+            None => self.dir.path().join("recordings"),
+        }
+    }
+
+    /// The PostgreSQL server in the high-availability mode.
+    pub fn postgres(&self) -> Option<&crate::pg::Postgres> {
+        self.twin.as_ref().map(|t| &t.pg)
     }
 
     /// The first instance of a CA on PostgreSQL (not started), its recordings in `recordings`
@@ -97,6 +169,7 @@ impl Ca {
             dir,
             child: None,
             log: Default::default(),
+            twin: None,
         }
     }
 
@@ -110,6 +183,10 @@ impl Ca {
         let mut cmd = Command::new(bin("posternd"));
         cmd.arg("serve").arg("--config").arg(self.config());
         self.child = Some(spawn_until_ready(cmd, "posternd ready", &self.log));
+        if let Some(t) = &mut self.twin {
+            t.b.spawn();
+            t.lb.resume();
+        }
     }
 
     /// The daemon's pid (0 when it is not running).
@@ -121,7 +198,13 @@ impl Ca {
     /// URL of `/metrics`.
     pub fn enable_metrics(&self) -> String {
         let port = free_port();
-        self.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\""));
+        append(
+            &self.config(),
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+        );
+        if let Some(t) = &self.twin {
+            t.b.enable_metrics();
+        }
         format!("http://127.0.0.1:{port}/metrics")
     }
 
@@ -131,11 +214,20 @@ impl Ca {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(t) = &mut self.twin {
+            // Nothing answers at the URL any more, as with one instance.
+            t.lb.stop();
+            t.b.stop();
+        }
     }
 
-    /// Everything the daemon logged so far.
+    /// Everything the daemon logged so far (both instances', in the high-availability mode).
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        let mut log = self.log.lock().unwrap().clone();
+        if let Some(t) = &self.twin {
+            log.push_str(&t.b.log());
+        }
+        log
     }
 
     /// What the daemon logged, once `done` holds for it (see [`crate::log_when`]).
@@ -170,12 +262,43 @@ impl Ca {
             .to_owned()
     }
 
-    /// Replaces the policy file.
+    /// Replaces the policy file; in the high-availability mode, once the instances run,
+    /// applies it to the database (`posternd policy apply`) and waits until both say it is
+    /// in force.
     pub fn set_policy(&self, policy: &str) {
         let p = self.dir.path().join("policy.toml");
         let tmp = self.dir.path().join("policy.toml.tmp");
         std::fs::write(&tmp, policy).unwrap();
-        std::fs::rename(tmp, p).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        let Some(t) = &self.twin else {
+            return;
+        };
+        t.b.set_policy(policy);
+        if self.child.is_none() {
+            return;
+        }
+        let before = |ca: &Ca| {
+            ca.log
+                .lock()
+                .unwrap()
+                .matches("policy in force from the database")
+                .count()
+        };
+        let (a0, b0) = (before(self), before(&t.b));
+        let out = self.admin(&["policy", "apply", p.to_str().unwrap()]);
+        if !out.status.success() {
+            // A policy that does not validate stays out, as a bad file edit would.
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while before(self) == a0 || before(&t.b) == b0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the applied policy is not in force on both instances:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The audit events, oldest first.
@@ -202,37 +325,70 @@ impl Ca {
 
     /// Sets `[gateway] public_addr` in posternd.toml (before `spawn`).
     pub fn set_gateway(&self, addr: &str) {
-        let p = self.config();
-        let text = std::fs::read_to_string(&p).unwrap().replace(
-            "# [gateway]\n# public_addr = \"gate.example.com:3023\"\n",
-            "",
-        );
-        std::fs::write(&p, format!("{text}\n[gateway]\npublic_addr = \"{addr}\"\n")).unwrap();
+        for p in self.configs() {
+            let text = std::fs::read_to_string(&p).unwrap().replace(
+                "# [gateway]\n# public_addr = \"gate.example.com:3023\"\n",
+                "",
+            );
+            std::fs::write(&p, format!("{text}\n[gateway]\npublic_addr = \"{addr}\"\n")).unwrap();
+        }
     }
 
     /// Sets `[gateway] public_addr` to a list of several addresses (before `spawn`).
     pub fn set_gateways(&self, addrs: &[&str]) {
         let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
-        let p = self.config();
-        let text = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(
-            &p,
-            format!("{text}\n[gateway]\npublic_addr = [{}]\n", list.join(", ")),
-        )
-        .unwrap();
+        for p in self.configs() {
+            append(
+                &p,
+                &format!("[gateway]\npublic_addr = [{}]", list.join(", ")),
+            );
+        }
     }
 
     /// Appends text (a TOML table such as `[recordings]`) to posternd.toml (before `spawn`).
     pub fn append_config(&self, text: &str) {
-        let p = self.config();
-        let old = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, format!("{old}\n{text}\n")).unwrap();
+        for p in self.configs() {
+            append(&p, text);
+        }
     }
 
     /// Changes `[gateway] public_addr` in posternd.toml, which [`Ca::set_gateway`] wrote (with
     /// the daemon stopped: it reads the file at start).
     pub fn change_gateway(&self, addr: &str) {
-        let p = self.config();
+        for p in self.configs() {
+            change_gateway_in(&p, addr);
+        }
+    }
+
+    /// Stops the daemon as its service manager does (SIGTERM) and waits until it has exited,
+    /// so that what it writes when stopping is in the database.
+    pub fn terminate(&mut self) {
+        if let Some(t) = &mut self.twin {
+            t.lb.stop();
+            t.b.terminate();
+        }
+        if let Some(mut c) = self.child.take() {
+            let out = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            assert!(out.status.success(), "kill -TERM: {}", text(&out));
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "posternd exited with {status} after SIGTERM:\n{}",
+                self.log()
+            );
+        }
+    }
+}
+
+/// Appends `text` to the config file `p`.
+fn append(p: &std::path::Path, text: &str) {
+    let old = std::fs::read_to_string(p).unwrap();
+    std::fs::write(p, format!("{old}\n{text}\n")).unwrap();
+}
+
+/// [`Ca::change_gateway`] in one config file.
+fn change_gateway_in(p: &std::path::Path, addr: &str) {
+    {
         let old = std::fs::read_to_string(&p).unwrap();
         let mut found = false;
         let text: String = old
@@ -247,22 +403,7 @@ impl Ca {
             })
             .collect();
         assert!(found, "no public_addr in posternd.toml:\n{old}");
-        std::fs::write(&p, text).unwrap();
-    }
-
-    /// Stops the daemon as its service manager does (SIGTERM) and waits until it has exited,
-    /// so that what it writes when stopping is in the database.
-    pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let out = run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
-            assert!(out.status.success(), "kill -TERM: {}", text(&out));
-            let status = c.wait().unwrap();
-            assert!(
-                status.success(),
-                "posternd exited with {status} after SIGTERM:\n{}",
-                self.log()
-            );
-        }
+        std::fs::write(p, text).unwrap();
     }
 }
 

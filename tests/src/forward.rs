@@ -16,7 +16,7 @@ use crate::util::free_port;
 pub struct Forwarder {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    target: SocketAddr,
+    targets: Vec<SocketAddr>,
     accepted: Arc<AtomicUsize>,
     running: Option<JoinSet<()>>,
     rt: tokio::runtime::Runtime,
@@ -25,6 +25,12 @@ pub struct Forwarder {
 impl Forwarder {
     /// A running forwarder to `target` (`HOST:PORT`) on a free port.
     pub fn start(target: &str) -> Forwarder {
+        Forwarder::start_many(&[target])
+    }
+
+    /// A load balancer: a running forwarder that sends each connection to the next of
+    /// `targets` in turn, and to the one after when that one refuses.
+    pub fn start_many(targets: &[&str]) -> Forwarder {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -32,7 +38,7 @@ impl Forwarder {
             .unwrap();
         let mut f = Forwarder {
             port: free_port(),
-            target: target.parse().unwrap(),
+            targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
             accepted: Arc::default(),
             running: None,
             rt,
@@ -75,7 +81,7 @@ impl Forwarder {
             .rt
             .block_on(TcpListener::bind(("127.0.0.1", self.port)))
             .unwrap();
-        let (target, accepted) = (self.target, self.accepted.clone());
+        let (targets, accepted) = (self.targets.clone(), self.accepted.clone());
         let mut set = JoinSet::new();
         set.spawn_on(
             async move {
@@ -85,9 +91,18 @@ impl Forwarder {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
-                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let n = accepted.fetch_add(1, Ordering::SeqCst);
+                    let targets = targets.clone();
                     conns.spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else {
+                        let mut server = None;
+                        for i in 0..targets.len() {
+                            let t = targets[(n + i) % targets.len()];
+                            if let Ok(s) = TcpStream::connect(t).await {
+                                server = Some(s);
+                                break;
+                            }
+                        }
+                        let Some(server) = server else {
                             return;
                         };
                         let (mut client, mut server) = (client, server);

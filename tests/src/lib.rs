@@ -24,7 +24,7 @@ mod scrape;
 mod sshd;
 mod util;
 
-pub use ca::{curl, Ca};
+pub use ca::{curl, ha_mode, Ca};
 pub use forward::Forwarder;
 pub use gateway::{pkcs8_v1, Gate, GateCluster};
 pub use node::{installed_shim, installed_shim_in, shim_logs_to_stderr, Node};

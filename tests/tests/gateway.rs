@@ -78,13 +78,9 @@ fn recordings(c: &Cluster, n: usize) -> Vec<(serde_json::Value, String)> {
                 .into_iter()
                 .map(|m| {
                     let id = m["id"].as_str().unwrap().to_owned();
-                    let cast = std::fs::read_to_string(
-                        c.ca.dir
-                            .path()
-                            .join("recordings")
-                            .join(format!("{id}.cast")),
-                    )
-                    .unwrap();
+                    let cast =
+                        std::fs::read_to_string(c.ca.recordings_dir().join(format!("{id}.cast")))
+                            .unwrap();
                     (m, cast)
                 })
                 .collect();

@@ -52,11 +52,7 @@ fn recordings(c: &Cluster, n: usize, within: Duration) -> Vec<(serde_json::Value
                 .into_iter()
                 .map(|m| {
                     let id = m["id"].as_str().unwrap().to_owned();
-                    let p =
-                        c.ca.dir
-                            .path()
-                            .join("recordings")
-                            .join(format!("{id}.cast"));
+                    let p = c.ca.recordings_dir().join(format!("{id}.cast"));
                     (m, p.to_string_lossy().into_owned())
                 })
                 .collect();

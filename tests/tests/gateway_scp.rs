@@ -149,15 +149,9 @@ impl Cluster {
             let recs = self.ca.admin_json(&["recordings", "ls"]);
             let found = recs.as_array().into_iter().flatten().find_map(|m| {
                 let id = m["id"].as_str().unwrap_or_default();
-                std::fs::read_to_string(
-                    self.ca
-                        .dir
-                        .path()
-                        .join("recordings")
-                        .join(format!("{id}.cast")),
-                )
-                .ok()
-                .filter(|cast| want.iter().all(|w| cast.contains(w)))
+                std::fs::read_to_string(self.ca.recordings_dir().join(format!("{id}.cast")))
+                    .ok()
+                    .filter(|cast| want.iter().all(|w| cast.contains(w)))
             });
             if let Some(cast) = found {
                 return cast;
@@ -412,13 +406,8 @@ fn an_scp_command_the_gateway_cannot_follow_is_recorded_like_any_command() {
         let recorded = recs.as_array().is_some_and(|l| {
             l.iter().any(|m| {
                 let id = m["id"].as_str().unwrap_or_default();
-                std::fs::read_to_string(
-                    c.ca.dir
-                        .path()
-                        .join("recordings")
-                        .join(format!("{id}.cast")),
-                )
-                .is_ok_and(|cast| cast.contains("not-only-scp"))
+                std::fs::read_to_string(c.ca.recordings_dir().join(format!("{id}.cast")))
+                    .is_ok_and(|cast| cast.contains("not-only-scp"))
             })
         });
         if gave_up && recorded {

@@ -138,7 +138,7 @@ fn wait_for_cast(c: &GateCluster, want: &[&str]) -> String {
 }
 
 fn cast_path(ca: &Ca, id: &str) -> PathBuf {
-    ca.dir.path().join("recordings").join(format!("{id}.cast"))
+    ca.recordings_dir().join(format!("{id}.cast"))
 }
 
 /// The text of a cast's output events, JSON escapes undone.
