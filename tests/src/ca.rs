@@ -389,7 +389,7 @@ fn append(p: &std::path::Path, text: &str) {
 /// [`Ca::change_gateway`] in one config file.
 fn change_gateway_in(p: &std::path::Path, addr: &str) {
     {
-        let old = std::fs::read_to_string(&p).unwrap();
+        let old = std::fs::read_to_string(p).unwrap();
         let mut found = false;
         let text: String = old
             .lines()
