@@ -69,6 +69,10 @@ impl Session {
                 client
             }
         };
+        // The driver logs every notice at INFO: the schema's `IF NOT EXISTS` would print one
+        // line per table at each start ("relation ... already exists, skipping").
+        rt.block_on(client.batch_execute("SET client_min_messages TO warning"))
+            .map_err(error)?;
         Ok(Session {
             rt,
             client,
