@@ -207,7 +207,7 @@ fn append_with(
     let detail = detail.to_string();
     let hash = event_hash(&prev_hash, seq, ts, kind, actor, &detail);
     let cp = key.sign(u64::try_from(seq)?, &hash);
-    store::audit::insert_event(
+    store::audit::insert_event_with_checkpoint(
         tx,
         &store::audit::StoredEvent {
             seq,
@@ -220,9 +220,10 @@ fn append_with(
             cp_hash: None,
             cp_sig: None,
         },
-    )?;
-    store::audit::insert_checkpoint(tx, seq, &cp.hash, &cp.sig)
-        .with_context(|| format!("cannot record the checkpoint of audit event {seq}"))?;
+        &cp.hash,
+        &cp.sig,
+    )
+    .with_context(|| format!("cannot record audit event {seq} and its checkpoint"))?;
     Ok(())
 }
 
@@ -965,7 +966,7 @@ mod tests {
         .unwrap();
         let e = append_with(&Tx::sqlite(&c), &key(), 200, "test", "tester", json!({})).unwrap_err();
         assert!(
-            format!("{e:#}").contains("cannot record the checkpoint of audit event 6"),
+            format!("{e:#}").contains("cannot record audit event 6 and its checkpoint"),
             "{e:#}"
         );
     }

@@ -491,31 +491,34 @@ impl IssueCtx<'_> {
         let fp = public.fingerprint(HashAlg::Sha256).to_string();
         let valid_after = now.saturating_sub(postern_core::cert::CLOCK_SKEW_SECS);
         let valid_before = now + a.ttl().as_secs();
-        let serial = store::certs::record(
+        // Both rows at once (one round trip on PostgreSQL).
+        let serials = store::certs::record_all(
             conn,
-            &store::certs::CertRow {
-                kind: postern_core::CertKind::SshUser,
-                subject: user.as_str(),
-                principals: &principals,
-                valid_after,
-                valid_before,
-                issued_at: now,
-                fingerprint: &fp,
-            },
+            &[
+                store::certs::CertRow {
+                    kind: postern_core::CertKind::SshUser,
+                    subject: user.as_str(),
+                    principals: &principals,
+                    valid_after,
+                    valid_before,
+                    issued_at: now,
+                    fingerprint: &fp,
+                },
+                store::certs::CertRow {
+                    kind: postern_core::CertKind::X509Client,
+                    subject: user.as_str(),
+                    principals: "",
+                    valid_after,
+                    valid_before: renew_until,
+                    issued_at: now,
+                    fingerprint: &fp,
+                },
+            ],
         )?;
+        let [serial, x509_serial] = serials[..] else {
+            anyhow::bail!("recorded {} certificates of 2", serials.len());
+        };
         let cert = issue_user_cert(&self.keys.user, a, public, IssueParams { serial, now })?;
-        let x509_serial = store::certs::record(
-            conn,
-            &store::certs::CertRow {
-                kind: postern_core::CertKind::X509Client,
-                subject: user.as_str(),
-                principals: "",
-                valid_after,
-                valid_before: renew_until,
-                issued_at: now,
-                fingerprint: &fp,
-            },
-        )?;
         let ed = public
             .key_data()
             .ed25519()

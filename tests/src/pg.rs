@@ -195,6 +195,11 @@ impl Postgres {
             .args(["-m", "immediate", "-w", "stop"]));
     }
 
+    /// The server's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
     /// Starts it again after [`Postgres::stop`].
     pub fn start_again(&self) {
         self.pg_ctl_start();

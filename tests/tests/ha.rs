@@ -107,7 +107,11 @@ fn two_instances_on_postgres_share_users_logins_and_one_audit_chain() {
         c.b.log()
     );
     // The schema's `IF NOT EXISTS` notices stay out of the log of an instance that finds it.
-    assert!(!c.b.log().contains("already exists, skipping"), "{}", c.b.log());
+    assert!(
+        !c.b.log().contains("already exists, skipping"),
+        "{}",
+        c.b.log()
+    );
     // The rows are in PostgreSQL, not in a file of either instance.
     assert!(!c.a.dir.path().join("posternd.db").exists());
     assert_eq!(

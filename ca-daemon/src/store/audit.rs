@@ -33,6 +33,9 @@ pub struct StoredEvent {
 
 /// The head: the newest event's seq and hash.
 pub fn head(tx: &Tx<'_>) -> Result<Option<(i64, String)>> {
+    if let Some(h) = tx.written_audit_head() {
+        return Ok(Some(h));
+    }
     tx.query_opt(
         "SELECT seq, hash FROM audit_head WHERE id = 1",
         params![],
@@ -40,22 +43,55 @@ pub fn head(tx: &Tx<'_>) -> Result<Option<(i64, String)>> {
     )
 }
 
-/// Appends an event (its hash computed by the caller) and moves the head to it.
+/// Appends an event (its hash computed by the caller), moves the head to it and records its
+/// checkpoint (`seq`, `hash`, `sig`), in one round trip on PostgreSQL. The checkpoint is a
+/// plain insert: a row already there for a new event means the database was written behind
+/// the daemon's back, and this fails rather than hide it.
+pub fn insert_event_with_checkpoint(
+    tx: &Tx<'_>,
+    e: &StoredEvent,
+    cp_hash: &str,
+    sig: &str,
+) -> Result<()> {
+    tx.execute_all(&[
+        (
+            "INSERT INTO audit (seq, ts, kind, actor, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.seq, e.ts, e.kind, e.actor, e.detail, e.prev_hash, e.hash],
+        ),
+        (
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![e.seq, e.hash],
+        ),
+        (
+            "INSERT INTO audit_checkpoints (seq, hash, sig) VALUES (?1, ?2, ?3)",
+            params![e.seq, cp_hash, sig],
+        ),
+    ])?;
+    tx.wrote_audit_head(e.seq, &e.hash);
+    Ok(())
+}
+
+/// Appends an event (its hash computed by the caller) and moves the head to it, without a
+/// checkpoint (for tests that build a chain row by row).
+#[cfg(test)]
 pub fn insert_event(tx: &Tx<'_>, e: &StoredEvent) -> Result<()> {
-    tx.execute(
-        "INSERT INTO audit (seq, ts, kind, actor, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![e.seq, e.ts, e.kind, e.actor, e.detail, e.prev_hash, e.hash],
-    )?;
-    tx.execute(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        params![e.seq, e.hash],
-    )?;
+    tx.execute_all(&[
+        (
+            "INSERT INTO audit (seq, ts, kind, actor, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.seq, e.ts, e.kind, e.actor, e.detail, e.prev_hash, e.hash],
+        ),
+        (
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![e.seq, e.hash],
+        ),
+    ])?;
     Ok(())
 }
 
 /// Records a new event's checkpoint. A plain insert: a row already there for a new event
 /// means the database was written behind the daemon's back, and this fails rather than hide
 /// it.
+#[cfg(test)]
 pub fn insert_checkpoint(tx: &Tx<'_>, seq: i64, hash: &str, sig: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO audit_checkpoints (seq, hash, sig) VALUES (?1, ?2, ?3)",

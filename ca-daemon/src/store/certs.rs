@@ -29,23 +29,92 @@ pub struct CertRow<'a> {
 /// a gateway that knew a user's serial could otherwise walk to other users' certificates.
 pub fn record(tx: &Tx<'_>, row: &CertRow<'_>) -> Result<u64> {
     for _ in 0..8 {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let serial = u64::from_le_bytes(b) >> 1;
+        let serial = random_serial()?;
         if serial == 0 {
             continue;
         }
         // A taken serial inserts nothing (and aborts nothing: PostgreSQL would abort the
         // transaction on a constraint error), and the next random one is tried.
         let n = tx.execute(
-            "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(serial) DO NOTHING",
-            params![i(serial), row.kind.as_str(), row.subject, row.principals, i(row.valid_after), i(row.valid_before), i(row.issued_at), row.fingerprint],
+            INSERT,
+            params![
+                i(serial),
+                row.kind.as_str(),
+                row.subject,
+                row.principals,
+                i(row.valid_after),
+                i(row.valid_before),
+                i(row.issued_at),
+                row.fingerprint
+            ],
         )?;
         if n == 1 {
             return Ok(serial);
         }
     }
     anyhow::bail!("no free certificate serial after 8 random tries")
+}
+
+const INSERT: &str = "INSERT INTO certs (serial, kind, subject, principals, valid_after, valid_before, issued_at, key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(serial) DO NOTHING";
+
+/// A random serial below 2^63 (an SQL BIGINT); 0 now and then, which callers skip.
+fn random_serial() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(u64::from_le_bytes(b) >> 1)
+}
+
+/// [`record`] for several certificates at once: one round trip on PostgreSQL (pipelined),
+/// and [`record`] again for any whose random serial was taken. Returns the serials in order.
+pub fn record_all(tx: &Tx<'_>, rows: &[CertRow<'_>]) -> Result<Vec<u64>> {
+    let mut serials = Vec::with_capacity(rows.len());
+    for _ in rows {
+        // Distinct among themselves as well: a repeat would be the second row's conflict.
+        let mut s = 0;
+        while s == 0 || serials.contains(&s) {
+            s = random_serial()?;
+        }
+        serials.push(s);
+    }
+    let values: Vec<_> = rows
+        .iter()
+        .zip(&serials)
+        .map(|(row, &serial)| {
+            (
+                i(serial),
+                row.kind.as_str(),
+                i(row.valid_after),
+                i(row.valid_before),
+                i(row.issued_at),
+            )
+        })
+        .collect();
+    let bound: Vec<Vec<super::Val<'_>>> = rows
+        .iter()
+        .zip(&values)
+        .map(|(row, (serial, kind, after, before, issued))| {
+            use super::AsVal as _;
+            vec![
+                serial.as_val(),
+                kind.as_val(),
+                row.subject.as_val(),
+                row.principals.as_val(),
+                after.as_val(),
+                before.as_val(),
+                issued.as_val(),
+                row.fingerprint.as_val(),
+            ]
+        })
+        .collect();
+    let stmts: Vec<(&str, &[super::Val<'_>])> =
+        bound.iter().map(|v| (INSERT, v.as_slice())).collect();
+    let counts = tx.execute_all(&stmts)?;
+    for (k, n) in counts.into_iter().enumerate() {
+        if n != 1 {
+            serials[k] = record(tx, &rows[k])?;
+        }
+    }
+    Ok(serials)
 }
 
 /// Revokes every unrevoked certificate of a user (`users rm`, `users reset`); returns how many.

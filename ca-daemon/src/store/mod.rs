@@ -115,6 +115,35 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Runs statements that do not depend on each other's results: in one round trip on
+    /// PostgreSQL (pipelined), one after another on SQLite. Returns how many rows each
+    /// changed.
+    fn execute_all(&self, stmts: &[(&str, &[Val<'_>])]) -> Result<Vec<u64>> {
+        match &self.inner {
+            Inner::Sqlite(_) => stmts
+                .iter()
+                .map(|(sql, params)| Ok(u64::try_from(self.execute(sql, params)?)?))
+                .collect(),
+            Inner::Postgres { s } => s.execute_all(stmts),
+        }
+    }
+
+    /// The audit head this PostgreSQL transaction wrote last, while it holds the writer
+    /// lock (see `pg::Session`); always `None` on SQLite, whose reads cost no round trip.
+    fn written_audit_head(&self) -> Option<(i64, String)> {
+        match &self.inner {
+            Inner::Sqlite(_) => None,
+            Inner::Postgres { s } => s.written_audit_head(),
+        }
+    }
+
+    /// Remembers the audit head just written (PostgreSQL).
+    fn wrote_audit_head(&self, seq: i64, hash: &str) {
+        if let Inner::Postgres { s } = &self.inner {
+            s.wrote_audit_head(seq, hash);
+        }
+    }
+
     /// Every row of a query, each through `f`.
     fn query_map<T>(
         &self,

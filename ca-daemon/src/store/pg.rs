@@ -37,6 +37,10 @@ pub struct Session {
     rt: tokio::runtime::Runtime,
     client: tokio_postgres::Client,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    /// The audit head this session last wrote, while its transaction holds the writer lock
+    /// and has rolled nothing back: no other instance can move it then, so the next append
+    /// of the batch need not read it again. Forgotten at BEGIN, COMMIT and ROLLBACK.
+    audit_head: RefCell<Option<(i64, String)>>,
 }
 
 impl Session {
@@ -77,7 +81,18 @@ impl Session {
             rt,
             client,
             statements: RefCell::default(),
+            audit_head: RefCell::default(),
         })
+    }
+
+    /// The audit head this transaction wrote last, if it still holds (see `audit_head`).
+    pub fn written_audit_head(&self) -> Option<(i64, String)> {
+        self.audit_head.borrow().clone()
+    }
+
+    /// Remembers the audit head this transaction just wrote.
+    pub fn wrote_audit_head(&self, seq: i64, hash: &str) {
+        *self.audit_head.borrow_mut() = Some((seq, hash.to_owned()));
     }
 
     /// Whether the connection is gone (the next batch connects again).
@@ -87,6 +102,14 @@ impl Session {
 
     /// Runs statements without parameters in one round trip (`BEGIN; …`, savepoints).
     pub fn batch(&self, sql: &str) -> Result<()> {
+        // A transaction's start or end, or a rollback to a savepoint: what this session
+        // wrote may be gone, and once the writer lock is released others may write.
+        if ["BEGIN", "COMMIT", "ROLLBACK"]
+            .iter()
+            .any(|w| sql.contains(w))
+        {
+            self.audit_head.borrow_mut().take();
+        }
         self.rt
             .block_on(self.client.batch_execute(sql))
             .map_err(error)
@@ -115,6 +138,24 @@ impl Session {
         self.rt
             .block_on(self.client.execute(&st, &refs(params)))
             .map_err(error)
+    }
+
+    /// Runs statements that do not depend on each other's results in one round trip:
+    /// tokio-postgres pipelines requests that are in flight together. They run in order, in
+    /// the transaction; the first failure is the answer (and PostgreSQL refuses the rest of
+    /// an aborted transaction anyway).
+    pub fn execute_all(&self, stmts: &[(&str, &[Val<'_>])]) -> Result<Vec<u64>> {
+        let prepared = stmts
+            .iter()
+            .map(|(sql, _)| self.prepare(&translate(sql)))
+            .collect::<Result<Vec<_>>>()?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts.iter().map(|(_, p)| refs(p)).collect();
+        let calls = prepared
+            .iter()
+            .zip(&params)
+            .map(|(st, p)| self.client.execute(st, p));
+        let results = self.rt.block_on(futures_util::future::join_all(calls));
+        results.into_iter().map(|r| r.map_err(error)).collect()
     }
 
     /// Every row of a query.

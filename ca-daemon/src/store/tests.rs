@@ -327,10 +327,52 @@ async fn servers_and_gateways(db: &Db) {
     assert!(run(db, |tx| nodes::remove(tx, "db1")).await);
 }
 
+async fn several_certificates_at_once(db: &Db) {
+    // Two rows at once (pipelined on PostgreSQL), each with its own serial and kind.
+    let two = run(db, |tx| {
+        let row = |kind, principals| certs::CertRow {
+            kind,
+            subject: "bob",
+            principals,
+            valid_after: 1_000,
+            valid_before: 9_000,
+            issued_at: 1_000,
+            fingerprint: "SHA256:y",
+        };
+        certs::record_all(
+            tx,
+            &[
+                row(CertKind::SshUser, "alice"),
+                row(CertKind::X509Client, ""),
+            ],
+        )
+    })
+    .await;
+    assert_eq!(two.len(), 2);
+    assert_ne!(two[0], two[1]);
+    let (s0, s1) = (two[0], two[1]);
+    assert!(
+        run(db, move |tx| certs::by_serial(tx, CertKind::SshUser, s0))
+            .await
+            .is_some()
+    );
+    assert!(
+        run(db, move |tx| certs::by_serial(tx, CertKind::X509Client, s1))
+            .await
+            .is_some()
+    );
+    assert!(
+        run(db, move |tx| certs::by_serial(tx, CertKind::SshUser, s1))
+            .await
+            .is_none()
+    );
+}
+
 async fn every_test(db: Db) {
     users_tokens_and_locks(&db).await;
     servers_and_gateways(&db).await;
     certs_and_recordings(&db).await;
+    several_certificates_at_once(&db).await;
     the_audit_chain_and_meta(&db).await;
 }
 
@@ -369,4 +411,55 @@ async fn the_store_on_postgres() {
     assert!(run(&again, |tx| meta::take_lease(tx, "w", "two", 31, 40)).await);
     assert_eq!(run(&again, audit::head).await.map(|h| h.0), Some(2_100));
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}
+
+/// The audit head a PostgreSQL session remembers within a batch (one read fewer per append)
+/// never outlives what it describes: a rollback to the job's savepoint forgets it, and so
+/// does the commit, after which another instance may append.
+#[test]
+fn the_audit_head_remembered_in_a_batch_is_forgotten_at_a_rollback_and_at_the_commit() {
+    use super::pg;
+    let server = postern_tests::Postgres::start();
+    let settings = PgSettings {
+        url: server.url(),
+        password_file: None,
+        ca_file: None,
+    };
+    let (s, other) = (
+        pg::Session::connect(&settings).unwrap(),
+        pg::Session::connect(&settings).unwrap(),
+    );
+    pg::init_schema(&s).unwrap();
+    let event = |seq: i64, hash: &str| audit::StoredEvent {
+        seq,
+        ts: 1,
+        kind: "test".into(),
+        actor: "t".into(),
+        detail: "{}".into(),
+        prev_hash: "p".into(),
+        hash: hash.into(),
+        cp_hash: None,
+        cp_sig: None,
+    };
+    let head = |s: &pg::Session| audit::head(&Tx::postgres(s)).unwrap();
+    s.batch("BEGIN; SAVEPOINT job").unwrap();
+    audit::insert_event_with_checkpoint(&Tx::postgres(&s), &event(1, "h1"), "h1", "sig").unwrap();
+    assert_eq!(head(&s), Some((1, "h1".into())));
+    s.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; SAVEPOINT job")
+        .unwrap();
+    assert_eq!(head(&s), None, "the rolled-back head is still remembered");
+    audit::insert_event_with_checkpoint(&Tx::postgres(&s), &event(1, "h1b"), "h1b", "sig").unwrap();
+    s.batch("RELEASE SAVEPOINT job; COMMIT").unwrap();
+    // Another instance appends; this one's next transaction reads the head it wrote.
+    other.batch("BEGIN").unwrap();
+    audit::insert_event_with_checkpoint(&Tx::postgres(&other), &event(2, "h2"), "h2", "sig")
+        .unwrap();
+    other.batch("COMMIT").unwrap();
+    s.batch("BEGIN").unwrap();
+    assert_eq!(
+        head(&s),
+        Some((2, "h2".into())),
+        "a stale head after the commit"
+    );
+    s.batch("COMMIT").unwrap();
 }
