@@ -70,15 +70,7 @@ impl Gate {
 
     /// Starts (or restarts) `postern-gate serve` and waits for its ready line.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(bin("postern-gate"));
-        cmd.args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", self.port),
-            "--state-dir",
-        ])
-        .arg(self.dir.path());
-        self.child = Some(spawn_until_ready(cmd, "postern-gate ready", &self.log));
+        self.spawn_on("127.0.0.1");
     }
 
     /// [`Gate::spawn`] listening on `host` (a loopback address other than 127.0.0.1) at the

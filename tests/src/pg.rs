@@ -151,19 +151,7 @@ impl Postgres {
 
     /// psql over the server's Unix socket.
     fn psql_socket(&self, db: &str, sql: &str) -> std::process::Output {
-        run(Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postern",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ]))
+        self.psql_at(self.dir.path().to_str().unwrap(), db, sql)
     }
 
     fn pg_ctl_start(&self) {
@@ -215,21 +203,17 @@ impl Postgres {
 
     /// Runs SQL with psql as `postern` in database `db`.
     pub fn psql(&self, db: &str, sql: &str) -> std::process::Output {
+        self.psql_at("127.0.0.1", db, sql)
+    }
+
+    /// [`Postgres::psql`] through `host`: 127.0.0.1, or the folder of the server's socket.
+    fn psql_at(&self, host: &str, db: &str, sql: &str) -> std::process::Output {
         let mut cmd = Command::new("psql");
         if let Some(p) = &self.password {
             cmd.env("PGPASSWORD", p).env("PGSSLMODE", "require");
         }
         run(cmd
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host])
             .args([
                 "-p",
                 &self.port.to_string(),

@@ -46,6 +46,20 @@ fn ssh(alice: &Person, ca: &Ca, gate: Option<&Gate>, cmd: &str) -> Command {
     c
 }
 
+/// A session through `gate` that has printed `word` and then waits: running, recorded.
+fn hold(alice: &Person, ca: &Ca, gate: &Gate, word: &str) -> std::process::Child {
+    let mut held = ssh(alice, ca, Some(gate), &format!("echo {word}; sleep 600"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let _ = BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut first);
+    assert_eq!(first, format!("{word}\n"), "{}", gate.log());
+    held
+}
+
 /// The gateway that recorded the session that printed `word`, as `recordings ls` says.
 fn recorded_by(ca: &Ca, alice: &Person, word: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -163,15 +177,7 @@ fn either_gateway_story(distro: Distro) {
     }
     // gate1 killed with a session open: new sessions go through gate2 with the same ssh
     // command and files, and `gateways ls` says which is alive.
-    let mut held = ssh(&alice, &a, Some(&gate1), "echo held-at-kill; sleep 600")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    let _ = BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut first);
-    assert_eq!(first, "held-at-kill\n", "{}", gate1.log());
+    let mut held = hold(&alice, &a, &gate1, "held-at-kill");
     gate1.kill();
     let _ = held.wait();
     let out = run(&mut ssh(&alice, &a, None, "echo after-the-kill"));
@@ -230,15 +236,7 @@ fn either_gateway_story(distro: Distro) {
     }
 
     // A session through gate1 (which asks A) is cut by a lock taken at B.
-    let mut held = ssh(&alice, &a, Some(&gate1), "echo started; sleep 600")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    let _ = BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut first);
-    assert_eq!(first, "started\n", "{}", gate1.log());
+    let mut held = hold(&alice, &a, &gate1, "started");
     let out = b.admin(&["lock", "add", "--user", "alice", "--reason", "incident 7"]);
     assert!(out.status.success(), "{}", text(&out));
     let t0 = Instant::now();
