@@ -148,14 +148,17 @@ impl Ca {
 
     /// Initialises a CA with `init`'s extra arguments, without starting it.
     pub fn init_with(policy: &str, args: &[&str]) -> Ca {
+        Ca::init_listening(policy, &format!("127.0.0.1:{}", free_port()), args)
+    }
+
+    /// [`Ca::init_with`] listening on `listen` (`HOST:PORT`).
+    pub fn init_listening(policy: &str, listen: &str, args: &[&str]) -> Ca {
         let dir = tempfile::Builder::new()
             .prefix("postern-ca")
             .tempdir()
             .unwrap();
-        let port = free_port();
         let out = run(Command::new(bin("posternd"))
-            .args(["init", "--json", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["init", "--json", "--listen", listen])
             .args(args)
             .arg("--data-dir")
             .arg(dir.path()));

@@ -37,4 +37,5 @@ pub use sshd::{
 };
 pub use util::{
     bin, bin_dir, free_port, log_when, now, plain_log, run, run_with_input, sha256_hex, text,
+    with_hosts,
 };

@@ -184,3 +184,21 @@ pub fn plain_log(log: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// `cmd` run with `/etc/hosts` replaced by `hosts` for it alone (a private mount namespace),
+/// as a resolver that answers one name with several addresses would.
+pub fn with_hosts(hosts: &std::path::Path, cmd: &Command) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(hosts)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}

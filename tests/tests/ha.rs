@@ -821,3 +821,96 @@ fn posternd_reaches_postgresql_over_verified_tls_and_refuses_a_server_its_ca_fil
     assert!(!ca.log().contains("pg-test-password"));
     verify(&ca);
 }
+
+#[test]
+fn one_ca_name_for_two_instances_fails_over_from_the_killed_one() {
+    let pg = Postgres::start();
+    let rec = tempfile::Builder::new()
+        .prefix("postern-rec")
+        .tempdir()
+        .unwrap();
+    let (name, port) = ("cas.postern-dns.test", postern_tests::free_port());
+    let storage = [
+        "--api-name",
+        name,
+        "--storage",
+        &pg.url(),
+        "--recordings-dir",
+        rec.path().to_str().unwrap(),
+    ];
+    let mut a = Ca::init_listening(
+        &policy(),
+        &format!("127.0.0.1:{port}"),
+        &[&["--cluster", "test.postern"], &storage[..]].concat(),
+    );
+    let mut b = Ca::init_listening(
+        &policy(),
+        &format!("127.0.0.2:{port}"),
+        &[
+            &["--keys-from", a.dir.path().to_str().unwrap()],
+            &storage[..],
+        ]
+        .concat(),
+    );
+    a.spawn();
+    b.spawn();
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        hosts.path(),
+        format!("127.0.0.1 localhost\n127.0.0.1 {name}\n127.0.0.2 {name}\n"),
+    )
+    .unwrap();
+    let url = format!("https://{name}:{port}");
+    let mut alice = Person::new("alice");
+    let invite = a.invite("alice");
+    let pw = format!("{}\n", alice.password);
+    let mut enroll = alice.postern();
+    enroll
+        .args([
+            "enroll", "--ca", &url, "--ca-pin", &a.pin, "--user", "alice",
+        ])
+        .args(["--invite", &invite, "--password-stdin", "--json"]);
+    let out =
+        postern_tests::run_with_input(&mut postern_tests::with_hosts(hosts.path(), &enroll), &pw);
+    assert!(
+        out.status.success(),
+        "enroll through {name}: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = v["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .unwrap()
+        .to_owned();
+    alice.totp_secret = postern_tests::base32_decode(&secret);
+    let code = alice.fresh_code();
+    let mut login = alice.postern();
+    login
+        .args(["login", "--ca", &url, "--ca-pin", &a.pin, "--user", "alice"])
+        .args(["--password-stdin", "--otp", &code]);
+    let out =
+        postern_tests::run_with_input(&mut postern_tests::with_hosts(hosts.path(), &login), &pw);
+    assert!(out.status.success(), "login through {name}: {}", text(&out));
+    // Whichever instance is gone, `postern renew` by the one remembered name reaches the
+    // other.
+    for (down, up) in [(&mut a, "127.0.0.2"), (&mut b, "127.0.0.1")] {
+        down.stop();
+        let mut renew = alice.postern();
+        renew.arg("renew");
+        let out = run(&mut postern_tests::with_hosts(hosts.path(), &renew));
+        assert!(
+            out.status.success(),
+            "renew with only {up} up: {}",
+            text(&out)
+        );
+        down.spawn();
+    }
+    assert_eq!(
+        pg.query("SELECT count(*) FROM audit WHERE kind = 'cert.issued'"),
+        "3"
+    );
+    verify(&a);
+}

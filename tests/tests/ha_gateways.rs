@@ -271,24 +271,6 @@ fn either_gateway_story(distro: Distro) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// `cmd` run with `/etc/hosts` replaced by `hosts` for it alone (a private mount namespace),
-/// as a resolver that answers one name with several addresses would.
-fn with_hosts(hosts: &std::path::Path, cmd: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
-        .arg(hosts)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
-}
-
 #[test]
 fn one_dns_name_for_two_gateways_sends_stock_ssh_to_whichever_answers() {
     let mut ca = Ca::init(&policy());
@@ -340,7 +322,7 @@ fn one_dns_name_for_two_gateways_sends_stock_ssh_to_whichever_answers() {
             gates[up].spawn();
         }
         let word = format!("dns-round-{round}");
-        let out = run(&mut with_hosts(
+        let out = run(&mut postern_tests::with_hosts(
             hosts.path(),
             &ssh(&alice, &ca, None, &format!("echo {word}")),
         ));
