@@ -353,6 +353,11 @@ pub struct GateCluster {
     pub node: Node,
     /// The gateway.
     pub gate: Gate,
+    /// In the harness's high-availability mode ([`crate::ha_mode`]), a second gateway,
+    /// listed after the first in `[gateway] public_addr`: the ssh_config `postern login`
+    /// writes then probes the first (`postern reachable`) before every session, and would
+    /// jump through this one were the first down.
+    pub gate2: Option<Gate>,
     /// alice, logged in.
     pub alice: Person,
 }
@@ -383,7 +388,13 @@ impl GateCluster {
     ) -> GateCluster {
         let mut ca = Ca::init(policy);
         let gport = Gate::reserve_port();
-        ca.set_gateway(&format!("127.0.0.1:{gport}"));
+        let g2port = crate::ha_mode().then(Gate::reserve_port);
+        match g2port {
+            None => ca.set_gateway(&format!("127.0.0.1:{gport}")),
+            Some(p2) => {
+                ca.set_gateways(&[&format!("127.0.0.1:{gport}"), &format!("127.0.0.1:{p2}")])
+            }
+        }
         if !ca_toml.is_empty() {
             ca.append_config(ca_toml);
         }
@@ -397,6 +408,22 @@ impl GateCluster {
             Some(t) => gate.spawn_with_config(t),
             None => gate.spawn(),
         }
+        let gate2 = g2port.map(|p2| {
+            let token = ca.token("gateway", "gate2", "");
+            let (mut g, out) = Gate::join_as(
+                &ca,
+                p2,
+                "gate2",
+                &token,
+                &["--address", &format!("127.0.0.1:{p2}")],
+            );
+            assert!(out.status.success(), "gate2 join: {}", text(&out));
+            match gate_toml {
+                Some(t) => g.spawn_with_config(t),
+                None => g.spawn(),
+            }
+            g
+        });
         let mut alice = Person::new("alice");
         alice.enroll(&ca);
         alice.login(&ca);
@@ -404,6 +431,7 @@ impl GateCluster {
             ca,
             node,
             gate,
+            gate2,
             alice,
         }
     }

@@ -56,6 +56,7 @@ fn cluster_with_sshd_lines(policy: &str, lines: &str) -> GateCluster {
         ca,
         node,
         gate,
+        gate2: None,
         alice,
     }
 }
