@@ -65,10 +65,27 @@ fn check_config(out: &str, gateways: &[render::Gateway], cluster: &str) {
         let (pattern, rest) = rest.split_once("\" exec \"").expect("exec");
         assert!(pattern.starts_with(&format!("*.{cluster}")), "{line:?}");
         let cmd = rest.strip_suffix('"').expect("closing quote");
-        let (_, addr) = cmd.rsplit_once(" reachable ").expect("reachable");
-        assert!(gateways.iter().any(|g| g.jump() == addr), "{line:?}");
+        let (path, args) = cmd.split_once(" reachable '").expect("reachable");
+        // The addresses: the probed one, then the earlier ones with --unless, each
+        // single-quoted and a gateway's.
+        let mut quoted = vec![];
+        let mut rest = args;
+        loop {
+            let (addr, after) = rest.split_once('\'').expect("closing quote of an address");
+            quoted.push(addr);
+            match after.strip_prefix(" --unless '") {
+                Some(more) => rest = more,
+                None => {
+                    assert_eq!(after, "", "{line:?}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(quoted.len(), probes + 1, "{line:?}");
+        for a in &quoted {
+            assert!(gateways.iter().any(|g| g.jump() == *a), "{line:?}");
+        }
         // The shell sees the path as one word: plain, or single-quoted without a quote.
-        let path = &cmd[..cmd.len() - addr.len() - " reachable ".len()];
         if let Some(q) = path.strip_prefix('\'') {
             let inner = q.strip_suffix('\'').expect("closing single quote");
             assert!(!inner.contains('\''), "{line:?}");

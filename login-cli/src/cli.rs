@@ -121,7 +121,9 @@ asciicast v2 file: `asciinema play` plays it too.";
 
 const REACHABLE_HELP: &str = "\
 Exit status 0 when an SSH server's banner arrives from HOST:PORT within the
-timeout (every address of a name is tried), 1 otherwise; it prints nothing.
+timeout (every address of a name is tried at once), 1 otherwise; it prints
+nothing. With --unless, it says 1 without asking HOST:PORT when one of those
+answers first (within the same timeout).
 
 A cluster with several gateways ([gateway] public_addr in posternd.toml lists
 them) gets an ssh_config from `postern login` that runs this before each ssh:
@@ -130,6 +132,7 @@ last one when none of the others does.
 
 EXAMPLES:
   postern reachable gate1.example.com:3023 && echo up
+  postern reachable gate2.example.com:3023 --unless gate1.example.com:3023
   postern reachable --timeout-ms 300 '[2001:db8::7]:3023'";
 
 #[derive(Debug, Parser)]
@@ -182,6 +185,9 @@ pub struct ReachableArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub timeout_ms: u64,
+    /// Say no at once when this earlier gateway answers (may be repeated)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub unless: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     // Quiet, and never a refusal: ssh_config's `Match exec` reads only the status.
     if let Command::Reachable(a) = &cli.command {
         let timeout = std::time::Duration::from_millis(a.timeout_ms);
-        return if commands::reachable::answers(&a.address, timeout) {
+        return if commands::reachable::answers_unless(&a.address, &a.unless, timeout) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)

@@ -181,11 +181,12 @@ pub struct ClusterPaths<'a> {
     pub known_hosts: &'a Path,
 }
 
-/// The command ssh runs (`Match exec`) to learn whether the gateway at `gw` answers:
-/// `postern reachable`, by the absolute path of the binary that writes the file. ssh expands
-/// `%` tokens in it and hands it to the user's shell, so `%` is doubled and the path is
-/// single-quoted when it needs to be; a path with a quote is refused.
-fn probe_command(postern: &Path, gw: &Gateway) -> anyhow::Result<String> {
+/// The command ssh runs (`Match exec`) to learn whether the gateway at `gw` answers while
+/// none of `earlier` does: `postern reachable`, by the absolute path of the binary that
+/// writes the file. ssh expands `%` tokens in it and hands it to the user's shell, so `%` is
+/// doubled, the path is single-quoted when it needs to be (a path with a quote is refused),
+/// and every address is single-quoted (`[::1]:3023` is a glob to the shell).
+fn probe_command(postern: &Path, gw: &Gateway, earlier: &[Gateway]) -> anyhow::Result<String> {
     let s = postern
         .to_str()
         .with_context(|| format!("path {} is not valid UTF-8", postern.display()))?;
@@ -199,7 +200,11 @@ fn probe_command(postern: &Path, gw: &Gateway) -> anyhow::Result<String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+'));
     let path = if plain { s } else { format!("'{s}'") };
-    Ok(format!("{path} reachable {}", gw.jump()))
+    let mut cmd = format!("{path} reachable '{}'", gw.jump());
+    for e in earlier {
+        let _ = write!(cmd, " --unless '{}'", e.jump());
+    }
+    Ok(cmd)
 }
 
 /// The ssh_config of one cluster. Paths are absolute because the user's `$HOME` may differ
@@ -254,12 +259,12 @@ pub fn render_ssh_config(
             for h in &hosts {
                 let _ = write!(pattern, ",!{h}");
             }
-            for gw in first {
+            for (k, gw) in first.iter().enumerate() {
                 let _ = write!(
                     out,
                     "\n# The first gateway that answers; `postern reachable` hears its banner.\n\
                      Match host \"{pattern}\" exec \"{}\"\n    ProxyJump {}\n",
-                    probe_command(postern, gw)?,
+                    probe_command(postern, gw, &first[..k])?,
                     gw.jump()
                 );
             }
@@ -370,12 +375,13 @@ mod tests {
         );
         let pattern = "\"*.example.com,!127.0.0.1,!gate2.example.com,!::1\"";
         let first = format!(
-            "Match host {pattern} exec \"'/opt/my tools/postern%%1' reachable 127.0.0.1:3023\"\n    \
+            "Match host {pattern} exec \"'/opt/my tools/postern%%1' reachable '127.0.0.1:3023'\"\n    \
              ProxyJump 127.0.0.1:3023\n"
         );
         let second = format!(
             "Match host {pattern} exec \"'/opt/my tools/postern%%1' reachable \
-             gate2.example.com:3023\"\n    ProxyJump gate2.example.com:3023\n"
+             'gate2.example.com:3023' --unless '127.0.0.1:3023'\"\n    \
+             ProxyJump gate2.example.com:3023\n"
         );
         let last = "Host *.example.com\n    ProxyJump [::1]:3023\n";
         let (a, b, c) = (

@@ -213,6 +213,20 @@ impl Ca {
 
     /// Stops the daemon (SIGKILL).
     pub fn stop(&mut self) {
+        if let Some(t) = &mut self.twin {
+            // Both instances must have lived until now, or the story ran on one alone (the
+            // load balancer sends a connection that one refuses to the other).
+            if !std::thread::panicking() {
+                for (which, c) in [("first", &mut self.child), ("second", &mut t.b.child)] {
+                    if let Some(status) = c.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                        panic!(
+                            "the {which} posternd instance exited ({status}) before the story ended:\n{}",
+                            self.log.lock().unwrap()
+                        );
+                    }
+                }
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -290,7 +304,13 @@ impl Ca {
         let (a0, b0) = (before(self), before(&t.b));
         let out = self.admin(&["policy", "apply", p.to_str().unwrap()]);
         if !out.status.success() {
-            // A policy that does not validate stays out, as a bad file edit would.
+            // A policy that does not validate (FILE:LINE:COLUMN) stays out, as a bad file
+            // edit would; any other failure is the harness's.
+            let said = text(&out);
+            assert!(
+                said.contains(&format!("{}:", p.display())),
+                "policy apply: {said}"
+            );
             return;
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

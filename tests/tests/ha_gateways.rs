@@ -157,7 +157,7 @@ fn either_gateway_story(distro: Distro) {
     }
     let config = std::fs::read_to_string(alice.cluster_dir(&a).join("ssh_config")).unwrap();
     assert!(
-        config.contains(&format!("reachable {addr1}\"\n")),
+        config.contains(&format!("reachable '{addr1}'\"\n")),
         "{config}"
     );
     let out = run(&mut ssh(&alice, &a, None, "echo through-the-config"));

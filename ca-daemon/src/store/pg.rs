@@ -142,8 +142,10 @@ impl Session {
 
     /// Runs statements that do not depend on each other's results in one round trip:
     /// tokio-postgres pipelines requests that are in flight together. They run in order, in
-    /// the transaction; the first failure is the answer (and PostgreSQL refuses the rest of
-    /// an aborted transaction anyway).
+    /// the transaction; the first failure is the answer. A statement the server refuses
+    /// aborts the transaction, so the ones after it do nothing; one the driver refuses before
+    /// sending (a value it cannot encode) does not stop the others, which is why a failure
+    /// must fail the whole job (its savepoint is rolled back), as every caller's `?` does.
     pub fn execute_all(&self, stmts: &[(&str, &[Val<'_>])]) -> Result<Vec<u64>> {
         let prepared = stmts
             .iter()

@@ -214,7 +214,12 @@ pub fn install(
             known_hosts: &kh,
         },
         &issued.gateways,
-        &postern_binary()?,
+        // Only several gateways' ssh_config runs it.
+        &if issued.gateways.len() > 1 {
+            postern_binary()?
+        } else {
+            PathBuf::new()
+        },
     )?;
     files::write_atomic(&dir, profile::SSH_CONFIG, config.as_bytes(), 0o644)?;
     Ok(dir)
@@ -241,8 +246,8 @@ pub fn profile_of(issued: &Issued, ca: &CaUrls, pin: CaPin, agent: bool) -> Prof
     }
 }
 
-/// The most gateway addresses a login writes (each but the last costs a probe per ssh run
-/// while the earlier ones are down).
+/// The most gateway addresses a login writes (ssh runs the probe of each but the last before
+/// every connection; one that finds an earlier gateway up answers at once).
 const MAX_GATEWAYS: usize = 16;
 
 /// The running binary, which the ssh_config of a cluster with several gateways runs as
