@@ -134,6 +134,49 @@ pub(crate) fn join_refusal(
     None
 }
 
+/// Why a server may not take `name`: its host certificate would name a host users are told
+/// to dial for a gateway (`[gateway] public_addr`), so the server could stand in for the
+/// gateway, which records every session. `None` for a gateway, or a name that is no such host.
+pub(crate) fn gateway_address_clash(
+    kind: NodeKind,
+    name: &str,
+    cluster: &str,
+    public_addrs: &[String],
+) -> Option<String> {
+    if kind == NodeKind::Gateway {
+        return None;
+    }
+    let full = format!("{name}.{cluster}");
+    public_addrs.iter().find_map(|a| {
+        let host = postern_core::names::address_principal(a).ok()?;
+        (host.as_str() == name || host.as_str() == full).then(|| {
+            format!("the name {name:?} is the host of a gateway address users are told to dial ({a}, [gateway] public_addr)")
+        })
+    })
+}
+
+#[cfg(test)]
+mod clash_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_may_not_be_named_after_a_gateway_address() {
+        let addrs = vec!["gate2:3023".to_owned(), "gw.example.com:22".to_owned()];
+        let clash = |kind, name| gateway_address_clash(kind, name, "example.com", &addrs);
+        let why = clash(NodeKind::Node, "gate2").unwrap();
+        assert!(why.contains("gate2:3023"), "{why}");
+        assert!(clash(NodeKind::Node, "gw")
+            .unwrap()
+            .contains("gw.example.com:22"));
+        assert_eq!(clash(NodeKind::Node, "web1"), None);
+        assert_eq!(clash(NodeKind::Gateway, "gw"), None);
+        assert_eq!(
+            gateway_address_clash(NodeKind::Node, "gw", "example.com", &[]),
+            None
+        );
+    }
+}
+
 impl Service {
     /// `POST /v1/join`.
     pub async fn join(
@@ -210,7 +253,9 @@ impl Service {
                 let Some((kind, token_labels, _, token_name, replace)) = row else { unreachable!() };
                 let tl: Labels = token_labels.parse()?;
                 let existing = store::nodes::kind_of(c, req.name.as_str())?;
-                if let Some(refusal) = join_refusal(kind, token_name.as_deref(), replace, &tl, &req, existing, cluster.as_str()) {
+                let refusal = join_refusal(kind, token_name.as_deref(), replace, &tl, &req, existing, cluster.as_str())
+                    .or_else(|| gateway_address_clash(kind, req.name.as_str(), cluster.as_str(), &public_addrs));
+                if let Some(refusal) = refusal {
                     // A refused token stays unused: it was not spent on the wrong name. The
                     // attempt is audited (without the token).
                     audit::append(c, now, "join.refused", &format!("{}@{remote}", req.name), json!({
