@@ -155,28 +155,6 @@ pub(crate) fn gateway_address_clash(
     })
 }
 
-#[cfg(test)]
-mod clash_tests {
-    use super::*;
-
-    #[test]
-    fn a_server_may_not_be_named_after_a_gateway_address() {
-        let addrs = vec!["gate2:3023".to_owned(), "gw.example.com:22".to_owned()];
-        let clash = |kind, name| gateway_address_clash(kind, name, "example.com", &addrs);
-        let why = clash(NodeKind::Node, "gate2").unwrap();
-        assert!(why.contains("gate2:3023"), "{why}");
-        assert!(clash(NodeKind::Node, "gw")
-            .unwrap()
-            .contains("gw.example.com:22"));
-        assert_eq!(clash(NodeKind::Node, "web1"), None);
-        assert_eq!(clash(NodeKind::Gateway, "gw"), None);
-        assert_eq!(
-            gateway_address_clash(NodeKind::Node, "gw", "example.com", &[]),
-            None
-        );
-    }
-}
-
 impl Service {
     /// `POST /v1/join`.
     pub async fn join(
@@ -312,5 +290,27 @@ impl Service {
             })
             .await?
             .into_result()
+    }
+}
+
+#[cfg(test)]
+mod clash_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_may_not_be_named_after_a_gateway_address() {
+        let addrs = vec!["gate2:3023".to_owned(), "gw.example.com:22".to_owned()];
+        let clash = |kind, name| gateway_address_clash(kind, name, "example.com", &addrs);
+        let why = clash(NodeKind::Node, "gate2").unwrap();
+        assert!(why.contains("gate2:3023"), "{why}");
+        assert!(clash(NodeKind::Node, "gw")
+            .unwrap()
+            .contains("gw.example.com:22"));
+        assert_eq!(clash(NodeKind::Node, "web1"), None);
+        assert_eq!(clash(NodeKind::Gateway, "gw"), None);
+        assert_eq!(
+            gateway_address_clash(NodeKind::Node, "gw", "example.com", &[]),
+            None
+        );
     }
 }
